@@ -1,0 +1,1 @@
+"""trapmid_tf.attacks."""
