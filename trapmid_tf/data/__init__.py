@@ -1,1 +1,6 @@
-"""trapmid_tf.data."""
+"""Datasets: the embedded digits default, MNIST-family IDX files, CelebA, image folders."""
+
+from trapmid_tf.data.loaders import DatasetSplits, load
+from trapmid_tf.data.trapdoor_labels import with_trapdoor_labels
+
+__all__ = ["DatasetSplits", "load", "with_trapdoor_labels"]

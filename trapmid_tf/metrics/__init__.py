@@ -1,1 +1,30 @@
-"""trapmid_tf.metrics."""
+"""Evaluation metrics: attack accuracy, KNN distance, FID, PRDC, trapdoor signatures."""
+
+from trapmid_tf.metrics.accuracy import top_k_accuracy
+from trapmid_tf.metrics.distance import knn_distance, min_squared_distances
+from trapmid_tf.metrics.features import batched_predict
+from trapmid_tf.metrics.fid import fid, frechet_distance, inception_feature_extractor
+from trapmid_tf.metrics.prdc import prdc
+from trapmid_tf.metrics.trapdoor import (
+    class_signatures,
+    detection_rate,
+    detection_threshold,
+    signature_similarity,
+    trapdoor_signatures,
+)
+
+__all__ = [
+    "batched_predict",
+    "class_signatures",
+    "detection_rate",
+    "detection_threshold",
+    "fid",
+    "frechet_distance",
+    "inception_feature_extractor",
+    "knn_distance",
+    "min_squared_distances",
+    "prdc",
+    "signature_similarity",
+    "top_k_accuracy",
+    "trapdoor_signatures",
+]

@@ -1,0 +1,242 @@
+"""Image-file datasets (CelebA, any image folder) decoded lazily in `tf.data`.
+
+Images are decoded with PIL as the dataset is iterated, so only file names are held in
+memory. A file that cannot be decoded then stops the iteration with a
+`tf.errors.InvalidArgumentError` whose message names the file. With
+`skip_unreadable=True` every file is instead decoded once when the dataset is built and
+the unreadable (or missing) ones are left out, so the count is known up front.
+"""
+
+import concurrent.futures
+import os
+
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
+CELEBA_IMAGE_DIR = "img_align_celeba"
+CELEBA_SPLIT_FILES = {
+    "train": "celeba_trainset.txt",
+    "test": "celeba_testset.txt",
+    "public": "celeba_ganset.txt",
+}
+# (top, left, height, width) of the face crop in the 178x218 aligned CelebA images.
+CELEBA_CROP = (55, 35, 108, 108)
+
+_PIL_MODES = {1: "L", 3: "RGB"}
+
+
+def prepare_image(image, image_size, channels):
+    """Converts one image to the model input: float32 in [0, 1], square, `channels` deep.
+
+    Args:
+        image: HxWxC tensor, uint8 (0..255) or float in [0, 1], with C equal to 1 or
+            `channels`.
+        image_size: side of the output, in pixels.
+        channels: output channels; a 1-channel image is repeated to fill them.
+
+    Returns:
+        A float32 tensor of shape (image_size, image_size, channels).
+    """
+    image = tf.image.convert_image_dtype(image, tf.float32)
+    image = tf.image.resize(image, (image_size, image_size), method="bilinear", antialias=True)
+    image = tf.clip_by_value(image, 0.0, 1.0)
+    if image.shape[-1] != channels:
+        image = tf.repeat(image, channels, axis=-1)
+    return image
+
+
+def read_image(path, channels, crop=None):
+    """Decodes one image file with PIL.
+
+    Args:
+        path: the image file.
+        channels: 1 (grayscale) or 3 (RGB).
+        crop: optional `(top, left, height, width)` box to cut out.
+
+    Returns:
+        A uint8 array of shape (H, W, channels).
+
+    Raises:
+        ValueError: if the file cannot be read or decoded, or is smaller than `crop`;
+            the message names the file.
+    """
+    try:
+        with Image.open(path) as image:
+            image = image.convert(_PIL_MODES[channels])
+    except Exception as error:  # PIL raises many types (OSError, SyntaxError, ...).
+        raise ValueError(f"cannot read image {path!r}: {error}") from error
+    if crop is not None:
+        top, left, height, width = crop
+        if image.width < left + width or image.height < top + height:
+            raise ValueError(
+                f"image {path!r} is {image.width}x{image.height} (WxH); the crop at "
+                f"rows {top}:{top + height}, cols {left}:{left + width} needs at least "
+                f"{left + width}x{top + height}."
+            )
+        image = image.crop((left, top, left + width, top + height))
+    return np.asarray(image, dtype=np.uint8).reshape(image.height, image.width, channels)
+
+
+def celeba_splits(data_dir, image_size, channels, skip_unreadable):
+    """Builds the CelebA private train/test sets and the public (GAN) set.
+
+    Args:
+        data_dir: folder with `img_align_celeba/` and the split files
+            `celeba_trainset.txt`, `celeba_testset.txt` (lines `filename label`) and
+            `celeba_ganset.txt` (lines `filename` or `filename label`).
+        image_size: side of the output images (after the 108x108 face crop).
+        channels: 1 or 3.
+        skip_unreadable: leave out missing or undecodable images instead of failing.
+
+    Returns:
+        `(train, test, public, skipped_files)`: datasets of `(image, label)`,
+        `(image, label)` and `image`, and a tuple of the paths left out.
+
+    Raises:
+        FileNotFoundError: if the image folder, a split file or (without
+            `skip_unreadable`) a listed image is missing.
+        ValueError: if a split file has a malformed line.
+    """
+    image_dir = os.path.join(data_dir, CELEBA_IMAGE_DIR)
+    expected = (
+        f"CelebA expects {CELEBA_IMAGE_DIR}/ (the aligned 178x218 JPEGs) and the split files "
+        f"{sorted(CELEBA_SPLIT_FILES.values())} in data_dir {data_dir!r}. Nothing is "
+        "downloaded; put them there."
+    )
+    if not os.path.isdir(image_dir):
+        raise FileNotFoundError(f"image folder {image_dir!r} not found. {expected}")
+    datasets, skipped_files = [], []
+    for split, file_name in CELEBA_SPLIT_FILES.items():
+        split_path = os.path.join(data_dir, file_name)
+        if not os.path.isfile(split_path):
+            raise FileNotFoundError(f"split file {split_path!r} not found. {expected}")
+        names, labels = read_split_file(split_path, labelled=split != "public")
+        paths = [os.path.join(image_dir, name) for name in names]
+        keep, skipped = _readable(paths, channels, CELEBA_CROP, skip_unreadable)
+        skipped_files += skipped
+        paths = [paths[i] for i in keep]
+        labels = None if labels is None else np.asarray(labels, np.int32)[keep]
+        datasets.append(_image_dataset(paths, labels, image_size, channels, CELEBA_CROP))
+    return (*datasets, tuple(skipped_files))
+
+
+def folder_images(data_dir, image_size, channels, skip_unreadable):
+    """Builds an unlabelled dataset from every image below a folder.
+
+    Files ending in .png, .jpg, .jpeg or .bmp (any case) are taken, recursively, in
+    sorted path order, and resized to a square (aspect ratio not kept).
+
+    Args:
+        data_dir: the folder.
+        image_size: side of the output images.
+        channels: 1 or 3.
+        skip_unreadable: leave out undecodable images instead of failing.
+
+    Returns:
+        `(images, skipped_files)`: a dataset of images and a tuple of the paths left out.
+
+    Raises:
+        FileNotFoundError: if the folder holds no image file.
+    """
+    paths = sorted(
+        os.path.join(root, name)
+        for root, _, names in os.walk(data_dir)
+        for name in names
+        if name.lower().endswith(IMAGE_EXTENSIONS)
+    )
+    if not paths:
+        raise FileNotFoundError(
+            f"no image files ({', '.join(IMAGE_EXTENSIONS)}) found under data_dir "
+            f"{data_dir!r}. Nothing is downloaded; put the public images there."
+        )
+    keep, skipped = _readable(paths, channels, None, skip_unreadable)
+    dataset = _image_dataset([paths[i] for i in keep], None, image_size, channels, None)
+    return dataset, tuple(skipped)
+
+
+def read_split_file(path, labelled):
+    """Reads a split list with one `filename label` (or `filename`) per line.
+
+    Args:
+        path: the text file; blank lines are ignored.
+        labelled: whether every line must carry an integer label. If False, lines
+            may have a label or not, and labels are not returned.
+
+    Returns:
+        `(names, labels)`: a list of file names and a list of int labels (None when
+        `labelled` is False).
+
+    Raises:
+        ValueError: on a malformed line, naming the file and line number.
+    """
+    names, labels = [], []
+    allowed_fields = (2,) if labelled else (1, 2)
+    with open(path, encoding="utf-8") as file:
+        for number, line in enumerate(file, start=1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) not in allowed_fields or (labelled and not _is_int(fields[1])):
+                form = "'filename label'" if labelled else "'filename' or 'filename label'"
+                raise ValueError(f"{path}:{number}: expected {form}, got {line.strip()!r}.")
+            names.append(fields[0])
+            if labelled:
+                labels.append(int(fields[1]))
+    return names, labels if labelled else None
+
+
+def _is_int(text):
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _readable(paths, channels, crop, skip_unreadable):
+    """Returns `(indices of the paths to keep, list of the paths skipped)`."""
+    if not skip_unreadable:
+        for path in paths:
+            if not os.path.isfile(path):
+                raise FileNotFoundError(
+                    f"image {path!r} is listed but not found (pass skip_unreadable=True "
+                    "to leave out missing and unreadable images)."
+                )
+        return list(range(len(paths))), []
+
+    def is_readable(path):
+        try:
+            read_image(path, channels, crop)
+        except ValueError:
+            return False
+        return True
+
+    with concurrent.futures.ThreadPoolExecutor() as pool:
+        readable = list(pool.map(is_readable, paths))
+    keep = [i for i, ok in enumerate(readable) if ok]
+    return keep, [path for path, ok in zip(paths, readable) if not ok]
+
+
+def _image_dataset(paths, labels, image_size, channels, crop):
+    """Lazily decoded images (`labels` None) or `(image, label)` pairs."""
+
+    def decode(path):
+        image = tf.numpy_function(
+            lambda encoded: read_image(os.fsdecode(encoded), channels, crop),
+            [path],
+            tf.uint8,
+            stateful=False,
+        )
+        image.set_shape([None, None, channels])
+        return prepare_image(image, image_size, channels)
+
+    paths = tf.constant(paths, dtype=tf.string, shape=[len(paths)])
+    if labels is None:
+        dataset = tf.data.Dataset.from_tensor_slices(paths)
+        return dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = tf.data.Dataset.from_tensor_slices((paths, tf.constant(labels, tf.int32)))
+    return dataset.map(
+        lambda path, label: (decode(path), label), num_parallel_calls=tf.data.AUTOTUNE
+    )

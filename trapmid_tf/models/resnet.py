@@ -1,0 +1,72 @@
+"""IR-18: torchvision ResNet-18 (the Trap-MID MNIST target)."""
+
+import keras
+
+from trapmid_tf.models import common
+
+STAGE_FILTERS = (64, 128, 256, 512)
+BLOCKS_PER_STAGE = 2
+MIN_SIZE = 32  # stem stride 2, max pool stride 2, three stride-2 stages
+
+
+def _conv(x, filters, kernel_size, strides, padding, name):
+    return common.conv2d(
+        x,
+        filters,
+        kernel_size,
+        strides=strides,
+        padding=padding,
+        use_bias=False,
+        kernel_initializer=common.kaiming_normal_fan_out(),
+        name=name,
+    )
+
+
+def _basic_block(x, filters, strides, name):
+    """ResNet BasicBlock: relu(bn(conv3x3(relu(bn(conv3x3_s(x))))) + shortcut(x))."""
+    y = _conv(x, filters, 3, strides, 1, f"{name}_conv1")
+    y = common.batch_norm(f"{name}_bn1")(y)
+    y = keras.layers.ReLU(name=f"{name}_relu1")(y)
+    y = _conv(y, filters, 3, 1, 1, f"{name}_conv2")
+    y = common.batch_norm(f"{name}_bn2")(y)
+    shortcut = x
+    if strides != 1 or x.shape[-1] != filters:
+        shortcut = _conv(x, filters, 1, strides, 0, f"{name}_downsample")
+        shortcut = common.batch_norm(f"{name}_downsample_bn")(shortcut)
+    y = keras.layers.Add(name=f"{name}_add")([y, shortcut])
+    return keras.layers.ReLU(name=f"{name}_out")(y)
+
+
+def ir18(input_shape, num_classes, weights=None, name="ir18"):
+    """Builds IR-18 (torchvision ResNet-18): a 512-d global-average-pooled feature, then logits.
+
+    Strided convs and the stem max pool use PyTorch's symmetric padding (explicit zero padding
+    and 'valid'), not Keras 'same'.
+
+    Args:
+        input_shape: (height, width, channels), height and width >= 32.
+        num_classes: Number of logits, >= 1.
+        weights: None, or a local `.weights.h5` / `.keras` file to load after building.
+        name: Model name.
+
+    Returns:
+        A functional `keras.Model` mapping float32 images in [0, 1] to logits; the final Dense is
+        named "logits".
+
+    Raises:
+        ValueError: On a bad `input_shape` or `num_classes`.
+        FileNotFoundError: If `weights` names a missing file.
+    """
+    input_shape = common.check_input_shape(input_shape, MIN_SIZE, "ir18")
+    common.check_positive_int("num_classes", num_classes)
+    inputs = keras.Input(input_shape, name="image")
+    x = _conv(inputs, 64, 7, 2, 3, "stem_conv")
+    x = common.batch_norm("stem_bn")(x)
+    x = keras.layers.ReLU(name="stem_relu")(x)
+    x = common.max_pool_non_negative(x, 3, 2, 1, "stem_pool")
+    for stage, filters in enumerate(STAGE_FILTERS, start=1):
+        for block in range(BLOCKS_PER_STAGE):
+            strides = 2 if stage > 1 and block == 0 else 1
+            x = _basic_block(x, filters, strides, f"layer{stage}_block{block}")
+    features = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    return common.classifier_model(inputs, features, num_classes, weights, name)
