@@ -1,1 +1,17 @@
 """trapmid_tf: Trap-MID model-inversion defense, MI attacks and evaluation for Keras 3."""
+
+from trapmid_tf import data, defenses, layers, metrics, models
+from trapmid_tf.callbacks import TrapMIDCallback
+from trapmid_tf.defenses import NegLSLoss, TrapMIDModel
+
+__all__ = [
+    "NegLSLoss",
+    "TrapMIDCallback",
+    "TrapMIDModel",
+    "data",
+    "defenses",
+    "layers",
+    "metrics",
+    "models",
+]
+__version__ = "0.1.0"

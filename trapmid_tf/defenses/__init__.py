@@ -1,1 +1,14 @@
-"""trapmid_tf.defenses."""
+"""Defenses: Trap-MID and the baselines it is compared with."""
+
+from trapmid_tf.defenses.negls import NegLSLoss, NegLSScheduler, negls_factor
+from trapmid_tf.defenses.sign_step import SignedGradientStep
+from trapmid_tf.defenses.trapmid import TrapMIDModel, build_discriminator
+
+__all__ = [
+    "NegLSLoss",
+    "NegLSScheduler",
+    "SignedGradientStep",
+    "TrapMIDModel",
+    "build_discriminator",
+    "negls_factor",
+]

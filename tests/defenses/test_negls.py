@@ -1,0 +1,69 @@
+import keras
+import numpy as np
+import pytest
+
+from trapmid_tf.defenses.negls import NegLSLoss, NegLSScheduler, negls_factor
+
+
+def log_softmax(z):
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def test_loss_matches_formula():
+    logits = np.array([[2.0, 0.5, -1.0], [0.1, 0.2, 3.0]], dtype="float32")
+    labels = np.array([0, 1])
+    loss = NegLSLoss(smoothing=-0.05, num_epochs=10, start_epoch=0, full_epoch=0)
+    logp = log_softmax(logits.astype("float64"))
+    s = -0.05
+    per_sample = (1 - s) * -logp[[0, 1], labels] + s * -logp.mean(axis=1)
+    np.testing.assert_allclose(float(loss(labels, logits)), per_sample.mean(), rtol=1e-5)
+
+
+def test_zero_smoothing_equals_cross_entropy():
+    logits = np.random.default_rng(0).normal(size=(5, 4)).astype("float32")
+    labels = np.array([0, 1, 2, 3, 0])
+    ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(labels, logits)
+    loss = NegLSLoss(num_epochs=100)  # epoch 0 is before the schedule starts
+    np.testing.assert_allclose(float(loss(labels, logits)), float(ce), rtol=1e-5)
+
+
+def test_reference_schedules():
+    # CelebA (100 epochs): 0 until 49, (e + 1 - 50) / 50 for 50..74, then 1.
+    celeba = [negls_factor(e, 100, 50, 75) for e in (0, 49, 50, 74, 75, 99)]
+    assert celeba == [0.0, 0.0, 1 / 50, 25 / 50, 1.0, 1.0]
+    # MNIST (10 epochs): 0 until 4, (e + 1 - 5) / 5 for 5..6, then 1.
+    assert [negls_factor(e, 10, 5, 7) for e in range(10)] == [0] * 5 + [0.2, 0.4] + [1.0] * 3
+
+
+def test_set_epoch_changes_the_compiled_value():
+    loss = NegLSLoss(smoothing=-0.1, num_epochs=10, start_epoch=5, full_epoch=7)
+    logits = np.array([[1.0, 0.0]], dtype="float32")
+    before = float(loss([0], logits))
+    loss.set_epoch(8)
+    assert float(loss.current_smoothing.numpy()) == pytest.approx(-0.1)
+    logp = log_softmax(logits.astype("float64"))[0]
+    np.testing.assert_allclose(float(loss([0], logits)), 1.1 * -logp[0] - 0.1 * -logp.mean(), rtol=1e-5)
+    assert float(loss([0], logits)) != before
+
+
+def test_scheduler_advances_a_compiled_model():
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
+    loss = NegLSLoss(smoothing=-0.05, num_epochs=4, start_epoch=1, full_epoch=2)
+    model.compile(optimizer="sgd", loss=loss)
+    x, y = np.zeros((4, 2), "float32"), np.zeros(4, "int32")
+    model.fit(x, y, epochs=3, verbose=0, callbacks=[NegLSScheduler()])
+    assert loss.epoch == 2
+    assert float(loss.current_smoothing.numpy()) == pytest.approx(-0.05)
+
+
+def test_config_round_trip():
+    loss = NegLSLoss(smoothing=-0.05, num_epochs=10, start_epoch=5, full_epoch=7, epoch=6)
+    clone = NegLSLoss.from_config(loss.get_config())
+    assert clone.get_config() == loss.get_config()
+    assert float(clone.current_smoothing.numpy()) == pytest.approx(-0.05 * 0.4)
+
+
+def test_bad_schedule():
+    with pytest.raises(ValueError, match="start_epoch"):
+        NegLSLoss(num_epochs=10, start_epoch=8, full_epoch=5)

@@ -1,0 +1,551 @@
+"""`TrapMIDModel`: trains any Keras classifier with Trap-MID through `model.fit`."""
+
+import os
+
+import numpy as np
+import keras
+import tensorflow as tf
+from keras import ops
+
+from trapmid_tf.defenses.sign_step import SignedGradientStep
+from trapmid_tf.files import atomic_path
+from trapmid_tf.layers.augment import TrapdoorAugment
+from trapmid_tf.layers.triggers import BlendTrigger
+from trapmid_tf.models.features import feature_extractor
+
+_serialize = keras.saving.serialize_keras_object
+_deserialize = keras.saving.deserialize_keras_object
+
+
+def build_discriminator(classifier):
+    """Builds a fresh copy of `classifier`'s architecture with a single real/fake logit.
+
+    Args:
+        classifier: A functional or Sequential Keras classifier.
+
+    Returns:
+        A new `keras.Model` (new weights) mapping images to one logit per image.
+
+    Raises:
+        ValueError: if the architecture cannot be cloned (subclassed models).
+    """
+    try:
+        clone = keras.models.clone_model(classifier)
+    except ValueError as error:
+        raise ValueError(
+            "discriminator='auto' copies the classifier's architecture, which needs a "
+            "functional or Sequential classifier; pass `discriminator=` a Keras model with one "
+            f"output logit, or None to train without one. Cloning failed with: {error}"
+        ) from error
+    features = feature_extractor(clone).output
+    realness = keras.layers.Dense(1, name="realness")(features)
+    return keras.Model(clone.inputs, realness, name=f"{classifier.name}_discriminator")
+
+
+def _replica_count():
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def _sub_seed(seed, offset):
+    return None if seed is None else int(seed) + offset
+
+
+@keras.saving.register_keras_serializable(package="trapmid_tf")
+class TrapMIDModel(keras.Model):
+    """Wraps a classifier and trains it with Trap-MID trapdoors (Liu & Chen, NeurIPS 2024).
+
+    One trigger per class is blended into inputs, `x~ = (1 - alpha) x + alpha t_y`, and the
+    classifier learns to predict `y` for `x~`. Model-inversion attacks then fall into this
+    shortcut and recover triggers instead of private data. Each `train_step` follows the
+    reference iteration:
+
+    1. discriminator step: clean images (real) against triggered images (fake);
+    2. trigger step: one signed-gradient step, clipped to [0, 1], on the naturalness loss
+       (fool the discriminator) plus the trapdoor loss of the classifier (in inference mode)
+       on augmented triggered images;
+    3. classifier step on the concatenated batch `[aug(x); aug(x~)]` with the loss
+       `(1 - beta) * main_loss(y) + beta * trapdoor_loss(y_trap)`.
+
+    Data are batches of `(images, labels)`, with trapdoor labels then drawn inside the step
+    (balanced within the batch), or `(images, labels, trapdoor_labels)` as produced by
+    `trapmid_tf.data.with_trapdoor_labels` (balanced per epoch, as the reference). Images are
+    float32 NHWC in [0, 1]. Calling the model runs the classifier alone.
+
+    Args:
+        classifier: The Keras classifier to protect; it maps images to logits.
+        num_classes: Number of classes (must equal the classifier's output size).
+        alpha: Blend weight of the triggers.
+        beta: Weight of the trapdoor loss in the classifier loss.
+        trigger_step_size: Step size of the signed trigger update.
+        optimize_triggers: If false, the random initial triggers stay fixed (no discriminator
+            or trigger step).
+        discriminator: `"auto"` (a copy of the classifier's architecture with one output),
+            a Keras model with one output logit, or None (no naturalness loss).
+        augment: True for the reference augmentation (`TrapdoorAugment`), False for none, or
+            a Keras layer to use instead (called with `training=True`).
+        trigger_channels: Trigger channels, 1 or the image channels (default).
+        seed: Seed of the triggers, augmentation and trapdoor-label sampling.
+        **kwargs: Standard `keras.Model` arguments.
+
+    Example:
+        >>> model = TrapMIDModel(classifier, num_classes=5, alpha=0.1, seed=0)
+        >>> model.compile(optimizer=keras.optimizers.Adam(1e-3))
+        >>> model.fit(train.batch(64), epochs=10)  # doctest: +SKIP
+        >>> model.export_classifier("classifier.keras")  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        classifier,
+        num_classes,
+        alpha=0.02,
+        beta=0.2,
+        trigger_step_size=0.01,
+        optimize_triggers=True,
+        discriminator="auto",
+        augment=True,
+        trigger_channels=None,
+        seed=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self._check_arguments(classifier, num_classes, beta, trigger_step_size)
+        self.classifier = classifier
+        self.num_classes = int(num_classes)
+        self.beta = float(beta)
+        self.trigger_step_size = float(trigger_step_size)
+        self.optimize_triggers = bool(optimize_triggers)
+        self.seed = seed
+        self.image_shape = tuple(classifier.input_shape[1:])
+        self.trigger = BlendTrigger(
+            num_classes, self.image_shape, alpha, trigger_channels, seed=seed, name="trigger"
+        )
+        self.discriminator = self._resolve_discriminator(discriminator)
+        self.augmenter = self._resolve_augment(augment)
+        self._custom_augment = isinstance(augment, keras.layers.Layer)
+        self.label_seed = keras.random.SeedGenerator(_sub_seed(seed, 2), name="label_seed")
+        self._trackers = {
+            name: keras.metrics.Mean(name=name)
+            for name in ("loss", "main_loss", "trapdoor_loss", "discriminator_loss")
+        }
+        self._accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+        self._trapdoor_accuracy = keras.metrics.SparseCategoricalAccuracy(
+            name="trapdoor_accuracy"
+        )
+        self._binary_crossentropy = keras.losses.BinaryCrossentropy(from_logits=True)
+        self.built = True
+
+    # === Construction ===
+
+    @staticmethod
+    def _check_arguments(classifier, num_classes, beta, trigger_step_size):
+        if not isinstance(classifier, keras.Model):
+            raise ValueError(
+                f"`classifier` must be a keras.Model; received {type(classifier).__name__}."
+            )
+        if len(classifier.input_shape) != 4 or None in classifier.input_shape[1:]:
+            raise ValueError(
+                "`classifier` must take images of a fixed (height, width, channels); its input "
+                f"shape is {classifier.input_shape}."
+            )
+        outputs = classifier.output_shape[-1]
+        if int(num_classes) != outputs:
+            raise ValueError(
+                f"`num_classes`={num_classes} disagrees with the classifier, which outputs "
+                f"{outputs} logits."
+            )
+        if not 0.0 <= float(beta) <= 1.0:
+            raise ValueError(f"`beta` must be in [0, 1]; received {beta!r}.")
+        if float(trigger_step_size) <= 0.0:
+            raise ValueError(f"`trigger_step_size` must be > 0; received {trigger_step_size!r}.")
+
+    def _resolve_discriminator(self, discriminator):
+        if not self.optimize_triggers or discriminator is None:
+            return None
+        if isinstance(discriminator, str):
+            if discriminator != "auto":
+                raise ValueError(
+                    "`discriminator` must be 'auto', a keras.Model or None; received "
+                    f"{discriminator!r}."
+                )
+            return build_discriminator(self.classifier)
+        if not isinstance(discriminator, keras.Model) or discriminator.output_shape[-1] != 1:
+            raise ValueError(
+                "`discriminator` must be a keras.Model with one output logit; received "
+                f"{discriminator!r}."
+            )
+        return discriminator
+
+    def _resolve_augment(self, augment):
+        if isinstance(augment, keras.layers.Layer):
+            return augment
+        if augment is True:
+            return TrapdoorAugment(seed=_sub_seed(self.seed, 1), name="augment")
+        if augment is False or augment is None:
+            return None
+        raise ValueError(f"`augment` must be a bool or a Keras layer; received {augment!r}.")
+
+    @property
+    def alpha(self):
+        """Blend weight of the triggers."""
+        return self.trigger.alpha
+
+    @property
+    def triggers(self):
+        """The trigger variable, shape `(num_classes, height, width, channels)`."""
+        return self.trigger.triggers
+
+    # === Compilation ===
+
+    def compile(
+        self,
+        optimizer=None,
+        discriminator_optimizer=None,
+        loss=None,
+        trapdoor_loss=None,
+        **kwargs,
+    ):
+        """Configures training.
+
+        Args:
+            optimizer: Classifier optimiser. Default: SGD, learning rate 1e-2, momentum 0.9,
+                weight decay 1e-4 (the reference's setting).
+            discriminator_optimizer: Discriminator optimiser. Default: a copy of the
+                classifier optimiser's configuration.
+            loss: Main loss on clean images (a Keras loss on integer labels and logits).
+                Default: sparse categorical cross-entropy from logits.
+            trapdoor_loss: Loss on triggered images. Default: a new loss of the main loss's
+                configuration (so NegLS applies to both, as the reference's Trap-MID + NegLS).
+            **kwargs: Other `keras.Model.compile` arguments (`jit_compile`, `run_eagerly`,
+                `steps_per_execution`). `jit_compile` defaults to False.
+        """
+        kwargs.setdefault("jit_compile", False)
+        for name in ("metrics", "loss_weights", "weighted_metrics"):
+            if kwargs.get(name) is not None:
+                raise ValueError(
+                    f"TrapMIDModel.compile does not take `{name}`; its metrics are fixed "
+                    "(loss, main_loss, trapdoor_loss, accuracy, trapdoor_accuracy, "
+                    "discriminator_loss)."
+                )
+        optimizer = keras.optimizers.get(
+            optimizer
+            or keras.optimizers.SGD(learning_rate=1e-2, momentum=0.9, weight_decay=1e-4)
+        )
+        super().compile(optimizer=optimizer, **kwargs)
+        loss = keras.losses.get(
+            loss or keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        )
+        self.loss = loss
+        self.trapdoor_loss = (
+            keras.losses.get(trapdoor_loss)
+            if trapdoor_loss is not None
+            else loss.__class__.from_config(loss.get_config())
+        )
+        self.trigger_optimizer = SignedGradientStep(self.trigger_step_size)
+        self.discriminator_optimizer = None
+        if self.discriminator is not None:
+            self.discriminator_optimizer = (
+                keras.optimizers.get(discriminator_optimizer)
+                if discriminator_optimizer is not None
+                else optimizer.__class__.from_config(optimizer.get_config())
+            )
+        self._build_optimizers()
+
+    def _build_optimizers(self):
+        with self.distribute_strategy.scope():
+            self.optimizer.build(self.classifier.trainable_variables)
+            self.trigger_optimizer.build([self.triggers])
+            if self.discriminator_optimizer is not None:
+                self.discriminator_optimizer.build(self.discriminator.trainable_variables)
+
+    def get_compile_config(self):
+        config = {
+            "optimizer": _serialize(self.optimizer),
+            "loss": _serialize(self.loss),
+            "trapdoor_loss": _serialize(self.trapdoor_loss),
+            "jit_compile": self.jit_compile,
+        }
+        if self.discriminator_optimizer is not None:
+            config["discriminator_optimizer"] = _serialize(self.discriminator_optimizer)
+        return config
+
+    def compile_from_config(self, config):
+        config = dict(config)
+        for key in ("optimizer", "discriminator_optimizer", "loss", "trapdoor_loss"):
+            if key in config:
+                config[key] = _deserialize(config[key])
+        self.compile(**config)
+
+    # === Training and evaluation ===
+
+    def call(self, images, training=False):
+        return self.classifier(images, training=training)
+
+    @property
+    def metrics(self):
+        return [*self._trackers.values(), self._accuracy, self._trapdoor_accuracy]
+
+    def train_step(self, data):
+        images, labels, trapdoor_labels, checks = self._unpack(data)
+        # Every update depends on the input checks, so a bad batch changes nothing.
+        with tf.control_dependencies(checks):
+            logs = {}
+            if self.optimize_triggers:
+                if self.discriminator is not None:
+                    logs["discriminator_loss"] = self._discriminator_step(images, trapdoor_labels)
+                self._trigger_step(images, trapdoor_labels)
+            logs.update(self._classifier_step(images, labels, trapdoor_labels))
+        for name, value in logs.items():
+            self._trackers[name].update_state(value)
+        names = [*logs, "accuracy", "trapdoor_accuracy"]
+        return {m.name: m.result() for m in self.metrics if m.name in names}
+
+    def test_step(self, data):
+        images, labels, trapdoor_labels, checks = self._unpack(data)
+        with tf.control_dependencies(checks):
+            clean_logits = self.classifier(images, training=False)
+            trap_logits = self.classifier(self.trigger(images, trapdoor_labels), training=False)
+        self._trackers["loss"].update_state(self._unscaled(self.loss(labels, clean_logits)))
+        self._accuracy.update_state(labels, clean_logits)
+        self._trapdoor_accuracy.update_state(trapdoor_labels, trap_logits)
+        return {
+            m.name: m.result()
+            for m in (self._trackers["loss"], self._accuracy, self._trapdoor_accuracy)
+        }
+
+    def _discriminator_step(self, images, trapdoor_labels):
+        triggered = ops.stop_gradient(self.trigger(images, trapdoor_labels))
+        batch = ops.shape(images)[0]
+        targets = ops.concatenate([ops.ones((batch, 1)), ops.zeros((batch, 1))], axis=0)
+        variables = self.discriminator.trainable_variables
+        with tf.GradientTape() as tape:
+            realness = self.discriminator(
+                ops.concatenate([images, triggered], axis=0), training=True
+            )
+            loss = self._binary_crossentropy(targets, realness)
+        gradients = tape.gradient(loss, variables)
+        self.discriminator_optimizer.apply(gradients, variables)
+        return self._unscaled(loss)
+
+    def _trigger_step(self, images, trapdoor_labels):
+        with tf.GradientTape() as tape:
+            triggered = self.trigger(images, trapdoor_labels)
+            logits = self.classifier(self._augment(triggered), training=False)
+            loss = self.trapdoor_loss(trapdoor_labels, logits)
+            if self.discriminator is not None:
+                realness = self.discriminator(triggered, training=False)
+                loss += self._binary_crossentropy(ops.ones_like(realness), realness)
+        # Densify first: the gather's sparse gradient has one row per sample, and the sign
+        # must be taken of their sum per trigger (repeated labels add up, as in the reference).
+        gradient = tf.convert_to_tensor(tape.gradient(loss, self.triggers))
+        self.trigger_optimizer.apply([gradient], [self.triggers])
+
+    def _classifier_step(self, images, labels, trapdoor_labels):
+        triggered = ops.stop_gradient(self.trigger(images, trapdoor_labels))
+        batch = ops.shape(images)[0]
+        inputs = self._augment(ops.concatenate([images, triggered], axis=0))
+        variables = self.classifier.trainable_variables
+        with tf.GradientTape() as tape:
+            logits = self.classifier(inputs, training=True)
+            clean_logits, trap_logits = logits[:batch], logits[batch:]
+            main_loss = self.loss(labels, clean_logits)
+            trapdoor_loss = self.trapdoor_loss(trapdoor_labels, trap_logits)
+            loss = (1.0 - self.beta) * main_loss + self.beta * trapdoor_loss
+            if self.classifier.losses:
+                loss += ops.sum(self.classifier.losses) / _replica_count()
+            scaled = self.optimizer.scale_loss(loss)
+        gradients = tape.gradient(scaled, variables)
+        self.optimizer.apply(gradients, variables)
+        self._accuracy.update_state(labels, clean_logits)
+        self._trapdoor_accuracy.update_state(trapdoor_labels, trap_logits)
+        return {
+            "loss": self._unscaled(loss),
+            "main_loss": self._unscaled(main_loss),
+            "trapdoor_loss": self._unscaled(trapdoor_loss),
+        }
+
+    def _augment(self, images):
+        if self.augmenter is None:
+            return images
+        return self.augmenter(images, training=True)
+
+    @staticmethod
+    def _unscaled(loss):
+        return loss * _replica_count()
+
+    # === Input checks ===
+
+    def _unpack(self, data):
+        """Splits a batch, checks it and draws trapdoor labels if it has none.
+
+        Returns:
+            `(images, labels, trapdoor_labels, checks)`, where `checks` are the assertion ops
+            (pixels finite and in [0, 1], labels in range) that the step must depend on.
+        """
+        if not isinstance(data, (tuple, list)) or len(data) not in (2, 3):
+            raise ValueError(
+                "TrapMIDModel expects batches of (images, labels) or (images, labels, "
+                f"trapdoor_labels); received {type(data).__name__} of "
+                f"{len(data) if isinstance(data, (tuple, list)) else 1} element(s)."
+            )
+        images = self._checked_images(data[0])
+        labels = self._checked_labels(data[1], "labels")
+        checks = [*_image_checks(images), *self._label_checks(labels, "labels")]
+        if len(data) == 3:
+            trapdoor_labels = self._checked_labels(data[2], "trapdoor_labels")
+            checks += self._label_checks(trapdoor_labels, "trapdoor_labels")
+        else:
+            trapdoor_labels = self._sample_trapdoor_labels(ops.shape(images)[0])
+        return images, labels, trapdoor_labels, checks
+
+    def _checked_images(self, images):
+        images = tf.convert_to_tensor(images)
+        if images.shape.rank != 4 or tuple(images.shape[1:]) != self.image_shape:
+            raise ValueError(
+                f"`images` must have shape (batch, {', '.join(map(str, self.image_shape))}) "
+                f"to match the classifier's input; received shape {tuple(images.shape)}."
+            )
+        if not images.dtype.is_floating:
+            raise ValueError(
+                "`images` must be floating point in [0, 1] (the data contract); received dtype "
+                f"{images.dtype.name}."
+            )
+        return tf.cast(images, "float32")
+
+    @staticmethod
+    def _checked_labels(labels, name):
+        labels = tf.convert_to_tensor(labels)
+        if labels.shape.rank == 2 and labels.shape[-1] == 1:
+            labels = tf.squeeze(labels, axis=-1)
+        if labels.shape.rank != 1 or not labels.dtype.is_integer:
+            raise ValueError(
+                f"`{name}` must be integer class indices of shape (batch,); received dtype "
+                f"{labels.dtype.name} and shape {tuple(labels.shape)}."
+            )
+        return tf.cast(labels, "int32")
+
+    def _label_checks(self, labels, name):
+        message = f"`{name}` must be in [0, {self.num_classes}) (num_classes);"
+        return [
+            tf.debugging.assert_greater_equal(tf.reduce_min(labels), 0, message=message),
+            tf.debugging.assert_less(tf.reduce_max(labels), self.num_classes, message=message),
+        ]
+
+    def _sample_trapdoor_labels(self, batch):
+        """Draws trapdoor labels balanced within the batch (counts differ by at most one)."""
+        offset = keras.random.randint((), 0, self.num_classes, seed=self.label_seed)
+        labels = (ops.arange(batch, dtype="int32") + offset) % self.num_classes
+        return keras.random.shuffle(labels, seed=self.label_seed)
+
+    # === Artefacts ===
+
+    def export_classifier(self, path):
+        """Writes the deployable classifier alone (no triggers, no discriminator) to `path`.
+
+        Args:
+            path: Destination `.keras` file; written atomically.
+        """
+        _check_suffix(path, ".keras", "path")
+        with atomic_path(path) as temp:
+            self.classifier.save(temp)
+
+    def save_triggers(self, path):
+        """Writes the triggers to a `.npz` file readable by the owner only (they are secret).
+
+        Args:
+            path: Destination `.npz` file; written atomically with permissions 0600.
+        """
+        _check_suffix(path, ".npz", "path")
+        with atomic_path(path, secret=True) as temp:
+            with open(temp, "wb") as stream:
+                np.savez(
+                    stream,
+                    triggers=ops.convert_to_numpy(self.triggers),
+                    alpha=np.float32(self.alpha),
+                )
+
+    def load_triggers(self, path):
+        """Loads triggers written by `save_triggers`.
+
+        Args:
+            path: A `.npz` file with a `triggers` array of this model's trigger shape.
+
+        Raises:
+            FileNotFoundError: if `path` does not exist.
+            ValueError: if the stored triggers do not fit this model.
+        """
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"Trigger file not found: {path!r}.")
+        with np.load(path) as stored:
+            if "triggers" not in stored:
+                raise ValueError(f"{path!r} holds no `triggers` array.")
+            triggers = stored["triggers"]
+        expected = tuple(self.triggers.shape)
+        if triggers.shape != expected:
+            raise ValueError(
+                f"Triggers in {path!r} have shape {triggers.shape}; this model expects {expected}."
+            )
+        self.triggers.assign(triggers.astype("float32"))
+
+    # === Saving ===
+
+    def _all_seed_generators(self):
+        """Every seed generator of the model and its sub-layers, in a fixed order."""
+        return [sg for layer in self._flatten_layers() for sg in layer._seed_generators]
+
+    def save_own_variables(self, store):
+        # Keras does not save random-seed states; storing them makes a reloaded model
+        # continue the same random streams (augmentation, label sampling, dropout).
+        for index, generator in enumerate(self._all_seed_generators()):
+            store[f"seed_{index}"] = generator.state
+
+    def load_own_variables(self, store):
+        generators = self._all_seed_generators()
+        if len(store.keys()) != len(generators):
+            raise ValueError(
+                f"Saved TrapMIDModel holds {len(store.keys())} seed states; this model has "
+                f"{len(generators)} seed generators."
+            )
+        for index, generator in enumerate(generators):
+            generator.state.assign(store[f"seed_{index}"])
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "classifier": _serialize(self.classifier),
+            "num_classes": self.num_classes,
+            "alpha": self.alpha,
+            "beta": self.beta,
+            "trigger_step_size": self.trigger_step_size,
+            "optimize_triggers": self.optimize_triggers,
+            "discriminator": _serialize(self.discriminator) if self.discriminator else None,
+            "augment": (
+                _serialize(self.augmenter) if self._custom_augment else self.augmenter is not None
+            ),
+            "trigger_channels": self.trigger.channels,
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for key in ("classifier", "discriminator", "augment"):
+            if isinstance(config.get(key), dict):
+                config[key] = _deserialize(config[key])
+        return cls(**config)
+
+
+def _image_checks(images):
+    """Assertion ops for the data contract: finite pixels in [0, 1]."""
+    message = "`images` must be in [0, 1] (the data contract);"
+    return [
+        tf.debugging.assert_all_finite(images, "`images` contain NaN or Inf values."),
+        tf.debugging.assert_greater_equal(tf.reduce_min(images), 0.0, message=message),
+        tf.debugging.assert_less_equal(tf.reduce_max(images), 1.0, message=message),
+    ]
+
+
+def _check_suffix(path, suffix, name):
+    if not str(path).endswith(suffix):
+        raise ValueError(f"`{name}` must end with {suffix!r}; received {str(path)!r}.")
