@@ -57,6 +57,11 @@ flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"]
                   "tf.distribute strategy; multi_worker reads TF_CONFIG.")
 flags.DEFINE_string("out", None, "Output folder.")
 flags.mark_flag_as_required("out")
+FLAG_NAMES = (
+    "dataset", "data_dir", "model", "defense", "epochs", "batch_size", "optimizer",
+    "learning_rate", "alpha", "beta", "trigger_step_size", "discriminator", "augment",
+    "optimize_triggers", "negls_smoothing", "seed", "strategy", "out",
+)
 
 
 def resolve_config(overrides):
@@ -207,18 +212,24 @@ def train(config):
     return results
 
 
+def config_from_flags(**changes):
+    """Resolves the settings given by the command-line flags, with `changes` applied.
+
+    Raises:
+        app.UsageError: for contradictory or out-of-range flags.
+    """
+    settings = {name: FLAGS[name].value for name in FLAG_NAMES}
+    settings.update(changes)
+    try:
+        return resolve_config(settings)
+    except ValueError as error:
+        raise app.UsageError(str(error)) from error
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    names = [
-        "dataset", "data_dir", "model", "defense", "epochs", "batch_size", "optimizer",
-        "learning_rate", "alpha", "beta", "trigger_step_size", "discriminator", "augment",
-        "optimize_triggers", "negls_smoothing", "seed", "strategy", "out",
-    ]
-    try:
-        config = resolve_config({name: FLAGS[name].value for name in names})
-    except ValueError as error:
-        raise app.UsageError(str(error)) from error
+    config = config_from_flags()
     logging.set_verbosity(logging.INFO)
     results = train(config)
     print(json.dumps(results, indent=2))

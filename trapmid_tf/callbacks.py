@@ -24,9 +24,12 @@ class TrapMIDCallback(keras.callbacks.Callback):
       to the logs as `val_accuracy` and `val_trapdoor_accuracy`;
     * writes every log value as a TensorBoard scalar and the triggers as images under
       `log_dir`;
-    * when the validation clean accuracy beats every earlier epoch (ties keep the earlier
-      epoch, as the reference), writes the classifier to `best_classifier_path` and the
-      triggers to `trigger_path`. Without validation data the training accuracy is used;
+    * when the validation clean accuracy beats every earlier epoch, as the reference, writes
+      the classifier to `best_classifier_path` and the triggers to `trigger_path`. Unlike the
+      reference, a tie in clean accuracy goes to the higher trapdoor accuracy (then to the
+      earlier epoch): on small test sets clean accuracy saturates early, and the reference's
+      rule would keep an epoch from before the trapdoor formed. Without validation data the
+      training accuracies are used;
     * every `every` epochs, writes a trigger checkpoint `triggers_epoch{N}.npz` next to
       `trigger_path` (or under `log_dir/triggers`).
 
@@ -82,8 +85,10 @@ class TrapMIDCallback(keras.callbacks.Callback):
         if self.validation_data is not None:
             results = self.model.evaluate(self.validation_data, verbose=0, return_dict=True)
             logs.update({f"val_{name}": float(value) for name, value in results.items()})
-        score = logs.get("val_accuracy", logs.get("accuracy"))
-        if score is not None and (self.best_logs is None or score > self._best_score()):
+        score = _selection_score(logs)
+        if score is not None and (
+            self.best_logs is None or score > _selection_score(self.best_logs)
+        ):
             self.best_epoch = epoch
             self.best_logs = dict(logs)
             self._write_best()
@@ -95,9 +100,6 @@ class TrapMIDCallback(keras.callbacks.Callback):
         if self._writer is not None:
             self._writer.close()
             self._writer = None
-
-    def _best_score(self):
-        return self.best_logs.get("val_accuracy", self.best_logs.get("accuracy"))
 
     def _write_best(self):
         if self.best_classifier_path is not None:
@@ -132,3 +134,11 @@ class TrapMIDCallback(keras.callbacks.Callback):
                 triggers = self.model.triggers.numpy()
                 tf.summary.image("triggers", triggers, max_outputs=min(len(triggers), 16))
         self._writer.flush()
+
+
+def _selection_score(logs):
+    """`(clean accuracy, trapdoor accuracy)` of an epoch's logs, validation first; None if absent."""
+    prefix = "val_" if "val_accuracy" in logs else ""
+    if f"{prefix}accuracy" not in logs:
+        return None
+    return logs[f"{prefix}accuracy"], logs.get(f"{prefix}trapdoor_accuracy", 0.0)
