@@ -6,6 +6,8 @@ machine. They must be configured before TensorFlow initialises its runtime, henc
 
 import os
 
+import pytest
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
@@ -16,4 +18,19 @@ def pytest_configure(config):
     cpus = tf.config.list_physical_devices("CPU")
     tf.config.set_logical_device_configuration(
         cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2
+    )
+
+
+@pytest.fixture(scope="session")
+def two_replicas():
+    """One `MirroredStrategy` over the two logical CPUs, shared by every test.
+
+    Shared, and reducing on one device: collective all-reduce instance keys restart with
+    each new `MirroredStrategy`, and a second strategy's collectives clash with the first's
+    in the same process ("Shape mismatch in the collective instance").
+    """
+    import tensorflow as tf
+
+    return tf.distribute.MirroredStrategy(
+        ["/cpu:0", "/cpu:1"], cross_device_ops=tf.distribute.ReductionToOneDevice()
     )

@@ -35,9 +35,9 @@ def relative_difference(a, b):
     return np.abs(a - b).max() / max(np.abs(a).max(), 1e-12)
 
 
-def test_one_and_two_replicas_give_the_same_update():
+def test_one_and_two_replicas_give_the_same_update(two_replicas):
     one, initial = train(tf.distribute.OneDeviceStrategy("/cpu:0"))
-    two, _ = train(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
+    two, _ = train(two_replicas)
     assert two.distribute_strategy.num_replicas_in_sync == 2
     for part in ("classifier", "discriminator"):
         a, b = getattr(one, part).get_weights(), getattr(two, part).get_weights()

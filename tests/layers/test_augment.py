@@ -280,9 +280,9 @@ def test_works_in_tf_function_with_unknown_batch():
         assert not np.allclose(outputs, images)
 
 
-def test_replicas_draw_the_slices_of_the_global_batch():
+def test_replicas_draw_the_slices_of_the_global_batch(two_replicas):
     images = _random_images((8, 6, 6, 1))
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = two_replicas
     with strategy.scope():
         distributed_layer = TrapdoorAugment(probability=1.0, seed=14)
     local_images = strategy.experimental_distribute_values_from_function(

@@ -7,11 +7,13 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from trapmid_tf.contract import checked_images, checked_labels, replica_count
 from trapmid_tf.defenses.sign_step import SignedGradientStep
 from trapmid_tf.files import atomic_path
 from trapmid_tf.layers.augment import TrapdoorAugment
 from trapmid_tf.layers.triggers import BlendTrigger
 from trapmid_tf.models.features import feature_extractor
+from trapmid_tf.saving import SeedStateMixin
 
 _serialize = keras.saving.serialize_keras_object
 _deserialize = keras.saving.deserialize_keras_object
@@ -42,16 +44,12 @@ def build_discriminator(classifier):
     return keras.Model(clone.inputs, realness, name=f"{classifier.name}_discriminator")
 
 
-def _replica_count():
-    return tf.distribute.get_strategy().num_replicas_in_sync
-
-
 def _sub_seed(seed, offset):
     return None if seed is None else int(seed) + offset
 
 
 @keras.saving.register_keras_serializable(package="trapmid_tf")
-class TrapMIDModel(keras.Model):
+class TrapMIDModel(SeedStateMixin, keras.Model):
     """Wraps a classifier and trains it with Trap-MID trapdoors (Liu & Chen, NeurIPS 2024).
 
     One trigger per class is blended into inputs, `x~ = (1 - alpha) x + alpha t_y`, and the
@@ -352,7 +350,7 @@ class TrapMIDModel(keras.Model):
             trapdoor_loss = self.trapdoor_loss(trapdoor_labels, trap_logits)
             loss = (1.0 - self.beta) * main_loss + self.beta * trapdoor_loss
             if self.classifier.losses:
-                loss += ops.sum(self.classifier.losses) / _replica_count()
+                loss += ops.sum(self.classifier.losses) / replica_count()
             scaled = self.optimizer.scale_loss(loss)
         gradients = tape.gradient(scaled, variables)
         self.optimizer.apply(gradients, variables)
@@ -371,7 +369,7 @@ class TrapMIDModel(keras.Model):
 
     @staticmethod
     def _unscaled(loss):
-        return loss * _replica_count()
+        return loss * replica_count()
 
     # === Input checks ===
 
@@ -388,48 +386,17 @@ class TrapMIDModel(keras.Model):
                 f"trapdoor_labels); received {type(data).__name__} of "
                 f"{len(data) if isinstance(data, (tuple, list)) else 1} element(s)."
             )
-        images = self._checked_images(data[0])
-        labels = self._checked_labels(data[1], "labels")
-        checks = [*_image_checks(images), *self._label_checks(labels, "labels")]
-        if len(data) == 3:
-            trapdoor_labels = self._checked_labels(data[2], "trapdoor_labels")
-            checks += self._label_checks(trapdoor_labels, "trapdoor_labels")
+        images, checks = checked_images(data[0], self.image_shape)
+        labels, label_checks = checked_labels(data[1], self.num_classes)
+        checks += label_checks
+        if len(data) == 3 and data[2] is not None:  # `train_on_batch` passes (x, y, None)
+            trapdoor_labels, label_checks = checked_labels(
+                data[2], self.num_classes, "trapdoor_labels"
+            )
+            checks += label_checks
         else:
             trapdoor_labels = self._sample_trapdoor_labels(ops.shape(images)[0])
         return images, labels, trapdoor_labels, checks
-
-    def _checked_images(self, images):
-        images = tf.convert_to_tensor(images)
-        if images.shape.rank != 4 or tuple(images.shape[1:]) != self.image_shape:
-            raise ValueError(
-                f"`images` must have shape (batch, {', '.join(map(str, self.image_shape))}) "
-                f"to match the classifier's input; received shape {tuple(images.shape)}."
-            )
-        if not images.dtype.is_floating:
-            raise ValueError(
-                "`images` must be floating point in [0, 1] (the data contract); received dtype "
-                f"{images.dtype.name}."
-            )
-        return tf.cast(images, "float32")
-
-    @staticmethod
-    def _checked_labels(labels, name):
-        labels = tf.convert_to_tensor(labels)
-        if labels.shape.rank == 2 and labels.shape[-1] == 1:
-            labels = tf.squeeze(labels, axis=-1)
-        if labels.shape.rank != 1 or not labels.dtype.is_integer:
-            raise ValueError(
-                f"`{name}` must be integer class indices of shape (batch,); received dtype "
-                f"{labels.dtype.name} and shape {tuple(labels.shape)}."
-            )
-        return tf.cast(labels, "int32")
-
-    def _label_checks(self, labels, name):
-        message = f"`{name}` must be in [0, {self.num_classes}) (num_classes);"
-        return [
-            tf.debugging.assert_greater_equal(tf.reduce_min(labels), 0, message=message),
-            tf.debugging.assert_less(tf.reduce_max(labels), self.num_classes, message=message),
-        ]
 
     def _sample_trapdoor_labels(self, batch):
         """Draws trapdoor labels balanced within the batch (counts differ by at most one)."""
@@ -489,26 +456,6 @@ class TrapMIDModel(keras.Model):
 
     # === Saving ===
 
-    def _all_seed_generators(self):
-        """Every seed generator of the model and its sub-layers, in a fixed order."""
-        return [sg for layer in self._flatten_layers() for sg in layer._seed_generators]
-
-    def save_own_variables(self, store):
-        # Keras does not save random-seed states; storing them makes a reloaded model
-        # continue the same random streams (augmentation, label sampling, dropout).
-        for index, generator in enumerate(self._all_seed_generators()):
-            store[f"seed_{index}"] = generator.state
-
-    def load_own_variables(self, store):
-        generators = self._all_seed_generators()
-        if len(store.keys()) != len(generators):
-            raise ValueError(
-                f"Saved TrapMIDModel holds {len(store.keys())} seed states; this model has "
-                f"{len(generators)} seed generators."
-            )
-        for index, generator in enumerate(generators):
-            generator.state.assign(store[f"seed_{index}"])
-
     def get_config(self):
         return {
             "name": self.name,
@@ -534,16 +481,6 @@ class TrapMIDModel(keras.Model):
             if isinstance(config.get(key), dict):
                 config[key] = _deserialize(config[key])
         return cls(**config)
-
-
-def _image_checks(images):
-    """Assertion ops for the data contract: finite pixels in [0, 1]."""
-    message = "`images` must be in [0, 1] (the data contract);"
-    return [
-        tf.debugging.assert_all_finite(images, "`images` contain NaN or Inf values."),
-        tf.debugging.assert_greater_equal(tf.reduce_min(images), 0.0, message=message),
-        tf.debugging.assert_less_equal(tf.reduce_max(images), 1.0, message=message),
-    ]
 
 
 def _check_suffix(path, suffix, name):

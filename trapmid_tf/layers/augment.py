@@ -15,6 +15,8 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from trapmid_tf.contract import replica_slot
+
 _NUM_RANDOM_PARAMETERS = 7  # 3 gates, crop area, 2 crop offsets, angle
 
 
@@ -224,14 +226,6 @@ def augment_with_parameters(images, crop_side, crop_offset, flip, angle):
     return warped * ops.cast(_rotation_frame_mask(angle, height, width), warped.dtype)
 
 
-def _replica_slot():
-    """`(number of replicas, this replica's index)`; `(1, 0)` outside a replica context."""
-    context = tf.distribute.get_replica_context()
-    if context is None:
-        return 1, 0
-    return context.num_replicas_in_sync, context.replica_id_in_sync_group
-
-
 @keras.saving.register_keras_serializable(package="trapmid_tf")
 class TrapdoorAugment(keras.layers.Layer):
     """Trap-MID's online augmentation, with independent random parameters per image.
@@ -292,7 +286,7 @@ class TrapdoorAugment(keras.layers.Layer):
 
     def _sample_parameters(self, batch_size):
         """Draws `(crop_side, crop_offset, flip, angle)` for a batch, identity where skipped."""
-        replicas, replica = _replica_slot()
+        replicas, replica = replica_slot()
         uniform = keras.random.uniform(
             (batch_size * replicas, _NUM_RANDOM_PARAMETERS), seed=self.seed_generator
         )
