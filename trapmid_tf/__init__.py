@@ -1,6 +1,6 @@
 """trapmid_tf: Trap-MID model-inversion defense, MI attacks and evaluation for Keras 3."""
 
-from trapmid_tf import data, defenses, layers, metrics, models
+from trapmid_tf import attacks, data, defenses, layers, metrics, models
 from trapmid_tf.callbacks import TrapMIDCallback
 from trapmid_tf.defenses import NegLSLoss, TrapMIDModel
 
@@ -8,6 +8,7 @@ __all__ = [
     "NegLSLoss",
     "TrapMIDCallback",
     "TrapMIDModel",
+    "attacks",
     "data",
     "defenses",
     "layers",

@@ -1,1 +1,29 @@
-"""trapmid_tf.attacks."""
+"""Model-inversion attacks: GAN priors trained with `fit`, and compiled inversion loops."""
+
+from trapmid_tf.attacks.gmi import GMIAttack
+from trapmid_tf.attacks.inversion import AttackResult, minimize
+from trapmid_tf.attacks.kedmi import KEDMIAttack
+from trapmid_tf.attacks.lomma import LOMMAAttack, SurrogateDistiller, compute_p_reg
+from trapmid_tf.attacks.mi_face import MIFaceAttack
+from trapmid_tf.attacks.plgmi import PLGMIAttack
+from trapmid_tf.attacks.plgmi_prior import PLGMIPrior, margin_loss, plgmi_augment, select_top_n
+from trapmid_tf.attacks.priors import GMIPrior, KEDMIPrior, kedmi_batches
+
+__all__ = [
+    "AttackResult",
+    "GMIAttack",
+    "GMIPrior",
+    "KEDMIAttack",
+    "KEDMIPrior",
+    "LOMMAAttack",
+    "MIFaceAttack",
+    "PLGMIAttack",
+    "PLGMIPrior",
+    "SurrogateDistiller",
+    "compute_p_reg",
+    "kedmi_batches",
+    "margin_loss",
+    "minimize",
+    "plgmi_augment",
+    "select_top_n",
+]

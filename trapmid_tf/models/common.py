@@ -89,15 +89,32 @@ def max_pool_non_negative(x, pool_size, strides, padding, name):
     return keras.layers.MaxPooling2D(pool_size, strides=strides, name=name)(x)
 
 
+def torch_default_kernel():
+    """Returns a fresh PyTorch default conv/linear weight initialiser, U(±1/√fan_in).
+
+    Keras's fan_in of a `Conv2DTranspose` kernel (out·k·k) is the one PyTorch uses for
+    `ConvTranspose2d` too, so the same initialiser fits every layer.
+    """
+    return keras.initializers.VarianceScaling(1.0 / 3.0, mode="fan_in", distribution="uniform")
+
+
+def torch_default_bias(fan_in):
+    """Returns a fresh PyTorch default bias initialiser, U(±1/√fan_in)."""
+    bound = 1.0 / math.sqrt(fan_in)
+    return keras.initializers.RandomUniform(-bound, bound)
+
+
+def xavier_uniform(gain=1.0):
+    """Returns a fresh Xavier-uniform initialiser with PyTorch's `gain`."""
+    return keras.initializers.VarianceScaling(gain**2, mode="fan_avg", distribution="uniform")
+
+
 def torch_default_dense(units, fan_in, name):
     """Returns a `Dense` initialised like PyTorch's `nn.Linear` (weights and bias U(±1/√fan_in))."""
-    bound = 1.0 / math.sqrt(fan_in)
     return keras.layers.Dense(
         units,
-        kernel_initializer=keras.initializers.VarianceScaling(
-            1.0 / 3.0, mode="fan_in", distribution="uniform"
-        ),
-        bias_initializer=keras.initializers.RandomUniform(-bound, bound),
+        kernel_initializer=torch_default_kernel(),
+        bias_initializer=torch_default_bias(fan_in),
         name=name,
     )
 
