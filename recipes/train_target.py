@@ -23,15 +23,15 @@ MODELS = ("small_cnn", "vgg16_bn", "ir18", "facenet64", "ir152")
 PRESETS = {
     "digits": dict(
         model="small_cnn", epochs=40, batch_size=64, optimizer="adam", learning_rate=1e-3,
-        alpha=0.1, beta=0.2, trigger_step_size=0.01,
+        lr_decay_fraction=0.75, alpha=0.1, beta=0.2, trigger_step_size=0.01,
     ),
     "mnist": dict(
         model="ir18", epochs=10, batch_size=64, optimizer="sgd", learning_rate=1e-2,
-        alpha=0.02, beta=0.2, trigger_step_size=0.01,
+        lr_decay_fraction=0.0, alpha=0.02, beta=0.2, trigger_step_size=0.01,
     ),
     "celeba": dict(
         model="vgg16_bn", epochs=50, batch_size=64, optimizer="sgd", learning_rate=1e-2,
-        alpha=0.02, beta=0.2, trigger_step_size=0.01,
+        lr_decay_fraction=0.0, alpha=0.02, beta=0.2, trigger_step_size=0.01,
     ),
 }
 PRESETS["fashion_mnist"] = PRESETS["mnist"]
@@ -45,6 +45,9 @@ flags.DEFINE_integer("epochs", None, "Training epochs (default: dataset preset).
 flags.DEFINE_integer("batch_size", None, "Global batch size (default: dataset preset).")
 flags.DEFINE_enum("optimizer", None, ["sgd", "adam"], "Optimiser (default: dataset preset).")
 flags.DEFINE_float("learning_rate", None, "Learning rate (default: dataset preset).")
+flags.DEFINE_integer("lr_decay_epoch", None,
+                     "Epoch from which the learning rate is 10x lower; 0 for a constant rate "
+                     "(default: digits 3/4 of --epochs, others 0).")
 flags.DEFINE_float("alpha", None, "Trigger blend weight (default: dataset preset).")
 flags.DEFINE_float("beta", None, "Trapdoor loss weight (default: dataset preset).")
 flags.DEFINE_float("trigger_step_size", None, "Signed trigger step (default: dataset preset).")
@@ -59,8 +62,8 @@ flags.DEFINE_string("out", None, "Output folder.")
 flags.mark_flag_as_required("out")
 FLAG_NAMES = (
     "dataset", "data_dir", "model", "defense", "epochs", "batch_size", "optimizer",
-    "learning_rate", "alpha", "beta", "trigger_step_size", "discriminator", "augment",
-    "optimize_triggers", "negls_smoothing", "seed", "strategy", "out",
+    "learning_rate", "lr_decay_epoch", "alpha", "beta", "trigger_step_size", "discriminator",
+    "augment", "optimize_triggers", "negls_smoothing", "seed", "strategy", "out",
 )
 
 
@@ -77,9 +80,13 @@ def resolve_config(overrides):
         ValueError: for contradictory or out-of-range settings.
     """
     config = dict(overrides)
-    for key, value in PRESETS[config["dataset"]].items():
+    preset = dict(PRESETS[config["dataset"]])
+    decay_fraction = preset.pop("lr_decay_fraction")
+    for key, value in preset.items():
         if config.get(key) is None:
             config[key] = value
+    if config.get("lr_decay_epoch") is None:
+        config["lr_decay_epoch"] = round(decay_fraction * config["epochs"])
     if config["dataset"] != "digits" and not config.get("data_dir"):
         raise ValueError(
             f"--dataset={config['dataset']} reads its files from --data_dir, which is not set "
@@ -96,6 +103,10 @@ def resolve_config(overrides):
     for key in ("epochs", "batch_size"):
         if config[key] < 1:
             raise ValueError(f"--{key} must be >= 1; received {config[key]}.")
+    if not 0 <= config["lr_decay_epoch"] <= config["epochs"]:
+        raise ValueError(
+            f"--lr_decay_epoch must be in [0, --epochs]; received {config['lr_decay_epoch']}."
+        )
     if config["learning_rate"] <= 0:
         raise ValueError(f"--learning_rate must be > 0; received {config['learning_rate']}.")
     return config
@@ -112,12 +123,18 @@ def make_strategy(name):
     return tf.distribute.get_strategy()
 
 
-def make_optimizer(config):
+def make_optimizer(config, steps_per_epoch):
+    """The classifier optimiser; with `lr_decay_epoch`, the rate drops tenfold from that epoch."""
     import keras
 
+    learning_rate = config["learning_rate"]
+    if config["lr_decay_epoch"]:
+        learning_rate = keras.optimizers.schedules.PiecewiseConstantDecay(
+            [config["lr_decay_epoch"] * steps_per_epoch], [learning_rate, learning_rate / 10]
+        )
     if config["optimizer"] == "adam":
-        return keras.optimizers.Adam(config["learning_rate"])
-    return keras.optimizers.SGD(config["learning_rate"], momentum=0.9, weight_decay=1e-4)
+        return keras.optimizers.Adam(learning_rate)
+    return keras.optimizers.SGD(learning_rate, momentum=0.9, weight_decay=1e-4)
 
 
 def make_loss(config):
@@ -129,7 +146,7 @@ def make_loss(config):
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
-def build_model(config, input_shape, num_classes):
+def build_model(config, input_shape, num_classes, steps_per_epoch):
     """Builds and compiles the target for `config["defense"]` in the current strategy scope."""
     import keras
     import trapmid_tf as tm
@@ -137,7 +154,9 @@ def build_model(config, input_shape, num_classes):
     classifier = getattr(tm.models, config["model"])(input_shape, num_classes)
     if not config["defense"].startswith("trapmid"):
         classifier.compile(
-            optimizer=make_optimizer(config), loss=make_loss(config), metrics=["accuracy"]
+            optimizer=make_optimizer(config, steps_per_epoch),
+            loss=make_loss(config),
+            metrics=["accuracy"],
         )
         return classifier
     model = tm.TrapMIDModel(
@@ -151,7 +170,7 @@ def build_model(config, input_shape, num_classes):
         augment=config["augment"],
         seed=config["seed"],
     )
-    model.compile(optimizer=make_optimizer(config), loss=make_loss(config))
+    model.compile(optimizer=make_optimizer(config, steps_per_epoch), loss=make_loss(config))
     return model
 
 
@@ -190,7 +209,7 @@ def train(config):
     test_data = test_data.batch(256).cache().prefetch(tf.data.AUTOTUNE)
 
     with make_strategy(config["strategy"]).scope():
-        model = build_model(config, input_shape, num_classes)
+        model = build_model(config, input_shape, num_classes, size // config["batch_size"])
     callback = tm.TrapMIDCallback(
         validation_data=test_data,
         log_dir=os.path.join(out, "logs"),

@@ -29,7 +29,7 @@ def load_recipe():
 def config_for(recipe, defense, out, **changes):
     settings = dict(
         dataset="digits", data_dir=None, model=None, defense=defense, epochs=2,
-        batch_size=None, optimizer=None, learning_rate=None, alpha=None, beta=None,
+        batch_size=None, optimizer=None, learning_rate=None, lr_decay_epoch=None, alpha=None, beta=None,
         trigger_step_size=None, discriminator=True, augment=True, optimize_triggers=True,
         negls_smoothing=-0.05, seed=0, strategy="default", out=str(out),
     )
