@@ -1,4 +1,7 @@
-"""Trains a target classifier with or without Trap-MID / NegLS and writes its artefacts.
+"""Trains a target classifier with a defense (or none) and writes its artefacts.
+
+Defenses: none, trapmid, negls, trapmid_negls (Trap-MID with NegLS as main and trapdoor loss),
+mid (variational information bottleneck) and bido (HSIC dependency regularisation).
 
 Example:
     python recipes/train_target.py --dataset=digits --defense=trapmid --out=runs/trapmid
@@ -14,7 +17,7 @@ import time
 
 from absl import app, flags, logging
 
-DEFENSES = ("none", "trapmid", "negls", "trapmid_negls")
+DEFENSES = ("none", "trapmid", "negls", "trapmid_negls", "mid", "bido")
 MODELS = ("small_cnn", "vgg16_bn", "ir18", "facenet64", "ir152")
 
 # Per-dataset defaults; any flag given on the command line wins. The face defaults are the
@@ -23,15 +26,15 @@ MODELS = ("small_cnn", "vgg16_bn", "ir18", "facenet64", "ir152")
 PRESETS = {
     "digits": dict(
         model="small_cnn", epochs=40, batch_size=64, optimizer="adam", learning_rate=1e-3,
-        lr_decay_fraction=0.75, alpha=0.1, beta=0.2, trigger_step_size=0.01,
+        lr_decay_fraction=0.75, alpha=0.1, beta=0.2, trigger_step_size=0.01, mid_beta=0.01,
     ),
     "mnist": dict(
         model="ir18", epochs=10, batch_size=64, optimizer="sgd", learning_rate=1e-2,
-        lr_decay_fraction=0.0, alpha=0.02, beta=0.2, trigger_step_size=0.01,
+        lr_decay_fraction=0.0, alpha=0.02, beta=0.2, trigger_step_size=0.01, mid_beta=0.01,
     ),
     "celeba": dict(
         model="vgg16_bn", epochs=50, batch_size=64, optimizer="sgd", learning_rate=1e-2,
-        lr_decay_fraction=0.0, alpha=0.02, beta=0.2, trigger_step_size=0.01,
+        lr_decay_fraction=0.0, alpha=0.02, beta=0.2, trigger_step_size=0.01, mid_beta=0.003,
     ),
 }
 PRESETS["fashion_mnist"] = PRESETS["mnist"]
@@ -55,6 +58,10 @@ flags.DEFINE_bool("discriminator", True, "Train triggers against a naturalness d
 flags.DEFINE_bool("augment", True, "Use the reference augmentation in Trap-MID training.")
 flags.DEFINE_bool("optimize_triggers", True, "Optimise the triggers (else random, fixed).")
 flags.DEFINE_float("negls_smoothing", -0.05, "Full NegLS smoothing (negls defenses).")
+flags.DEFINE_float("mid_beta", None, "MID: weight of the KL term (default: digits/MNIST 0.01, "
+                   "CelebA 0.003).")
+flags.DEFINE_float("bido_lambda_xz", 0.05, "BiDO: weight of HSIC(hidden, input).")
+flags.DEFINE_float("bido_lambda_yz", 0.5, "BiDO: weight of HSIC(hidden, label).")
 flags.DEFINE_integer("seed", 0, "Random seed.")
 flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"],
                   "tf.distribute strategy; multi_worker reads TF_CONFIG.")
@@ -63,7 +70,8 @@ flags.mark_flag_as_required("out")
 FLAG_NAMES = (
     "dataset", "data_dir", "model", "defense", "epochs", "batch_size", "optimizer",
     "learning_rate", "lr_decay_epoch", "alpha", "beta", "trigger_step_size", "discriminator",
-    "augment", "optimize_triggers", "negls_smoothing", "seed", "strategy", "out",
+    "augment", "optimize_triggers", "negls_smoothing", "mid_beta", "bido_lambda_xz",
+    "bido_lambda_yz", "seed", "strategy", "out",
 )
 
 
@@ -147,11 +155,27 @@ def make_loss(config):
 
 
 def build_model(config, input_shape, num_classes, steps_per_epoch):
-    """Builds and compiles the target for `config["defense"]` in the current strategy scope."""
+    """Builds and compiles the target for `config["defense"]` in the current strategy scope.
+
+    Returns a plain Keras classifier (none, negls) or a wrapper with `export_classifier`
+    (`TrapMIDModel`, `MIDModel`, `BiDOModel`).
+    """
     import keras
     import trapmid_tf as tm
 
     classifier = getattr(tm.models, config["model"])(input_shape, num_classes)
+    regularized = {
+        "mid": lambda: tm.defenses.MIDModel(
+            classifier, beta=config["mid_beta"], seed=config["seed"]
+        ),
+        "bido": lambda: tm.defenses.BiDOModel(
+            classifier, lambda_xz=config["bido_lambda_xz"], lambda_yz=config["bido_lambda_yz"]
+        ),
+    }
+    if config["defense"] in regularized:
+        model = regularized[config["defense"]]()
+        model.compile(optimizer=make_optimizer(config, steps_per_epoch), loss=make_loss(config))
+        return model
     if not config["defense"].startswith("trapmid"):
         classifier.compile(
             optimizer=make_optimizer(config, steps_per_epoch),

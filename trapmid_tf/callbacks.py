@@ -103,7 +103,7 @@ class TrapMIDCallback(keras.callbacks.Callback):
 
     def _write_best(self):
         if self.best_classifier_path is not None:
-            if self._has_triggers:
+            if hasattr(self.model, "export_classifier"):  # Trap-MID, MID, BiDO wrappers
                 self.model.export_classifier(self.best_classifier_path)
             else:
                 with atomic_path(self.best_classifier_path) as temp:

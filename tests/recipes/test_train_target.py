@@ -31,7 +31,8 @@ def config_for(recipe, defense, out, **changes):
         dataset="digits", data_dir=None, model=None, defense=defense, epochs=2,
         batch_size=None, optimizer=None, learning_rate=None, lr_decay_epoch=None, alpha=None, beta=None,
         trigger_step_size=None, discriminator=True, augment=True, optimize_triggers=True,
-        negls_smoothing=-0.05, seed=0, strategy="default", out=str(out),
+        negls_smoothing=-0.05, mid_beta=None, bido_lambda_xz=0.05, bido_lambda_yz=0.5, seed=0,
+        strategy="default", out=str(out),
     )
     settings.update(changes)
     return recipe.resolve_config(settings)
@@ -57,12 +58,18 @@ def test_trapmid_negls_run_writes_consistent_artefacts(tmp_path):
         assert stored_triggers["triggers"].shape == (5, 32, 32, 1)
 
 
-def test_undefended_run_has_no_triggers(tmp_path):
+@pytest.mark.parametrize("defense", ["none", "mid", "bido"])
+def test_runs_without_triggers_export_a_plain_classifier(tmp_path, defense):
     recipe = load_recipe()
-    results = recipe.train(config_for(recipe, "none", tmp_path, epochs=1))
+    results = recipe.train(config_for(recipe, defense, tmp_path, epochs=1))
     assert results["trapdoor_accuracy"] is None
     assert not (tmp_path / "triggers.npz").exists()
-    assert (tmp_path / "classifier.keras").exists()
+    classifier = keras.models.load_model(tmp_path / "classifier.keras")
+    assert type(classifier).__name__ == "Functional"  # a plain classifier, no wrapper
+    (_, test), _ = tm.data.load("digits", seed=0)
+    x, y = (np.stack(a) for a in zip(*test.as_numpy_iterator()))
+    accuracy = np.mean(classifier.predict(x, verbose=0).argmax(1) == y)
+    assert accuracy == pytest.approx(results["test_accuracy"], abs=1e-6)
 
 
 @pytest.mark.parametrize(
