@@ -27,14 +27,17 @@ PRESETS = {
     "digits": dict(
         model="small_cnn", epochs=40, batch_size=64, optimizer="adam", learning_rate=1e-3,
         lr_decay_fraction=0.75, alpha=0.1, beta=0.2, trigger_step_size=0.01, mid_beta=0.01,
+        public_split="samples",
     ),
     "mnist": dict(
         model="ir18", epochs=10, batch_size=64, optimizer="sgd", learning_rate=1e-2,
         lr_decay_fraction=0.0, alpha=0.02, beta=0.2, trigger_step_size=0.01, mid_beta=0.01,
+        public_split="classes",
     ),
     "celeba": dict(
         model="vgg16_bn", epochs=50, batch_size=64, optimizer="sgd", learning_rate=1e-2,
         lr_decay_fraction=0.0, alpha=0.02, beta=0.2, trigger_step_size=0.01, mid_beta=0.003,
+        public_split="classes",
     ),
 }
 PRESETS["fashion_mnist"] = PRESETS["mnist"]
@@ -42,6 +45,9 @@ PRESETS["fashion_mnist"] = PRESETS["mnist"]
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("dataset", "digits", sorted(PRESETS), "Dataset name (trapmid_tf.data.load).")
 flags.DEFINE_string("data_dir", None, "Folder with the dataset files (not needed for digits).")
+flags.DEFINE_enum("public_split", None, ["classes", "samples"],
+                  "Digit datasets: public data = classes 5-9 (reference) or also a disjoint half "
+                  "of the private classes' images (default: dataset preset; see README).")
 flags.DEFINE_enum("model", None, MODELS, "Classifier architecture (default: dataset preset).")
 flags.DEFINE_enum("defense", "trapmid", DEFENSES, "Defense to train with.")
 flags.DEFINE_integer("epochs", None, "Training epochs (default: dataset preset).")
@@ -68,7 +74,7 @@ flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"]
 flags.DEFINE_string("out", None, "Output folder.")
 flags.mark_flag_as_required("out")
 FLAG_NAMES = (
-    "dataset", "data_dir", "model", "defense", "epochs", "batch_size", "optimizer",
+    "dataset", "data_dir", "public_split", "model", "defense", "epochs", "batch_size", "optimizer",
     "learning_rate", "lr_decay_epoch", "alpha", "beta", "trigger_step_size", "discriminator",
     "augment", "optimize_triggers", "negls_smoothing", "mid_beta", "bido_lambda_xz",
     "bido_lambda_yz", "seed", "strategy", "out",
@@ -216,7 +222,10 @@ def train(config):
     os.makedirs(out, exist_ok=True)
     write_json(os.path.join(out, "flags.json"), config)
     keras.utils.set_random_seed(config["seed"])
-    (train_set, test_set), _ = tm.data.load(config["dataset"], config["data_dir"], seed=config["seed"])
+    (train_set, test_set), _ = tm.data.load(
+        config["dataset"], config["data_dir"], seed=config["seed"],
+        public_split=config["public_split"],
+    )
     input_shape = tuple(train_set.element_spec[0].shape)
     num_classes = int(train_set.reduce(0, lambda m, item: tf.maximum(m, item[1])).numpy()) + 1
     uses_triggers = config["defense"].startswith("trapmid")

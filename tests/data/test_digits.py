@@ -5,7 +5,7 @@ import pytest
 from sklearn.datasets import load_digits
 
 from trapmid_tf.data.digits import stratified_split
-from trapmid_tf.data.loaders import load
+from trapmid_tf.data.loaders import load, load_evaluation_data
 
 
 def _arrays(dataset):
@@ -128,3 +128,46 @@ def test_stratified_split_partitions_each_class():
 def test_stratified_split_rejects_bad_fraction():
     with pytest.raises(ValueError, match="test_fraction"):
         stratified_split(np.zeros(4), test_fraction=1.5, seed=0)
+
+
+def test_samples_split_gives_half_of_each_private_class_to_the_public(sklearn_digits):
+    images, target = sklearn_digits
+    (train, test), public = load("digits", image_size=8, public_split="samples")
+    (x_train, y_train), (x_test, y_test) = _arrays(train), _arrays(test)
+    x_public = _arrays(public)
+    (_, reference_test), _ = load("digits", image_size=8)
+    # The test split is the reference split's; the training pool is halved per class.
+    np.testing.assert_array_equal(_arrays(reference_test)[1], y_test)
+    for label in range(5):
+        pool = np.sum(target == label) - np.sum(y_test == label)
+        assert np.sum(y_train == label) == pool - round(0.5 * pool)
+    # Every image lands in exactly one split: train + test + public is the whole dataset,
+    # so no private training image is public.
+    together = np.concatenate([x_train, x_test, x_public])
+    np.testing.assert_array_equal(
+        _sorted_rows(together), _sorted_rows(images[..., None] / 16.0).astype(np.float32)
+    )
+    assert len(x_public) == len(images) - len(x_train) - len(x_test)
+
+
+def test_public_split_is_checked():
+    with pytest.raises(ValueError, match=r"public_split must be one of \['classes', 'samples'\]"):
+        load("digits", public_split="pixels")
+
+
+def test_evaluation_data_has_all_ten_classes(sklearn_digits):
+    images, target = sklearn_digits
+    train, test, num_classes = load_evaluation_data("digits", image_size=8)
+    (x_train, y_train), (x_test, y_test) = _arrays(train), _arrays(test)
+    assert num_classes == 10
+    for label in range(10):
+        assert np.sum(y_test == label) == round(0.2 * np.sum(target == label))
+    np.testing.assert_array_equal(
+        _sorted_rows(np.concatenate([x_train, x_test])),
+        _sorted_rows(images[..., None] / 16.0).astype(np.float32),
+    )
+
+
+def test_evaluation_data_rejects_unlabelled_folder():
+    with pytest.raises(ValueError, match="name must be one of"):
+        load_evaluation_data("folder")

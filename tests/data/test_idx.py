@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from trapmid_tf.data.idx import read_idx
-from trapmid_tf.data.loaders import load
+from trapmid_tf.data.loaders import load, load_evaluation_data
 
 _TYPE_CODES = {np.dtype("uint8"): 0x08, np.dtype("int32"): 0x0C, np.dtype("float32"): 0x0D}
 
@@ -149,3 +149,23 @@ def test_mnist_wrong_rank_is_an_error(tmp_path):
     _write(tmp_path / "train-labels-idx1-ubyte", _idx_bytes(np.zeros((20, 1), np.uint8)))
     with pytest.raises(ValueError, match="train-labels-idx1-ubyte.*rank 1"):
         load("mnist", str(tmp_path))
+
+
+def test_mnist_samples_split_moves_half_of_each_private_class_to_the_public(tmp_path):
+    arrays = _write_mnist(tmp_path)
+    train_labels = arrays["train-labels-idx1-ubyte"]
+    (train, test), public = load("mnist", str(tmp_path), image_size=4, public_split="samples")
+    _, y_train = _arrays(train)
+    _, y_test = _arrays(test)
+    # Two training images per class: one stays private, one becomes public.
+    np.testing.assert_array_equal(np.bincount(y_train, minlength=5), [1] * 5)
+    assert len(y_test) == 5
+    assert len(_arrays(public)) == np.sum(train_labels >= 5) + 5
+
+
+def test_mnist_evaluation_data_is_all_ten_classes(tmp_path):
+    arrays = _write_mnist(tmp_path)
+    train, test, num_classes = load_evaluation_data("mnist", str(tmp_path), image_size=4)
+    assert num_classes == 10
+    np.testing.assert_array_equal(_arrays(train)[1], arrays["train-labels-idx1-ubyte"])
+    np.testing.assert_array_equal(_arrays(test)[1], arrays["t10k-labels-idx1-ubyte"])

@@ -1,6 +1,6 @@
 """Datasets: the embedded digits default, MNIST-family IDX files, CelebA, image folders."""
 
-from trapmid_tf.data.loaders import DatasetSplits, load
+from trapmid_tf.data.loaders import DatasetSplits, load, load_evaluation_data
 from trapmid_tf.data.trapdoor_labels import with_trapdoor_labels
 
-__all__ = ["DatasetSplits", "load", "with_trapdoor_labels"]
+__all__ = ["DatasetSplits", "load", "load_evaluation_data", "with_trapdoor_labels"]

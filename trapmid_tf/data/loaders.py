@@ -21,6 +21,12 @@ from trapmid_tf.data import digits, idx, images
 # Classes 0..NUM_PRIVATE_CLASSES-1 are private; the others feed the public set.
 NUM_PRIVATE_CLASSES = 5
 DIGITS_TEST_FRACTION = 0.2
+# How the digit datasets find their public (attacker) data; see `load`.
+PUBLIC_SPLITS = ("classes", "samples")
+# With public_split="samples", this fraction of each private class's training pool is public.
+PUBLIC_SAMPLE_FRACTION = 0.5
+# The reference's CelebA private set: 1,000 identities, labels 0..999.
+CELEBA_PRIVATE_IDENTITIES = 1000
 
 _logger = logging.getLogger(__name__)
 
@@ -50,11 +56,22 @@ class DatasetSplits(collections.namedtuple("DatasetSplits", ["private", "public"
 
 
 _DatasetSpec = collections.namedtuple(
-    "_DatasetSpec", ["build", "image_size", "channels", "needs_files", "expected"]
+    "_DatasetSpec",
+    ["build", "image_size", "channels", "needs_files", "expected", "digit_classes"],
+    defaults=[False],
 )
 
 
-def load(name, data_dir=None, *, image_size=None, channels=None, seed=0, skip_unreadable=False):
+def load(
+    name,
+    data_dir=None,
+    *,
+    image_size=None,
+    channels=None,
+    seed=0,
+    skip_unreadable=False,
+    public_split="classes",
+):
     """Loads a dataset as private train/test splits and a public split.
 
     Datasets (default image size and channels in brackets):
@@ -62,6 +79,10 @@ def load(name, data_dir=None, *, image_size=None, channels=None, seed=0, skip_un
         classes 0-4, 80/20 train/test per class (random, from `seed`). Public: 5-9.
       - "mnist", "fashion_mnist" (32, 1): the four IDX files in `data_dir`. Private:
         classes 0-4 of the train and test files. Public: classes 5-9 of the train file.
+      For these three, `public_split="samples"` instead makes the public set a disjoint
+      random half (from `seed`) of each private class's training images, unlabelled, plus
+      every image of classes 5-9: the attacker then holds in-distribution data of the
+      private classes, but never the private images themselves.
       - "celeba" (64, 3): `data_dir` holds `img_align_celeba/` and `celeba_trainset.txt`,
         `celeba_testset.txt`, `celeba_ganset.txt`; faces cropped to rows 55:163 and
         cols 35:143 before resizing.
@@ -75,6 +96,8 @@ def load(name, data_dir=None, *, image_size=None, channels=None, seed=0, skip_un
         image_size: side of the square output images; None for the dataset default.
         channels: 1 or 3; None for the dataset default.
         seed: int seed of the random splits ("digits"); other datasets ignore it.
+        public_split: "classes" (the reference's split, above) or "samples"; only the
+            digit datasets accept "samples".
         skip_unreadable: for image-file datasets, decode every image once now and
             leave out those that are missing or cannot be decoded; the paths are in
             the result's `skipped_files` (and `skipped` counts them) and a warning is
@@ -94,14 +117,18 @@ def load(name, data_dir=None, *, image_size=None, channels=None, seed=0, skip_un
     image_size = spec.image_size if image_size is None else image_size
     channels = spec.channels if channels is None else channels
     _check_arguments(image_size, channels, seed)
+    _check_public_split(name, public_split)
     _check_data_dir(name, spec, data_dir)
-    splits = spec.build(
+    build_options = dict(
         data_dir=data_dir,
         image_size=int(image_size),
         channels=int(channels),
         seed=int(seed),
         skip_unreadable=bool(skip_unreadable),
     )
+    if spec.digit_classes:
+        build_options["public_split"] = public_split
+    splits = spec.build(**build_options)
     if splits.skipped:
         _logger.warning(
             "Skipped %d unreadable image(s) of dataset %r, e.g. %s",
@@ -112,6 +139,53 @@ def load(name, data_dir=None, *, image_size=None, channels=None, seed=0, skip_un
     return splits
 
 
+def load_evaluation_data(name, data_dir=None, *, image_size=None, channels=None, seed=0):
+    """Labelled train/test splits for the attack evaluation model of a dataset.
+
+    The evaluation model judges reconstructions, as a human would; like the reference it
+    may see the private training images. "digits": all ten classes, 80/20 per class
+    (random, from `seed`); "mnist", "fashion_mnist": all ten classes of the train and
+    test files (the reference's MNIST evaluator); "celeba": the private identities'
+    train/test splits. "folder" has no labels and raises.
+
+    Args:
+        name, data_dir, image_size, channels: as in `load`.
+        seed: int seed of the digits split.
+
+    Returns:
+        `(train, test, num_classes)`: unbatched datasets of `(image, label)` and the
+        number of classes.
+
+    Raises:
+        ValueError: for an unknown or unlabelled dataset or a bad argument.
+        FileNotFoundError: if `data_dir` or a file it must hold is missing.
+    """
+    if name == "folder" or name not in _DATASETS:
+        labelled = sorted(set(_DATASETS) - {"folder"})
+        raise ValueError(f"name must be one of {labelled}, got {name!r}.")
+    spec = _DATASETS[name]
+    image_size = spec.image_size if image_size is None else image_size
+    channels = spec.channels if channels is None else channels
+    _check_arguments(image_size, channels, seed)
+    _check_data_dir(name, spec, data_dir)
+    if name == "celeba":
+        (train, test), _ = load(name, data_dir, image_size=image_size, channels=channels)
+        return train, test, CELEBA_PRIVATE_IDENTITIES
+    if name == "digits":
+        all_images, all_labels = digits.load_digits_arrays()
+        train, test = digits.stratified_split(all_labels, DIGITS_TEST_FRACTION, seed)
+        train_images, train_labels = all_images[train], all_labels[train]
+        test_images, test_labels = all_images[test], all_labels[test]
+    else:
+        train_images, train_labels, test_images, test_labels = idx.read_mnist_family(data_dir)
+        train_images, test_images = train_images[..., np.newaxis], test_images[..., np.newaxis]
+    return (
+        _array_dataset(train_images, train_labels, image_size, channels),
+        _array_dataset(test_images, test_labels, image_size, channels),
+        int(np.max(train_labels)) + 1,
+    )
+
+
 def _check_arguments(image_size, channels, seed):
     if not _is_int(image_size) or image_size < 1:
         raise ValueError(f"image_size must be None or an int >= 1, got {image_size!r}.")
@@ -119,6 +193,15 @@ def _check_arguments(image_size, channels, seed):
         raise ValueError(f"channels must be None, 1 or 3, got {channels!r}.")
     if not _is_int(seed):
         raise ValueError(f"seed must be an int, got {seed!r}.")
+
+
+def _check_public_split(name, public_split):
+    allowed = PUBLIC_SPLITS if _DATASETS[name].digit_classes else PUBLIC_SPLITS[:1]
+    if public_split not in allowed:
+        raise ValueError(
+            f"public_split must be one of {list(allowed)} for dataset {name!r}, "
+            f"got {public_split!r}."
+        )
 
 
 def _is_int(value):
@@ -140,37 +223,62 @@ def _check_data_dir(name, spec, data_dir):
         )
 
 
-def _load_digits(data_dir, image_size, channels, seed, skip_unreadable):
+def _load_digits(data_dir, image_size, channels, seed, skip_unreadable, public_split):
     del data_dir, skip_unreadable  # Embedded; no files.
     all_images, all_labels = digits.load_digits_arrays()
-    private = all_labels < NUM_PRIVATE_CLASSES
-    images_private, labels_private = all_images[private], all_labels[private]
-    train, test = digits.stratified_split(labels_private, DIGITS_TEST_FRACTION, seed)
-    return DatasetSplits(
-        private=(
-            _array_dataset(images_private[train], labels_private[train], image_size, channels),
-            _array_dataset(images_private[test], labels_private[test], image_size, channels),
-        ),
-        public=_array_dataset(all_images[~private], None, image_size, channels),
+    private = np.flatnonzero(all_labels < NUM_PRIVATE_CLASSES)
+    pool, test = digits.stratified_split(all_labels[private], DIGITS_TEST_FRACTION, seed)
+    return _digit_splits(
+        all_images, all_labels, private[pool], private[test], public_split, seed, image_size,
+        channels,
     )
 
 
-def _load_mnist_family(data_dir, image_size, channels, seed, skip_unreadable):
-    del seed, skip_unreadable  # Fixed splits; no image files.
+def _load_mnist_family(
+    data_dir, image_size, channels, seed, skip_unreadable, public_split
+):
+    del skip_unreadable  # No image files.
     train_images, train_labels, test_images, test_labels = idx.read_mnist_family(data_dir)
-    train_images, test_images = train_images[..., np.newaxis], test_images[..., np.newaxis]
-    private_train = train_labels < NUM_PRIVATE_CLASSES
-    private_test = test_labels < NUM_PRIVATE_CLASSES
+    images = np.concatenate([train_images, test_images])[..., np.newaxis]
+    labels = np.concatenate([train_labels, test_labels])
+    is_test = np.arange(len(labels)) >= len(train_labels)
+    pool = np.flatnonzero((labels < NUM_PRIVATE_CLASSES) & ~is_test)
+    test = np.flatnonzero((labels < NUM_PRIVATE_CLASSES) & is_test)
+    return _digit_splits(
+        images, labels, pool, test, public_split, seed, image_size, channels, ~is_test
+    )
+
+
+def _digit_splits(
+    all_images, all_labels, pool, test, public_split, seed, image_size, channels,
+    public_candidates=None,
+):
+    """Private train/test and public splits of a dataset whose classes 0-4 are private.
+
+    Args:
+        all_images, all_labels: the whole dataset.
+        pool: indices of the private classes' training pool; `test`: their test indices.
+        public_split: "classes" (public = classes 5-9) or "samples" (also a random
+            `PUBLIC_SAMPLE_FRACTION` of each class of the pool, taken out of it).
+        seed: seed of that random choice.
+        public_candidates: boolean mask of the images that may be public (default: all).
+    """
+    other_classes = all_labels >= NUM_PRIVATE_CLASSES
+    if public_candidates is not None:
+        other_classes &= public_candidates
+    public = np.flatnonzero(other_classes)
+    if public_split == "samples":
+        kept, given = digits.stratified_split(
+            all_labels[pool], PUBLIC_SAMPLE_FRACTION, seed + 1
+        )
+        public = np.sort(np.concatenate([public, pool[given]]))
+        pool = pool[kept]
     return DatasetSplits(
         private=(
-            _array_dataset(
-                train_images[private_train], train_labels[private_train], image_size, channels
-            ),
-            _array_dataset(
-                test_images[private_test], test_labels[private_test], image_size, channels
-            ),
+            _array_dataset(all_images[pool], all_labels[pool], image_size, channels),
+            _array_dataset(all_images[test], all_labels[test], image_size, channels),
         ),
-        public=_array_dataset(train_images[~private_train], None, image_size, channels),
+        public=_array_dataset(all_images[public], None, image_size, channels),
     )
 
 
@@ -202,10 +310,14 @@ def _array_dataset(image_array, labels, image_size, channels):
 
 _MNIST_EXPECTED = f"the four IDX files {sorted(idx.MNIST_FILES.values())} (each optionally .gz)"
 _DATASETS = {
-    "digits": _DatasetSpec(_load_digits, 32, 1, needs_files=False, expected=None),
-    "mnist": _DatasetSpec(_load_mnist_family, 32, 1, needs_files=True, expected=_MNIST_EXPECTED),
+    "digits": _DatasetSpec(
+        _load_digits, 32, 1, needs_files=False, expected=None, digit_classes=True
+    ),
+    "mnist": _DatasetSpec(
+        _load_mnist_family, 32, 1, needs_files=True, expected=_MNIST_EXPECTED, digit_classes=True
+    ),
     "fashion_mnist": _DatasetSpec(
-        _load_mnist_family, 32, 1, needs_files=True, expected=_MNIST_EXPECTED
+        _load_mnist_family, 32, 1, needs_files=True, expected=_MNIST_EXPECTED, digit_classes=True
     ),
     "celeba": _DatasetSpec(
         _load_celeba,
