@@ -56,3 +56,49 @@ def write_json(path, data):
         with open(temp, "w", encoding="utf-8") as stream:
             json.dump(data, stream, indent=2, sort_keys=True)
             stream.write("\n")
+
+
+STAGE_FILE = "stage.json"
+
+
+def build_or_reuse(directory, settings, build, load, overwrite=False, log=print):
+    """Returns a stage's artefacts, reusing those in `directory` when made with `settings`.
+
+    A finished stage leaves `STAGE_FILE` (its settings) in `directory`, written last and
+    atomically, so a stage killed half-way is never trusted. It is reused when that file
+    holds the same settings and `load` succeeds; otherwise (or with `overwrite`) the stage
+    marker is removed and `build` runs again.
+
+    Args:
+        directory: The stage's folder.
+        settings: JSON-serialisable dict of everything the artefacts depend on.
+        build: Callable `() -> result` that makes the artefacts and writes them into
+            `directory` (atomically).
+        load: Callable `() -> result` that reads them back; raises if they are unusable.
+        overwrite: Rebuild even if reusable.
+        log: Callable taking a one-line message.
+
+    Returns:
+        The result of `load` or of `build`.
+    """
+    marker = os.path.join(directory, STAGE_FILE)
+    settings = json.loads(json.dumps(settings, sort_keys=True))
+    if not overwrite and os.path.exists(marker):
+        with open(marker, encoding="utf-8") as stream:
+            stored = json.load(stream)
+        if stored == settings:
+            try:
+                result = load()
+            except (OSError, ValueError, KeyError) as error:
+                log(f"{directory}: stored artefacts are unusable ({error}); rebuilding.")
+            else:
+                log(f"{directory}: reusing the stored artefacts.")
+                return result
+        else:
+            log(f"{directory}: stored artefacts were made with other settings; rebuilding.")
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(marker)
+    os.makedirs(directory, exist_ok=True)
+    result = build()
+    write_json(marker, settings)
+    return result

@@ -1,7 +1,9 @@
-"""Evaluation metrics: attack accuracy, KNN distance, FID, PRDC, trapdoor signatures."""
+"""Evaluation metrics: attack accuracy, KNN distance, FID, PRDC, trapdoor signatures, and the
+evaluation protocol that applies them (`AttackEvaluator`, `TrapdoorDetector`)."""
 
 from trapmid_tf.metrics.accuracy import top_k_accuracy
 from trapmid_tf.metrics.distance import knn_distance, min_squared_distances
+from trapmid_tf.metrics.evaluator import AttackEvaluator, TrapdoorDetector, train_evaluation_model
 from trapmid_tf.metrics.features import batched_predict
 from trapmid_tf.metrics.fid import fid, frechet_distance, inception_feature_extractor
 from trapmid_tf.metrics.prdc import prdc
@@ -14,6 +16,8 @@ from trapmid_tf.metrics.trapdoor import (
 )
 
 __all__ = [
+    "AttackEvaluator",
+    "TrapdoorDetector",
     "batched_predict",
     "class_signatures",
     "detection_rate",
@@ -26,5 +30,6 @@ __all__ = [
     "prdc",
     "signature_similarity",
     "top_k_accuracy",
+    "train_evaluation_model",
     "trapdoor_signatures",
 ]
