@@ -8,11 +8,25 @@ from trapmid_tf.attacks.mi_face import MIFaceAttack
 from trapmid_tf.attacks.plgmi import PLGMIAttack
 from trapmid_tf.attacks.plgmi_prior import PLGMIPrior, margin_loss, plgmi_augment, select_top_n
 from trapmid_tf.attacks.priors import GMIPrior, KEDMIPrior, kedmi_batches
+from trapmid_tf.attacks.suite import (
+    ATTACKS,
+    InversionSettings,
+    build_attack,
+    load_prior,
+    priors_needed,
+    save_prior,
+    train_gmi_prior,
+    train_kedmi_prior,
+    train_lomma_surrogates,
+    train_plgmi_prior,
+)
 
 __all__ = [
+    "ATTACKS",
     "AttackResult",
     "GMIAttack",
     "GMIPrior",
+    "InversionSettings",
     "KEDMIAttack",
     "KEDMIPrior",
     "LOMMAAttack",
@@ -20,10 +34,18 @@ __all__ = [
     "PLGMIAttack",
     "PLGMIPrior",
     "SurrogateDistiller",
+    "build_attack",
     "compute_p_reg",
     "kedmi_batches",
+    "load_prior",
     "margin_loss",
     "minimize",
     "plgmi_augment",
+    "priors_needed",
+    "save_prior",
     "select_top_n",
+    "train_gmi_prior",
+    "train_kedmi_prior",
+    "train_lomma_surrogates",
+    "train_plgmi_prior",
 ]

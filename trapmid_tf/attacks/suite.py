@@ -1,0 +1,333 @@
+"""The attack suite by name: the priors each attack needs, how to train them, the inversions.
+
+    priors = {"gmi": train_gmi_prior(public, epochs=60)}
+    attack = build_attack("gmi", priors)
+    result = attack.invert(target, classes=range(5), per_class=5)
+
+Attacks: `gmi`, `kedmi`, `lomma_gmi`, `lomma_kedmi` (LOMMA's logit loss, feature
+regulariser and distilled surrogates on the GMI / KED-MI priors), `plgmi`, and the prior-free
+`mi_face`. Priors: `gmi` (shared by every target), and per target `kedmi`, `plgmi` and
+`lomma` (surrogates plus the target's mean public feature).
+"""
+
+import collections
+import dataclasses
+import os
+
+import keras
+import numpy as np
+
+from trapmid_tf.attacks.gmi import GMIAttack
+from trapmid_tf.attacks.kedmi import KEDMIAttack
+from trapmid_tf.attacks.lomma import LOMMAAttack, SurrogateDistiller, compute_p_reg
+from trapmid_tf.attacks.mi_face import MIFaceAttack
+from trapmid_tf.attacks.plgmi import PLGMIAttack
+from trapmid_tf.attacks.plgmi_prior import PLGMIPrior, select_top_n
+from trapmid_tf.attacks.priors import GMIPrior, KEDMIPrior, kedmi_batches
+from trapmid_tf.files import atomic_path
+from trapmid_tf.models.cgan import resnet_generator, sn_projection_discriminator
+from trapmid_tf.models.gan import dcgan_generator, minibatch_discriminator, wgan_critic
+from trapmid_tf.models.small_cnn import small_cnn
+
+ATTACKS = ("gmi", "kedmi", "lomma_gmi", "lomma_kedmi", "plgmi", "mi_face")
+PRIORS_OF_ATTACK = {
+    "gmi": ("gmi",),
+    "kedmi": ("kedmi",),
+    "lomma_gmi": ("gmi", "lomma"),
+    "lomma_kedmi": ("kedmi", "lomma"),
+    "plgmi": ("plgmi",),
+    "mi_face": (),
+}
+# Priors that depend on the attacked model (trained again for every target).
+TARGET_PRIORS = ("kedmi", "plgmi", "lomma")
+P_REG_FILE = "p_reg.npy"
+
+PriorNetworks = collections.namedtuple("PriorNetworks", ["generator", "discriminator"])
+PriorNetworks.__doc__ = """A GAN prior's two networks, as `build_attack` uses them."""
+LOMMAModels = collections.namedtuple("LOMMAModels", ["surrogates", "p_reg"])
+LOMMAModels.__doc__ = """LOMMA's distilled surrogate classifiers and the target's mean public
+feature."""
+
+
+@dataclasses.dataclass(frozen=True)
+class InversionSettings:
+    """Optimisation budget of the inversions; None keeps each attack's reference default.
+
+    Attributes:
+        iterations: Steps of the latent-space attacks (reference: GMI, KED-MI, LOMMA 1500;
+            PLG-MI 600).
+        plgmi_iterations: Steps of PLG-MI.
+        mi_face_iterations: Steps of the pixel-space MI-Face attack (our default 1000).
+    """
+
+    iterations: int | None = None
+    plgmi_iterations: int | None = None
+    mi_face_iterations: int | None = None
+
+
+def priors_needed(attacks):
+    """Returns the sorted prior names the given attacks need.
+
+    Args:
+        attacks: Attack names among `ATTACKS`.
+
+    Returns:
+        A sorted list of prior names ("gmi", "kedmi", "lomma", "plgmi").
+
+    Raises:
+        ValueError: For an unknown attack name.
+    """
+    needed = set()
+    for attack in attacks:
+        if attack not in PRIORS_OF_ATTACK:
+            raise ValueError(f"attacks must be among {list(ATTACKS)}; received {attack!r}.")
+        needed.update(PRIORS_OF_ATTACK[attack])
+    return sorted(needed)
+
+
+def _shuffled_batches(dataset, batch_size, seed):
+    size = int(dataset.cardinality())
+    return dataset.cache().shuffle(size, seed=seed).batch(batch_size, drop_remainder=True)
+
+
+def train_gmi_prior(
+    public, epochs, batch_size=64, base_channels=64, n_critic=5, seed=0, verbose=2
+):
+    """Trains GMI's WGAN-GP prior (DCGAN generator, critic) on public images.
+
+    Args:
+        public: Unbatched dataset of public images (float32 HxWxC in [0, 1]).
+        epochs: Passes over `public`.
+        batch_size: Batch size (reference 64).
+        base_channels: Width of both networks (reference 64; less is enough for digits).
+        n_critic: Opponent steps per generator step (reference 5).
+        seed: Seed of the networks, latents and shuffling.
+        verbose: `fit` verbosity.
+
+    Returns:
+        The trained `GMIPrior`.
+    """
+    keras.utils.set_random_seed(seed)
+    image_shape = tuple(public.element_spec.shape)
+    prior = GMIPrior(
+        dcgan_generator(image_shape, base_channels=base_channels),
+        wgan_critic(image_shape, base_channels=base_channels),
+        n_critic=n_critic,
+        seed=seed,
+    )
+    prior.compile()
+    prior.fit(_shuffled_batches(public, batch_size, seed), epochs=epochs, verbose=verbose)
+    return prior
+
+
+def train_kedmi_prior(
+    public, target, epochs, batch_size=64, base_channels=64, n_critic=5, seed=0, verbose=2
+):
+    """Trains KED-MI's semi-supervised GAN against `target` on public images.
+
+    Args:
+        public: Unbatched dataset of public images.
+        target: The attacked classifier (logits); never updated.
+        epochs: Passes over `public`.
+        batch_size: Batch size (reference 64).
+        base_channels: Width of both networks (reference 64; less is enough for digits).
+        n_critic: Opponent steps per generator step (reference 5).
+        seed: Seed of the networks, latents and shuffling.
+        verbose: `fit` verbosity.
+
+    Returns:
+        The trained `KEDMIPrior`.
+    """
+    keras.utils.set_random_seed(seed)
+    image_shape = tuple(public.element_spec.shape)
+    num_classes = int(target.output_shape[-1])
+    prior = KEDMIPrior(
+        dcgan_generator(image_shape, base_channels=base_channels),
+        minibatch_discriminator(image_shape, num_classes, base_channels=base_channels),
+        target,
+        n_critic=n_critic,
+        seed=seed,
+    )
+    prior.compile()
+    batches = kedmi_batches(public.cache(), batch_size, seed=seed)
+    prior.fit(batches, epochs=epochs, verbose=verbose)
+    return prior
+
+
+def train_plgmi_prior(
+    public_images, target, epochs, top_n=30, batch_size=64, base_channels=64, seed=0, verbose=2
+):
+    """Trains PLG-MI's conditional GAN on the target's top-n pseudo-labelled public images.
+
+    Args:
+        public_images: Float32 array of public images `(n, H, W, C)` in [0, 1].
+        target: The attacked classifier (logits); never updated.
+        epochs: Passes over the selected images (the reference counts 30,000 generator
+            iterations instead).
+        top_n: Public images selected per class (reference 30).
+        batch_size: Batch size (reference 64).
+        base_channels: Width of both networks (reference 64).
+        seed: Seed of the networks, latents, augmentation and shuffling.
+        verbose: `fit` verbosity.
+
+    Returns:
+        The trained `PLGMIPrior`.
+    """
+    keras.utils.set_random_seed(seed)
+    num_classes = int(target.output_shape[-1])
+    images, labels = select_top_n(target, public_images, num_classes, n=top_n)
+    image_shape = tuple(images.shape[1:])
+    prior = PLGMIPrior(
+        resnet_generator(image_shape, num_classes, base_channels=base_channels),
+        sn_projection_discriminator(image_shape, num_classes, base_channels=base_channels),
+        target,
+        seed=seed,
+    )
+    prior.compile()
+    prior.fit(
+        images, labels, batch_size=batch_size, epochs=epochs, shuffle=True, verbose=verbose
+    )
+    return prior
+
+
+def default_surrogates(input_shape, num_classes):
+    """Three small CNNs of different widths: LOMMA's augmented models for small images.
+
+    The reference distils EfficientNet-B0/B1/B2 for 64x64 faces; any architecture the
+    attacker picks works, and three widths of our CNN suit 32x32 digits.
+
+    Args:
+        input_shape: `(height, width, channels)` of the images.
+        num_classes: The target's number of classes.
+
+    Returns:
+        A list of three untrained classifiers.
+    """
+    return [
+        small_cnn(input_shape, num_classes, width=width, name=f"surrogate_{width}")
+        for width in (16, 24, 48)
+    ]
+
+
+def train_lomma_surrogates(
+    public, target, epochs, students=None, batch_size=64, seed=0, verbose=2
+):
+    """Distils LOMMA's surrogate models from `target` on public images, and computes p_reg.
+
+    Args:
+        public: Unbatched dataset of public images.
+        target: The attacked classifier (logits); never updated.
+        epochs: Distillation epochs (reference 20).
+        students: Untrained classifiers with the target's classes; None for
+            `default_surrogates`.
+        batch_size: Batch size (reference 64).
+        seed: Seed of the students and shuffling.
+        verbose: `fit` verbosity.
+
+    Returns:
+        `(surrogates, p_reg)`: the distilled classifiers and the target's mean public
+        feature.
+    """
+    keras.utils.set_random_seed(seed)
+    image_shape = tuple(public.element_spec.shape)
+    num_classes = int(target.output_shape[-1])
+    students = students or default_surrogates(image_shape, num_classes)
+    batches = _shuffled_batches(public, batch_size, seed)
+    surrogates = []
+    for student in students:
+        distiller = SurrogateDistiller(student, target)
+        distiller.compile()
+        distiller.fit(batches, epochs=epochs, verbose=verbose)
+        surrogates.append(distiller.student)
+    return LOMMAModels(surrogates, np.asarray(compute_p_reg(target, public)))
+
+
+def save_prior(name, prior, directory):
+    """Writes a trained prior's networks into `directory` (atomically, file by file).
+
+    Args:
+        name: "gmi", "kedmi" or "plgmi" (a prior model or `PriorNetworks`: writes
+            `generator.keras`, `discriminator.keras`), or "lomma" (`LOMMAModels`: writes
+            `surrogate_<i>.keras` and `p_reg.npy`).
+        prior: What the matching `train_*` function returned.
+        directory: Destination folder.
+    """
+    if name == "lomma":
+        files = {f"surrogate_{i}.keras": model for i, model in enumerate(prior.surrogates)}
+        with atomic_path(os.path.join(directory, P_REG_FILE)) as temporary:
+            np.save(temporary, prior.p_reg)
+    else:
+        files = {"generator.keras": prior.generator, "discriminator.keras": _opponent(prior)}
+    for file_name, model in files.items():
+        with atomic_path(os.path.join(directory, file_name)) as temporary:
+            model.save(temporary)
+
+
+def load_prior(name, directory):
+    """Reads what `save_prior(name, ...)` wrote.
+
+    Args:
+        name: "gmi", "kedmi", "plgmi" or "lomma".
+        directory: The folder `save_prior` wrote.
+
+    Returns:
+        `PriorNetworks`, or `LOMMAModels` for "lomma".
+
+    Raises:
+        FileNotFoundError: If a file is missing (its path is named).
+    """
+    def load(file_name):
+        path = os.path.join(directory, file_name)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"prior {name!r}: missing file {path!r}.")
+        return keras.models.load_model(path) if path.endswith(".keras") else np.load(path)
+
+    if name == "lomma":
+        count = len([f for f in os.listdir(directory) if f.startswith("surrogate_")])
+        surrogates = [load(f"surrogate_{i}.keras") for i in range(count)]
+        return LOMMAModels(surrogates, load(P_REG_FILE))
+    return PriorNetworks(load("generator.keras"), load("discriminator.keras"))
+
+
+def _opponent(prior):
+    """The critic of a `GMIPrior`, else the `discriminator` of the prior."""
+    return prior.critic if isinstance(prior, GMIPrior) else prior.discriminator
+
+
+def build_attack(name, priors, settings=InversionSettings()):
+    """Builds the inversion called `name` from trained priors.
+
+    Args:
+        name: One of `ATTACKS`.
+        priors: Dict with the priors the attack needs (`PRIORS_OF_ATTACK[name]`):
+            "gmi", "kedmi", "plgmi" the trained prior model or its `PriorNetworks`, "lomma"
+            `LOMMAModels`.
+        settings: `InversionSettings` budget.
+
+    Returns:
+        An attack with `invert(target, classes, per_class, seed, verbose)`.
+
+    Raises:
+        ValueError: For an unknown name or a missing prior.
+    """
+    missing = [p for p in priors_needed([name]) if p not in priors]
+    if missing:
+        raise ValueError(f"attack {name!r} needs the priors {missing}; received {sorted(priors)}.")
+    budget = {} if settings.iterations is None else {"iterations": settings.iterations}
+    if name == "gmi":
+        return GMIAttack(priors["gmi"].generator, _opponent(priors["gmi"]), **budget)
+    if name == "kedmi":
+        return KEDMIAttack(priors["kedmi"].generator, _opponent(priors["kedmi"]), **budget)
+    if name in ("lomma_gmi", "lomma_kedmi"):
+        base = name.split("_")[1]
+        surrogates, p_reg = priors["lomma"]
+        return LOMMAAttack(
+            base, priors[base].generator, _opponent(priors[base]), surrogates=surrogates,
+            p_reg=p_reg, **budget
+        )
+    if name == "plgmi":
+        iterations = settings.plgmi_iterations
+        budget = {} if iterations is None else {"iterations": iterations}
+        return PLGMIAttack(priors["plgmi"].generator, **budget)
+    iterations = settings.mi_face_iterations
+    return MIFaceAttack(**({} if iterations is None else {"iterations": iterations}))
