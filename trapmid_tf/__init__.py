@@ -1,6 +1,6 @@
 """trapmid_tf: Trap-MID model-inversion defense, MI attacks and evaluation for Keras 3."""
 
-from trapmid_tf import attacks, data, defenses, layers, metrics, models
+from trapmid_tf import attacks, data, defenses, layers, metrics, models, report
 from trapmid_tf.callbacks import TrapMIDCallback
 from trapmid_tf.defenses import NegLSLoss, TrapMIDModel
 
@@ -14,5 +14,6 @@ __all__ = [
     "layers",
     "metrics",
     "models",
+    "report",
 ]
 __version__ = "0.1.0"

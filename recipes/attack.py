@@ -1,0 +1,139 @@
+"""Runs model-inversion attacks against a classifier and writes the reconstructions.
+
+Attacks: gmi, kedmi, lomma_gmi, lomma_kedmi, plgmi (each needs priors from
+recipes/train_prior.py) and the prior-free mi_face.
+
+Example:
+    python recipes/attack.py --target=runs/none/classifier.keras --attacks=gmi,plgmi \\
+        --gmi_prior=runs/priors/gmi --plgmi_prior=runs/none/priors/plgmi --out=runs/none/attacks
+
+Writes into --out/<attack>/: reconstructions.npz (`images`, `labels`, `latents`, and
+`initial_images`: the un-optimised starting samples, which measure the attack's chance
+level) and stage.json; finished attacks with the same flags are reused unless --overwrite.
+"""
+
+import os
+
+from absl import app, flags, logging
+
+FLAGS = flags.FLAGS
+
+RECONSTRUCTIONS_FILE = "reconstructions.npz"
+MAX_ATTACKED_CLASSES = 300  # the reference attacks identities 0-299
+
+
+def run_attack(name, target, priors, settings, out, overwrite=False):
+    """Runs (or reuses) one attack and returns its stored arrays.
+
+    Args:
+        name: Attack name (`trapmid_tf.attacks.suite.ATTACKS`).
+        target: The attacked classifier.
+        priors: Dict of the priors it needs (see `suite.build_attack`).
+        settings: Dict with num_classes, per_class, seed, iterations, plgmi_iterations,
+            mi_face_iterations (and anything else identifying the target and priors; all of it
+            goes into stage.json).
+        out: The attack's folder.
+        overwrite: Rerun even if `out` holds a finished run with the same settings.
+
+    Returns:
+        Dict of numpy arrays: images, labels, latents, initial_images.
+    """
+    import numpy as np
+    from trapmid_tf.attacks import suite
+    from trapmid_tf.files import atomic_path, build_or_reuse
+
+    path = os.path.join(out, RECONSTRUCTIONS_FILE)
+    budget = suite.InversionSettings(
+        settings["iterations"], settings["plgmi_iterations"], settings["mi_face_iterations"]
+    )
+    classes = range(settings["num_classes"])
+
+    def invert(inversion_settings, verbose):
+        attack = suite.build_attack(name, priors, inversion_settings)
+        return attack.invert(
+            target, classes, per_class=settings["per_class"], seed=settings["seed"],
+            verbose=verbose,
+        )
+
+    def build():
+        logging.info("attack %s: %d classes x %d", name, len(classes), settings["per_class"])
+        initial = invert(suite.InversionSettings(0, 0, 0), verbose=0)
+        result = invert(budget, verbose=1)
+        with atomic_path(path) as temporary:
+            np.savez(
+                temporary, images=result.images, labels=result.labels,
+                latents=result.latents, initial_images=initial.images,
+            )
+        return load()
+
+    def load():
+        with np.load(path) as stored:
+            return {key: stored[key] for key in stored.files}
+
+    return build_or_reuse(out, settings, build, load, overwrite, logging.info)
+
+
+def define_flags():
+    """Defines this recipe's command-line flags (only when it runs as a script)."""
+    flags.DEFINE_string("target", None, "Attacked classifier (.keras).")
+    flags.DEFINE_list("attacks", None, "Attacks to run (default: all).")
+    for prior in ("gmi", "kedmi", "plgmi", "lomma"):
+        flags.DEFINE_string(f"{prior}_prior", None, f"Folder of the trained {prior} prior.")
+    flags.DEFINE_integer("num_classes", None,
+                         "Attack classes 0..N-1 (default: all, at most 300).")
+    flags.DEFINE_integer("per_class", 5, "Reconstructions per class.")
+    flags.DEFINE_integer("iterations", None, "Latent attacks' steps (default: reference 1500).")
+    flags.DEFINE_integer("plgmi_iterations", None, "PLG-MI steps (default: reference 600).")
+    flags.DEFINE_integer("mi_face_iterations", None, "MI-Face steps (default 1000).")
+    flags.DEFINE_integer("seed", 0, "Seed of the restarts.")
+    flags.DEFINE_string("out", None, "Output folder.")
+    flags.DEFINE_bool("overwrite", False, "Rerun attacks whose results are stored.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    from trapmid_tf.attacks import suite
+
+    attacks = FLAGS.attacks or list(suite.ATTACKS)
+    try:
+        needed = suite.priors_needed(attacks)
+    except ValueError as error:
+        raise app.UsageError(f"--attacks: {error}") from error
+    missing = [p for p in needed if not FLAGS[f"{p}_prior"].value]
+    if missing:
+        raise app.UsageError(
+            f"--attacks={','.join(attacks)} needs " + ", ".join(f"--{p}_prior" for p in missing)
+        )
+    for flag in ["target"] + [f"{p}_prior" for p in needed]:
+        path = FLAGS[flag].value
+        if not path or not os.path.exists(path):
+            raise app.UsageError(f"--{flag} {path!r} does not exist.")
+    if not FLAGS.out:
+        raise app.UsageError("--out must be set.")
+    import keras
+    from trapmid_tf.files import write_json
+
+    logging.set_verbosity(logging.INFO)
+    target = keras.models.load_model(FLAGS.target)
+    num_classes = FLAGS.num_classes or min(int(target.output_shape[-1]), MAX_ATTACKED_CLASSES)
+    priors = {p: suite.load_prior(p, FLAGS[f"{p}_prior"].value) for p in needed}
+    settings = dict(
+        target=os.path.abspath(FLAGS.target), num_classes=num_classes,
+        per_class=FLAGS.per_class, seed=FLAGS.seed, iterations=FLAGS.iterations,
+        plgmi_iterations=FLAGS.plgmi_iterations, mi_face_iterations=FLAGS.mi_face_iterations,
+    )
+    write_json(os.path.join(FLAGS.out, "flags.json"), dict(settings, attacks=attacks))
+    for name in attacks:
+        attack_settings = dict(
+            settings, priors={p: os.path.abspath(FLAGS[f"{p}_prior"].value)
+                              for p in suite.PRIORS_OF_ATTACK[name]},
+        )
+        run_attack(name, target, priors, attack_settings, os.path.join(FLAGS.out, name),
+                   FLAGS.overwrite)
+    print(f"reconstructions written to {FLAGS.out}")
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

@@ -1,0 +1,204 @@
+"""Scores stored attack reconstructions with an independent evaluation model.
+
+Example:
+    python recipes/evaluate.py --evaluation_model=runs/evaluator \\
+        --target=runs/trapmid/classifier.keras --triggers=runs/trapmid/triggers.npz \\
+        --attacks_dir=runs/trapmid/attacks --out=runs/trapmid/evaluation.json
+
+The evaluation model (a different architecture from the target, trained on all labelled
+classes of the dataset; see `trapmid_tf.data.load_evaluation_data`) is trained into
+--evaluation_model when that folder holds none. Per attack found in --attacks_dir (folders
+written by recipes/attack.py) the JSON (which also records the flags) holds aa1, aa5, knn, fid, precision, recall, density,
+coverage, chance_aa1 (the evaluation model's hit rate on the attack's un-optimised starting
+samples) and, with --triggers, trapdoor_similarity and trapdoor_detection.
+"""
+
+import json
+import os
+
+from absl import app, flags, logging
+
+FLAGS = flags.FLAGS
+
+EVALUATION_MODEL_FILE = "classifier.keras"
+FLAG_NAMES = ("dataset", "data_dir", "public_split", "evaluation_model",
+              "evaluation_architecture", "evaluation_epochs", "fid_weights", "target", "triggers",
+              "attacks_dir", "seed")
+DETECTOR_CLEAN_IMAGES = 200  # clean private images behind the trapdoor signatures
+
+
+def evaluation_architecture(name):
+    """Returns the builder `(input_shape, num_classes) -> classifier` called `name`.
+
+    "small_cnn_wide" is our small CNN at twice the target's width, a 256-d feature and no
+    batch norm; the others are the zoo models.
+    """
+    import trapmid_tf as tm
+
+    if name == "small_cnn_wide":
+        return lambda shape, classes: tm.models.small_cnn(
+            shape, classes, width=64, feature_dim=256, batch_norm=False, name="evaluator"
+        )
+    return getattr(tm.models, name)
+
+
+def evaluation_model(dataset, data_dir, settings, out, overwrite=False):
+    """Trains (or reuses) the evaluation model in folder `out`.
+
+    Args:
+        dataset: Dataset name; see `trapmid_tf.data.load_evaluation_data`.
+        data_dir: Its folder, or None for digits.
+        settings: Dict with architecture, epochs, seed.
+        out: Folder for classifier.keras and results.json.
+        overwrite: Retrain even if `out` holds a finished model with the same settings.
+
+    Returns:
+        `(model, test_accuracy)`.
+    """
+    import keras
+    import trapmid_tf as tm
+    from trapmid_tf.files import atomic_path, build_or_reuse, write_json
+    from trapmid_tf.metrics.evaluator import train_evaluation_model
+
+    path = os.path.join(out, EVALUATION_MODEL_FILE)
+    results_path = os.path.join(out, "results.json")
+
+    def build():
+        train, test, num_classes = tm.data.load_evaluation_data(
+            dataset, data_dir, seed=settings["seed"]
+        )
+        model, accuracy = train_evaluation_model(
+            train, test, num_classes, build=evaluation_architecture(settings["architecture"]),
+            epochs=settings["epochs"], seed=settings["seed"],
+        )
+        with atomic_path(path) as temporary:
+            model.save(temporary)
+        write_json(results_path, {"test_accuracy": accuracy})
+        return model, accuracy
+
+    def load():
+        with open(results_path, encoding="utf-8") as stream:
+            accuracy = json.load(stream)["test_accuracy"]
+        return keras.models.load_model(path), accuracy
+
+    stage_settings = dict(settings, dataset=dataset, data_dir=data_dir)
+    return build_or_reuse(out, stage_settings, build, load, overwrite, logging.info)
+
+
+def private_arrays(dataset):
+    """Returns `(images, labels)` numpy arrays of an unbatched `(image, label)` dataset."""
+    import numpy as np
+
+    images, labels = zip(*dataset.as_numpy_iterator())
+    return np.stack(images), np.asarray(labels, dtype=np.int32)
+
+
+def score_attack(evaluator, stored, detector=None):
+    """Scores one attack's stored reconstructions (as recipes/attack.py writes them).
+
+    Args:
+        evaluator: `trapmid_tf.metrics.evaluator.AttackEvaluator`.
+        stored: Dict with images, labels, initial_images.
+        detector: `TrapdoorDetector` of the target, or None.
+
+    Returns:
+        The metrics dict (see the module docstring).
+    """
+    import numpy as np
+
+    scores = evaluator.evaluate(stored["images"], stored["labels"])
+    initial_logits = evaluator.predict(stored["initial_images"])
+    scores["chance_aa1"] = float(np.mean(np.argmax(initial_logits, 1) == stored["labels"]))
+    if detector is not None:
+        scores.update(detector.evaluate(stored["images"]))
+    else:
+        scores.update(trapdoor_similarity=None, trapdoor_detection=None)
+    return scores
+
+
+def make_evaluator(model, private_train, fid_weights=None):
+    """The `AttackEvaluator` of `model` against the private training images."""
+    from trapmid_tf import metrics
+    from trapmid_tf.metrics.evaluator import AttackEvaluator
+
+    images, labels = private_arrays(private_train)
+    fid_model = metrics.inception_feature_extractor(fid_weights) if fid_weights else None
+    return AttackEvaluator(model, images, labels, fid_feature_model=fid_model)
+
+
+def make_detector(target, trigger_path, private_train):
+    """The `TrapdoorDetector` of a Trap-MID target from its trigger file."""
+    from trapmid_tf.metrics.evaluator import TrapdoorDetector
+
+    images, _ = private_arrays(private_train.take(DETECTOR_CLEAN_IMAGES))
+    return TrapdoorDetector.from_file(target, trigger_path, images)
+
+
+def define_flags():
+    """Defines this recipe's command-line flags (only when it runs as a script)."""
+    flags.DEFINE_enum("dataset", "digits", ["digits", "mnist", "fashion_mnist", "celeba"],
+                      "Dataset of the private data.")
+    flags.DEFINE_string("data_dir", None, "Folder with the dataset files (not needed for digits).")
+    flags.DEFINE_enum("public_split", None, ["classes", "samples"],
+                      "Digit datasets' public split (default: samples for digits, else classes); "
+                      "it fixes which images are private training images.")
+    flags.DEFINE_string("evaluation_model", None, "Folder of the evaluation model (trained if empty).")
+    flags.DEFINE_enum("evaluation_architecture", "small_cnn_wide", ["small_cnn_wide", "ir18",
+                      "vgg16_bn", "facenet64"], "Architecture of a newly trained evaluation model.")
+    flags.DEFINE_integer("evaluation_epochs", 10, "Epochs of a newly trained evaluation model.")
+    flags.DEFINE_string("fid_weights", None,
+                        "Local InceptionV3 no-top weights for FID/PRDC (default: the evaluation "
+                        "model's features).")
+    flags.DEFINE_string("target", None, "The attacked classifier (.keras).")
+    flags.DEFINE_string("triggers", None, "The target's triggers.npz, for trapdoor similarity.")
+    flags.DEFINE_string("attacks_dir", None, "Folder of recipes/attack.py outputs.")
+    flags.DEFINE_integer("seed", 0, "Seed of the dataset split and the evaluation model.")
+    flags.DEFINE_string("out", None, "Output JSON file.")
+    flags.DEFINE_bool("overwrite", False, "Retrain the evaluation model even if stored.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    for flag in ("evaluation_model", "target", "attacks_dir", "out"):
+        if not FLAGS[flag].value:
+            raise app.UsageError(f"--{flag} must be set.")
+    for flag in ("target", "attacks_dir", "triggers", "fid_weights"):
+        path = FLAGS[flag].value
+        if path and not os.path.exists(path):
+            raise app.UsageError(f"--{flag} {path!r} does not exist.")
+    import keras
+    import numpy as np
+    import trapmid_tf as tm
+    from train_prior import default_public_split
+    from trapmid_tf.files import write_json
+
+    logging.set_verbosity(logging.INFO)
+    settings = dict(architecture=FLAGS.evaluation_architecture, epochs=FLAGS.evaluation_epochs,
+                    seed=FLAGS.seed)
+    model, accuracy = evaluation_model(
+        FLAGS.dataset, FLAGS.data_dir, settings, FLAGS.evaluation_model, FLAGS.overwrite
+    )
+    (private_train, _), _ = tm.data.load(
+        FLAGS.dataset, FLAGS.data_dir, seed=FLAGS.seed,
+        public_split=default_public_split(FLAGS.dataset, FLAGS.public_split),
+    )
+    evaluator = make_evaluator(model, private_train, FLAGS.fid_weights)
+    target = keras.models.load_model(FLAGS.target)
+    detector = make_detector(target, FLAGS.triggers, private_train) if FLAGS.triggers else None
+    results = {
+        "evaluation_accuracy": accuracy, "fid_features": evaluator.fid_features,
+        "flags": {name: FLAGS[name].value for name in FLAG_NAMES},
+    }
+    for name in sorted(os.listdir(FLAGS.attacks_dir)):
+        path = os.path.join(FLAGS.attacks_dir, name, "reconstructions.npz")
+        if os.path.isfile(path):
+            with np.load(path) as stored:
+                results[name] = score_attack(evaluator, dict(stored), detector)
+    write_json(FLAGS.out, results)
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

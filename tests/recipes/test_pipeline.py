@@ -1,0 +1,125 @@
+"""recipes/pipeline.py end to end on the tiny preset, and the single-stage recipes' CLIs."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+RECIPES = pathlib.Path(__file__).resolve().parents[2] / "recipes"
+ATTACKS = ("gmi", "kedmi", "lomma_gmi", "lomma_kedmi", "plgmi", "mi_face")
+METRICS = ("aa1", "aa5", "knn", "fid", "trapdoor_similarity", "chance_aa1")
+
+
+def run(recipe, *flags, timeout=900):
+    return subprocess.run(
+        [sys.executable, str(RECIPES / recipe), *flags],
+        capture_output=True, text=True, timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pipeline")
+    result = run("pipeline.py", "--preset=tiny", f"--out={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, result
+
+
+def test_results_hold_every_defense_and_attack(tiny):
+    out, result = tiny
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["defenses"]) == {"none", "trapmid"}
+    assert results["evaluation_model"]["classes"] == 10
+    for defense, scores in results["defenses"].items():
+        assert 0.0 <= scores["accuracy"] <= 1.0
+        for attack in ATTACKS:
+            assert set(METRICS) <= set(scores[attack])
+            assert 0.0 <= scores[attack]["aa1"] <= scores[attack]["aa5"] <= 1.0
+            # Only the Trap-MID target has triggers to compare with.
+            assert (scores[attack]["trapdoor_similarity"] is None) == (defense == "none")
+    # The printed table and the report show the same numbers.
+    row = next(line for line in result.stdout.splitlines() if line.startswith("| trapmid |"))
+    assert f"{results['defenses']['trapmid']['gmi']['aa1']:.3f}" in row
+    report = (out / "report.md").read_text()
+    for attack in ATTACKS:
+        assert f"![{attack}](grids/{attack}.png)" in report
+        assert (out / "grids" / f"{attack}.png").stat().st_size > 0
+    assert (out / "grids" / "triggers_trapmid.png").exists()
+    assert json.loads((out / "flags.json").read_text())["preset"] == "tiny"
+
+
+def test_reconstructions_are_stored_per_target_and_attack(tiny):
+    out, _ = tiny
+    with np.load(out / "targets" / "none" / "attacks" / "gmi" / "reconstructions.npz") as stored:
+        assert stored["images"].shape == (10, 32, 32, 1)  # 5 classes x 2
+        assert stored["initial_images"].shape == (10, 32, 32, 1)
+        np.testing.assert_array_equal(np.bincount(stored["labels"]), [2] * 5)
+
+
+def test_tensorboard_logs_hold_the_grids(tiny):
+    import tensorflow as tf
+
+    out, _ = tiny
+    tags = set()
+    for name in os.listdir(out / "logs"):
+        for record in tf.data.TFRecordDataset(str(out / "logs" / name)):
+            event = tf.compat.v1.Event.FromString(record.numpy())
+            tags.update(value.tag for value in event.summary.value)
+    assert {"gmi", "plgmi", "triggers_trapmid"} <= tags
+
+
+def test_second_run_reuses_every_stage(tiny):
+    out, _ = tiny
+    before = json.loads((out / "results.json").read_text())
+    result = run("pipeline.py", "--preset=tiny", f"--out={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "rebuilding" not in result.stderr
+    # targets (2) + evaluator + gmi + 3 target priors x 2 + 6 attacks x 2
+    assert result.stderr.count("reusing the stored artefacts") == 2 + 1 + 1 + 6 + 12
+    after = json.loads((out / "results.json").read_text())
+    assert after["defenses"] == before["defenses"]
+
+
+def test_single_stage_recipes_chain(tiny, tmp_path):
+    out, _ = tiny
+    target = out / "targets" / "none" / "classifier.keras"
+    prior = tmp_path / "gmi"
+    result = run("train_prior.py", "--prior=gmi", "--epochs=1", "--base_channels=8",
+                 f"--out={prior}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    attacks = tmp_path / "attacks"
+    result = run("attack.py", f"--target={target}", "--attacks=gmi,mi_face",
+                 f"--gmi_prior={prior}", "--iterations=2", "--mi_face_iterations=2",
+                 "--per_class=1", f"--out={attacks}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    scores = tmp_path / "scores.json"
+    result = run("evaluate.py", f"--evaluation_model={out / 'evaluator'}",
+                 f"--target={target}", f"--attacks_dir={attacks}", f"--out={scores}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    evaluation = json.loads(scores.read_text())
+    assert set(evaluation) >= {"gmi", "mi_face", "evaluation_accuracy"}
+    assert evaluation["gmi"]["trapdoor_similarity"] is None
+
+
+@pytest.mark.parametrize(
+    "recipe, flags, message",
+    [
+        ("pipeline.py", ["--defenses=none,fortress", "--out=x"], "--defenses must list names"),
+        ("pipeline.py", ["--attacks=gmi,fgsm", "--out=x"], "--attacks must list names"),
+        ("pipeline.py", ["--defense=none", "--out=x"], "use --defenses here"),
+        ("train_prior.py", ["--prior=plgmi", "--out=x"], "set --target"),
+        ("train_prior.py", ["--prior=gmi", "--epochs=0", "--out=x"], "--epochs must be >= 1"),
+        ("attack.py", ["--attacks=plgmi", "--target=t.keras", "--out=x"], "needs --plgmi_prior"),
+        ("evaluate.py", ["--evaluation_model=e", "--target=missing.keras", "--attacks_dir=a",
+                         "--out=x"], "--target 'missing.keras' does not exist"),
+    ],
+)
+def test_bad_flags_are_rejected_before_any_work(tmp_path, recipe, flags, message):
+    result = run(recipe, *flags, timeout=120)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert not (tmp_path / "x").exists() and not pathlib.Path("x").exists()

@@ -1,0 +1,78 @@
+"""Report grids, tables and verdicts against hand-made inputs."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from trapmid_tf import report
+
+
+def test_image_grid_places_tiles_with_white_padding():
+    black = np.zeros((2, 3, 1))
+    grey = np.full((2, 3, 1), 0.5)
+    picture = report.image_grid([[black, grey], [grey]], padding=1)
+    assert picture.shape == (1 + 2 * 3, 1 + 2 * 4, 1) and picture.dtype == np.uint8
+    expected = np.full((7, 9), 255, dtype=np.uint8)
+    expected[1:3, 1:4] = 0
+    expected[1:3, 5:8] = 128
+    expected[4:6, 1:4] = 128  # the short second row keeps a white tile at its end
+    np.testing.assert_array_equal(picture[..., 0], expected)
+
+
+def test_image_grid_rejects_mixed_shapes():
+    with pytest.raises(ValueError, match="one \\(height, width, channels\\) shape"):
+        report.image_grid([[np.zeros((2, 2, 1)), np.zeros((3, 3, 1))]])
+
+
+def test_save_png_enlarges_and_round_trips(tmp_path):
+    picture = np.array([[[0], [255]]], dtype=np.uint8)
+    report.save_png(tmp_path / "grid.png", picture, scale=2)
+    loaded = np.asarray(Image.open(tmp_path / "grid.png"))
+    np.testing.assert_array_equal(loaded, [[0, 0, 255, 255], [0, 0, 255, 255]])
+
+
+def test_markdown_table_formats_cells():
+    table = report.markdown_table(["a", "b", "c"], [["x", 0.12345, None], ["y", 3, 1.0]])
+    assert table == "| a | b | c |\n|---|---|---|\n| x | 0.123 | — |\n| y | 3 | 1.000 |\n"
+    with pytest.raises(ValueError, match="Each row needs 3 cells"):
+        report.markdown_table(["a", "b", "c"], [["x"]])
+
+
+def _results(none_aa1, chance, defended):
+    def scores(aa1):
+        return {"aa1": aa1, "chance_aa1": chance}
+
+    defenses = {"none": {"accuracy": 1.0, "trapdoor_accuracy": None, "gmi": scores(none_aa1)}}
+    for name, aa1 in defended.items():
+        defenses[name] = {"accuracy": 0.99, "trapdoor_accuracy": 1.0, "gmi": scores(aa1)}
+    return {"defenses": defenses, "evaluation_model": {"classes": 10}}
+
+
+@pytest.mark.parametrize(
+    "none_aa1, chance, aa1, verdict",
+    [
+        (0.8, 0.1, 0.4, "at most half"),
+        (0.8, 0.1, 0.5, "lower"),
+        (0.8, 0.1, 0.8, "not lower"),
+        # 0.29 does not beat uniform chance (0.1) by 0.2: the attack does not work.
+        (0.29, 0.05, 0.0, "attack fails on the baseline"),
+        # Beats uniform but not its own starting samples' hit rate by 0.2.
+        (0.6, 0.45, 0.1, "attack fails on the baseline"),
+    ],
+)
+def test_verdicts(none_aa1, chance, aa1, verdict):
+    rows = report.verdicts(_results(none_aa1, chance, {"trapmid": aa1}))
+    assert rows == [("gmi", "trapmid", none_aa1, aa1, verdict)]
+
+
+def test_attack_grid_rows_are_classes_with_private_samples_first():
+    private = np.stack([np.full((1, 1, 1), v) for v in (0.0, 0.1, 0.2, 0.3, 0.9)])
+    private_labels = np.array([0, 0, 0, 0, 1])
+    recon = {"none": {"images": np.full((2, 1, 1, 1), 0.5), "labels": np.array([0, 1])}}
+    picture = report.attack_grid(private, private_labels, recon, classes=[0, 1])
+
+    def tile(row, column):  # 1x1 tiles with the default padding of 2
+        return picture[2 + 3 * row, 2 + 3 * column, 0]
+
+    assert [tile(0, c) for c in range(4)] == [0, 26, 51, 128]  # 3 private, then none's
+    assert [tile(1, 0), tile(1, 1)] == [230, 128]  # class 1's one private image, then none's
