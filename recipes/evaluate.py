@@ -8,9 +8,10 @@ Example:
 The evaluation model (a different architecture from the target, trained on all labelled
 classes of the dataset; see `trapmid_tf.data.load_evaluation_data`) is trained into
 --evaluation_model when that folder holds none. Per attack found in --attacks_dir (folders
-written by recipes/attack.py) the JSON (which also records the flags) holds aa1, aa5, knn, fid, precision, recall, density,
-coverage, chance_aa1 (the evaluation model's hit rate on the attack's un-optimised starting
-samples) and, with --triggers, trapdoor_similarity and trapdoor_detection.
+written by recipes/attack.py) the JSON (which also records the flags) holds aa1, aa5, knn,
+fid, precision, recall, density, coverage, chance_aa1 (the evaluation model's hit rate on
+the attack's un-optimised starting samples) and, with --triggers, trapdoor_similarity and
+trapdoor_detection.
 """
 
 import json
@@ -142,7 +143,8 @@ def define_flags():
     flags.DEFINE_enum("public_split", None, ["classes", "samples"],
                       "Digit datasets' public split (default: samples for digits, else classes); "
                       "it fixes which images are private training images.")
-    flags.DEFINE_string("evaluation_model", None, "Folder of the evaluation model (trained if empty).")
+    flags.DEFINE_string("evaluation_model", None,
+                        "Folder of the evaluation model (trained if empty).")
     flags.DEFINE_enum("evaluation_architecture", "small_cnn_wide", ["small_cnn_wide", "ir18",
                       "vgg16_bn", "facenet64"], "Architecture of a newly trained evaluation model.")
     flags.DEFINE_integer("evaluation_epochs", 10, "Epochs of a newly trained evaluation model.")

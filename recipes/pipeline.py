@@ -31,25 +31,27 @@ FLAGS = flags.FLAGS
 PRESETS = {
     "tiny": dict(
         defenses=["none", "trapmid"], target_epochs=2, evaluation_epochs=1, gan_epochs=1,
-        kedmi_epochs=1, kedmi_n_critic=1, plgmi_epochs=1, surrogate_epochs=1, base_channels=8,
-        top_n=4, per_class=2, iterations=4, plgmi_iterations=4, mi_face_iterations=4,
+        kedmi_epochs=1, kedmi_n_critic=1, kedmi_batch_size=32, plgmi_epochs=1,
+        surrogate_epochs=1, base_channels=8, top_n=4, per_class=2, iterations=4,
+        plgmi_iterations=4, mi_face_iterations=4,
     ),
     "quick": dict(
         defenses=["none", "trapmid", "negls", "trapmid_negls"], target_epochs=None,
-        evaluation_epochs=10, gan_epochs=30, kedmi_epochs=10, kedmi_n_critic=1,
-        plgmi_epochs=40, surrogate_epochs=5, base_channels=16, top_n=30, per_class=5,
-        iterations=150, plgmi_iterations=150, mi_face_iterations=300,
+        evaluation_epochs=10, gan_epochs=30, kedmi_epochs=8, kedmi_n_critic=1,
+        kedmi_batch_size=32, plgmi_epochs=40, surrogate_epochs=3, base_channels=16, top_n=30,
+        per_class=5, iterations=100, plgmi_iterations=100, mi_face_iterations=300,
     ),
     "full": dict(
         defenses=["none", "trapmid", "negls", "trapmid_negls", "mid", "bido"], target_epochs=None,
         evaluation_epochs=20, gan_epochs=120, kedmi_epochs=120, kedmi_n_critic=5,
-        plgmi_epochs=200, surrogate_epochs=20, base_channels=64, top_n=30, per_class=5,
-        iterations=None, plgmi_iterations=None, mi_face_iterations=None,
+        kedmi_batch_size=64, plgmi_epochs=200, surrogate_epochs=20, base_channels=64,
+        top_n=30, per_class=5, iterations=None, plgmi_iterations=None, mi_face_iterations=None,
     ),
 }
 PRESET_KEYS = tuple(PRESETS["quick"])
 EVALUATION_ARCHITECTURE = "small_cnn_wide"
 REFERENCE_N_CRITIC = 5
+REFERENCE_BATCH_SIZE = 64
 PRIOR_EPOCHS = {
     "gmi": "gan_epochs", "kedmi": "kedmi_epochs", "plgmi": "plgmi_epochs",
     "lomma": "surrogate_epochs",
@@ -64,6 +66,9 @@ flags.DEFINE_integer("gan_epochs", None, "GMI prior epochs.")
 flags.DEFINE_integer("kedmi_epochs", None, "KED-MI prior epochs (per target).")
 flags.DEFINE_integer("kedmi_n_critic", None,
                      "KED-MI discriminator steps per generator step (reference 5).")
+flags.DEFINE_integer("kedmi_batch_size", None,
+                     "KED-MI batch size (reference 64; its minibatch discrimination costs "
+                     "batch^2).")
 flags.DEFINE_integer("plgmi_epochs", None, "PLG-MI prior epochs (per target).")
 flags.DEFINE_integer("surrogate_epochs", None, "LOMMA distillation epochs (per target).")
 flags.DEFINE_integer("base_channels", None, "Width of the GAN priors (reference 64).")
@@ -161,7 +166,8 @@ def target_priors(defense, target, config, public, gmi, settings):
 def prior_budget(settings, name, target_config=None):
     """The settings of the prior `name`'s stage (with the target's, for target priors)."""
     return dict(
-        epochs=settings[PRIOR_EPOCHS[name]], batch_size=64,
+        epochs=settings[PRIOR_EPOCHS[name]],
+        batch_size=settings["kedmi_batch_size"] if name == "kedmi" else REFERENCE_BATCH_SIZE,
         base_channels=settings["base_channels"], top_n=settings["top_n"],
         n_critic=settings["kedmi_n_critic"] if name == "kedmi" else REFERENCE_N_CRITIC,
         seed=FLAGS.seed, public_split=settings["public_split"], target=target_config,

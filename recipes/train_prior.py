@@ -103,7 +103,8 @@ def define_flags():
                       "Digit datasets: public data = classes 5-9 or also half of the private "
                       "classes' images (default: samples for digits, classes otherwise).")
     flags.DEFINE_enum("prior", None, PRIORS, "Prior to train.")
-    flags.DEFINE_string("target", None, "Attacked classifier (.keras); needed by kedmi, plgmi, lomma.")
+    flags.DEFINE_string("target", None,
+                        "Attacked classifier (.keras); needed by kedmi, plgmi, lomma.")
     flags.DEFINE_integer("epochs", 60, "Training epochs.")
     flags.DEFINE_integer("batch_size", 64, "Batch size.")
     flags.DEFINE_integer("base_channels", 64, "Width of the GAN networks (reference 64).")

@@ -42,7 +42,9 @@ def test_the_api_is_walked():
     assert len(names) > 60
 
 
-@pytest.mark.parametrize("name, obj", public_objects(), ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.parametrize(
+    "name, obj", public_objects(), ids=lambda v: v if isinstance(v, str) else ""
+)
 def test_public_object_has_a_docstring_with_args(name, obj):
     docstring = inspect.getdoc(obj) or ""
     assert docstring.strip(), f"{name} has no docstring"
