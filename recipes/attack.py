@@ -111,11 +111,11 @@ def main(argv):
             raise app.UsageError(f"--{flag} {path!r} does not exist.")
     if not FLAGS.out:
         raise app.UsageError("--out must be set.")
-    import keras
+    import trapmid_tf as tm
     from trapmid_tf.files import write_json
 
     logging.set_verbosity(logging.INFO)
-    target = keras.models.load_model(FLAGS.target)
+    target = tm.models.load_classifier(FLAGS.target)
     num_classes = FLAGS.num_classes or min(int(target.output_shape[-1]), MAX_ATTACKED_CLASSES)
     priors = {p: suite.load_prior(p, FLAGS[f"{p}_prior"].value) for p in needed}
     settings = dict(

@@ -201,7 +201,6 @@ def main(argv):
     settings["public_split"] = prior_recipe.default_public_split(
         FLAGS.dataset, FLAGS.public_split
     )
-    import keras
     import trapmid_tf as tm
     from trapmid_tf.attacks import suite
     from trapmid_tf import report
@@ -237,7 +236,7 @@ def main(argv):
     reconstructions = {}
     for defense, (config, target_results) in targets.items():
         target_dir = os.path.join(FLAGS.out, "targets", defense)
-        target = keras.models.load_model(os.path.join(target_dir, "classifier.keras"))
+        target = tm.models.load_classifier(os.path.join(target_dir, "classifier.keras"))
         priors, prior_settings = target_priors(defense, target, config, public, gmi, settings)
         stored = attack_target(defense, target, config, priors, prior_settings, settings)
         trigger_path = os.path.join(target_dir, "triggers.npz")

@@ -126,7 +126,6 @@ def main(argv):
         check_settings(settings)
     except ValueError as error:
         raise app.UsageError(str(error)) from error
-    import keras
     import trapmid_tf as tm
     from trapmid_tf.files import write_json
 
@@ -135,7 +134,7 @@ def main(argv):
         settings["dataset"], settings["data_dir"], seed=settings["seed"],
         public_split=settings["public_split"],
     )
-    target = keras.models.load_model(settings["target"]) if settings["target"] else None
+    target = tm.models.load_classifier(settings["target"]) if settings["target"] else None
     write_json(os.path.join(FLAGS.out, "flags.json"), settings)
     train_prior(settings["prior"], splits.public, target, settings, FLAGS.out, FLAGS.overwrite)
     print(f"prior {settings['prior']} written to {FLAGS.out}")

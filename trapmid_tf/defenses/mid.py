@@ -16,7 +16,9 @@ from keras import ops
 from trapmid_tf.contract import checked_images, checked_labels, replica_count, replica_slot
 from trapmid_tf.files import atomic_path
 from trapmid_tf.saving import SeedStateMixin
-from trapmid_tf.models.common import LOGITS_LAYER_NAME, check_positive_int, torch_default_dense
+from trapmid_tf.models.common import (
+    LOGITS_LAYER_NAME, check_positive_int, plain_keras_copy, torch_default_dense,
+)
 from trapmid_tf.models.features import feature_extractor
 
 _serialize = keras.saving.serialize_keras_object
@@ -193,6 +195,15 @@ class RegularizedClassifierModel(SeedStateMixin, keras.Model):
         return [*self._trackers.values(), self._accuracy]
 
     def train_step(self, data):
+        """One update of the trained variables on `main_loss + regularizer`.
+
+        Args:
+            data: A batch `(images, labels)`.
+
+        Returns:
+            The metrics: loss, main_loss, the `regularizer_metrics` terms and accuracy,
+            means over the epoch so far.
+        """
         images, labels, checks = self._unpack(data)
         variables = self._trained_variables()
         with tf.control_dependencies(checks):
@@ -211,6 +222,14 @@ class RegularizedClassifierModel(SeedStateMixin, keras.Model):
         return {m.name: m.result() for m in self.metrics}
 
     def test_step(self, data):
+        """Measures the main loss and the accuracy of the model in inference mode.
+
+        Args:
+            data: A batch `(images, labels)`.
+
+        Returns:
+            The metrics `{"loss", "accuracy"}`, means over the evaluation so far.
+        """
         images, labels, checks = self._unpack(data)
         with tf.control_dependencies(checks):
             logits = self(images, training=False)
@@ -249,7 +268,7 @@ class RegularizedClassifierModel(SeedStateMixin, keras.Model):
         if not str(path).endswith(".keras"):
             raise ValueError(f"`path` must end with '.keras'; received {str(path)!r}.")
         with atomic_path(path) as temp:
-            self._deployable_classifier().save(temp)
+            plain_keras_copy(self._deployable_classifier()).save(temp)
 
     def get_config(self):
         return {
@@ -341,6 +360,15 @@ class MIDModel(RegularizedClassifierModel):
         return self.code_mean(features), std
 
     def call(self, images, training=False):
+        """Classifies images through the code: sampled when training, its mean otherwise.
+
+        Args:
+            images: Float32 NHWC images in [0, 1].
+            training: Whether to sample the code and run the body in training mode.
+
+        Returns:
+            Logits, `(batch, num_classes)`.
+        """
         mean, std = self.code_distribution(images, training=training)
         code = self._sample_code(mean, std) if training else mean
         return self.code_logits(code)

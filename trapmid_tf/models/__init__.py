@@ -1,4 +1,8 @@
-"""Classifier zoo (logit outputs), the feature-extractor convention, and GAN networks."""
+"""Classifier zoo (logit outputs), the feature-extractor convention, and GAN networks.
+
+Zoo convolutions are `FastGradConv2D`; `plain_keras_copy` makes a deployable copy of
+standard Keras layers and `load_classifier` / `fast_gradient_copy` the reverse, for attacks.
+"""
 
 from trapmid_tf.models.cgan import (
     ConditionalBatchNorm,
@@ -6,6 +10,12 @@ from trapmid_tf.models.cgan import (
     SNEmbedding,
     resnet_generator,
     sn_projection_discriminator,
+)
+from trapmid_tf.models.common import (
+    FastGradConv2D,
+    fast_gradient_copy,
+    load_classifier,
+    plain_keras_copy,
 )
 from trapmid_tf.models.features import feature_extractor, features_and_logits
 from trapmid_tf.models.gan import (
@@ -21,11 +31,15 @@ from trapmid_tf.models.vgg import vgg16_bn
 
 __all__ = [
     "ConditionalBatchNorm",
+    "FastGradConv2D",
     "MinibatchDiscrimination",
     "ResNetGenerator",
     "SNEmbedding",
     "dcgan_generator",
+    "fast_gradient_copy",
+    "load_classifier",
     "minibatch_discriminator",
+    "plain_keras_copy",
     "resnet_generator",
     "sn_projection_discriminator",
     "wgan_critic",
