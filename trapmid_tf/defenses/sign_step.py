@@ -22,5 +22,12 @@ class SignedGradientStep(keras.optimizers.Optimizer):
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
 
     def update_step(self, gradient, variable, learning_rate):
+        """Applies `variable -= learning_rate * sign(gradient)`.
+
+        Args:
+            gradient: The gradient of `variable`, same shape.
+            variable: The variable to update.
+            learning_rate: The step size.
+        """
         step = ops.cast(learning_rate, variable.dtype) * ops.sign(gradient)
         self.assign_sub(variable, step)

@@ -1,5 +1,6 @@
 """`TrapMIDModel`: trains any Keras classifier with Trap-MID through `model.fit`."""
 
+import numbers
 import os
 
 import numpy as np
@@ -12,11 +13,15 @@ from trapmid_tf.defenses.sign_step import SignedGradientStep
 from trapmid_tf.files import atomic_path
 from trapmid_tf.layers.augment import TrapdoorAugment
 from trapmid_tf.layers.triggers import BlendTrigger
+from trapmid_tf.models.common import plain_keras_copy
 from trapmid_tf.models.features import feature_extractor
 from trapmid_tf.saving import SeedStateMixin
 
 _serialize = keras.saving.serialize_keras_object
 _deserialize = keras.saving.deserialize_keras_object
+# The fast variant measured in the README: `TrapMIDModel(..., **FAST_OPTIONS)`. It changes the
+# algorithm (see `TrapMIDModel`).
+FAST_OPTIONS = {"shared_trigger_gradient": True, "discriminator_interval": 4}
 
 
 def build_discriminator(classifier):
@@ -64,6 +69,18 @@ class TrapMIDModel(SeedStateMixin, keras.Model):
     3. classifier step on the concatenated batch `[aug(x); aug(x~)]` with the loss
        `(1 - beta) * main_loss(y) + beta * trapdoor_loss(y_trap)`.
 
+    Two options, both off by default, trade that algorithm for speed (each step of the
+    reference costs about six classifier passes of plain training):
+
+    - `shared_trigger_gradient=True` drops the trigger step's classifier pass: the trapdoor
+      term of the trigger gradient is read from the classifier step's own backward pass
+      (classifier in training mode, on the step's augmented batch, divided by `beta`), the
+      naturalness term from a discriminator pass on the triggered images, and the triggers
+      are updated after the classifier step instead of before it.
+    - `discriminator_interval=k` runs the discriminator step and the naturalness term only on
+      every k-th step (the first included); the triggers follow the trapdoor loss alone on the
+      other steps. Single-replica only.
+
     Data are batches of `(images, labels)`, with trapdoor labels then drawn inside the step
     (balanced within the batch), or `(images, labels, trapdoor_labels)` as produced by
     `trapmid_tf.data.with_trapdoor_labels` (balanced per epoch, as the reference). Images are
@@ -83,6 +100,11 @@ class TrapMIDModel(SeedStateMixin, keras.Model):
             a Keras layer to use instead (called with `training=True`).
         trigger_channels: Trigger channels, 1 or the image channels (default).
         seed: Seed of the triggers, augmentation and trapdoor-label sampling.
+        shared_trigger_gradient: If true, take the trapdoor term of the trigger gradient
+            from the classifier step (see above; changes the algorithm; needs `beta` > 0).
+        discriminator_interval: Run the discriminator step and the naturalness term every
+            this many steps, >= 1 (1: every step, the reference; more changes the
+            algorithm and needs a single replica).
         **kwargs: Standard `keras.Model` arguments.
 
     Example:
@@ -104,16 +126,21 @@ class TrapMIDModel(SeedStateMixin, keras.Model):
         augment=True,
         trigger_channels=None,
         seed=None,
+        shared_trigger_gradient=False,
+        discriminator_interval=1,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self._check_arguments(classifier, num_classes, beta, trigger_step_size)
+        self._check_speed_options(beta, shared_trigger_gradient, discriminator_interval)
         self.classifier = classifier
         self.num_classes = int(num_classes)
         self.beta = float(beta)
         self.trigger_step_size = float(trigger_step_size)
         self.optimize_triggers = bool(optimize_triggers)
         self.seed = seed
+        self.shared_trigger_gradient = bool(shared_trigger_gradient)
+        self.discriminator_interval = int(discriminator_interval)
         self.image_shape = tuple(classifier.input_shape[1:])
         self.trigger = BlendTrigger(
             num_classes, self.image_shape, alpha, trigger_channels, seed=seed, name="trigger"
@@ -156,6 +183,23 @@ class TrapMIDModel(SeedStateMixin, keras.Model):
             raise ValueError(f"`beta` must be in [0, 1]; received {beta!r}.")
         if float(trigger_step_size) <= 0.0:
             raise ValueError(f"`trigger_step_size` must be > 0; received {trigger_step_size!r}.")
+
+    @staticmethod
+    def _check_speed_options(beta, shared_trigger_gradient, discriminator_interval):
+        if shared_trigger_gradient and float(beta) == 0.0:
+            raise ValueError(
+                "`shared_trigger_gradient=True` reads the trapdoor gradient from the classifier "
+                "loss, so `beta` must be > 0; received beta=0."
+            )
+        if (
+            isinstance(discriminator_interval, bool)
+            or not isinstance(discriminator_interval, numbers.Integral)
+            or discriminator_interval < 1
+        ):
+            raise ValueError(
+                "`discriminator_interval` must be an integer >= 1; received "
+                f"{discriminator_interval!r}."
+            )
 
     def _resolve_discriminator(self, discriminator):
         if not self.optimize_triggers or discriminator is None:
@@ -277,6 +321,15 @@ class TrapMIDModel(SeedStateMixin, keras.Model):
     # === Training and evaluation ===
 
     def call(self, images, training=False):
+        """Runs the classifier alone (no trigger): what the deployed model computes.
+
+        Args:
+            images: Float32 NHWC images in [0, 1].
+            training: Whether the classifier runs in training mode.
+
+        Returns:
+            Logits, `(batch, num_classes)`.
+        """
         return self.classifier(images, training=training)
 
     @property
@@ -284,21 +337,92 @@ class TrapMIDModel(SeedStateMixin, keras.Model):
         return [*self._trackers.values(), self._accuracy, self._trapdoor_accuracy]
 
     def train_step(self, data):
+        """One Trap-MID step (the three phases above, or the chosen speed options).
+
+        Args:
+            data: A batch `(images, labels)` or `(images, labels, trapdoor_labels)`.
+
+        Returns:
+            The metrics: loss, main_loss, trapdoor_loss, discriminator_loss (with a
+            discriminator), accuracy and trapdoor_accuracy, means over the epoch so far.
+        """
         images, labels, trapdoor_labels, checks = self._unpack(data)
+        logs, log_weights = {}, {}
         # Every update depends on the input checks, so a bad batch changes nothing.
         with tf.control_dependencies(checks):
-            logs = {}
-            if self.optimize_triggers:
+            if not self.optimize_triggers:
+                logs.update(self._classifier_step(images, labels, trapdoor_labels)[0])
+            else:
+                with_discriminator = self._discriminator_turn()
                 if self.discriminator is not None:
-                    logs["discriminator_loss"] = self._discriminator_step(images, trapdoor_labels)
-                self._trigger_step(images, trapdoor_labels)
-            logs.update(self._classifier_step(images, labels, trapdoor_labels))
+                    logs["discriminator_loss"] = self._when(
+                        with_discriminator,
+                        lambda: self._discriminator_step(images, trapdoor_labels),
+                        lambda: ops.zeros(()),
+                    )
+                    log_weights["discriminator_loss"] = ops.cast(with_discriminator, "float32")
+                logs.update(
+                    self._trigger_and_classifier_steps(
+                        images, labels, trapdoor_labels, with_discriminator
+                    )
+                )
         for name, value in logs.items():
-            self._trackers[name].update_state(value)
+            self._trackers[name].update_state(value, sample_weight=log_weights.get(name))
         names = [*logs, "accuracy", "trapdoor_accuracy"]
         return {m.name: m.result() for m in self.metrics if m.name in names}
 
+    def _trigger_and_classifier_steps(self, images, labels, trapdoor_labels, with_discriminator):
+        """Updates the triggers and the classifier (in the order of the chosen algorithm)."""
+        if not self.shared_trigger_gradient:
+            gradient = self._when(
+                with_discriminator,
+                lambda: self._trigger_gradient(images, trapdoor_labels, naturalness=True),
+                lambda: self._trigger_gradient(images, trapdoor_labels, naturalness=False),
+            )
+            self.trigger_optimizer.apply([gradient], [self.triggers])
+            return self._classifier_step(images, labels, trapdoor_labels)[0]
+        naturalness = ops.zeros_like(self.triggers)
+        if self.discriminator is not None:
+            naturalness = self._when(
+                with_discriminator,
+                lambda: self._naturalness_gradient(images, trapdoor_labels),
+                lambda: ops.zeros_like(self.triggers),
+            )
+        logs, trapdoor = self._classifier_step(
+            images, labels, trapdoor_labels, trigger_gradient=True
+        )
+        self.trigger_optimizer.apply([trapdoor + naturalness], [self.triggers])
+        return logs
+
+    def _discriminator_turn(self):
+        """True, or a boolean tensor when the discriminator runs only every k-th step."""
+        if self.discriminator is None or self.discriminator_interval == 1:
+            return True
+        if replica_count() > 1:
+            raise ValueError(
+                f"`discriminator_interval`={self.discriminator_interval} needs a single replica "
+                f"(a conditional update cannot synchronise replicas); training runs on "
+                f"{replica_count()}."
+            )
+        return ops.equal(self.optimizer.iterations % self.discriminator_interval, 0)
+
+    @staticmethod
+    def _when(condition, true_fn, false_fn):
+        """`true_fn()` if `condition` is Python True, else a graph conditional."""
+        if condition is True:
+            return true_fn()
+        return tf.cond(condition, true_fn, false_fn)
+
     def test_step(self, data):
+        """Scores clean images and their triggered copies (no update).
+
+        Args:
+            data: A batch `(images, labels)` or `(images, labels, trapdoor_labels)`.
+
+        Returns:
+            The metrics: loss, accuracy on the clean images and trapdoor_accuracy on the
+            triggered ones, means over the evaluation so far.
+        """
         images, labels, trapdoor_labels, checks = self._unpack(data)
         with tf.control_dependencies(checks):
             clean_logits = self.classifier(images, training=False)
@@ -325,25 +449,44 @@ class TrapMIDModel(SeedStateMixin, keras.Model):
         self.discriminator_optimizer.apply(gradients, variables)
         return self._unscaled(loss)
 
-    def _trigger_step(self, images, trapdoor_labels):
+    def _naturalness_loss(self, triggered):
+        realness = self.discriminator(triggered, training=False)
+        return self._binary_crossentropy(ops.ones_like(realness), realness)
+
+    def _trigger_gradient(self, images, trapdoor_labels, naturalness):
+        """Gradient for the trigger step: trapdoor loss (+ naturalness loss if asked)."""
         with tf.GradientTape() as tape:
             triggered = self.trigger(images, trapdoor_labels)
             logits = self.classifier(self._augment(triggered), training=False)
             loss = self.trapdoor_loss(trapdoor_labels, logits)
-            if self.discriminator is not None:
-                realness = self.discriminator(triggered, training=False)
-                loss += self._binary_crossentropy(ops.ones_like(realness), realness)
-        # Densify first: the gather's sparse gradient has one row per sample, and the sign
-        # must be taken of their sum per trigger (repeated labels add up, as in the reference).
-        gradient = tf.convert_to_tensor(tape.gradient(loss, self.triggers))
-        self.trigger_optimizer.apply([gradient], [self.triggers])
+            if naturalness and self.discriminator is not None:
+                loss += self._naturalness_loss(triggered)
+        return self._dense_trigger_gradient(tape, loss)
 
-    def _classifier_step(self, images, labels, trapdoor_labels):
-        triggered = ops.stop_gradient(self.trigger(images, trapdoor_labels))
+    def _naturalness_gradient(self, images, trapdoor_labels):
+        with tf.GradientTape() as tape:
+            loss = self._naturalness_loss(self.trigger(images, trapdoor_labels))
+        return self._dense_trigger_gradient(tape, loss)
+
+    def _dense_trigger_gradient(self, tape, loss):
+        # Densify: the gather's sparse gradient has one row per sample, and the sign must be
+        # taken of their sum per trigger (repeated labels add up, as in the reference).
+        return tf.convert_to_tensor(tape.gradient(loss, self.triggers))
+
+    def _classifier_step(self, images, labels, trapdoor_labels, trigger_gradient=False):
+        """Updates the classifier on `[aug(x); aug(x~)]`.
+
+        Returns:
+            The loss logs, and with `trigger_gradient` the gradient of the trapdoor loss with
+            respect to the triggers read from the same backward pass (else None).
+        """
         batch = ops.shape(images)[0]
-        inputs = self._augment(ops.concatenate([images, triggered], axis=0))
         variables = self.classifier.trainable_variables
         with tf.GradientTape() as tape:
+            triggered = self.trigger(images, trapdoor_labels)
+            if not trigger_gradient:
+                triggered = ops.stop_gradient(triggered)
+            inputs = self._augment(ops.concatenate([images, triggered], axis=0))
             logits = self.classifier(inputs, training=True)
             clean_logits, trap_logits = logits[:batch], logits[batch:]
             main_loss = self.loss(labels, clean_logits)
@@ -352,15 +495,21 @@ class TrapMIDModel(SeedStateMixin, keras.Model):
             if self.classifier.losses:
                 loss += ops.sum(self.classifier.losses) / replica_count()
             scaled = self.optimizer.scale_loss(loss)
-        gradients = tape.gradient(scaled, variables)
-        self.optimizer.apply(gradients, variables)
+        sources = [*variables, self.triggers] if trigger_gradient else variables
+        gradients = tape.gradient(scaled, sources)
+        self.optimizer.apply(gradients[: len(variables)], variables)
         self._accuracy.update_state(labels, clean_logits)
         self._trapdoor_accuracy.update_state(trapdoor_labels, trap_logits)
-        return {
+        logs = {
             "loss": self._unscaled(loss),
             "main_loss": self._unscaled(main_loss),
             "trapdoor_loss": self._unscaled(trapdoor_loss),
         }
+        if not trigger_gradient:
+            return logs, None
+        # d(scaled)/dt = scale * beta * d(trapdoor_loss)/dt (up to batch-norm coupling).
+        scale = self.beta * self.optimizer.scale_loss(1.0)
+        return logs, tf.convert_to_tensor(gradients[-1]) / scale
 
     def _augment(self, images):
         if self.augmenter is None:
@@ -414,7 +563,7 @@ class TrapMIDModel(SeedStateMixin, keras.Model):
         """
         _check_suffix(path, ".keras", "path")
         with atomic_path(path) as temp:
-            self.classifier.save(temp)
+            plain_keras_copy(self.classifier).save(temp)
 
     def save_triggers(self, path):
         """Writes the triggers to a `.npz` file readable by the owner only (they are secret).
@@ -472,6 +621,8 @@ class TrapMIDModel(SeedStateMixin, keras.Model):
             ),
             "trigger_channels": self.trigger.channels,
             "seed": self.seed,
+            "shared_trigger_gradient": self.shared_trigger_gradient,
+            "discriminator_interval": self.discriminator_interval,
         }
 
     @classmethod
