@@ -1,16 +1,24 @@
-"""Times Trap-MID training steps against plain training on the fixed benchmark workloads.
+"""Times Trap-MID training steps against plain training, and attack iterations.
 
 Example:
-    python recipes/benchmark.py --workloads=W2,W3 --out=runs/benchmark.json
+    python recipes/benchmark.py --workloads=W2,W3,A2 --variants=plain,trapmid,trapmid_fast \
+        --out=runs/benchmark.json
 
 Workloads (shared/bench/WORKLOADS.md): W1 VGG16-BN 64x64x3 1000 classes, W2 IR-18 64x64x3
 5 classes, W3 the digits small CNN 32x32x1 5 classes; batch 64, random inputs in memory.
 "plain" is the classifier trained with cross-entropy (SGD 1e-2, momentum 0.9, weight decay
 1e-4); "trapmid" is `TrapMIDModel` with the reference defaults (alpha 0.02, beta 0.2, trigger
-step 0.01, discriminator and augmentation on) and the same optimiser. Each repetition is
-one whole epoch of --steps steps after --warmup untimed epochs; the JSON holds per variant the
-median/min/max milliseconds per step and the Trap-MID/plain ratio of medians, measured in the
-same run.
+step 0.01, discriminator and augmentation on) and the same optimiser; "trapmid_fast" adds
+the speed options `FAST_OPTIONS` (an algorithm of its own, see `TrapMIDModel`). Each
+repetition is one whole epoch of --steps steps after --warmup untimed epochs; the JSON holds
+per variant the median/min/max milliseconds per step and each Trap-MID variant's ratio of
+medians to plain, measured in the same run.
+
+Attack workloads, random-init networks: A1 is the GMI inversion (reference generator, z=100,
+64x64x3, and WGAN critic) of W1's VGG16-BN, 60 identities x 1 restart; A2 the prior-free
+MI-Face inversion of W3's small CNN, 5 classes x 1. Each repetition is one compiled chunk of
+--attack_iterations iterations after --warmup untimed chunks (the first one traces), reported
+as seconds per 100 iterations.
 """
 
 import json
@@ -18,6 +26,7 @@ import os
 import platform
 import statistics
 import time
+from unittest import mock
 
 import keras
 import numpy as np
@@ -25,14 +34,18 @@ import tensorflow as tf
 from absl import app, flags
 
 import trapmid_tf as tm
+from trapmid_tf.attacks import inversion
+from trapmid_tf.defenses.trapmid import FAST_OPTIONS
 from trapmid_tf.files import write_json
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("workloads", ["W2", "W3"], "Workloads to run: W1, W2, W3.")
-flags.DEFINE_integer("repetitions", 5, "Timed epochs per variant (>= 5).")
+flags.DEFINE_list("workloads", ["W2", "W3"], "Workloads to run: W1, W2, W3, A1, A2.")
+flags.DEFINE_integer("repetitions", 5, "Timed epochs (or attack chunks) per variant (>= 5).")
 flags.DEFINE_integer("steps", 8, "Training steps per timed epoch.")
-flags.DEFINE_integer("warmup", 1, "Untimed epochs before timing (tracing, first calls).")
-flags.DEFINE_list("variants", ["plain", "trapmid"], "Variants to time.")
+flags.DEFINE_integer("warmup", 1, "Untimed epochs or attack chunks (tracing, first calls).")
+flags.DEFINE_integer("attack_iterations", 100, "Inversion iterations per timed attack chunk.")
+flags.DEFINE_list("variants", ["plain", "trapmid"], "Training variants to time: plain, "
+                  "trapmid, trapmid_fast.")
 flags.DEFINE_string("out", None, "JSON output file.")
 flags.DEFINE_integer("seed", 0, "Seed of the random inputs and models.")
 
@@ -42,6 +55,11 @@ WORKLOADS = {
     "W2": dict(model="ir18", input_shape=(64, 64, 3), classes=5),
     "W3": dict(model="small_cnn", input_shape=(32, 32, 1), classes=5),
 }
+ATTACKS = {
+    "A1": dict(target="W1", attack="gmi", identities=60),
+    "A2": dict(target="W3", attack="mi_face", identities=5),
+}
+VARIANTS = ("plain", "trapmid", "trapmid_fast")
 
 
 def sgd():
@@ -57,7 +75,8 @@ def build(workload, variant):
             optimizer=sgd(), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         )
         return classifier
-    model = tm.TrapMIDModel(classifier, spec["classes"], seed=FLAGS.seed)
+    options = FAST_OPTIONS if variant == "trapmid_fast" else {}
+    model = tm.TrapMIDModel(classifier, spec["classes"], seed=FLAGS.seed, **options)
     model.compile(optimizer=sgd())
     return model
 
@@ -97,12 +116,62 @@ def time_variant(workload, variant):
     return [1000.0 * s / FLAGS.steps for s in timer.seconds[FLAGS.warmup:]]
 
 
-def summarize(milliseconds):
+class ChunkTimer(keras.utils.Progbar):
+    """A silent progress bar that records the wall time of each `minimize` chunk."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **{**kwargs, "verbose": 0})
+        self.seconds = []
+        self._last = time.perf_counter()
+
+    def update(self, current, values=None, finalize=None):
+        now = time.perf_counter()
+        self.seconds.append(now - self._last)
+        self._last = now
+        super().update(current, values=values, finalize=finalize)
+
+
+def build_attack(workload):
+    """Returns `(attack, target, classes)` of an attack workload (random-init networks)."""
+    spec = ATTACKS[workload]
+    target_spec = WORKLOADS[spec["target"]]
+    shape = target_spec["input_shape"]
+    target = getattr(tm.models, target_spec["model"])(shape, target_spec["classes"])
+    iterations = FLAGS.attack_iterations * (FLAGS.warmup + FLAGS.repetitions)
+    chunking = dict(chunk_size=FLAGS.attack_iterations)
+    if spec["attack"] == "gmi":
+        generator = tm.models.dcgan_generator(shape, z_dim=100)
+        critic = tm.models.wgan_critic(shape)
+        attack = tm.attacks.GMIAttack(generator, critic, iterations, **chunking)
+    else:
+        attack = tm.attacks.MIFaceAttack(iterations, **chunking)
+    return attack, target, list(range(spec["identities"]))
+
+
+def time_attack(workload):
+    """Returns seconds per 100 iterations of each timed chunk of an attack workload."""
+    keras.utils.set_random_seed(FLAGS.seed)
+    attack, target, classes = build_attack(workload)
+    timers = []
+
+    def make_timer(*args, **kwargs):
+        timers.append(ChunkTimer(*args, **kwargs))
+        return timers[-1]
+
+    with mock.patch.object(inversion.keras.utils, "Progbar", make_timer):
+        attack.invert(target, classes, per_class=1, seed=FLAGS.seed, verbose=0)
+    per_hundred = 100.0 / FLAGS.attack_iterations
+    return [s * per_hundred for s in timers[0].seconds[FLAGS.warmup:]]
+
+
+def summarize(values, unit="ms"):
+    """Median, min and max of `values` in `unit` ("ms" per step or "s" per 100 iterations)."""
+    digits = 1 if unit == "ms" else 3
     return {
-        "median_ms": round(statistics.median(milliseconds), 1),
-        "min_ms": round(min(milliseconds), 1),
-        "max_ms": round(max(milliseconds), 1),
-        "repetitions": len(milliseconds),
+        f"median_{unit}": round(statistics.median(values), digits),
+        f"min_{unit}": round(min(values), digits),
+        f"max_{unit}": round(max(values), digits),
+        "repetitions": len(values),
     }
 
 
@@ -119,26 +188,47 @@ def environment():
         "gpus": len(tf.config.list_physical_devices("GPU")),
         "batch": BATCH,
         "steps_per_repetition": FLAGS.steps,
+        "attack_iterations_per_repetition": FLAGS.attack_iterations,
+        "trapmid_fast_options": FAST_OPTIONS,
     }
+
+
+def check_flags():
+    known = sorted([*WORKLOADS, *ATTACKS])
+    unknown = sorted(set(FLAGS.workloads) - set(known))
+    if unknown:
+        raise app.UsageError(f"--workloads: unknown {unknown}; known: {known}.")
+    unknown = sorted(set(FLAGS.variants) - set(VARIANTS))
+    if unknown or not FLAGS.variants:
+        raise app.UsageError(f"--variants must be some of {list(VARIANTS)}; got {FLAGS.variants}.")
+    if FLAGS.repetitions < 5:
+        raise app.UsageError(f"--repetitions must be >= 5; got {FLAGS.repetitions}.")
+    if FLAGS.attack_iterations < 1:
+        raise app.UsageError(f"--attack_iterations must be >= 1; got {FLAGS.attack_iterations}.")
+
+
+def time_training(workload):
+    """Per-variant step statistics of a training workload, with the ratios to plain."""
+    timings = {v: summarize(time_variant(workload, v)) for v in FLAGS.variants}
+    if "plain" in timings:
+        for variant in ("trapmid", "trapmid_fast"):
+            if variant in timings:
+                timings[f"{variant}_over_plain"] = round(
+                    timings[variant]["median_ms"] / timings["plain"]["median_ms"], 2
+                )
+    return timings
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    unknown = sorted(set(FLAGS.workloads) - set(WORKLOADS))
-    if unknown:
-        raise app.UsageError(f"--workloads: unknown {unknown}; known: {sorted(WORKLOADS)}.")
-    if sorted(set(FLAGS.variants) - {"plain", "trapmid"}):
-        raise app.UsageError(f"--variants must be plain and/or trapmid; got {FLAGS.variants}.")
-    if FLAGS.repetitions < 5:
-        raise app.UsageError(f"--repetitions must be >= 5; got {FLAGS.repetitions}.")
+    check_flags()
     results = {"environment": environment(), "workloads": {}}
     for workload in FLAGS.workloads:
-        timings = {v: summarize(time_variant(workload, v)) for v in FLAGS.variants}
-        if {"plain", "trapmid"} <= set(timings):
-            timings["trapmid_over_plain"] = round(
-                timings["trapmid"]["median_ms"] / timings["plain"]["median_ms"], 2
-            )
+        if workload in ATTACKS:
+            timings = {ATTACKS[workload]["attack"]: summarize(time_attack(workload), "s")}
+        else:
+            timings = time_training(workload)
         results["workloads"][workload] = timings
         print(workload, json.dumps(timings), flush=True)
     if FLAGS.out:
@@ -146,18 +236,25 @@ def main(argv):
     print(format_table(results["workloads"]))
 
 
+RATIO_NAMES = {"trapmid_over_plain": "Trap-MID / plain",
+               "trapmid_fast_over_plain": "Trap-MID fast / plain"}
+
+
 def format_table(workloads):
-    """Formats the per-workload timings as a Markdown table."""
-    lines = ["| workload | variant | median ms/step | min | max |", "|---|---|---|---|---|"]
+    """Formats the timings as a Markdown table (ms per step, or s per 100 attack iterations)."""
+    lines = ["| workload | variant | median | min | max | unit |", "|---|---|---|---|---|---|"]
     for workload, timings in workloads.items():
         for variant, stats in timings.items():
             if isinstance(stats, dict):
+                unit = "ms" if "median_ms" in stats else "s"
+                label = "ms/step" if unit == "ms" else "s/100 iterations"
                 lines.append(
-                    f"| {workload} | {variant} | {stats['median_ms']} | {stats['min_ms']} | "
-                    f"{stats['max_ms']} |"
+                    f"| {workload} | {variant} | {stats[f'median_{unit}']} | "
+                    f"{stats[f'min_{unit}']} | {stats[f'max_{unit}']} | {label} |"
                 )
-        if "trapmid_over_plain" in timings:
-            lines.append(f"| {workload} | Trap-MID / plain | {timings['trapmid_over_plain']} | | |")
+        for key, name in RATIO_NAMES.items():
+            if key in timings:
+                lines.append(f"| {workload} | {name} | {timings[key]} | | | ratio of medians |")
     return "\n".join(lines)
 
 

@@ -8,24 +8,30 @@ import sys
 BENCHMARK = pathlib.Path(__file__).resolve().parents[2] / "recipes" / "benchmark.py"
 
 
-def test_benchmark_writes_timings_and_ratio(tmp_path):
+def test_benchmark_writes_timings_and_ratios(tmp_path):
     out = tmp_path / "bench.json"
     result = subprocess.run(
-        [sys.executable, str(BENCHMARK), "--workloads=W3", "--steps=1", "--warmup=1",
-         f"--out={out}"],
+        [sys.executable, str(BENCHMARK), "--workloads=W3,A2", "--steps=1", "--warmup=1",
+         "--attack_iterations=3", "--variants=plain,trapmid,trapmid_fast", f"--out={out}"],
         capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(out.read_text())
     w3 = report["workloads"]["W3"]
-    for variant in ("plain", "trapmid"):
+    for variant in ("plain", "trapmid", "trapmid_fast"):
         assert w3[variant]["repetitions"] == 5
         assert w3[variant]["min_ms"] <= w3[variant]["median_ms"] <= w3[variant]["max_ms"]
-    assert w3["trapmid_over_plain"] == round(
-        w3["trapmid"]["median_ms"] / w3["plain"]["median_ms"], 2
-    )
+    for variant in ("trapmid", "trapmid_fast"):
+        assert w3[f"{variant}_over_plain"] == round(
+            w3[variant]["median_ms"] / w3["plain"]["median_ms"], 2
+        )
+    a2 = report["workloads"]["A2"]["mi_face"]
+    assert a2["repetitions"] == 5 and 0 < a2["min_s"] <= a2["median_s"] <= a2["max_s"]
     assert report["environment"]["tensorflow"].startswith("2.21")
+    assert report["environment"]["attack_iterations_per_repetition"] == 3
     assert "| W3 | Trap-MID / plain |" in result.stdout
+    assert "| W3 | Trap-MID fast / plain |" in result.stdout
+    assert "| A2 | mi_face |" in result.stdout and "s/100 iterations |" in result.stdout
 
 
 def test_unknown_workload_is_rejected():
@@ -34,3 +40,11 @@ def test_unknown_workload_is_rejected():
         timeout=300,
     )
     assert result.returncode != 0 and "unknown ['W9']" in result.stderr
+
+
+def test_unknown_variant_is_rejected():
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARK), "--variants=plain,fastest"], capture_output=True,
+        text=True, timeout=300,
+    )
+    assert result.returncode != 0 and "--variants must be some of" in result.stderr
