@@ -7,13 +7,26 @@ Example:
     python recipes/train_target.py --dataset=digits --defense=trapmid --out=runs/trapmid
 
 Writes into --out: flags.json, results.json (test_accuracy, trapdoor_accuracy, epochs,
-seconds, best_epoch), classifier.keras (the best epoch, by test accuracy as the reference)
-and, for Trap-MID defenses, triggers.npz (secret: owner-only permissions).
+seconds of training, best_epoch, skipped_images and skipped_files: the images that
+--skip_unreadable left out), classifier.keras (the best epoch, by test accuracy as the
+reference) and, for Trap-MID defenses, triggers.npz (secret: owner-only permissions).
+
+Fault tolerance: with --backup_dir, the whole training state is backed up after every epoch
+(trapmid_tf.callbacks.TrapMIDBackup); a run killed at any moment and started again with the
+same command continues from its last completed epoch and ends as an uninterrupted run. Each
+epoch's data order is a function of (--seed, epoch), so it does not depend on restarts.
+Training stops at the first non-finite loss, naming the epoch, batch and loss, before it
+overwrites any file.
+
+Several machines: --strategy=multi_worker with TF_CONFIG set on every worker; only the chief
+writes --out and --backup_dir (see README, "Training on several machines").
 """
 
+import functools
 import json
 import os
-import time
+import shutil
+import tempfile
 
 from absl import app, flags, logging
 
@@ -48,7 +61,11 @@ flags.DEFINE_string("data_dir", None, "Folder with the dataset files (not needed
 flags.DEFINE_enum("public_split", None, ["classes", "samples"],
                   "Digit datasets: public data = classes 5-9 (reference) or also a disjoint half "
                   "of the private classes' images (default: dataset preset; see README).")
+flags.DEFINE_bool("skip_unreadable", False, "CelebA: leave out missing or undecodable images "
+                  "(counted in results.json) instead of stopping at the first, named.")
 flags.DEFINE_enum("model", None, MODELS, "Classifier architecture (default: dataset preset).")
+flags.DEFINE_integer("width", None, "small_cnn: channels of the first conv block (default 32); "
+                     "smaller trains faster, e.g. for smoke tests.")
 flags.DEFINE_enum("defense", "trapmid", DEFENSES, "Defense to train with.")
 flags.DEFINE_integer("epochs", None, "Training epochs (default: dataset preset).")
 flags.DEFINE_integer("batch_size", None, "Global batch size (default: dataset preset).")
@@ -63,6 +80,9 @@ flags.DEFINE_float("trigger_step_size", None, "Signed trigger step (default: dat
 flags.DEFINE_bool("discriminator", True, "Train triggers against a naturalness discriminator.")
 flags.DEFINE_bool("augment", True, "Use the reference augmentation in Trap-MID training.")
 flags.DEFINE_bool("optimize_triggers", True, "Optimise the triggers (else random, fixed).")
+flags.DEFINE_bool("fast_trapmid", False, "Trap-MID with trapmid_tf.defenses.trapmid."
+                  "FAST_OPTIONS (trigger gradient shared with the classifier step, discriminator "
+                  "every 4th step): a faster algorithm of its own; one replica only.")
 flags.DEFINE_float("negls_smoothing", -0.05, "Full NegLS smoothing (negls defenses).")
 flags.DEFINE_float("mid_beta", None, "MID: weight of the KL term (default: digits/MNIST 0.01, "
                    "CelebA 0.003).")
@@ -70,30 +90,43 @@ flags.DEFINE_float("bido_lambda_xz", 0.05, "BiDO: weight of HSIC(hidden, input).
 flags.DEFINE_float("bido_lambda_yz", 0.5, "BiDO: weight of HSIC(hidden, label).")
 flags.DEFINE_integer("seed", 0, "Random seed.")
 flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"],
-                  "tf.distribute strategy; multi_worker reads TF_CONFIG.")
+                  "tf.distribute strategy; multi_worker reads the cluster from TF_CONFIG.")
 flags.DEFINE_string("out", None, "Output folder.")
+flags.DEFINE_string("backup_dir", None,
+                    "Folder for an end-of-epoch backup of the whole training state (owner-only "
+                    "files); a killed run restarted with the same command resumes from it. "
+                    "Multi-worker: a folder every worker reads.")
 flags.mark_flag_as_required("out")
 FLAG_NAMES = (
-    "dataset", "data_dir", "public_split", "model", "defense", "epochs", "batch_size", "optimizer",
-    "learning_rate", "lr_decay_epoch", "alpha", "beta", "trigger_step_size", "discriminator",
-    "augment", "optimize_triggers", "negls_smoothing", "mid_beta", "bido_lambda_xz",
-    "bido_lambda_yz", "seed", "strategy", "out",
+    "dataset", "data_dir", "public_split", "skip_unreadable", "model", "width", "defense",
+    "epochs", "batch_size", "optimizer", "learning_rate", "lr_decay_epoch", "alpha", "beta",
+    "trigger_step_size", "discriminator", "augment", "optimize_triggers", "fast_trapmid",
+    "negls_smoothing", "mid_beta", "bido_lambda_xz", "bido_lambda_yz", "seed", "strategy",
+    "out", "backup_dir",
 )
+# Settings that may change between a run and its resumption from a backup.
+RESUMABLE_CHANGES = ("backup_dir", "strategy")
 
 
 def resolve_config(overrides):
     """Fills unset (None) settings from the dataset preset and checks them.
 
     Args:
-        overrides: Dict of settings; None values take the preset's.
+        overrides: Dict of settings; None values take the preset's. `width` and
+            `backup_dir` may be left out (None).
 
     Returns:
         The complete settings dict.
 
     Raises:
         ValueError: for contradictory or out-of-range settings.
+        FileNotFoundError: if `data_dir` is not an existing folder.
     """
     config = dict(overrides)
+    for key in ("width", "backup_dir"):
+        config.setdefault(key, None)
+    for key in ("skip_unreadable", "fast_trapmid"):
+        config.setdefault(key, False)
     preset = dict(PRESETS[config["dataset"]])
     decay_fraction = preset.pop("lr_decay_fraction")
     for key, value in preset.items():
@@ -101,10 +134,11 @@ def resolve_config(overrides):
             config[key] = value
     if config.get("lr_decay_epoch") is None:
         config["lr_decay_epoch"] = round(decay_fraction * config["epochs"])
-    if config["dataset"] != "digits" and not config.get("data_dir"):
+    _check_data_dir(config)
+    if config["skip_unreadable"] and config["dataset"] != "celeba":
         raise ValueError(
-            f"--dataset={config['dataset']} reads its files from --data_dir, which is not set "
-            "(only digits is embedded; nothing is downloaded)."
+            "--skip_unreadable applies to image files (--dataset=celeba); --dataset is "
+            f"{config['dataset']!r}."
         )
     uses_triggers = config["defense"].startswith("trapmid")
     if not uses_triggers:
@@ -114,9 +148,33 @@ def resolve_config(overrides):
                     f"--no{key} only applies to the trapmid defenses; --defense is "
                     f"{config['defense']!r}."
                 )
-    for key in ("epochs", "batch_size"):
-        if config[key] < 1:
+        if config["fast_trapmid"]:
+            raise ValueError(
+                f"--fast_trapmid only applies to the trapmid defenses; --defense is "
+                f"{config['defense']!r}."
+            )
+    if config["fast_trapmid"] and config["strategy"] != "default":
+        raise ValueError(
+            "--fast_trapmid runs on one replica (its discriminator skips steps); --strategy is "
+            f"{config['strategy']!r}."
+        )
+    for key in ("epochs", "batch_size", "width"):
+        if config[key] is not None and config[key] < 1:
             raise ValueError(f"--{key} must be >= 1; received {config[key]}.")
+    if config["seed"] < 0:
+        raise ValueError(f"--seed must be >= 0; received {config['seed']}.")
+    if config["width"] is not None and config["model"] != "small_cnn":
+        raise ValueError(
+            f"--width only applies to --model=small_cnn; --model is {config['model']!r}."
+        )
+    _check_backup_dir(config)
+    if config["strategy"] == "multi_worker":
+        workers = _cluster_size(os.environ.get("TF_CONFIG"))
+        if config["batch_size"] % workers:
+            raise ValueError(
+                f"--batch_size must be a multiple of the {workers} workers in TF_CONFIG; "
+                f"received {config['batch_size']}."
+            )
     if not 0 <= config["lr_decay_epoch"] <= config["epochs"]:
         raise ValueError(
             f"--lr_decay_epoch must be in [0, --epochs]; received {config['lr_decay_epoch']}."
@@ -126,15 +184,95 @@ def resolve_config(overrides):
     return config
 
 
+def _check_data_dir(config):
+    data_dir = config.get("data_dir")
+    if config["dataset"] == "digits":
+        if data_dir:
+            raise ValueError(
+                f"--dataset=digits is embedded and reads no --data_dir; received {data_dir!r}."
+            )
+    elif not data_dir:
+        raise ValueError(
+            f"--dataset={config['dataset']} reads its files from --data_dir, which is not set "
+            "(only digits is embedded; nothing is downloaded)."
+        )
+    elif not os.path.isdir(data_dir):
+        raise FileNotFoundError(f"--data_dir {data_dir!r} is not an existing folder.")
+
+
+def _check_backup_dir(config):
+    backup_dir = config["backup_dir"]
+    if backup_dir and config.get("out") and (
+        os.path.realpath(backup_dir) == os.path.realpath(config["out"])
+    ):
+        raise ValueError(
+            f"--backup_dir must differ from --out (e.g. a subfolder); both are {backup_dir!r}."
+        )
+
+
+def _cluster_size(tf_config):
+    """The number of chief and worker tasks in a TF_CONFIG string.
+
+    Raises:
+        ValueError: if `tf_config` is unset or describes no cluster.
+    """
+    if not tf_config:
+        raise ValueError(
+            "--strategy=multi_worker reads the cluster from the TF_CONFIG environment variable, "
+            "which is not set (see README, \"Training on several machines\")."
+        )
+    try:
+        cluster = json.loads(tf_config)["cluster"]
+        size = len(cluster.get("chief", [])) + len(cluster.get("worker", []))
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise ValueError(
+            "TF_CONFIG must be JSON with a \"cluster\" of \"chief\"/\"worker\" addresses and a "
+            f"\"task\"; received {tf_config!r} ({error!r})."
+        ) from error
+    if size < 1:
+        raise ValueError(f"TF_CONFIG lists no chief or worker task; received {tf_config!r}.")
+    return size
+
+
+@functools.cache
 def make_strategy(name):
-    """Returns the tf.distribute strategy called `name`."""
+    """Returns the tf.distribute strategy called `name`, one per process.
+
+    Call it before any other TensorFlow work: a multi-worker strategy configures the
+    collective ops when TensorFlow starts.
+    """
     import tensorflow as tf
 
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
     if name == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        return _multi_worker_strategy()
     return tf.distribute.get_strategy()
+
+
+def _multi_worker_strategy():
+    import tensorflow as tf
+
+    class KerasMultiWorkerStrategy(tf.distribute.MultiWorkerMirroredStrategy):
+        """`MultiWorkerMirroredStrategy` whose `reduce` takes what Keras 3.15's `fit` gives it.
+
+        With this strategy `fit` reduces a whole `(x, y, ...)` batch to build the model, and
+        each replica's scalar logs with `axis=0`; the strategy's own `reduce` takes neither
+        (it raises "Attempt to convert a value (PerReplica...)" and "Invalid reduction
+        dimension 0 for input with 0 dimensions"). This one reduces structures item by item
+        and scalars across replicas only, as `MirroredStrategy`'s path in Keras does.
+        """
+
+        def reduce(self, reduce_op, value, axis):
+            reduce_one = super().reduce
+
+            def reduce_item(item):
+                rank = self.experimental_local_results(item)[0].shape.rank
+                return reduce_one(reduce_op, item, None if rank == 0 else axis)
+
+            return tf.nest.map_structure(reduce_item, value)
+
+    return KerasMultiWorkerStrategy()
 
 
 def make_optimizer(config, steps_per_epoch):
@@ -166,10 +304,10 @@ def build_model(config, input_shape, num_classes, steps_per_epoch):
     Returns a plain Keras classifier (none, negls) or a wrapper with `export_classifier`
     (`TrapMIDModel`, `MIDModel`, `BiDOModel`).
     """
-    import keras
     import trapmid_tf as tm
 
-    classifier = getattr(tm.models, config["model"])(input_shape, num_classes)
+    options = {} if config.get("width") is None else {"width": config["width"]}
+    classifier = getattr(tm.models, config["model"])(input_shape, num_classes, **options)
     regularized = {
         "mid": lambda: tm.defenses.MIDModel(
             classifier, beta=config["mid_beta"], seed=config["seed"]
@@ -199,66 +337,148 @@ def build_model(config, input_shape, num_classes, steps_per_epoch):
         discriminator="auto" if config["discriminator"] else None,
         augment=config["augment"],
         seed=config["seed"],
+        **(tm.defenses.trapmid.FAST_OPTIONS if config.get("fast_trapmid") else {}),
     )
     model.compile(optimizer=make_optimizer(config, steps_per_epoch), loss=make_loss(config))
     return model
 
 
+def epoch_seeds(seed, epoch):
+    """Two independent int seeds (data order, trapdoor labels) made of `(seed, epoch)`."""
+    import numpy as np
+
+    return [int(value) for value in np.random.SeedSequence([seed, epoch]).generate_state(2)]
+
+
+def train_batches(train_set, num_classes, config, first_epoch):
+    """The training batches of epochs `first_epoch` to `epochs - 1`, in one dataset.
+
+    Each epoch is shuffled (and, for Trap-MID, paired with balanced trapdoor labels) with
+    seeds made of (seed, epoch) only, so epoch k holds the same batches whether or not this
+    process ran the epochs before it; nothing reshuffles when iterated again. Multi-worker
+    strategies shard the batches by element (each worker takes its part of every batch).
+
+    Args:
+        train_set: Unbatched `(image, label)` dataset.
+        num_classes: Number of classes.
+        config: Settings (`seed`, `epochs`, `batch_size`, `defense`).
+        first_epoch: The first epoch to produce, < `epochs`.
+
+    Returns:
+        A `tf.data.Dataset` of `(epochs - first_epoch) * (size // batch_size)` batches.
+    """
+    import tensorflow as tf
+    import trapmid_tf as tm
+
+    cached = train_set.cache()
+    size = int(train_set.cardinality())
+
+    def epoch_batches(epoch):
+        order_seed, label_seed = epoch_seeds(config["seed"], epoch)
+        data = cached.shuffle(size, seed=order_seed, reshuffle_each_iteration=False)
+        if config["defense"].startswith("trapmid"):
+            data = tm.data.with_trapdoor_labels(
+                data, num_classes, seed=label_seed, reshuffle_each_iteration=False
+            )
+        return data.batch(config["batch_size"], drop_remainder=True)
+
+    batches = functools.reduce(
+        tf.data.Dataset.concatenate, map(epoch_batches, range(first_epoch, config["epochs"]))
+    )
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return batches.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
 def train(config):
     """Trains one target as `config` says and writes its artefacts into `config["out"]`.
 
+    With `config["backup_dir"]` it resumes from the backup there, if any. With a
+    multi-worker strategy, only the chief writes; the other workers write to temporary
+    folders that they remove.
+
     Args:
-        config: Settings as returned by `resolve_config`, plus `data_dir`, `strategy`, `out`.
+        config: Settings as returned by `resolve_config`.
 
     Returns:
         The results dict that is also written to `results.json`.
+
+    Raises:
+        trapmid_tf.callbacks.NonFiniteLossError: at the first non-finite training loss.
+        ValueError: if `backup_dir` holds a backup of other settings.
     """
+    strategy = make_strategy(config["strategy"])  # before any other TensorFlow work
     import keras
     import tensorflow as tf
     import trapmid_tf as tm
-    from trapmid_tf.files import write_json
 
-    out = config["out"]
-    os.makedirs(out, exist_ok=True)
-    write_json(os.path.join(out, "flags.json"), config)
     keras.utils.set_random_seed(config["seed"])
-    (train_set, test_set), _ = tm.data.load(
+    splits = tm.data.load(
         config["dataset"], config["data_dir"], seed=config["seed"],
-        public_split=config["public_split"],
+        public_split=config["public_split"], skip_unreadable=config["skip_unreadable"],
     )
-    input_shape = tuple(train_set.element_spec[0].shape)
+    (train_set, test_set), _ = splits
     num_classes = int(train_set.reduce(0, lambda m, item: tf.maximum(m, item[1])).numpy()) + 1
-    uses_triggers = config["defense"].startswith("trapmid")
-
-    size = int(train_set.cardinality())
-    train_data = train_set.cache().shuffle(size, seed=config["seed"])
     test_data = test_set
-    if uses_triggers:
-        train_data = tm.data.with_trapdoor_labels(train_data, num_classes, seed=config["seed"])
+    if config["defense"].startswith("trapmid"):
         test_data = tm.data.with_trapdoor_labels(test_set, num_classes, seed=config["seed"] + 1)
-    train_data = train_data.batch(config["batch_size"], drop_remainder=True).prefetch(
-        tf.data.AUTOTUNE
-    )
     test_data = test_data.batch(256).cache().prefetch(tf.data.AUTOTUNE)
 
-    with make_strategy(config["strategy"]).scope():
-        model = build_model(config, input_shape, num_classes, size // config["batch_size"])
-    callback = tm.TrapMIDCallback(
+    chief = strategy.extended.should_checkpoint
+    out = config["out"] if chief else tempfile.mkdtemp(prefix="train_target_worker_")
+    try:
+        return _fit_and_write(
+            config, strategy, train_set, num_classes, test_data, out, splits.skipped_files
+        )
+    finally:
+        if not chief:
+            shutil.rmtree(out, ignore_errors=True)
+
+
+def _fit_and_write(config, strategy, train_set, num_classes, test_data, out, skipped_files):
+    """Builds the model, trains it (from the backup, if any) and writes into `out`."""
+    import trapmid_tf as tm
+    from trapmid_tf.callbacks import StopOnNonFiniteLoss, TrapMIDBackup
+    from trapmid_tf.files import write_json
+
+    uses_triggers = config["defense"].startswith("trapmid")
+    tracker = tm.TrapMIDCallback(
         validation_data=test_data,
         log_dir=os.path.join(out, "logs"),
         trigger_path=os.path.join(out, "triggers.npz") if uses_triggers else None,
         best_classifier_path=os.path.join(out, "classifier.keras"),
     )
-    start = time.perf_counter()
-    model.fit(train_data, epochs=config["epochs"], callbacks=[callback], shuffle=False, verbose=2)
-    seconds = time.perf_counter() - start
-    best = callback.best_logs
+    callbacks = [StopOnNonFiniteLoss(), tracker]
+    first_epoch = 0
+    if config["backup_dir"]:
+        settings = {k: v for k, v in config.items() if k not in RESUMABLE_CHANGES}
+        backup = TrapMIDBackup(config["backup_dir"], settings=settings, stateful=[tracker])
+        first_epoch = backup.completed_epochs  # checks the backup's settings first
+        callbacks.append(backup)  # last: it backs up what the others did this epoch
+    input_shape = tuple(train_set.element_spec[0].shape)
+    steps_per_epoch = int(train_set.cardinality()) // config["batch_size"]
+    with strategy.scope():
+        model = build_model(config, input_shape, num_classes, steps_per_epoch)
+    os.makedirs(out, exist_ok=True)
+    write_json(os.path.join(out, "flags.json"), config)
+    if first_epoch < config["epochs"]:
+        model.fit(
+            train_batches(train_set, num_classes, config, first_epoch),
+            epochs=config["epochs"], initial_epoch=first_epoch,
+            steps_per_epoch=steps_per_epoch, callbacks=callbacks, shuffle=False, verbose=2,
+        )
+    else:  # the backed-up run had finished: restore its bookkeeping only
+        backup.set_model(model)
+        backup.restore()
+    best = tracker.best_logs
     results = {
         "test_accuracy": best["val_accuracy"],
         "trapdoor_accuracy": best.get("val_trapdoor_accuracy") if uses_triggers else None,
-        "best_epoch": callback.best_epoch + 1,
+        "best_epoch": tracker.best_epoch + 1,
         "epochs": config["epochs"],
-        "seconds": round(seconds, 1),
+        "seconds": round(tracker.seconds, 1),
+        "skipped_images": len(skipped_files),
+        "skipped_files": list(skipped_files),
     }
     write_json(os.path.join(out, "results.json"), results)
     return results
@@ -268,13 +488,13 @@ def config_from_flags(**changes):
     """Resolves the settings given by the command-line flags, with `changes` applied.
 
     Raises:
-        app.UsageError: for contradictory or out-of-range flags.
+        app.UsageError: for contradictory or out-of-range flags, or a missing --data_dir.
     """
     settings = {name: FLAGS[name].value for name in FLAG_NAMES}
     settings.update(changes)
     try:
         return resolve_config(settings)
-    except ValueError as error:
+    except (ValueError, FileNotFoundError) as error:
         raise app.UsageError(str(error)) from error
 
 
@@ -283,7 +503,12 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     config = config_from_flags()
     logging.set_verbosity(logging.INFO)
-    results = train(config)
+    from trapmid_tf.callbacks import NonFiniteLossError
+
+    try:
+        results = train(config)
+    except (FileNotFoundError, NonFiniteLossError) as error:
+        raise SystemExit(f"train_target: {error}") from error
     print(json.dumps(results, indent=2))
 
 

@@ -1,14 +1,22 @@
-"""TrapMIDCallback: best-epoch selection, checkpoints, TensorBoard events, NegLS schedule."""
+"""Callbacks: TrapMIDCallback (best epoch, checkpoints, TensorBoard, NegLS schedule),
+TrapMIDBackup (resuming fit) and StopOnNonFiniteLoss."""
 
 import glob
+import json
 import os
+import shutil
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from trapmid_tf.callbacks import TrapMIDCallback
+from trapmid_tf.callbacks import (
+    NonFiniteLossError,
+    StopOnNonFiniteLoss,
+    TrapMIDBackup,
+    TrapMIDCallback,
+)
 from trapmid_tf.defenses.negls import NegLSLoss
 from trapmid_tf.defenses.trapmid import TrapMIDModel
 from trapmid_tf.models.small_cnn import small_cnn
@@ -96,3 +104,138 @@ def test_plain_classifier_keeps_its_best_epoch(tmp_path):
     classifier.fit(data(0), epochs=2, verbose=0, callbacks=[callback])
     assert path.exists() and not (tmp_path / "t.npz").exists()
     assert callback.best_epoch in (0, 1)
+
+
+def trap_model(optimizer=None, **compile_args):
+    keras.utils.set_random_seed(0)
+    model = TrapMIDModel(small_cnn(SHAPE, CLASSES, width=4), CLASSES, alpha=0.1, seed=0)
+    model.compile(optimizer=optimizer or keras.optimizers.Adam(1e-2), **compile_args)
+    return model
+
+
+def fit_with_backup(folder, epochs):
+    """Fits a fresh model for `epochs` epochs with a tracker and a backup under `folder`."""
+    model = trap_model()
+    tracker = TrapMIDCallback(trigger_path=str(folder / "out" / "triggers.npz"))
+    backup = TrapMIDBackup(folder / "backup", {"run": 1}, stateful=[tracker])
+    history = model.fit(data(0), epochs=epochs, verbose=0, callbacks=[tracker, backup])
+    return model, tracker, history
+
+
+@pytest.fixture(scope="module")
+def one_epoch_run(tmp_path_factory):
+    """The folder of a run stopped after its first epoch (copy it before changing it)."""
+    folder = tmp_path_factory.mktemp("one_epoch")
+    fit_with_backup(folder, epochs=1)
+    return folder
+
+
+def test_backup_resumes_fit_from_the_last_completed_epoch(tmp_path, one_epoch_run):
+    uninterrupted, tracker, _ = fit_with_backup(tmp_path / "a", epochs=3)
+    shutil.copytree(one_epoch_run, tmp_path / "b")
+    backup = tmp_path / "b" / "backup"
+    # A kill between writing the next weights and the state, and one during the write,
+    # leave files that the backup must not trust and later removes.
+    (backup / "epoch2.weights.h5").write_bytes(b"truncated")
+    (backup / ".epoch2.weights.h5.x1.tmp.weights.h5").write_bytes(b"truncated")
+    assert TrapMIDBackup(backup, {"run": 1}).completed_epochs == 1
+
+    resumed, resumed_tracker, history = fit_with_backup(tmp_path / "b", epochs=3)
+    assert history.epoch == [1, 2]  # epochs 2 and 3 only
+    assert resumed._initial_epoch is None  # a later fit starts where asked
+    for a, b in zip(resumed.weights, uninterrupted.weights, strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-7, err_msg=a.path)
+    for a, b in zip(resumed.discriminator_optimizer.variables,
+                    uninterrupted.discriminator_optimizer.variables, strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-7, err_msg=a.path)
+    assert int(resumed.optimizer.iterations) == int(uninterrupted.optimizer.iterations) == 6
+    np.testing.assert_array_equal(resumed.label_seed.state.numpy(),
+                                  uninterrupted.label_seed.state.numpy())
+    assert resumed_tracker.best_epoch == tracker.best_epoch
+    assert resumed_tracker.best_logs == pytest.approx(tracker.best_logs)
+    assert sorted(os.listdir(backup)) == ["epoch3.weights.h5", "state.json"]
+    assert os.stat(backup).st_mode & 0o777 == 0o700
+    assert {os.stat(backup / name).st_mode & 0o777 for name in os.listdir(backup)} == {0o600}
+
+
+def test_backup_refuses_other_settings_and_names_bad_files(tmp_path, one_epoch_run):
+    shutil.copytree(one_epoch_run / "backup", tmp_path / "backup")
+    backup = tmp_path / "backup"
+    with pytest.raises(ValueError, match=r"other settings \(run: stored 1, now 2\)"):
+        TrapMIDBackup(backup, {"run": 2}).completed_epochs
+
+    restorer = TrapMIDBackup(backup, {"run": 1})
+    restorer.set_model(trap_model())
+    weights = backup / "epoch1.weights.h5"
+    kept = tmp_path / "kept.weights.h5"
+    shutil.copy(weights, kept)
+    weights.write_bytes(b"not an HDF5 file")
+    with pytest.raises(ValueError, match=f"Backup weights '{weights}' cannot be loaded"):
+        restorer.restore()
+    weights.unlink()
+    with pytest.raises(FileNotFoundError, match=f"Backup weights '{weights}'.*missing"):
+        restorer.restore()
+    shutil.copy(kept, weights)
+    (backup / "state.json").write_text("{")
+    with pytest.raises(ValueError, match="state.json' is unreadable"):
+        restorer.restore()
+    with pytest.raises(ValueError, match="get_state"):
+        TrapMIDBackup(backup, stateful=[keras.callbacks.History()])
+
+
+class InfiniteFromStep(keras.losses.Loss):
+    """Cross-entropy that becomes +inf once `iterations` reaches `step`."""
+
+    def __init__(self, iterations, step):
+        super().__init__(name="infinite_from_step")
+        self.iterations, self.step = iterations, step
+
+    def call(self, y_true, y_pred):
+        loss = keras.losses.sparse_categorical_crossentropy(y_true, y_pred, from_logits=True)
+        blow_up = keras.ops.where(self.iterations >= self.step, np.inf, 1.0)
+        return loss * blow_up
+
+
+def test_non_finite_loss_stops_before_the_epoch_files_are_overwritten(tmp_path):
+    optimizer = keras.optimizers.Adam(1e-2)
+    # Two batches per epoch: classifier step 2 (counted from 0) is epoch 2, batch 1.
+    model = trap_model(
+        optimizer, loss=InfiniteFromStep(optimizer.iterations, 2),
+        trapdoor_loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    tracker = TrapMIDCallback(
+        data(1), trigger_path=str(tmp_path / "out" / "triggers.npz"),
+        best_classifier_path=str(tmp_path / "out" / "classifier.keras"),
+    )
+    backup = TrapMIDBackup(tmp_path / "backup", stateful=[tracker])
+
+    class Snapshot(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            self.files = {path: open(path, "rb").read() for path in all_files(tmp_path)}
+
+    snapshot = Snapshot()
+    with pytest.raises(NonFiniteLossError) as error:
+        model.fit(data(0), epochs=3, verbose=0,
+                  callbacks=[StopOnNonFiniteLoss(), tracker, backup, snapshot])
+    message = str(error.value)
+    assert "epoch 2, batch 1 (counted from 1)" in message
+    assert "loss=inf" in message and "main_loss=inf" in message
+    assert "trapdoor_loss" not in message  # finite losses are not named
+    assert not np.isfinite(model.classifier.get_weights()[0]).all()  # the bad state exists...
+    # ...but no file was written after the first epoch.
+    assert len(snapshot.files) == 4  # classifier, triggers, backup weights and state
+    assert {path: open(path, "rb").read() for path in all_files(tmp_path)} == snapshot.files
+    assert json.loads((tmp_path / "backup" / "state.json").read_text())["epoch"] == 1
+
+
+def all_files(folder):
+    return sorted(p for p in glob.glob(os.path.join(folder, "**"), recursive=True)
+                  if os.path.isfile(p))
+
+
+def test_non_finite_check_reads_only_losses():
+    stop = StopOnNonFiniteLoss()
+    stop.on_epoch_begin(4)
+    stop.on_train_batch_end(0, {"loss": 1.5, "accuracy": float("nan")})
+    with pytest.raises(NonFiniteLossError, match=r"epoch 5, batch 8 .*: val_loss=-inf\."):
+        stop.on_train_batch_end(7, {"loss": 1.5, "val_loss": float("-inf")})

@@ -1,6 +1,15 @@
-"""`TrapMIDCallback`: validation, TensorBoard logging and checkpoints for Trap-MID training."""
+"""Callbacks for Trap-MID training: validation and checkpoints, backups, non-finite stops.
 
+* `TrapMIDCallback`: trapdoor accuracy, TensorBoard logging, the best epoch's artefacts.
+* `TrapMIDBackup`: an end-of-epoch backup of the whole training state, so that a run killed
+  at any moment continues, with the same command, from its last completed epoch.
+* `StopOnNonFiniteLoss`: stops `fit` at the first non-finite loss, before anything is saved.
+"""
+
+import glob
+import json
 import os
+import time
 
 import keras
 import numpy as np
@@ -9,6 +18,8 @@ import tensorflow as tf
 from trapmid_tf.defenses.negls import negls_losses
 from trapmid_tf.defenses.trapmid import TrapMIDModel
 from trapmid_tf.files import atomic_path
+from trapmid_tf.models.common import plain_keras_copy
+from trapmid_tf.saving import SeedStateMixin
 
 
 class TrapMIDCallback(keras.callbacks.Callback):
@@ -41,9 +52,12 @@ class TrapMIDCallback(keras.callbacks.Callback):
         best_classifier_path: `.keras` file for the best epoch's classifier.
         every: Period, in epochs, of the trigger checkpoints.
 
+    Its state (the attributes below) is saved and restored by `TrapMIDBackup`.
+
     Attributes:
         best_epoch: The best epoch so far (0-based), or None.
         best_logs: The logs of that epoch.
+        seconds: Wall-clock seconds spent in training epochs (validation included).
     """
 
     def __init__(
@@ -64,19 +78,39 @@ class TrapMIDCallback(keras.callbacks.Callback):
         self.every = int(every)
         self.best_epoch = None
         self.best_logs = None
+        self.seconds = 0.0
+        self._epoch_start = None
         self._writer = None
 
     @property
     def _has_triggers(self):
         return isinstance(self.model, TrapMIDModel)
 
+    def get_state(self):
+        """Returns the bookkeeping that `TrapMIDBackup` saves.
+
+        Returns:
+            A JSON-serialisable dict of `best_epoch`, `best_logs` and `seconds`.
+        """
+        return {"best_epoch": self.best_epoch, "best_logs": self.best_logs, "seconds": self.seconds}
+
+    def set_state(self, state):
+        """Restores the bookkeeping saved by `TrapMIDBackup`.
+
+        Args:
+            state: A dict returned by `get_state`.
+        """
+        self.best_epoch = state["best_epoch"]
+        self.best_logs = state["best_logs"]
+        self.seconds = state["seconds"]
+
     def on_train_begin(self, logs=None):
-        self.best_epoch = None
-        self.best_logs = None
+        self.set_state({"best_epoch": None, "best_logs": None, "seconds": 0.0})
         if self.log_dir is not None:
             self._writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "trapmid"))
 
     def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = time.perf_counter()
         for loss in negls_losses(self.model):
             loss.set_epoch(epoch)
 
@@ -85,12 +119,15 @@ class TrapMIDCallback(keras.callbacks.Callback):
         if self.validation_data is not None:
             results = self.model.evaluate(self.validation_data, verbose=0, return_dict=True)
             logs.update({f"val_{name}": float(value) for name, value in results.items()})
+        self.seconds += time.perf_counter() - self._epoch_start
         score = _selection_score(logs)
         if score is not None and (
             self.best_logs is None or score > _selection_score(self.best_logs)
         ):
             self.best_epoch = epoch
-            self.best_logs = dict(logs)
+            self.best_logs = {
+                name: float(value) for name, value in logs.items() if np.ndim(value) == 0
+            }
             self._write_best()
         if (epoch + 1) % self.every == 0:
             self._write_checkpoint(epoch + 1)
@@ -107,7 +144,7 @@ class TrapMIDCallback(keras.callbacks.Callback):
                 self.model.export_classifier(self.best_classifier_path)
             else:
                 with atomic_path(self.best_classifier_path) as temp:
-                    self.model.save(temp)
+                    plain_keras_copy(self.model).save(temp)
         if self.trigger_path is not None and self._has_triggers:
             self.model.save_triggers(self.trigger_path)
 
@@ -134,6 +171,233 @@ class TrapMIDCallback(keras.callbacks.Callback):
                 triggers = self.model.triggers.numpy()
                 tf.summary.image("triggers", triggers, max_outputs=min(len(triggers), 16))
         self._writer.flush()
+
+
+class TrapMIDBackup(keras.callbacks.Callback):
+    """Backs up the whole training state after every epoch and restores it when `fit` starts.
+
+    A run killed at any moment (even with SIGKILL, mid-epoch) and started again with the same
+    code continues from its last completed epoch and ends as an uninterrupted run would. The
+    backup holds:
+
+    * every weight of the model and of its optimisers (for a `TrapMIDModel`: classifier,
+      discriminator, triggers, the three optimisers, hence the learning-rate schedule
+      position);
+    * the state of every `keras.random.SeedGenerator` of the model's layers (augmentation,
+      trapdoor-label sampling, dropout);
+    * the number of completed epochs, which becomes `fit`'s initial epoch;
+    * the `get_state()` of each callback in `stateful` (e.g. the best-epoch bookkeeping of a
+      `TrapMIDCallback`), restored with its `set_state(state)`.
+
+    Place it after the callbacks in `stateful` in `fit(callbacks=...)`: it restores them
+    after their own `on_train_begin` and backs them up after their `on_epoch_end`.
+
+    Not restored: the data order. Give `fit` data whose epoch `k` is the same whether or not
+    the process ran epochs `0..k-1`, e.g. epochs `completed_epochs..epochs-1` each shuffled
+    with a seed made of (seed, epoch), with `steps_per_epoch` (see `recipes/train_target.py`);
+    `tf.data`'s `reshuffle_each_iteration` starts its sequence again in a new process. Also
+    not restored: random numbers drawn without a seed generator of the model.
+
+    Every file is written atomically with owner-only permissions (the weights include the
+    secret triggers): `state.json` is replaced last and names the weights file of the same
+    epoch, so a crash while writing leaves the previous backup in force. The backup is kept
+    after training: a later `fit` with the same settings restores the final state and trains
+    no further epoch. Delete `backup_dir` to start again. With a multi-worker strategy only the
+    chief writes; every worker restores, so `backup_dir` must be on storage all workers read.
+
+    Args:
+        backup_dir: Folder of the backup (created with owner-only permissions).
+        settings: JSON-serialisable dict describing the run (hyperparameters, data, seed).
+            It is stored with the backup, and restoring a backup made with other settings
+            raises `ValueError` instead of mixing two runs.
+        stateful: Callbacks with `get_state()` and `set_state(state)` to back up too.
+
+    Example:
+        >>> tracker = TrapMIDCallback(trigger_path="out/triggers.npz")
+        >>> backup = TrapMIDBackup("out/backup", settings={"seed": 0}, stateful=[tracker])
+        >>> start = backup.completed_epochs  # 0 on the first run
+        >>> model.fit(data, epochs=10, initial_epoch=start,
+        ...           callbacks=[StopOnNonFiniteLoss(), tracker, backup])  # doctest: +SKIP
+    """
+
+    STATE_FILE = "state.json"
+
+    def __init__(self, backup_dir, settings=None, stateful=()):
+        super().__init__()
+        if not backup_dir:
+            raise ValueError(f"`backup_dir` must be a folder path; received {backup_dir!r}.")
+        for callback in stateful:
+            if not (hasattr(callback, "get_state") and hasattr(callback, "set_state")):
+                raise ValueError(
+                    "`stateful` callbacks must have get_state() and set_state(state); "
+                    f"received {type(callback).__name__}."
+                )
+        self.backup_dir = os.fspath(backup_dir)
+        self.settings = json.loads(json.dumps(settings, sort_keys=True))
+        self.stateful = list(stateful)
+
+    @property
+    def completed_epochs(self):
+        """Epochs completed by the backed-up run (0 without a backup).
+
+        Raises:
+            ValueError: if the backup was made with other settings or is unreadable.
+        """
+        state = self._read_state()
+        return 0 if state is None else state["epoch"]
+
+    def on_train_begin(self, logs=None):
+        self.restore()
+
+    def restore(self):
+        """Restores the backed-up state into the model and the `stateful` callbacks.
+
+        `fit` calls it through `on_train_begin`; call it yourself (after `set_model`) to read
+        a finished run's state without training.
+
+        Raises:
+            ValueError: if the backup was made with other settings, is unreadable or does
+                not fit the model.
+            FileNotFoundError: if the weights file named by the backup is missing.
+        """
+        state = self._read_state()
+        if state is None:
+            return
+        self._load_weights(os.path.join(self.backup_dir, state["weights"]))
+        generators = _seed_generators(self.model)
+        if len(generators) != len(state["seed_states"]) or len(self.stateful) != len(
+            state["callbacks"]
+        ):
+            raise ValueError(
+                f"The backup in {self.backup_dir!r} holds {len(state['seed_states'])} seed "
+                f"states and {len(state['callbacks'])} callback states; this run has "
+                f"{len(generators)} seed generators and {len(self.stateful)} stateful callbacks."
+            )
+        for generator, value in zip(generators, state["seed_states"]):
+            generator.state.assign(np.asarray(value, dtype=generator.state.dtype))
+        for callback, callback_state in zip(self.stateful, state["callbacks"]):
+            callback.set_state(callback_state)
+        self.model._initial_epoch = state["epoch"]  # as keras.callbacks.BackupAndRestore
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self.model.distribute_strategy.extended.should_checkpoint:
+            return  # a non-chief worker of a multi-worker strategy
+        os.makedirs(self.backup_dir, mode=0o700, exist_ok=True)
+        weights = f"epoch{epoch + 1}.weights.h5"
+        with atomic_path(os.path.join(self.backup_dir, weights), secret=True) as temp:
+            self.model.save_weights(temp)
+        state = {
+            "epoch": epoch + 1,
+            "weights": weights,
+            "settings": self.settings,
+            "seed_states": [
+                generator.state.numpy().tolist() for generator in _seed_generators(self.model)
+            ],
+            "callbacks": [callback.get_state() for callback in self.stateful],
+        }
+        with atomic_path(os.path.join(self.backup_dir, self.STATE_FILE), secret=True) as temp:
+            with open(temp, "w", encoding="utf-8") as stream:
+                json.dump(state, stream)
+        self._remove_stale_files(keep=weights)
+
+    def on_train_end(self, logs=None):
+        self.model._initial_epoch = None
+
+    def _read_state(self):
+        path = os.path.join(self.backup_dir, self.STATE_FILE)
+        if not os.path.exists(path):
+            return None
+        try:
+            with open(path, encoding="utf-8") as stream:
+                state = json.load(stream)
+            missing = {"epoch", "weights", "settings", "seed_states", "callbacks"} - set(state)
+        except (OSError, ValueError, TypeError) as error:
+            raise ValueError(f"Backup state {path!r} is unreadable: {error}") from error
+        if missing:
+            raise ValueError(f"Backup state {path!r} lacks {sorted(missing)}.")
+        differences = _differences(state["settings"], self.settings)
+        if differences:
+            raise ValueError(
+                f"The backup in {self.backup_dir!r} was made with other settings "
+                f"({'; '.join(differences)}). Use another backup folder, or delete it to "
+                "start again."
+            )
+        return state
+
+    def _load_weights(self, path):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"Backup weights {path!r}, named by {self.STATE_FILE}, are missing."
+            )
+        optimizer = self.model.optimizer
+        if optimizer is not None and not optimizer.built:
+            optimizer.build(self.model.trainable_variables)  # so its slots exist to be loaded
+        try:
+            self.model.load_weights(path)
+        except (OSError, ValueError) as error:
+            raise ValueError(f"Backup weights {path!r} cannot be loaded: {error}") from error
+
+    def _remove_stale_files(self, keep):
+        """Removes older backups' weights and temporary files left by killed writes."""
+        for pattern in ("epoch*.weights.h5", ".epoch*.weights.h5.*", f".{self.STATE_FILE}.*"):
+            for path in glob.glob(os.path.join(self.backup_dir, pattern)):
+                if os.path.basename(path) != keep:
+                    os.remove(path)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised by `StopOnNonFiniteLoss` when a training loss is NaN or infinite."""
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Stops `fit` at the first batch whose loss is NaN or infinite, before anything is saved.
+
+    It raises `NonFiniteLossError` from `on_train_batch_end`, so no `on_epoch_end` runs after
+    the bad step: the files written by the other callbacks (best classifier, triggers,
+    `TrapMIDBackup`) stay those of the last completed epoch. The model in memory holds the
+    bad update; restore it from those files. Unlike `keras.callbacks.TerminateOnNaN`, which
+    lets the epoch end (and its callbacks save), it checks every logged value whose name
+    contains "loss". Keras logs running means over the epoch, which turn non-finite at the
+    first non-finite batch loss. With `steps_per_execution > 1` the batch named is the last
+    of its execution.
+
+    Raises:
+        NonFiniteLossError: naming the epoch and batch (counted from 1) and the loss values.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        losses = {name: float(value) for name, value in (logs or {}).items() if "loss" in name}
+        bad = {name: value for name, value in losses.items() if not np.isfinite(value)}
+        if bad:
+            values = ", ".join(f"{name}={value}" for name, value in sorted(bad.items()))
+            raise NonFiniteLossError(
+                f"Non-finite training loss at epoch {self._epoch + 1}, batch {batch + 1} "
+                f"(counted from 1): {values}. Training stopped before saving this state; the "
+                "files written before are those of the last completed epoch."
+            )
+
+
+def _seed_generators(model):
+    """Every seed generator of `model`'s layers, in a fixed order."""
+    return SeedStateMixin._all_seed_generators(model)
+
+
+def _differences(stored, current):
+    """Lines `key: stored X, now Y` for the top-level keys where two settings dicts differ."""
+    if not (isinstance(stored, dict) and isinstance(current, dict)):
+        return [] if stored == current else [f"stored {stored!r}, now {current!r}"]
+    return [
+        f"{key}: stored {stored.get(key)!r}, now {current.get(key)!r}"
+        for key in sorted(set(stored) | set(current))
+        if stored.get(key) != current.get(key)
+    ]
 
 
 def _selection_score(logs):

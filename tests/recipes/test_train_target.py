@@ -10,8 +10,11 @@ import sys
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
+from PIL import Image
 
 import trapmid_tf as tm
+from trapmid_tf.callbacks import NonFiniteLossError
 
 RECIPE = pathlib.Path(__file__).resolve().parents[2] / "recipes" / "train_target.py"
 
@@ -41,7 +44,11 @@ def config_for(recipe, defense, out, **changes):
 def test_trapmid_negls_run_writes_consistent_artefacts(tmp_path):
     recipe = load_recipe()
     results = recipe.train(config_for(recipe, "trapmid_negls", tmp_path))
-    assert set(results) == {"test_accuracy", "trapdoor_accuracy", "best_epoch", "epochs", "seconds"}
+    assert set(results) == {
+        "test_accuracy", "trapdoor_accuracy", "best_epoch", "epochs", "seconds",
+        "skipped_images", "skipped_files",
+    }
+    assert results["skipped_images"] == 0 and results["skipped_files"] == []
     stored = json.loads((tmp_path / "results.json").read_text())
     assert stored == results
     flags = json.loads((tmp_path / "flags.json").read_text())
@@ -79,14 +86,92 @@ def test_runs_without_triggers_export_a_plain_classifier(tmp_path, defense):
         (["--epochs=0"], "--epochs must be >= 1"),
         (["--dataset=cifar"], "dataset"),
         (["--dataset=mnist"], "--data_dir, which is not set"),
+        (["--dataset=mnist", "--data_dir={tmp}/missing"], "--data_dir '{tmp}/missing' is not an "),
+        (["--data_dir={tmp}"], "--dataset=digits is embedded and reads no --data_dir"),
+        (["--model=ir18", "--width=8"], "--width only applies to --model=small_cnn"),
+        (["--width=0"], "--width must be >= 1"),
+        (["--seed=-1"], "--seed must be >= 0"),
+        (["--backup_dir={tmp}/run"], "--backup_dir must differ from --out"),
+        (["--strategy=multi_worker"], "TF_CONFIG environment variable, which is not set"),
+        (["--strategy=multi_worker", "TF_CONFIG=[]"], "TF_CONFIG must be JSON with a"),
+        (["--strategy=multi_worker", "--batch_size=63",
+          'TF_CONFIG={"cluster": {"worker": ["a:1", "b:2"]}, "task": {}}'],
+         "--batch_size must be a multiple of the 2 workers"),
+        (["--skip_unreadable"], "--skip_unreadable applies to image files"),
+        (["--defense=none", "--fast_trapmid"], "--fast_trapmid only applies to the trapmid"),
+        (["--fast_trapmid", "--strategy=mirrored"], "--fast_trapmid runs on one replica"),
+        (["--bogus=1"], "Unknown command line flag 'bogus'"),
     ],
 )
 def test_bad_flags_are_rejected_before_any_work(tmp_path, flags, message):
     out = tmp_path / "run"
+    environment = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+    arguments = []
+    for flag in flags:
+        if flag.startswith("TF_CONFIG="):
+            environment["TF_CONFIG"] = flag.partition("=")[2]
+        else:
+            arguments.append(flag.format(tmp=tmp_path))
     result = subprocess.run(
-        [sys.executable, str(RECIPE), f"--out={out}", *flags],
-        capture_output=True, text=True, timeout=300,
+        [sys.executable, str(RECIPE), f"--out={out}", *arguments],
+        capture_output=True, text=True, timeout=300, env=environment,
     )
     assert result.returncode != 0
-    assert message in result.stderr
+    assert message.format(tmp=tmp_path) in result.stderr
     assert not out.exists()
+
+
+def test_missing_dataset_file_is_named_and_nothing_is_written(tmp_path):
+    recipe = load_recipe()
+    config = config_for(recipe, "none", tmp_path / "run", dataset="mnist", data_dir=str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=f"'{tmp_path}/train-images-idx3-ubyte'"):
+        recipe.train(config)
+    assert not (tmp_path / "run").exists()
+
+
+def test_fast_trapmid_flag_builds_the_fast_variant(tmp_path):
+    recipe = load_recipe()
+    interval = tm.defenses.trapmid.FAST_OPTIONS["discriminator_interval"]
+    for fast, expected in ((False, (False, 1)), (True, (True, interval))):
+        config = config_for(recipe, "trapmid", tmp_path, fast_trapmid=fast)
+        model = recipe.build_model(config, (32, 32, 1), 5, steps_per_epoch=5)
+        assert (model.shared_trigger_gradient, model.discriminator_interval) == expected
+
+
+def test_unreadable_celeba_image_is_named_or_with_the_flag_skipped_and_counted(tmp_path):
+    data = tmp_path / "celeba"
+    (data / "img_align_celeba").mkdir(parents=True)
+    face = np.full((218, 178, 3), 128, np.uint8)  # aligned CelebA size
+    for index in range(1, 6):
+        Image.fromarray(face).save(data / "img_align_celeba" / f"00000{index}.jpg")
+    (data / "img_align_celeba" / "bad.jpg").write_bytes(b"not an image")
+    lists = {
+        "celeba_trainset.txt": ["000001.jpg 0", "bad.jpg 1", "000002.jpg 1", "000003.jpg 0"],
+        "celeba_testset.txt": ["000004.jpg 1"],
+        "celeba_ganset.txt": ["000005.jpg"],
+    }
+    for name, lines in lists.items():
+        (data / name).write_text("\n".join(lines) + "\n")
+    recipe = load_recipe()
+    settings = dict(dataset="celeba", data_dir=str(data), model="small_cnn", width=4, epochs=1,
+                    batch_size=2)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="bad.jpg"):
+        recipe.train(config_for(recipe, "none", tmp_path / "strict", **settings))
+
+    config = config_for(recipe, "none", tmp_path / "run", skip_unreadable=True, **settings)
+    results = recipe.train(config)
+    assert results["skipped_images"] == 1
+    assert results["skipped_files"] == [str(data / "img_align_celeba" / "bad.jpg")]
+    assert json.loads((tmp_path / "run" / "results.json").read_text()) == results
+
+
+def test_non_finite_loss_stops_the_run_naming_the_step(tmp_path):
+    recipe = load_recipe()
+    # A learning rate of 1e38 makes the first update overflow (the discriminator step runs
+    # first in a Trap-MID step, so the first batch's losses are already NaN).
+    config = config_for(recipe, "trapmid", tmp_path / "run", optimizer="sgd",
+                        learning_rate=1e38, width=4, backup_dir=str(tmp_path / "backup"))
+    with pytest.raises(NonFiniteLossError, match=r"epoch 1, batch 1 .*: loss=nan, main_loss=nan"):
+        recipe.train(config)
+    assert sorted(os.listdir(tmp_path / "run")) == ["flags.json", "logs"]  # no artefact
+    assert not (tmp_path / "backup").exists()

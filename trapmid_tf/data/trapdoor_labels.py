@@ -5,19 +5,22 @@ import numbers
 import tensorflow as tf
 
 
-def with_trapdoor_labels(dataset, num_classes, seed=None):
+def with_trapdoor_labels(dataset, num_classes, seed=None, reshuffle_each_iteration=True):
     """Adds a balanced random trapdoor label to every element of a dataset.
 
     With N elements and C classes, one pass over the result carries each class
     floor(N/C) times, plus the first N mod C classes of a random permutation once
     more, in a random order. Every new iteration (epoch) draws a new order and a new
-    remainder. The trapdoor labels do not depend on the true labels.
+    remainder, unless `reshuffle_each_iteration` is False. The trapdoor labels do not
+    depend on the true labels.
 
     Args:
         dataset: an **unbatched** `tf.data.Dataset` of `(x, y)` with the same number
             of elements in every pass. Batch the result, not the input.
         num_classes: number of classes C, an int >= 1.
         seed: optional int; the same seed gives the same sequence of epochs.
+        reshuffle_each_iteration: if False, every iteration repeats the labels of the
+            first, for pipelines built per epoch with a seed of their own.
 
     Returns:
         A `tf.data.Dataset` of `(x, y, y_trap)` with `x` and `y` unchanged and `y_trap`
@@ -26,6 +29,13 @@ def with_trapdoor_labels(dataset, num_classes, seed=None):
     Raises:
         ValueError: if `num_classes` is not an int >= 1, `seed` is not None or an int,
             the elements are not `(x, y)` pairs, or the dataset is infinite.
+
+    Example:
+        >>> (train, _), _ = trapmid_tf.data.load("digits")
+        >>> batches = with_trapdoor_labels(train.shuffle(720, seed=0), 5, seed=0).batch(64)
+        >>> images, labels, trapdoor_labels = next(iter(batches))
+        >>> images.shape, labels.shape, trapdoor_labels.shape
+        (TensorShape([64, 32, 32, 1]), TensorShape([64]), TensorShape([64]))
     """
     if not _is_int(num_classes) or num_classes < 1:
         raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}.")
@@ -38,7 +48,7 @@ def with_trapdoor_labels(dataset, num_classes, seed=None):
         )
     num_elements = _count_elements(dataset)
     seed = None if seed is None else int(seed)
-    labels = _balanced_labels(num_elements, int(num_classes), seed)
+    labels = _balanced_labels(num_elements, int(num_classes), seed, reshuffle_each_iteration)
     paired = tf.data.Dataset.zip(dataset, labels).map(
         lambda pair, trapdoor_label: (*pair, trapdoor_label)
     )
@@ -49,19 +59,22 @@ def _is_int(value):
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def _balanced_labels(num_elements, num_classes, seed):
-    """A dataset of `num_elements` int32 labels, rebalanced and reshuffled every pass."""
+def _balanced_labels(num_elements, num_classes, seed, reshuffle_each_iteration):
+    """A dataset of `num_elements` int32 labels, balanced (and reshuffled every pass if asked)."""
     whole, remainder = divmod(num_elements, num_classes)
     repeated = tf.data.Dataset.range(whole * num_classes).map(lambda i: i % num_classes)
     extra = (
         tf.data.Dataset.range(num_classes)
-        .shuffle(num_classes, seed=seed, reshuffle_each_iteration=True)
+        .shuffle(num_classes, seed=seed, reshuffle_each_iteration=reshuffle_each_iteration)
         .take(remainder)
     )
     order_seed = None if seed is None else seed + 1
     return (
         repeated.concatenate(extra)
-        .shuffle(max(num_elements, 1), seed=order_seed, reshuffle_each_iteration=True)
+        .shuffle(
+            max(num_elements, 1), seed=order_seed,
+            reshuffle_each_iteration=reshuffle_each_iteration,
+        )
         .map(lambda label: tf.cast(label, tf.int32))
     )
 
