@@ -202,7 +202,23 @@ class LOMMAAttack:
         return [surrogate(images, training=False) for surrogate in self.surrogates]
 
     def invert(self, target, classes, per_class=5, seed=0, verbose=1):
-        """Runs the base attack's `invert` with LOMMA's identity loss; same arguments."""
+        """Runs the base attack's `invert` with LOMMA's identity loss.
+
+        Args:
+            target: A Keras classifier mapping float32 NHWC images in [0, 1] to logits,
+                with the surrogates' classes.
+            classes: Iterable of class ids to invert.
+            per_class: Restarts (images) per class, >= 1.
+            seed: Integer seed; the same seed gives the same result.
+            verbose: 0 silent, 1 progress bar, 2 one line per chunk.
+
+        Returns:
+            The base attack's `AttackResult`, images grouped by class in the order of
+            `classes`.
+
+        Raises:
+            ValueError: On a bad argument, or if `target` does not take the prior's images.
+        """
         return self.attack.invert(target, classes, per_class, seed, verbose)
 
 
@@ -281,6 +297,15 @@ class SurrogateDistiller(keras.Model):
             self.optimizer.build(self.student.trainable_variables)
 
     def call(self, images, training=False):
+        """Runs the student.
+
+        Args:
+            images: Float32 NHWC images in [0, 1].
+            training: Whether the student runs in training mode.
+
+        Returns:
+            The student's logits, `(batch, num_classes)`.
+        """
         return self.student(images, training=training)
 
     @property
@@ -288,7 +313,15 @@ class SurrogateDistiller(keras.Model):
         return [self._loss_tracker, self._agreement]
 
     def distillation_loss(self, teacher_logits, student_logits):
-        """Batch mean of `tau^2 * KL(softmax(teacher / tau) || softmax(student / tau))`."""
+        """Batch mean of `tau^2 * KL(softmax(teacher / tau) || softmax(student / tau))`.
+
+        Args:
+            teacher_logits: The target's logits, `(batch, num_classes)`.
+            student_logits: The surrogate's logits, same shape.
+
+        Returns:
+            A scalar tensor.
+        """
         teacher_log_probs = ops.log_softmax(teacher_logits / self.temperature, axis=-1)
         student_log_probs = ops.log_softmax(student_logits / self.temperature, axis=-1)
         divergence = ops.sum(
@@ -297,6 +330,14 @@ class SurrogateDistiller(keras.Model):
         return self.temperature**2 * ops.mean(divergence)
 
     def train_step(self, data):
+        """One student update on `distillation_loss` (plus the student's own losses).
+
+        Args:
+            data: A batch of images, or a tuple whose first element is the images.
+
+        Returns:
+            The metrics `{"loss", "agreement"}`, averaged over the epoch so far.
+        """
         images = self._images(data)
         teacher_logits = self.teacher(images, training=False)
         variables = self.student.trainable_variables
@@ -310,6 +351,14 @@ class SurrogateDistiller(keras.Model):
         return self._update_metrics(loss, teacher_logits, student_logits)
 
     def test_step(self, data):
+        """Measures the distillation loss and the top-1 agreement, both in inference mode.
+
+        Args:
+            data: A batch of images, or a tuple whose first element is the images.
+
+        Returns:
+            The metrics `{"loss", "agreement"}`, averaged over the evaluation so far.
+        """
         images = self._images(data)
         teacher_logits = self.teacher(images, training=False)
         student_logits = self.student(images, training=False)

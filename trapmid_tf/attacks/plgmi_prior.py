@@ -366,6 +366,15 @@ class PLGMIPrior(SeedStateMixin, keras.Model):
     # === Training ===
 
     def call(self, inputs, training=False):
+        """Generates images: `prior([z, y])` is `generator([z, y])`.
+
+        Args:
+            inputs: `[z, y]`: latents `(batch, z_dim)` and int class labels `(batch,)`.
+            training: Whether the generator runs in training mode.
+
+        Returns:
+            Images in [0, 1], `(batch, *image_shape)`.
+        """
         return self.generator(inputs, training=training)
 
     @property
@@ -373,6 +382,15 @@ class PLGMIPrior(SeedStateMixin, keras.Model):
         return list(self._trackers.values())
 
     def train_step(self, data):
+        """One discriminator step, preceded by a generator step every `n_dis` steps.
+
+        Args:
+            data: A batch `(images, pseudo_labels)`.
+
+        Returns:
+            The metrics `{"discriminator_loss", "generator_loss", "margin_loss"}`, means
+            over the epoch so far (the generator's over its steps only).
+        """
         images, labels = self._unpack(data)
         batch = ops.shape(images)[0]
         is_generator_step = ops.equal(self.optimizer.iterations % self.n_dis, 0)

@@ -264,7 +264,15 @@ class _GANPrior(SeedStateMixin, keras.Model):
     # === Training ===
 
     def call(self, latents, training=False):
-        """Generates images from latent vectors (batch, z_dim)."""
+        """Generates images from latent vectors.
+
+        Args:
+            latents: Float latents, `(batch, z_dim)`.
+            training: Whether the generator runs in training mode.
+
+        Returns:
+            Images in [0, 1], `(batch, *image_shape)`.
+        """
         return self.generator(latents, training=training)
 
     @property
@@ -272,6 +280,15 @@ class _GANPrior(SeedStateMixin, keras.Model):
         return list(self._trackers.values())
 
     def train_step(self, data):
+        """One opponent (critic or discriminator) step, then a generator step when due.
+
+        Args:
+            data: A batch as the subclass documents (images, `(images, anything)`, or for
+                `KEDMIPrior` a dict keyed by `KEDMI_BATCH_KEYS`).
+
+        Returns:
+            The subclass's metrics, means over the epoch so far.
+        """
         batch = self._unpack(data)
         logs = self._opponent_step(*batch)
         for name, value in logs.items():

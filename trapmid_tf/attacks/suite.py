@@ -309,6 +309,14 @@ def build_attack(name, priors, settings=InversionSettings()):
 
     Raises:
         ValueError: For an unknown name or a missing prior.
+
+    Example:
+        >>> target = small_cnn((32, 32, 1), 5)  # any classifier: images in [0, 1] -> logits
+        >>> attack = build_attack("mi_face", {}, InversionSettings(mi_face_iterations=10))
+        >>> result = attack.invert(target, classes=[0, 3], per_class=2, verbose=0)
+        >>> result.images.shape, result.labels.tolist()
+        ((4, 32, 32, 1), [0, 0, 3, 3])
+        >>> gmi = build_attack("gmi", {"gmi": train_gmi_prior(public, epochs=30)})  # doctest: +SKIP
     """
     missing = [p for p in priors_needed([name]) if p not in priors]
     if missing:

@@ -306,6 +306,15 @@ class BiDOModel(RegularizedClassifierModel):
         self.built = True
 
     def call(self, images, training=False):
+        """Runs the classifier.
+
+        Args:
+            images: Float32 NHWC images in [0, 1].
+            training: Whether the classifier runs in training mode.
+
+        Returns:
+            Logits, `(batch, num_classes)`.
+        """
         return self.classifier(images, training=training)
 
     def _training_forward(self, images, labels):

@@ -82,16 +82,36 @@ class NegLSLoss(keras.losses.Loss):
         )
 
     def smoothing_at(self, epoch):
-        """Returns the smoothing value the schedule gives at `epoch` (0-based)."""
+        """The smoothing value the schedule gives at an epoch.
+
+        Args:
+            epoch: 0-based epoch.
+
+        Returns:
+            A float: `smoothing * negls_factor(epoch, ...)`.
+        """
         factor = negls_factor(epoch, self.num_epochs, self.start_epoch, self.full_epoch)
         return self.smoothing * factor
 
     def set_epoch(self, epoch):
-        """Moves the schedule to `epoch` (0-based)."""
+        """Moves the schedule to an epoch; the loss then uses `smoothing_at(epoch)`.
+
+        Args:
+            epoch: 0-based epoch.
+        """
         self.epoch = int(epoch)
         self.current_smoothing.assign(self.smoothing_at(self.epoch))
 
     def call(self, y_true, y_pred):
+        """Per-sample smoothed cross-entropy at the current epoch's smoothing.
+
+        Args:
+            y_true: Int class indices, `(batch,)` or `(batch, 1)`.
+            y_pred: Logits (or probabilities when `from_logits=False`), `(batch, classes)`.
+
+        Returns:
+            Losses, `(batch,)`.
+        """
         log_probs = (
             ops.log_softmax(y_pred, axis=-1)
             if self.from_logits
@@ -123,7 +143,15 @@ def negls_losses(model):
 
 
 class NegLSScheduler(keras.callbacks.Callback):
-    """Advances every `NegLSLoss` of the model at the start of each epoch."""
+    """Advances every `NegLSLoss` of the model at the start of each epoch.
+
+    `TrapMIDCallback` does this too; use this callback when training without it.
+
+    Example:
+        >>> classifier.compile(optimizer="adam", loss=NegLSLoss(-0.05, num_epochs=10))
+        >>> scheduler = NegLSScheduler()
+        >>> classifier.fit(train.batch(64), epochs=10, callbacks=[scheduler])  # doctest: +SKIP
+    """
 
     def on_epoch_begin(self, epoch, logs=None):
         for loss in negls_losses(self.model):

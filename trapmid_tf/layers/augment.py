@@ -274,6 +274,18 @@ class TrapdoorAugment(keras.layers.Layer):
         self.supports_jit = False  # ImageProjectiveTransformV3 has no XLA kernel.
 
     def call(self, images, training=True):
+        """Augments each image with its own random parameters when training.
+
+        Args:
+            images: Float images `(batch, height, width, channels)`, channels known.
+            training: Whether to augment; False returns `images` unchanged.
+
+        Returns:
+            Images of the input's shape.
+
+        Raises:
+            ValueError: If `images` is not 4-D with a known channel count.
+        """
         if len(images.shape) != 4 or images.shape[-1] is None:
             raise ValueError(
                 "`images` must have shape (batch, height, width, channels) with a known "

@@ -63,6 +63,15 @@ class BlendTrigger(keras.layers.Layer):
         self.built = True
 
     def call(self, images, target_labels):
+        """Blends each image with the trigger of its target label.
+
+        Args:
+            images: Float images `(batch, *image_shape)` in [0, 1].
+            target_labels: Int class indices `(batch,)`, one trigger per image.
+
+        Returns:
+            `(1 - alpha) * images + alpha * triggers[target_labels]`, the images' shape.
+        """
         selected = ops.take(self.triggers, ops.cast(target_labels, "int32"), axis=0)
         return (1.0 - self.alpha) * images + self.alpha * selected
 

@@ -68,6 +68,15 @@ class ConditionalBatchNorm(keras.layers.Layer):
         )
 
     def call(self, inputs, training=None):
+        """Normalises the features and applies each sample's class scale and offset.
+
+        Args:
+            inputs: `[x, labels]`: NHWC features and int class indices `(batch,)`.
+            training: Whether BN uses (and updates) the batch statistics.
+
+        Returns:
+            `gamma[labels] * BN(x) + beta[labels]`, the shape of `x`.
+        """
         features, labels = inputs
         labels = ops.cast(labels, "int32")
         normalized = self.batch_norm(features, training=training)
@@ -134,6 +143,15 @@ class SNEmbedding(keras.layers.Layer):
         )
 
     def call(self, labels, training=False):
+        """Looks up the labels' rows of the spectrally normalised table.
+
+        Args:
+            labels: Int class indices, `(batch,)`.
+            training: Whether to store the power iteration's new `u`.
+
+        Returns:
+            `(batch, output_dim)` rows of `W / sigma(W)`.
+        """
         weights = ops.convert_to_tensor(self.embeddings)
         vector_v = ops.stop_gradient(_normalize(ops.matmul(self.vector_u, weights)))
         new_u = ops.stop_gradient(_normalize(ops.matmul(weights, vector_v)))

@@ -257,6 +257,15 @@ class MinibatchDiscrimination(keras.layers.Layer):
         )
 
     def call(self, features):
+        """Compares every sample's projected features with the rest of the batch.
+
+        Args:
+            features: Float features, `(batch, A)`.
+
+        Returns:
+            `(batch, kernels)`: for each sample and kernel, the summed closeness
+            `exp(-L1 distance)` to the other samples.
+        """
         projected = ops.reshape(
             ops.matmul(features, self.projection), (-1, self.kernels, self.kernel_dim)
         )

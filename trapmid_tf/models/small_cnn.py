@@ -45,6 +45,11 @@ def small_cnn(
     Raises:
         ValueError: On a bad `input_shape`, `num_classes`, `width` or `feature_dim`.
         FileNotFoundError: If `weights` names a missing file.
+
+    Example:
+        >>> model = small_cnn((32, 32, 1), num_classes=5)
+        >>> model.output_shape, model.get_layer("logits").units
+        ((None, 5), 5)
     """
     input_shape = common.check_input_shape(input_shape, MIN_SIZE, "small_cnn")
     common.check_positive_int("num_classes", num_classes)
