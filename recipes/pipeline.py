@@ -285,10 +285,11 @@ def stored_triggers(targets):
 
 
 def log_grids(log_dir, grids):
-    """Writes the report's grids as TensorBoard images."""
+    """Writes the report's grids as TensorBoard images, in an owner-only folder (triggers)."""
     import tensorflow as tf
+    from trapmid_tf.files import secret_folder
 
-    with tf.summary.create_file_writer(log_dir).as_default():
+    with tf.summary.create_file_writer(secret_folder(log_dir)).as_default():
         for name, picture in grids.items():
             tf.summary.image(name, picture[None], step=0)
 

@@ -82,6 +82,9 @@ def test_best_epoch_checkpoints_and_tensorboard(tmp_path):
     assert loss.epoch == 4 and float(loss.current_smoothing.numpy()) == pytest.approx(-0.05)
     tags = event_tags(str(tmp_path / "logs"))
     assert tags["triggers"] == {"images"}
+    assert os.stat(tmp_path / "logs" / "trapmid").st_mode & 0o777 == 0o700  # trigger images
+    for name in ("triggers_epoch2.npz", "triggers_epoch4.npz", "triggers.npz"):
+        assert os.stat(tmp_path / "best" / name).st_mode & 0o777 == 0o600
     for name in ("loss", "accuracy", "trapdoor_accuracy", "discriminator_loss", "val_accuracy"):
         assert tags[name] == {"scalars"}
 

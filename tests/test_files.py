@@ -1,4 +1,4 @@
-"""Atomic writes and the stage reuse rule of `build_or_reuse`."""
+"""Atomic writes, owner-only folders and the stage reuse rule of `build_or_reuse`."""
 
 import json
 import os
@@ -6,7 +6,7 @@ import stat
 
 import pytest
 
-from trapmid_tf.files import STAGE_FILE, atomic_path, build_or_reuse, write_json
+from trapmid_tf.files import STAGE_FILE, atomic_path, build_or_reuse, secret_folder, write_json
 
 
 def test_atomic_path_leaves_the_old_file_when_writing_fails(tmp_path):
@@ -46,6 +46,15 @@ class Stage:
     def run(self, settings, overwrite=False):
         return build_or_reuse(self.directory, settings, self.build, self.load, overwrite,
                               log=lambda message: None)
+
+
+def test_secret_folder_is_created_or_made_owner_only(tmp_path):
+    existing = tmp_path / "existing"
+    existing.mkdir(mode=0o755)
+    os.chmod(existing, 0o755)
+    for folder in (tmp_path / "new" / "nested", existing):
+        assert secret_folder(folder) == str(folder)
+        assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700
 
 
 def test_same_settings_reuse_other_settings_rebuild(tmp_path):

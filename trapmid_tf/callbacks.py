@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from trapmid_tf.defenses.negls import negls_losses
 from trapmid_tf.defenses.trapmid import TrapMIDModel
-from trapmid_tf.files import atomic_path
+from trapmid_tf.files import atomic_path, secret_folder
 from trapmid_tf.models.common import plain_keras_copy
 from trapmid_tf.saving import SeedStateMixin
 
@@ -107,7 +107,9 @@ class TrapMIDCallback(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self.set_state({"best_epoch": None, "best_logs": None, "seconds": 0.0})
         if self.log_dir is not None:
-            self._writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "trapmid"))
+            # Owner-only: the trigger images logged there are secret.
+            folder = secret_folder(os.path.join(self.log_dir, "trapmid"))
+            self._writer = tf.summary.create_file_writer(folder)
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_start = time.perf_counter()
@@ -282,7 +284,7 @@ class TrapMIDBackup(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if not self.model.distribute_strategy.extended.should_checkpoint:
             return  # a non-chief worker of a multi-worker strategy
-        os.makedirs(self.backup_dir, mode=0o700, exist_ok=True)
+        secret_folder(self.backup_dir)
         weights = f"epoch{epoch + 1}.weights.h5"
         with atomic_path(os.path.join(self.backup_dir, weights), secret=True) as temp:
             self.model.save_weights(temp)

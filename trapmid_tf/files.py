@@ -11,6 +11,25 @@ import os
 import tempfile
 
 SECRET_MODE = 0o600
+SECRET_FOLDER_MODE = 0o700
+
+
+def secret_folder(path):
+    """Creates `path` (and missing parents) if needed and makes it owner-only (0700).
+
+    For folders whose files other tools write with default permissions but which hold
+    secrets, e.g. TensorBoard logs with trigger images.
+
+    Args:
+        path: Folder path.
+
+    Returns:
+        `path`, as a string.
+    """
+    path = os.fspath(path)
+    os.makedirs(path, exist_ok=True)
+    os.chmod(path, SECRET_FOLDER_MODE)
+    return path
 
 
 @contextlib.contextmanager

@@ -45,17 +45,18 @@ def image_grid(rows, padding=GRID_PADDING):
     return np.round(np.clip(grid, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def save_png(path, picture, scale=2):
+def save_png(path, picture, scale=2, secret=False):
     """Writes a uint8 `(H, W, 1 or 3)` picture to `path` atomically, enlarged `scale` times.
 
     Args:
         path: Output `.png` path.
         picture: uint8 array, e.g. from `image_grid`.
         scale: Integer nearest-neighbour enlargement (small digits are hard to see).
+        secret: If true, the file is owner-only (0600), e.g. a picture of triggers.
     """
     picture = np.repeat(np.repeat(picture, scale, axis=0), scale, axis=1)
     image = Image.fromarray(picture[..., 0] if picture.shape[-1] == 1 else picture)
-    with atomic_path(path) as temporary:
+    with atomic_path(path, secret=secret) as temporary:
         image.save(temporary, format="PNG")
 
 
@@ -231,7 +232,8 @@ def write(out, results, private_images, private_labels, reconstructions, trigger
     for defense, array in triggers.items():
         grids[f"triggers_{defense}"] = image_grid([list(array)])
     for name, picture in grids.items():
-        save_png(os.path.join(out, "grids", f"{name}.png"), picture)
+        secret = name.startswith("triggers_")
+        save_png(os.path.join(out, "grids", f"{name}.png"), picture, secret=secret)
     with atomic_path(os.path.join(out, "report.md")) as temporary:
         with open(temporary, "w", encoding="utf-8") as stream:
             stream.write(report_markdown(results, list(reconstructions), attacks, triggers))

@@ -48,7 +48,10 @@ def test_results_hold_every_defense_and_attack(tiny):
     for attack in ATTACKS:
         assert f"![{attack}](grids/{attack}.png)" in report
         assert (out / "grids" / f"{attack}.png").stat().st_size > 0
-    assert (out / "grids" / "triggers_trapmid.png").exists()
+    # Pictures of triggers and the TensorBoard folder holding them are owner-only.
+    assert (out / "grids" / "triggers_trapmid.png").stat().st_mode & 0o777 == 0o600
+    assert (out / "grids" / "gmi.png").stat().st_mode & 0o777 == 0o644
+    assert (out / "logs").stat().st_mode & 0o777 == 0o700
     assert json.loads((out / "flags.json").read_text())["preset"] == "tiny"
 
 
