@@ -19,6 +19,10 @@ Attack workloads, random-init networks: A1 is the GMI inversion (reference gener
 MI-Face inversion of W3's small CNN, 5 classes x 1. Each repetition is one compiled chunk of
 --attack_iterations iterations after --warmup untimed chunks (the first one traces), reported
 as seconds per 100 iterations.
+
+--phases also times each phase of the default Trap-MID step (discriminator step, trigger
+gradient, classifier step, augmentation) and the whole and plain steps, each as its own
+compiled function on one batch: where the step's time goes.
 """
 
 import json
@@ -46,6 +50,8 @@ flags.DEFINE_integer("warmup", 1, "Untimed epochs or attack chunks (tracing, fir
 flags.DEFINE_integer("attack_iterations", 100, "Inversion iterations per timed attack chunk.")
 flags.DEFINE_list("variants", ["plain", "trapmid"], "Training variants to time: plain, "
                   "trapmid, trapmid_fast.")
+flags.DEFINE_bool("phases", False, "Also time each phase of the default Trap-MID step of the "
+                  "training workloads, each as its own compiled function.")
 flags.DEFINE_string("out", None, "JSON output file.")
 flags.DEFINE_integer("seed", 0, "Seed of the random inputs and models.")
 
@@ -207,6 +213,40 @@ def check_flags():
         raise app.UsageError(f"--attack_iterations must be >= 1; got {FLAGS.attack_iterations}.")
 
 
+def time_phases(workload):
+    """Milliseconds per call of each phase of a default Trap-MID step, and of the plain step.
+
+    Each phase runs as its own compiled function on one fixed batch, after the model is built
+    by one step of `fit`; --warmup calls are untimed, then --repetitions are timed.
+    """
+    keras.utils.set_random_seed(FLAGS.seed)
+    spec = WORKLOADS[workload]
+    rng = np.random.default_rng(FLAGS.seed)
+    x = tf.constant(rng.uniform(size=(BATCH, *spec["input_shape"])).astype("float32"))
+    y, t = (tf.constant(rng.integers(0, spec["classes"], BATCH).astype("int32")) for _ in "yt")
+    model, plain = build(workload, "trapmid"), build(workload, "plain")
+    model.fit(tf.data.Dataset.from_tensors((x, y, t)), epochs=1, verbose=0)
+    plain.fit(tf.data.Dataset.from_tensors((x, y)), epochs=1, verbose=0)
+    phases = {
+        "plain_step": lambda: plain.train_step((x, y)),
+        "trapmid_step": lambda: model.train_step((x, y, t)),
+        "discriminator_step": lambda: model._discriminator_step(x, t),
+        "trigger_gradient": lambda: model._trigger_gradient(x, t, naturalness=True),
+        "classifier_step": lambda: model._classifier_step(x, y, t)[0],
+        "augmentation": lambda: model._augment(tf.concat([x, x], 0)),
+    }
+    timings = {}
+    for name, phase in phases.items():
+        compiled = tf.function(phase)
+        milliseconds = []
+        for _ in range(FLAGS.warmup + FLAGS.repetitions):
+            start = time.perf_counter()
+            tf.nest.map_structure(np.asarray, compiled())  # waits for the results
+            milliseconds.append(1000.0 * (time.perf_counter() - start))
+        timings[name] = summarize(milliseconds[FLAGS.warmup:])
+    return timings
+
+
 def time_training(workload):
     """Per-variant step statistics of a training workload, with the ratios to plain."""
     timings = {v: summarize(time_variant(workload, v)) for v in FLAGS.variants}
@@ -229,11 +269,14 @@ def main(argv):
             timings = {ATTACKS[workload]["attack"]: summarize(time_attack(workload), "s")}
         else:
             timings = time_training(workload)
+            if FLAGS.phases:
+                results.setdefault("trapmid_phases", {})[workload] = time_phases(workload)
         results["workloads"][workload] = timings
         print(workload, json.dumps(timings), flush=True)
     if FLAGS.out:
         write_json(FLAGS.out, results)
-    print(format_table(results["workloads"]))
+    phases = results.get("trapmid_phases", {})
+    print(format_table({**results["workloads"], **{f"{w} phases": p for w, p in phases.items()}}))
 
 
 RATIO_NAMES = {"trapmid_over_plain": "Trap-MID / plain",

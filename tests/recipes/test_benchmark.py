@@ -12,7 +12,8 @@ def test_benchmark_writes_timings_and_ratios(tmp_path):
     out = tmp_path / "bench.json"
     result = subprocess.run(
         [sys.executable, str(BENCHMARK), "--workloads=W3,A2", "--steps=1", "--warmup=1",
-         "--attack_iterations=3", "--variants=plain,trapmid,trapmid_fast", f"--out={out}"],
+         "--attack_iterations=3", "--variants=plain,trapmid,trapmid_fast", "--phases",
+         f"--out={out}"],
         capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-2000:]
@@ -32,6 +33,16 @@ def test_benchmark_writes_timings_and_ratios(tmp_path):
     assert "| W3 | Trap-MID / plain |" in result.stdout
     assert "| W3 | Trap-MID fast / plain |" in result.stdout
     assert "| A2 | mi_face |" in result.stdout and "s/100 iterations |" in result.stdout
+    phases = report["trapmid_phases"]["W3"]
+    assert set(phases) == {
+        "plain_step", "trapmid_step", "discriminator_step", "trigger_gradient",
+        "classifier_step", "augmentation",
+    }
+    for stats in phases.values():
+        assert stats["repetitions"] == 5
+        assert 0 < stats["min_ms"] <= stats["median_ms"] <= stats["max_ms"]
+    assert "| W3 phases | discriminator_step |" in result.stdout
+    assert "A2" not in report["trapmid_phases"]  # attacks have no phases
 
 
 def test_unknown_workload_is_rejected():
