@@ -40,17 +40,17 @@ PRESETS = {
     "digits": dict(
         model="small_cnn", epochs=40, batch_size=64, optimizer="adam", learning_rate=1e-3,
         lr_decay_fraction=0.75, alpha=0.1, beta=0.2, trigger_step_size=0.01, mid_beta=0.01,
-        public_split="samples",
+        public_split="samples", min_trapdoor_accuracy=0.9,
     ),
     "mnist": dict(
         model="ir18", epochs=10, batch_size=64, optimizer="sgd", learning_rate=1e-2,
         lr_decay_fraction=0.0, alpha=0.02, beta=0.2, trigger_step_size=0.01, mid_beta=0.01,
-        public_split="classes",
+        public_split="classes", min_trapdoor_accuracy=0.0,
     ),
     "celeba": dict(
         model="vgg16_bn", epochs=50, batch_size=64, optimizer="sgd", learning_rate=1e-2,
         lr_decay_fraction=0.0, alpha=0.02, beta=0.2, trigger_step_size=0.01, mid_beta=0.003,
-        public_split="classes",
+        public_split="classes", min_trapdoor_accuracy=0.0,
     ),
 }
 PRESETS["fashion_mnist"] = PRESETS["mnist"]
@@ -79,6 +79,9 @@ flags.DEFINE_float("beta", None, "Trapdoor loss weight (default: dataset preset)
 flags.DEFINE_float("trigger_step_size", None, "Signed trigger step (default: dataset preset).")
 flags.DEFINE_bool("discriminator", True, "Train triggers against a naturalness discriminator.")
 flags.DEFINE_bool("augment", True, "Use the reference augmentation in Trap-MID training.")
+flags.DEFINE_float("min_trapdoor_accuracy", None, "Trap-MID: the best epoch (highest test "
+                   "accuracy) must have at least this test trapdoor accuracy once an epoch has "
+                   "it (default: digits 0.9, others 0, the reference's rule).")
 flags.DEFINE_bool("optimize_triggers", True, "Optimise the triggers (else random, fixed).")
 flags.DEFINE_bool("fast_trapmid", False, "Trap-MID with trapmid_tf.defenses.trapmid."
                   "FAST_OPTIONS (trigger gradient shared with the classifier step, discriminator "
@@ -100,9 +103,9 @@ flags.mark_flag_as_required("out")
 FLAG_NAMES = (
     "dataset", "data_dir", "public_split", "skip_unreadable", "model", "width", "defense",
     "epochs", "batch_size", "optimizer", "learning_rate", "lr_decay_epoch", "alpha", "beta",
-    "trigger_step_size", "discriminator", "augment", "optimize_triggers", "fast_trapmid",
-    "negls_smoothing", "mid_beta", "bido_lambda_xz", "bido_lambda_yz", "seed", "strategy",
-    "out", "backup_dir",
+    "trigger_step_size", "min_trapdoor_accuracy", "discriminator", "augment",
+    "optimize_triggers", "fast_trapmid", "negls_smoothing", "mid_beta", "bido_lambda_xz",
+    "bido_lambda_yz", "seed", "strategy", "out", "backup_dir",
 )
 # Settings that may change between a run and its resumption from a backup.
 RESUMABLE_CHANGES = ("backup_dir", "strategy")
@@ -148,6 +151,11 @@ def resolve_config(overrides):
                     f"--no{key} only applies to the trapmid defenses; --defense is "
                     f"{config['defense']!r}."
                 )
+        if overrides.get("min_trapdoor_accuracy") is not None:
+            raise ValueError(
+                f"--min_trapdoor_accuracy only applies to the trapmid defenses; --defense is "
+                f"{config['defense']!r}."
+            )
         if config["fast_trapmid"]:
             raise ValueError(
                 f"--fast_trapmid only applies to the trapmid defenses; --defense is "
@@ -161,6 +169,9 @@ def resolve_config(overrides):
     for key in ("epochs", "batch_size", "width"):
         if config[key] is not None and config[key] < 1:
             raise ValueError(f"--{key} must be >= 1; received {config[key]}.")
+    bar = config["min_trapdoor_accuracy"]
+    if not 0.0 <= bar <= 1.0:
+        raise ValueError(f"--min_trapdoor_accuracy must be in [0, 1]; received {bar}.")
     if config["seed"] < 0:
         raise ValueError(f"--seed must be >= 0; received {config['seed']}.")
     if config["width"] is not None and config["model"] != "small_cnn":
@@ -447,6 +458,7 @@ def _fit_and_write(config, strategy, train_set, num_classes, test_data, out, ski
         log_dir=os.path.join(out, "logs"),
         trigger_path=os.path.join(out, "triggers.npz") if uses_triggers else None,
         best_classifier_path=os.path.join(out, "classifier.keras"),
+        min_trapdoor_accuracy=config["min_trapdoor_accuracy"],
     )
     callbacks = [StopOnNonFiniteLoss(), tracker]
     first_epoch = 0

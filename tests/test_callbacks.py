@@ -98,6 +98,24 @@ def test_validation_data_adds_trapdoor_accuracy_to_the_logs(tmp_path):
     assert 0.0 <= history.history["val_trapdoor_accuracy"][0] <= 1.0
 
 
+@pytest.mark.parametrize("bar, expected_best", [(0.0, 1), (0.9, 3), (0.995, 1)])
+def test_min_trapdoor_accuracy_sets_a_bar_for_the_best_epoch(bar, expected_best):
+    model = TrapMIDModel(small_cnn(SHAPE, CLASSES, width=4), CLASSES, alpha=0.1, seed=0)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    # Clean accuracy peaks at epoch 1, before the trapdoor forms (epochs 3-4 reach 0.95).
+    scripted = ScriptedValidation([0.5, 0.99, 0.9, 0.98, 0.97], [0.1, 0.6, 0.8, 0.95, 0.99])
+    callback = TrapMIDCallback(min_trapdoor_accuracy=bar)
+    model.fit(data(0), epochs=5, verbose=0, callbacks=[scripted, callback])
+    # 0: the clean peak; 0.9: the best clean accuracy among epochs 3-4; 0.995: no epoch
+    # reaches the bar, so every epoch competes as without one.
+    assert callback.best_epoch == expected_best
+
+
+def test_min_trapdoor_accuracy_out_of_range_is_rejected():
+    with pytest.raises(ValueError, match=r"`min_trapdoor_accuracy` must be in \[0, 1\]; received 1.5"):
+        TrapMIDCallback(min_trapdoor_accuracy=1.5)
+
+
 def test_plain_classifier_keeps_its_best_epoch(tmp_path):
     classifier = small_cnn(SHAPE, CLASSES, width=4)
     classifier.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),

@@ -39,8 +39,9 @@ class TrapMIDCallback(keras.callbacks.Callback):
       the classifier to `best_classifier_path` and the triggers to `trigger_path`. Unlike the
       reference, a tie in clean accuracy goes to the higher trapdoor accuracy (then to the
       earlier epoch): on small test sets clean accuracy saturates early, and the reference's
-      rule would keep an epoch from before the trapdoor formed. Without validation data the
-      training accuracies are used;
+      rule would keep an epoch from before the trapdoor formed. With `min_trapdoor_accuracy`,
+      an epoch whose trapdoor accuracy is below it counts as best only while no epoch has
+      reached it. Without validation data the training accuracies are used;
     * every `every` epochs, writes a trigger checkpoint `triggers_epoch{N}.npz` next to
       `trigger_path` (or under `log_dir/triggers`).
 
@@ -51,6 +52,8 @@ class TrapMIDCallback(keras.callbacks.Callback):
         trigger_path: `.npz` file for the best epoch's triggers (owner-only permissions).
         best_classifier_path: `.keras` file for the best epoch's classifier.
         every: Period, in epochs, of the trigger checkpoints.
+        min_trapdoor_accuracy: Trapdoor accuracy, in [0, 1], that a best epoch must reach
+            once any epoch has reached it (0: the reference's rule).
 
     Its state (the attributes below) is saved and restored by `TrapMIDBackup`.
 
@@ -67,10 +70,16 @@ class TrapMIDCallback(keras.callbacks.Callback):
         trigger_path=None,
         best_classifier_path=None,
         every=10,
+        min_trapdoor_accuracy=0.0,
     ):
         super().__init__()
         if int(every) < 1:
             raise ValueError(f"`every` must be >= 1; received {every!r}.")
+        if not 0.0 <= float(min_trapdoor_accuracy) <= 1.0:
+            raise ValueError(
+                f"`min_trapdoor_accuracy` must be in [0, 1]; received {min_trapdoor_accuracy!r}."
+            )
+        self.min_trapdoor_accuracy = float(min_trapdoor_accuracy)
         self.validation_data = validation_data
         self.log_dir = log_dir
         self.trigger_path = trigger_path
@@ -122,9 +131,10 @@ class TrapMIDCallback(keras.callbacks.Callback):
             results = self.model.evaluate(self.validation_data, verbose=0, return_dict=True)
             logs.update({f"val_{name}": float(value) for name, value in results.items()})
         self.seconds += time.perf_counter() - self._epoch_start
-        score = _selection_score(logs)
+        score = _selection_score(logs, self.min_trapdoor_accuracy)
         if score is not None and (
-            self.best_logs is None or score > _selection_score(self.best_logs)
+            self.best_logs is None
+            or score > _selection_score(self.best_logs, self.min_trapdoor_accuracy)
         ):
             self.best_epoch = epoch
             self.best_logs = {
@@ -402,9 +412,12 @@ def _differences(stored, current):
     ]
 
 
-def _selection_score(logs):
-    """`(clean accuracy, trapdoor accuracy)` of an epoch's logs, validation first; None if absent."""
+def _selection_score(logs, min_trapdoor_accuracy):
+    """`(trapdoor bar met, clean accuracy, trapdoor accuracy)` of an epoch's logs, validation
+    first; None if absent. Logs without a trapdoor accuracy meet the bar."""
     prefix = "val_" if "val_accuracy" in logs else ""
     if f"{prefix}accuracy" not in logs:
         return None
-    return logs[f"{prefix}accuracy"], logs.get(f"{prefix}trapdoor_accuracy", 0.0)
+    trapdoor = logs.get(f"{prefix}trapdoor_accuracy")
+    meets_bar = trapdoor is None or trapdoor >= min_trapdoor_accuracy
+    return meets_bar, logs[f"{prefix}accuracy"], 0.0 if trapdoor is None else trapdoor
