@@ -11,9 +11,10 @@ import socket
 import subprocess
 import sys
 
-import h5py
 import numpy as np
 import pytest
+
+from tests.recipes.test_resume import h5_arrays
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 HELPER = "tests.recipes.multi_worker_train"
@@ -43,16 +44,6 @@ def finish(process):
     output, _ = process.communicate(timeout=600)
     assert process.returncode == 0, output[-3000:]
     return output
-
-
-def h5_arrays(path):
-    arrays = {}
-    with h5py.File(path, "r") as stream:
-        stream.visititems(
-            lambda name, item: arrays.__setitem__(name, item[()])
-            if isinstance(item, h5py.Dataset) else None
-        )
-    return arrays
 
 
 def test_two_workers_train_as_one_worker_with_the_global_batch(tmp_path):
