@@ -22,6 +22,7 @@ from tests.defenses.test_trapmid_step import (
     bce_grads,
     ce_grads,
     linear_model,
+    make_model,
 )
 from trapmid_tf.defenses.trapmid import TrapMIDModel
 from trapmid_tf.models.small_cnn import small_cnn
@@ -47,24 +48,6 @@ def fast_iteration(x, y, t, triggers, cw, cb, dw, db, with_discriminator):
     return triggers, cw, cb, dw, db
 
 
-def make_linear_model(**options):
-    model = TrapMIDModel(
-        linear_model(CLASSES, "f"),
-        CLASSES,
-        alpha=ALPHA,
-        beta=BETA,
-        trigger_step_size=STEP,
-        discriminator=linear_model(1, "d"),
-        augment=False,
-        seed=0,
-        **options,
-    )
-    model.compile(
-        optimizer=keras.optimizers.SGD(LR), discriminator_optimizer=keras.optimizers.SGD(LR)
-    )
-    return model
-
-
 def variables(model):
     return [v.numpy() for v in model.classifier.trainable_variables] + [
         v.numpy() for v in model.discriminator.trainable_variables
@@ -76,7 +59,7 @@ def test_shared_gradient_and_interval_match_numpy_over_three_steps():
     x = rng.uniform(size=(3, BATCH, *SHAPE)).astype("float32")
     y = rng.integers(0, CLASSES, (3, BATCH)).astype("int32")
     t = rng.integers(0, CLASSES, (3, BATCH)).astype("int32")
-    model = make_linear_model(shared_trigger_gradient=True, discriminator_interval=2)
+    model = make_model(shared_trigger_gradient=True, discriminator_interval=2)
     start = rng.choice([0.01, 0.5, 0.99], size=model.triggers.shape).astype("float32")
     model.triggers.assign(start)
     triggers, state = start.reshape(CLASSES, -1), variables(model)
@@ -99,7 +82,7 @@ def test_interval_alone_skips_the_discriminator_and_its_loss_on_other_steps():
     rng = np.random.default_rng(1)
     x = rng.uniform(size=(BATCH, *SHAPE)).astype("float32")
     y, t = rng.integers(0, CLASSES, (2, BATCH)).astype("int32")
-    model = make_linear_model(discriminator_interval=2)
+    model = make_model(discriminator_interval=2)
     data = tf.data.Dataset.from_tensors((x, y, t))
     first = model.fit(data, epochs=1, verbose=0).history["discriminator_loss"][0]
     after_first = model.discriminator.get_weights()
