@@ -3,11 +3,13 @@
 from trapmid_tf import attacks, data, defenses, layers, metrics, models, report
 from trapmid_tf.callbacks import TrapMIDCallback
 from trapmid_tf.defenses import NegLSLoss, TrapMIDModel
+from trapmid_tf.optimizers import TorchSGD
 
 __all__ = [
     "NegLSLoss",
     "TrapMIDCallback",
     "TrapMIDModel",
+    "TorchSGD",
     "attacks",
     "data",
     "defenses",
