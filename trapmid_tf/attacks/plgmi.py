@@ -94,17 +94,30 @@ class PLGMIAttack(InversionAttack):
         num_classes = super()._check_target(target)
         return min(num_classes, getattr(self.generator, "num_classes", num_classes))
 
+    def view_loss(self, target):
+        """Returns the loss of a batch of augmented views: PLG-MI's mean margin.
+
+        Subclasses (PLG-MI++) add terms here; `build_problem` calls it once per inversion.
+
+        Args:
+            target: The attacked classifier.
+
+        Returns:
+            Callable `(views, labels) -> scalar`, the mean over the views.
+        """
+        return lambda views, labels: margin_loss(target(views, training=False), labels)
+
     def build_problem(self, target, labels, num_identities, seed_generator):
         initial = keras.random.normal((labels.shape[0], self.z_dim), seed=seed_generator)
         z = latent_variable(initial, "latents")
+        view_loss = self.view_loss(target)
 
         def loss():
             images = self.generator([z, labels], training=False)
             # Both augmented views go through the target in one (inference-mode) batch; the
-            # mean margin over both is half the sum of the two views' mean margins.
+            # mean loss over both is half the sum of the two views' mean losses.
             views = [self.augment(images, seed_generator) for _ in range(2)]
-            logits = target(ops.concatenate(views, axis=0), training=False)
-            return 2.0 * margin_loss(logits, ops.tile(labels, [2]))
+            return 2.0 * view_loss(ops.concatenate(views, axis=0), ops.tile(labels, [2]))
 
         def finish():
             return self.generator([z, labels], training=False), z.numpy()
