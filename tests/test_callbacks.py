@@ -3,8 +3,10 @@ TrapMIDBackup (resuming fit) and StopOnNonFiniteLoss."""
 
 import glob
 import json
+import logging
 import os
 import shutil
+import warnings
 
 import keras
 import numpy as np
@@ -14,6 +16,7 @@ import tensorflow as tf
 from trapmid_tf.callbacks import (
     NonFiniteLossError,
     StopOnNonFiniteLoss,
+    TrapdoorNotFormedWarning,
     TrapMIDBackup,
     TrapMIDCallback,
 )
@@ -116,15 +119,76 @@ def test_min_trapdoor_accuracy_out_of_range_is_rejected():
         TrapMIDCallback(min_trapdoor_accuracy=1.5)
 
 
+@pytest.mark.parametrize(
+    "trapdoor, bar, expected_best, formed",
+    [
+        # The kept epoch is the clean peak (epoch index 1), whose trapdoor is at 0.3.
+        ([0.1, 0.3, 0.95], 0.0, 1, False),
+        # The bar moves the kept epoch to index 2, whose trapdoor is formed.
+        ([0.1, 0.3, 0.95], 0.9, 2, True),
+        # The threshold is inclusive: 0.8 at the kept epoch counts as formed.
+        ([0.1, 0.8, 0.95], 0.0, 1, True),
+    ],
+)
+def test_warning_when_the_kept_epochs_trapdoor_is_below_the_threshold(
+    caplog, trapdoor, bar, expected_best, formed
+):
+    model = TrapMIDModel(small_cnn(SHAPE, CLASSES, width=4), CLASSES, alpha=0.1, seed=0)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    scripted = ScriptedValidation([0.5, 0.99, 0.9], trapdoor)
+    callback = TrapMIDCallback(min_trapdoor_accuracy=bar, trapdoor_warning_threshold=0.8)
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.WARNING):
+        warnings.simplefilter("always")
+        model.fit(data(0), epochs=3, verbose=0, callbacks=[scripted, callback])
+    ours = [w for w in caught if issubclass(w.category, TrapdoorNotFormedWarning)]
+    assert callback.best_epoch == expected_best
+    assert callback.trapdoor_formed is formed
+    if formed:
+        assert ours == [] and "did not form" not in caplog.text
+    else:
+        expected = (
+            "The Trap-MID trapdoor did not form: the kept epoch (2) has trapdoor accuracy "
+            "0.300, below trapdoor_warning_threshold=0.8."
+        )
+        assert len(ours) == 1 and str(ours[0].message).startswith(expected)
+        assert expected in caplog.text
+
+
+def test_a_trapdoor_that_cannot_form_warns_at_the_end_of_fit():
+    # alpha 1e-4 leaves the triggered images nearly clean, and one epoch of two steps is far
+    # too short: the trapdoor stays near chance (1/3).
+    keras.utils.set_random_seed(0)
+    model = TrapMIDModel(small_cnn(SHAPE, CLASSES, width=4), CLASSES, alpha=1e-4, seed=0)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    callback = TrapMIDCallback(data(1))
+    with pytest.warns(TrapdoorNotFormedWarning) as caught:
+        history = model.fit(data(0), epochs=1, verbose=0, callbacks=[callback])
+    measured = history.history["val_trapdoor_accuracy"][0]
+    assert measured < 0.8 and callback.trapdoor_formed is False
+    [ours] = [w for w in caught if issubclass(w.category, TrapdoorNotFormedWarning)]
+    expected = f"has trapdoor accuracy {measured:.3f}, below trapdoor_warning_threshold=0.8"
+    assert expected in str(ours.message)
+
+
+def test_trapdoor_warning_threshold_out_of_range_is_rejected():
+    with pytest.raises(
+        ValueError, match=r"`trapdoor_warning_threshold` must be in \[0, 1\]; received -0.1"
+    ):
+        TrapMIDCallback(trapdoor_warning_threshold=-0.1)
+
+
 def test_plain_classifier_keeps_its_best_epoch(tmp_path):
     classifier = small_cnn(SHAPE, CLASSES, width=4)
     classifier.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                        metrics=["accuracy"])
     path = tmp_path / "plain.keras"
     callback = TrapMIDCallback(data(1), best_classifier_path=str(path), trigger_path=str(tmp_path / "t.npz"))
-    classifier.fit(data(0), epochs=2, verbose=0, callbacks=[callback])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TrapdoorNotFormedWarning)  # no trapdoor, no warning
+        classifier.fit(data(0), epochs=2, verbose=0, callbacks=[callback])
     assert path.exists() and not (tmp_path / "t.npz").exists()
     assert callback.best_epoch in (0, 1)
+    assert callback.trapdoor_formed is None
 
 
 def trap_model(optimizer=None, **compile_args):
