@@ -1,4 +1,11 @@
-"""Image-file datasets (CelebA, any image folder) decoded lazily in `tf.data`.
+"""Image-file datasets (CelebA, FFHQ, FaceScrub, any image folder) decoded lazily in `tf.data`.
+
+Each face dataset is prepared as the reference prepares it (Trap-MID `dataset.py`, PLG-MI
+`plgmi/baselines/dataloader.py`, `utils.load_image_list`): CelebA is cropped to its 108x108
+face box; FFHQ thumbnails are brought to 128x128 (PIL antialiasing, when not already that size)
+and centre-cropped to 88x88; FaceScrub faces are brought to 64x64 (PIL antialiasing); then every
+image is resized bilinearly with antialiasing to the output size. The reference flips CelebA's
+private training images at random (`random_horizontal_flip`; never test or public images).
 
 Images are decoded with PIL as the dataset is iterated, so only file names are held in
 memory. A file that cannot be decoded then stops the iteration with a
@@ -23,6 +30,17 @@ CELEBA_SPLIT_FILES = {
 }
 # (top, left, height, width) of the face crop in the 178x218 aligned CelebA images.
 CELEBA_CROP = (55, 35, 108, 108)
+# FFHQ: `thumbnails128x128/NNNNN/NNNNN.png` listed in the reference's `ffhq_ganset.txt`
+# (plgmi/data_files/), brought to 128x128 and centre-cropped to 88x88.
+FFHQ_IMAGE_DIR = "thumbnails128x128"
+FFHQ_SPLIT_FILE = "ffhq_ganset.txt"
+FFHQ_SOURCE_SIZE = 128
+FFHQ_CROP = (20, 20, 88, 88)
+# FaceScrub: `faceScrub/<name>/face/<hash>.jpg` below data_dir, listed in the reference's
+# `facescrub_ganset.txt` (plgmi/data_files/), brought to 64x64 and not cropped (the GAN priors'
+# preparation; the reference's top-n selection and LOMMA crop 54x54 at offset 5 instead).
+FACESCRUB_SPLIT_FILE = "facescrub_ganset.txt"
+FACESCRUB_SOURCE_SIZE = 64
 
 _PIL_MODES = {1: "L", 3: "RGB"}
 
@@ -47,13 +65,15 @@ def prepare_image(image, image_size, channels):
     return image
 
 
-def read_image(path, channels, crop=None):
+def read_image(path, channels, crop=None, source_size=None):
     """Decodes one image file with PIL.
 
     Args:
         path: the image file.
         channels: 1 (grayscale) or 3 (RGB).
         crop: optional `(top, left, height, width)` box to cut out.
+        source_size: optional side the image is first resized to (PIL's antialiasing
+            Lanczos filter, skipped when it already is `source_size` square), before `crop`.
 
     Returns:
         A uint8 array of shape (H, W, channels).
@@ -65,6 +85,8 @@ def read_image(path, channels, crop=None):
     try:
         with Image.open(path) as image:
             image = image.convert(_PIL_MODES[channels])
+            if source_size is not None and image.size != (source_size, source_size):
+                image = image.resize((source_size, source_size), Image.LANCZOS)
     except Exception as error:  # PIL raises many types (OSError, SyntaxError, ...).
         raise ValueError(f"cannot read image {path!r}: {error}") from error
     if crop is not None:
@@ -105,21 +127,144 @@ def celeba_splits(data_dir, image_size, channels, skip_unreadable):
         f"{sorted(CELEBA_SPLIT_FILES.values())} in data_dir {data_dir!r}. Nothing is "
         "downloaded; put them there."
     )
-    if not os.path.isdir(image_dir):
-        raise FileNotFoundError(f"image folder {image_dir!r} not found. {expected}")
     datasets, skipped_files = [], []
     for split, file_name in CELEBA_SPLIT_FILES.items():
-        split_path = os.path.join(data_dir, file_name)
-        if not os.path.isfile(split_path):
-            raise FileNotFoundError(f"split file {split_path!r} not found. {expected}")
-        names, labels = read_split_file(split_path, labelled=split != "public")
-        paths = [os.path.join(image_dir, name) for name in names]
-        keep, skipped = _readable(paths, channels, CELEBA_CROP, skip_unreadable)
+        dataset, skipped = listed_images(
+            image_dir, os.path.join(data_dir, file_name), image_size, channels,
+            skip_unreadable, labelled=split != "public", crop=CELEBA_CROP, expected=expected,
+        )
+        datasets.append(dataset)
         skipped_files += skipped
-        paths = [paths[i] for i in keep]
-        labels = None if labels is None else np.asarray(labels, np.int32)[keep]
-        datasets.append(_image_dataset(paths, labels, image_size, channels, CELEBA_CROP))
     return (*datasets, tuple(skipped_files))
+
+
+def ffhq_images(data_dir, image_size, channels, skip_unreadable):
+    """Builds the FFHQ public set as the reference's GAN priors read it.
+
+    Args:
+        data_dir: folder with `thumbnails128x128/` (the 70,000 `NNNNN/NNNNN.png`
+            thumbnails) and the reference's split file `ffhq_ganset.txt`.
+        image_size: side of the output images (after the centre 88x88 crop).
+        channels: 1 or 3.
+        skip_unreadable: leave out missing or undecodable images instead of failing.
+
+    Returns:
+        `(images, skipped_files)`: a dataset of images and a tuple of the paths left out.
+
+    Raises:
+        FileNotFoundError: if the image folder, the split file or (without
+            `skip_unreadable`) a listed image is missing.
+    """
+    expected = (
+        f"FFHQ expects {FFHQ_IMAGE_DIR}/ and the split file {FFHQ_SPLIT_FILE} (from the "
+        f"reference's plgmi/data_files/) in data_dir {data_dir!r}. Nothing is downloaded; "
+        "put them there."
+    )
+    return listed_images(
+        os.path.join(data_dir, FFHQ_IMAGE_DIR), os.path.join(data_dir, FFHQ_SPLIT_FILE),
+        image_size, channels, skip_unreadable, labelled=False, crop=FFHQ_CROP,
+        source_size=FFHQ_SOURCE_SIZE, expected=expected,
+    )
+
+
+def facescrub_images(data_dir, image_size, channels, skip_unreadable):
+    """Builds the FaceScrub public set as the reference's GAN priors read it.
+
+    Args:
+        data_dir: folder holding `faceScrub/<name>/face/*.jpg` and the reference's split
+            file `facescrub_ganset.txt`, whose lines are paths relative to `data_dir`.
+        image_size: side of the output images.
+        channels: 1 or 3.
+        skip_unreadable: leave out missing or undecodable images instead of failing (the
+            reference skips them silently).
+
+    Returns:
+        `(images, skipped_files)`: a dataset of images and a tuple of the paths left out.
+
+    Raises:
+        FileNotFoundError: if the split file or (without `skip_unreadable`) a listed
+            image is missing.
+    """
+    expected = (
+        f"FaceScrub expects faceScrub/ and the split file {FACESCRUB_SPLIT_FILE} (from the "
+        f"reference's plgmi/data_files/) in data_dir {data_dir!r}. Nothing is downloaded; "
+        "put them there."
+    )
+    return listed_images(
+        data_dir, os.path.join(data_dir, FACESCRUB_SPLIT_FILE), image_size, channels,
+        skip_unreadable, labelled=False, source_size=FACESCRUB_SOURCE_SIZE, expected=expected,
+    )
+
+
+def listed_images(
+    image_dir, split_path, image_size, channels, skip_unreadable, labelled, crop=None,
+    source_size=None, expected="",
+):
+    """Builds a dataset of the images a split file lists, prepared like `read_image`.
+
+    Args:
+        image_dir: folder the listed file names are relative to.
+        split_path: split file (see `read_split_file`).
+        image_size: side of the output images.
+        channels: 1 or 3.
+        skip_unreadable: leave out missing or undecodable images instead of failing.
+        labelled: whether the lines carry labels, returned with the images.
+        crop: optional `(top, left, height, width)` box, as in `read_image`.
+        source_size: optional side to resize to before the crop, as in `read_image`.
+        expected: sentence appended to a missing-file error, saying what goes where.
+
+    Returns:
+        `(dataset, skipped_files)`: `(image, label)` pairs when `labelled`, else images,
+        and a tuple of the paths left out.
+
+    Raises:
+        FileNotFoundError: if `image_dir`, the split file or (without
+            `skip_unreadable`) a listed image is missing.
+        ValueError: if the split file has a malformed line.
+    """
+    if not os.path.isdir(image_dir):
+        raise FileNotFoundError(f"image folder {image_dir!r} not found. {expected}".strip())
+    if not os.path.isfile(split_path):
+        raise FileNotFoundError(f"split file {split_path!r} not found. {expected}".strip())
+    names, labels = read_split_file(split_path, labelled=labelled)
+    paths = [os.path.join(image_dir, name) for name in names]
+    read_options = dict(crop=crop, source_size=source_size)
+    keep, skipped = _readable(paths, channels, read_options, skip_unreadable)
+    paths = [paths[i] for i in keep]
+    labels = None if labels is None else np.asarray(labels, np.int32)[keep]
+    return _image_dataset(paths, labels, image_size, channels, read_options), tuple(skipped)
+
+
+def random_horizontal_flip(dataset, seed):
+    """Mirrors each image of a dataset left-right with probability 1/2.
+
+    Each element's draw depends on `seed` and its position only (stateless), so the same
+    dataset and seed give the same flips every time it is iterated: pass a new seed for
+    each epoch (as recipes/train_target.py does with one made of the run seed and the
+    epoch), after any `cache` or `shuffle`. The reference flips CelebA's private training
+    images this way (`transforms.RandomHorizontalFlip(p=0.5)`), never test or public ones.
+
+    Args:
+        dataset: Unbatched dataset of images or of tuples whose first item is an HxWxC
+            image; the other items pass through.
+        seed: Int seed.
+
+    Returns:
+        The dataset with images flipped at random.
+
+    Example:
+        >>> flipped = random_horizontal_flip(train, seed=0)
+        >>> flipped.element_spec == train.element_spec
+        True
+    """
+    seed = tf.constant(int(seed), tf.int64)
+
+    def flip(index, element):
+        image, rest = (element[0], element[1:]) if isinstance(element, tuple) else (element, ())
+        image = tf.image.stateless_random_flip_left_right(image, seed=tf.stack([seed, index]))
+        return (image, *rest) if rest else image
+
+    return dataset.enumerate().map(flip, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def folder_images(data_dir, image_size, channels, skip_unreadable):
@@ -151,8 +296,8 @@ def folder_images(data_dir, image_size, channels, skip_unreadable):
             f"no image files ({', '.join(IMAGE_EXTENSIONS)}) found under data_dir "
             f"{data_dir!r}. Nothing is downloaded; put the public images there."
         )
-    keep, skipped = _readable(paths, channels, None, skip_unreadable)
-    dataset = _image_dataset([paths[i] for i in keep], None, image_size, channels, None)
+    keep, skipped = _readable(paths, channels, {}, skip_unreadable)
+    dataset = _image_dataset([paths[i] for i in keep], None, image_size, channels, {})
     return dataset, tuple(skipped)
 
 
@@ -195,8 +340,11 @@ def _is_int(text):
     return True
 
 
-def _readable(paths, channels, crop, skip_unreadable):
-    """Returns `(indices of the paths to keep, list of the paths skipped)`."""
+def _readable(paths, channels, read_options, skip_unreadable):
+    """Returns `(indices of the paths to keep, list of the paths skipped)`.
+
+    `read_options` are `read_image`'s keyword arguments (crop, source_size).
+    """
     if not skip_unreadable:
         for path in paths:
             if not os.path.isfile(path):
@@ -208,7 +356,7 @@ def _readable(paths, channels, crop, skip_unreadable):
 
     def is_readable(path):
         try:
-            read_image(path, channels, crop)
+            read_image(path, channels, **read_options)
         except ValueError:
             return False
         return True
@@ -219,12 +367,12 @@ def _readable(paths, channels, crop, skip_unreadable):
     return keep, [path for path, ok in zip(paths, readable) if not ok]
 
 
-def _image_dataset(paths, labels, image_size, channels, crop):
+def _image_dataset(paths, labels, image_size, channels, read_options):
     """Lazily decoded images (`labels` None) or `(image, label)` pairs."""
 
     def decode(path):
         image = tf.numpy_function(
-            lambda encoded: read_image(os.fsdecode(encoded), channels, crop),
+            lambda encoded: read_image(os.fsdecode(encoded), channels, **read_options),
             [path],
             tf.uint8,
             stateful=False,

@@ -57,8 +57,8 @@ class DatasetSplits(collections.namedtuple("DatasetSplits", ["private", "public"
 
 _DatasetSpec = collections.namedtuple(
     "_DatasetSpec",
-    ["build", "image_size", "channels", "needs_files", "expected", "digit_classes"],
-    defaults=[False],
+    ["build", "image_size", "channels", "needs_files", "expected", "digit_classes", "labelled"],
+    defaults=[False, True],
 )
 
 
@@ -86,9 +86,17 @@ def load(
       - "celeba" (64, 3): `data_dir` holds `img_align_celeba/` and `celeba_trainset.txt`,
         `celeba_testset.txt`, `celeba_ganset.txt`; faces cropped to rows 55:163 and
         cols 35:143 before resizing.
+      - "ffhq" (64, 3): public data only (`private` is None): `data_dir` holds
+        `thumbnails128x128/` and the reference's `ffhq_ganset.txt`; thumbnails brought
+        to 128x128, centre-cropped to 88x88.
+      - "facescrub" (64, 3): public data only: `data_dir` holds `faceScrub/` and the
+        reference's `facescrub_ganset.txt` (paths relative to `data_dir`); faces brought
+        to 64x64 (PIL antialiasing).
       - "folder" (64, 3): every image below `data_dir`, as public data; `private` is None.
     Images are resized bilinearly with antialiasing; one channel is repeated to 3 when
-    `channels=3`. File images are decoded lazily; see `trapmid_tf.data.images`.
+    `channels=3`. File images are decoded lazily; see `trapmid_tf.data.images`. No split
+    is augmented: the reference's random flip of CelebA's training images is
+    `random_horizontal_flip`, applied per epoch after any caching.
 
     Args:
         name: one of the names above.
@@ -153,7 +161,7 @@ def load_evaluation_data(name, data_dir=None, *, image_size=None, channels=None,
     may see the private training images. "digits": all ten classes, 80/20 per class
     (random, from `seed`); "mnist", "fashion_mnist": all ten classes of the train and
     test files (the reference's MNIST evaluator); "celeba": the private identities'
-    train/test splits. "folder" has no labels and raises.
+    train/test splits. "ffhq", "facescrub" and "folder" have no labels and raise.
 
     Args:
         name, data_dir, image_size, channels: as in `load`.
@@ -167,8 +175,8 @@ def load_evaluation_data(name, data_dir=None, *, image_size=None, channels=None,
         ValueError: for an unknown or unlabelled dataset or a bad argument.
         FileNotFoundError: if `data_dir` or a file it must hold is missing.
     """
-    if name == "folder" or name not in _DATASETS:
-        labelled = sorted(set(_DATASETS) - {"folder"})
+    if name not in _DATASETS or not _DATASETS[name].labelled:
+        labelled = sorted(key for key, spec in _DATASETS.items() if spec.labelled)
         raise ValueError(f"name must be one of {labelled}, got {name!r}.")
     spec = _DATASETS[name]
     image_size = spec.image_size if image_size is None else image_size
@@ -297,10 +305,15 @@ def _load_celeba(data_dir, image_size, channels, seed, skip_unreadable):
     return DatasetSplits((train, test), public, skipped_files)
 
 
-def _load_folder(data_dir, image_size, channels, seed, skip_unreadable):
-    del seed  # No splits.
-    public, skipped_files = images.folder_images(data_dir, image_size, channels, skip_unreadable)
-    return DatasetSplits(None, public, skipped_files)
+def _public_only(read_images):
+    """A dataset builder for `read_images(data_dir, image_size, channels, skip_unreadable)`."""
+
+    def build(data_dir, image_size, channels, seed, skip_unreadable):
+        del seed  # No splits.
+        public, skipped_files = read_images(data_dir, image_size, channels, skip_unreadable)
+        return DatasetSplits(None, public, skipped_files)
+
+    return build
 
 
 def _array_dataset(image_array, labels, image_size, channels):
@@ -333,11 +346,28 @@ _DATASETS = {
         needs_files=True,
         expected=f"{images.CELEBA_IMAGE_DIR}/ and {sorted(images.CELEBA_SPLIT_FILES.values())}",
     ),
+    "ffhq": _DatasetSpec(
+        _public_only(images.ffhq_images),
+        64,
+        3,
+        needs_files=True,
+        expected=f"{images.FFHQ_IMAGE_DIR}/ and {images.FFHQ_SPLIT_FILE}",
+        labelled=False,
+    ),
+    "facescrub": _DatasetSpec(
+        _public_only(images.facescrub_images),
+        64,
+        3,
+        needs_files=True,
+        expected=f"faceScrub/ and {images.FACESCRUB_SPLIT_FILE}",
+        labelled=False,
+    ),
     "folder": _DatasetSpec(
-        _load_folder,
+        _public_only(images.folder_images),
         64,
         3,
         needs_files=True,
         expected=f"image files ({', '.join(images.IMAGE_EXTENSIONS)}), in subfolders or not",
+        labelled=False,
     ),
 }
