@@ -8,8 +8,14 @@ Example:
 
 Writes into --out: flags.json, results.json (test_accuracy, trapdoor_accuracy, epochs,
 seconds of training, best_epoch, skipped_images and skipped_files: the images that
---skip_unreadable left out), classifier.keras (the best epoch, by test accuracy as the
-reference) and, for Trap-MID defenses, triggers.npz (secret: owner-only permissions).
+--skip_unreadable left out, trapdoor_formed and trapdoor_warning_threshold), classifier.keras
+(the best epoch, by test accuracy as the reference) and, for Trap-MID defenses, triggers.npz
+(secret: owner-only permissions).
+
+A trapdoor that did not form (the kept epoch's test trapdoor accuracy below
+--trapdoor_warning_threshold) gives no protection: training warns, results.json records
+trapdoor_formed false, the last line printed says so, and with --require_trapdoor the recipe
+exits non-zero once every artefact is written (see docs/trapdoor_formation.md).
 
 Fault tolerance: with --backup_dir, the whole training state is backed up after every epoch
 (trapmid_tf.callbacks.TrapMIDBackup); a run killed at any moment and started again with the
@@ -31,29 +37,64 @@ import tempfile
 from absl import app, flags, logging
 
 DEFENSES = ("none", "trapmid", "negls", "trapmid_negls", "mid", "bido")
-MODELS = ("small_cnn", "vgg16_bn", "ir18", "facenet64", "ir152")
+MODELS = ("small_cnn", "vgg16_bn", "ir18", "facenet64", "ir152", "facenet_eval")
 
-# Per-dataset defaults; any flag given on the command line wins. The face defaults are the
-# paper's; the digits defaults were chosen by measurement (see README, "Choosing the digits
-# defaults").
+# Defaults; any flag given on the command line wins. A preset is the dataset's entry, updated
+# by MODEL_PRESETS for its model and then by DEFENSE_PRESETS for its defense (`preset`). The
+# face and MNIST numbers are the reference's (ntuaislab/Trap-MID config/*/*.json, named on each
+# entry; tests/recipes/test_train_target.py checks them); the digits defaults were chosen by
+# measurement (see README, "Choosing the digits defaults"). `lr_decay_epoch`: the epochs at
+# which the learning rate drops tenfold (PyTorch's MultiStepLR, gamma 0.1); digits give a
+# fraction of --epochs instead.
 PRESETS = {
     "digits": dict(
         model="small_cnn", epochs=40, batch_size=64, optimizer="adam", learning_rate=1e-3,
         lr_decay_fraction=0.75, alpha=0.1, beta=0.2, trigger_step_size=0.01, mid_beta=0.01,
-        public_split="samples", min_trapdoor_accuracy=0.9,
+        public_split="samples", min_trapdoor_accuracy=0.9, flip=False, image_size=None,
     ),
+    # config/mnist/classify.json and classify_trap.json, entry "IR18".
     "mnist": dict(
         model="ir18", epochs=10, batch_size=64, optimizer="sgd", learning_rate=1e-2,
-        lr_decay_fraction=0.0, alpha=0.02, beta=0.2, trigger_step_size=0.01, mid_beta=0.01,
-        public_split="classes", min_trapdoor_accuracy=0.0,
+        lr_decay_epoch=(), alpha=0.02, beta=0.2, trigger_step_size=0.01, mid_beta=0.01,
+        public_split="classes", min_trapdoor_accuracy=0.0, flip=False, image_size=None,
     ),
+    # config/celeba/classify_trap.json, entry "VGG16" (FaceNet64 the same); dataset.py flips
+    # the training images.
     "celeba": dict(
         model="vgg16_bn", epochs=50, batch_size=64, optimizer="sgd", learning_rate=1e-2,
-        lr_decay_fraction=0.0, alpha=0.02, beta=0.2, trigger_step_size=0.01, mid_beta=0.003,
-        public_split="classes", min_trapdoor_accuracy=0.0,
+        lr_decay_epoch=(), alpha=0.02, beta=0.2, trigger_step_size=0.01, mid_beta=0.003,
+        public_split="classes", min_trapdoor_accuracy=0.0, flip=True, image_size=None,
     ),
 }
 PRESETS["fashion_mnist"] = PRESETS["mnist"]
+MODEL_PRESETS = {
+    # config/celeba/classify_trap.json, entry "IR152".
+    ("celeba", "ir152"): dict(epochs=40),
+    # The face evaluation classifier (run with --defense=none): plgmi/baselines/config/
+    # classify.json, entry "FaceNet" (its adjust_lr/adjust_epochs are unused: engine.train_reg
+    # has no scheduler), on 112x112 CelebA crops, flipped (plgmi/baselines/dataloader.py).
+    ("celeba", "facenet_eval"): dict(epochs=30, image_size=112),
+}
+# config/celeba/classify_trap_negls.json, every entry (VGG16, FaceNet64, IR152): Adam,
+# weight decay 0, MultiStepLR [75, 90].
+CELEBA_NEGLS = dict(
+    epochs=100, batch_size=128, optimizer="adam", learning_rate=1e-3, lr_decay_epoch=(75, 90)
+)
+# config/mnist/classify_negls.json, entry "IR18": the SGD entry with MultiStepLR [7, 9]. The
+# reference has no MNIST Trap-MID + NegLS configuration; it gets the same.
+MNIST_NEGLS = dict(lr_decay_epoch=(7, 9))
+NEGLS_DEFENSES = ("negls", "trapmid_negls")
+DEFENSE_PRESETS = {
+    **{("celeba", defense): CELEBA_NEGLS for defense in NEGLS_DEFENSES},
+    **{(name, defense): MNIST_NEGLS for name in ("mnist", "fashion_mnist")
+       for defense in NEGLS_DEFENSES},
+}
+# The reference's optimiser constants (utils.init_optimizer and every config entry): SGD with
+# momentum 0.9 and weight decay 1e-4 as PyTorch applies it (trapmid_tf.TorchSGD); Adam with
+# PyTorch's epsilon (Keras's default is 1e-7) and no weight decay.
+SGD_MOMENTUM = 0.9
+SGD_WEIGHT_DECAY = 1e-4
+ADAM_EPSILON = 1e-8
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("dataset", "digits", sorted(PRESETS), "Dataset name (trapmid_tf.data.load).")
@@ -63,17 +104,27 @@ flags.DEFINE_enum("public_split", None, ["classes", "samples"],
                   "of the private classes' images (default: dataset preset; see README).")
 flags.DEFINE_bool("skip_unreadable", False, "CelebA: leave out missing or undecodable images "
                   "(counted in results.json) instead of stopping at the first, named.")
-flags.DEFINE_enum("model", None, MODELS, "Classifier architecture (default: dataset preset).")
+flags.DEFINE_enum("model", None, MODELS, "Classifier architecture (default: dataset preset); "
+                  "facenet_eval with --defense=none trains the face evaluation classifier.")
+flags.DEFINE_integer("image_size", None, "Side of the training images (default: the dataset's, "
+                     "112 for facenet_eval on CelebA).")
+flags.DEFINE_bool("flip", None, "Flip training images left-right at random, a new draw each "
+                  "epoch (default: preset; CelebA yes, as the reference).")
 flags.DEFINE_integer("width", None, "small_cnn: channels of the first conv block (default 32); "
                      "smaller trains faster, e.g. for smoke tests.")
 flags.DEFINE_enum("defense", "trapmid", DEFENSES, "Defense to train with.")
-flags.DEFINE_integer("epochs", None, "Training epochs (default: dataset preset).")
-flags.DEFINE_integer("batch_size", None, "Global batch size (default: dataset preset).")
-flags.DEFINE_enum("optimizer", None, ["sgd", "adam"], "Optimiser (default: dataset preset).")
-flags.DEFINE_float("learning_rate", None, "Learning rate (default: dataset preset).")
-flags.DEFINE_integer("lr_decay_epoch", None,
-                     "Epoch from which the learning rate is 10x lower; 0 for a constant rate "
-                     "(default: digits 3/4 of --epochs, others 0).")
+flags.DEFINE_integer("epochs", None, "Training epochs (default: preset).")
+flags.DEFINE_integer("batch_size", None, "Global batch size (default: preset).")
+flags.DEFINE_enum("optimizer", None, ["sgd", "adam"], "Optimiser (default: preset): sgd is "
+                  "PyTorch's SGD (trapmid_tf.TorchSGD, momentum 0.9, weight decay 1e-4 added to "
+                  "every gradient), adam is Adam (epsilon 1e-8, no weight decay), as the "
+                  "reference.")
+flags.DEFINE_float("learning_rate", None, "Learning rate (default: preset).")
+flags.DEFINE_multi_integer("lr_decay_epoch", None,
+                           "Epoch from which the learning rate is 10x lower; repeat for several "
+                           "drops (PyTorch's MultiStepLR), 0 for a constant rate (default: "
+                           "preset; digits 3/4 of --epochs, face NegLS 75 and 90, MNIST NegLS 7 "
+                           "and 9, others none).")
 flags.DEFINE_float("alpha", None, "Trigger blend weight (default: dataset preset).")
 flags.DEFINE_float("beta", None, "Trapdoor loss weight (default: dataset preset).")
 flags.DEFINE_float("trigger_step_size", None, "Signed trigger step (default: dataset preset).")
@@ -82,6 +133,11 @@ flags.DEFINE_bool("augment", True, "Use the reference augmentation in Trap-MID t
 flags.DEFINE_float("min_trapdoor_accuracy", None, "Trap-MID: the best epoch (highest test "
                    "accuracy) must have at least this test trapdoor accuracy once an epoch has "
                    "it (default: digits 0.9, others 0, the reference's rule).")
+flags.DEFINE_float("trapdoor_warning_threshold", None, "Trap-MID: test trapdoor accuracy of the "
+                   "kept epoch below which the trapdoor counts as not formed (default: "
+                   "TrapMIDCallback's, 0.8).")
+flags.DEFINE_bool("require_trapdoor", False, "Exit non-zero (after writing every artefact) when "
+                  "a Trap-MID trapdoor did not form; no effect on defenses without triggers.")
 flags.DEFINE_bool("optimize_triggers", True, "Optimise the triggers (else random, fixed).")
 flags.DEFINE_bool("fast_trapmid", False, "Trap-MID with trapmid_tf.defenses.trapmid."
                   "FAST_OPTIONS (trigger gradient shared with the classifier step, discriminator "
@@ -92,6 +148,9 @@ flags.DEFINE_float("mid_beta", None, "MID: weight of the KL term (default: digit
 flags.DEFINE_float("bido_lambda_xz", 0.05, "BiDO: weight of HSIC(hidden, input).")
 flags.DEFINE_float("bido_lambda_yz", 0.5, "BiDO: weight of HSIC(hidden, label).")
 flags.DEFINE_integer("seed", 0, "Random seed.")
+flags.DEFINE_integer("split_seed", None,
+                     "Seed of the private/public split (default: --seed); training seeds "
+                     "that share a split attack the same private data.")
 flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"],
                   "tf.distribute strategy; multi_worker reads the cluster from TF_CONFIG.")
 flags.DEFINE_string("out", None, "Output folder.")
@@ -101,22 +160,39 @@ flags.DEFINE_string("backup_dir", None,
                     "Multi-worker: a folder every worker reads.")
 flags.mark_flag_as_required("out")
 FLAG_NAMES = (
-    "dataset", "data_dir", "public_split", "skip_unreadable", "model", "width", "defense",
-    "epochs", "batch_size", "optimizer", "learning_rate", "lr_decay_epoch", "alpha", "beta",
-    "trigger_step_size", "min_trapdoor_accuracy", "discriminator", "augment",
+    "dataset", "data_dir", "public_split", "skip_unreadable", "model", "image_size", "flip",
+    "width", "defense", "epochs", "batch_size", "optimizer", "learning_rate", "lr_decay_epoch",
+    "alpha", "beta",
+    "trigger_step_size", "min_trapdoor_accuracy", "trapdoor_warning_threshold",
+    "require_trapdoor", "discriminator", "augment",
     "optimize_triggers", "fast_trapmid", "negls_smoothing", "mid_beta", "bido_lambda_xz",
-    "bido_lambda_yz", "seed", "strategy", "out", "backup_dir",
+    "bido_lambda_yz", "seed", "split_seed", "strategy", "out", "backup_dir",
 )
 # Settings that may change between a run and its resumption from a backup.
-RESUMABLE_CHANGES = ("backup_dir", "strategy")
+RESUMABLE_CHANGES = ("backup_dir", "strategy", "trapdoor_warning_threshold", "require_trapdoor")
+
+
+class TrapdoorNotFormedError(RuntimeError):
+    """Raised by `train` under `require_trapdoor` when the trapdoor did not form.
+
+    Every artefact is written before it is raised.
+
+    Attributes:
+        results: The results dict written to `results.json`.
+    """
+
+    def __init__(self, message, results):
+        super().__init__(message)
+        self.results = results
 
 
 def resolve_config(overrides):
-    """Fills unset (None) settings from the dataset preset and checks them.
+    """Fills unset (None) settings from the preset (`preset`) and checks them.
 
     Args:
-        overrides: Dict of settings; None values take the preset's. `width` and
-            `backup_dir` may be left out (None).
+        overrides: Dict of settings; None values take the preset's. `width`,
+            `backup_dir`, `image_size`, `flip` and `lr_decay_epoch` may be left out (None).
+            `lr_decay_epoch` is an int or a list of ints (0 or an empty list: no drop).
 
     Returns:
         The complete settings dict.
@@ -126,17 +202,19 @@ def resolve_config(overrides):
         FileNotFoundError: if `data_dir` is not an existing folder.
     """
     config = dict(overrides)
-    for key in ("width", "backup_dir"):
+    for key in ("width", "backup_dir", "trapdoor_warning_threshold", "split_seed", "image_size",
+                "flip", "lr_decay_epoch"):
         config.setdefault(key, None)
-    for key in ("skip_unreadable", "fast_trapmid"):
+    for key in ("skip_unreadable", "fast_trapmid", "require_trapdoor"):
         config.setdefault(key, False)
-    preset = dict(PRESETS[config["dataset"]])
-    decay_fraction = preset.pop("lr_decay_fraction")
-    for key, value in preset.items():
+    defaults = preset(config["dataset"], config["defense"], config.get("model"))
+    decay_fraction = defaults.pop("lr_decay_fraction", None)
+    for key, value in defaults.items():
         if config.get(key) is None:
             config[key] = value
-    if config.get("lr_decay_epoch") is None:
+    if config["lr_decay_epoch"] is None and decay_fraction is not None:
         config["lr_decay_epoch"] = round(decay_fraction * config["epochs"])
+    config["lr_decay_epoch"] = _decay_epochs(config["lr_decay_epoch"], config["epochs"])
     _check_data_dir(config)
     if config["skip_unreadable"] and config["dataset"] != "celeba":
         raise ValueError(
@@ -169,11 +247,14 @@ def resolve_config(overrides):
     for key in ("epochs", "batch_size", "width"):
         if config[key] is not None and config[key] < 1:
             raise ValueError(f"--{key} must be >= 1; received {config[key]}.")
-    bar = config["min_trapdoor_accuracy"]
-    if not 0.0 <= bar <= 1.0:
-        raise ValueError(f"--min_trapdoor_accuracy must be in [0, 1]; received {bar}.")
-    if config["seed"] < 0:
-        raise ValueError(f"--seed must be >= 0; received {config['seed']}.")
+    for key in ("min_trapdoor_accuracy", "trapdoor_warning_threshold"):
+        if config[key] is not None and not 0.0 <= config[key] <= 1.0:
+            raise ValueError(f"--{key} must be in [0, 1]; received {config[key]}.")
+    if config["split_seed"] is None:
+        config["split_seed"] = config["seed"]
+    for key in ("seed", "split_seed"):
+        if config[key] < 0:
+            raise ValueError(f"--{key} must be >= 0; received {config[key]}.")
     if config["width"] is not None and config["model"] != "small_cnn":
         raise ValueError(
             f"--width only applies to --model=small_cnn; --model is {config['model']!r}."
@@ -186,13 +267,40 @@ def resolve_config(overrides):
                 f"--batch_size must be a multiple of the {workers} workers in TF_CONFIG; "
                 f"received {config['batch_size']}."
             )
-    if not 0 <= config["lr_decay_epoch"] <= config["epochs"]:
-        raise ValueError(
-            f"--lr_decay_epoch must be in [0, --epochs]; received {config['lr_decay_epoch']}."
-        )
+    if config["image_size"] is not None and config["image_size"] < 1:
+        raise ValueError(f"--image_size must be >= 1; received {config['image_size']}.")
     if config["learning_rate"] <= 0:
         raise ValueError(f"--learning_rate must be > 0; received {config['learning_rate']}.")
     return config
+
+
+def preset(dataset, defense, model=None):
+    """The default settings of a run: dataset preset, then model and defense overrides.
+
+    Args:
+        dataset: Dataset name (a key of `PRESETS`).
+        defense: Defense name (one of `DEFENSES`).
+        model: Architecture, or None for the dataset preset's.
+
+    Returns:
+        A new dict of settings (digits give `lr_decay_fraction` instead of `lr_decay_epoch`).
+    """
+    settings = dict(PRESETS[dataset])
+    model = model or settings["model"]
+    settings.update(MODEL_PRESETS.get((dataset, model), {}))
+    settings.update(DEFENSE_PRESETS.get((dataset, defense), {}))
+    return settings
+
+
+def _decay_epochs(value, epochs):
+    """The sorted learning-rate drop epochs of an int or list setting, zeros left out."""
+    values = [value] if isinstance(value, int) else list(value)
+    for epoch in values:
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch <= epochs:
+            raise ValueError(
+                f"--lr_decay_epoch must be ints in [0, --epochs={epochs}]; received {value!r}."
+            )
+    return sorted({epoch for epoch in values if epoch})
 
 
 def _check_data_dir(config):
@@ -287,17 +395,32 @@ def _multi_worker_strategy():
 
 
 def make_optimizer(config, steps_per_epoch):
-    """The classifier optimiser; with `lr_decay_epoch`, the rate drops tenfold from that epoch."""
+    """The classifier optimiser, PyTorch's SGD or Adam as the reference builds them.
+
+    The learning rate drops tenfold at the start of each epoch in `lr_decay_epoch`, as
+    PyTorch's MultiStepLR stepped once per epoch. Trap-MID's discriminator gets a copy.
+
+    Args:
+        config: Settings (`optimizer`, `learning_rate`, `lr_decay_epoch`).
+        steps_per_epoch: Optimiser steps per epoch.
+
+    Returns:
+        A `trapmid_tf.TorchSGD` or `keras.optimizers.Adam`.
+    """
     import keras
+    import trapmid_tf as tm
 
     learning_rate = config["learning_rate"]
-    if config["lr_decay_epoch"]:
+    drops = config["lr_decay_epoch"]
+    if drops:
+        # The schedule keeps value i while step <= boundary i: the last step of epoch e - 1.
         learning_rate = keras.optimizers.schedules.PiecewiseConstantDecay(
-            [config["lr_decay_epoch"] * steps_per_epoch], [learning_rate, learning_rate / 10]
+            [epoch * steps_per_epoch - 1 for epoch in drops],
+            [learning_rate / 10**i for i in range(len(drops) + 1)],
         )
     if config["optimizer"] == "adam":
-        return keras.optimizers.Adam(learning_rate)
-    return keras.optimizers.SGD(learning_rate, momentum=0.9, weight_decay=1e-4)
+        return keras.optimizers.Adam(learning_rate, epsilon=ADAM_EPSILON)
+    return tm.TorchSGD(learning_rate, momentum=SGD_MOMENTUM, weight_decay=SGD_WEIGHT_DECAY)
 
 
 def make_loss(config):
@@ -355,24 +478,25 @@ def build_model(config, input_shape, num_classes, steps_per_epoch):
 
 
 def epoch_seeds(seed, epoch):
-    """Two independent int seeds (data order, trapdoor labels) made of `(seed, epoch)`."""
+    """Three independent int seeds (data order, trapdoor labels, flips) of `(seed, epoch)`."""
     import numpy as np
 
-    return [int(value) for value in np.random.SeedSequence([seed, epoch]).generate_state(2)]
+    return [int(value) for value in np.random.SeedSequence([seed, epoch]).generate_state(3)]
 
 
 def train_batches(train_set, num_classes, config, first_epoch):
     """The training batches of epochs `first_epoch` to `epochs - 1`, in one dataset.
 
-    Each epoch is shuffled (and, for Trap-MID, paired with balanced trapdoor labels) with
-    seeds made of (seed, epoch) only, so epoch k holds the same batches whether or not this
+    Each epoch is shuffled (then, with `flip`, flipped at random, and, for Trap-MID, paired
+    with balanced trapdoor labels) with seeds made of (seed, epoch) only, so epoch k holds
+    the same batches whether or not this
     process ran the epochs before it; nothing reshuffles when iterated again. Multi-worker
     strategies shard the batches by element (each worker takes its part of every batch).
 
     Args:
         train_set: Unbatched `(image, label)` dataset.
         num_classes: Number of classes.
-        config: Settings (`seed`, `epochs`, `batch_size`, `defense`).
+        config: Settings (`seed`, `epochs`, `batch_size`, `defense`, `flip`).
         first_epoch: The first epoch to produce, < `epochs`.
 
     Returns:
@@ -385,8 +509,10 @@ def train_batches(train_set, num_classes, config, first_epoch):
     size = int(train_set.cardinality())
 
     def epoch_batches(epoch):
-        order_seed, label_seed = epoch_seeds(config["seed"], epoch)
+        order_seed, label_seed, flip_seed = epoch_seeds(config["seed"], epoch)
         data = cached.shuffle(size, seed=order_seed, reshuffle_each_iteration=False)
+        if config.get("flip"):
+            data = tm.data.random_horizontal_flip(data, flip_seed)
         if config["defense"].startswith("trapmid"):
             data = tm.data.with_trapdoor_labels(
                 data, num_classes, seed=label_seed, reshuffle_each_iteration=False
@@ -417,6 +543,8 @@ def train(config):
     Raises:
         trapmid_tf.callbacks.NonFiniteLossError: at the first non-finite training loss.
         ValueError: if `backup_dir` holds a backup of other settings.
+        TrapdoorNotFormedError: with `require_trapdoor`, when the trapdoor did not form (after
+            every artefact is written).
     """
     strategy = make_strategy(config["strategy"])  # before any other TensorFlow work
     import keras
@@ -425,7 +553,8 @@ def train(config):
 
     keras.utils.set_random_seed(config["seed"])
     splits = tm.data.load(
-        config["dataset"], config["data_dir"], seed=config["seed"],
+        config["dataset"], config["data_dir"], seed=config["split_seed"],
+        image_size=config.get("image_size"),
         public_split=config["public_split"], skip_unreadable=config["skip_unreadable"],
     )
     (train_set, test_set), _ = splits
@@ -459,6 +588,8 @@ def _fit_and_write(config, strategy, train_set, num_classes, test_data, out, ski
         trigger_path=os.path.join(out, "triggers.npz") if uses_triggers else None,
         best_classifier_path=os.path.join(out, "classifier.keras"),
         min_trapdoor_accuracy=config["min_trapdoor_accuracy"],
+        **({} if config["trapdoor_warning_threshold"] is None
+           else {"trapdoor_warning_threshold": config["trapdoor_warning_threshold"]}),
     )
     callbacks = [StopOnNonFiniteLoss(), tracker]
     first_epoch = 0
@@ -491,9 +622,36 @@ def _fit_and_write(config, strategy, train_set, num_classes, test_data, out, ski
         "seconds": round(tracker.seconds, 1),
         "skipped_images": len(skipped_files),
         "skipped_files": list(skipped_files),
+        "trapdoor_formed": tracker.trapdoor_formed if uses_triggers else None,
+        "trapdoor_warning_threshold": tracker.trapdoor_warning_threshold if uses_triggers else None,
     }
     write_json(os.path.join(out, "results.json"), results)
+    if config["require_trapdoor"] and results["trapdoor_formed"] is False:
+        raise TrapdoorNotFormedError(
+            f"--require_trapdoor: {trapdoor_line(results)} Artefacts are written to {out!r}.",
+            results,
+        )
     return results
+
+
+def trapdoor_line(results):
+    """One line saying whether a run's trapdoor formed, from its results dict.
+
+    Args:
+        results: The dict written to `results.json`.
+
+    Returns:
+        The line, e.g. "Trapdoor formed: test trapdoor accuracy 0.994 >= 0.8."
+    """
+    if results["trapdoor_formed"] is None:
+        return "Trapdoor: none (this defense has no triggers)."
+    accuracy, threshold = results["trapdoor_accuracy"], results["trapdoor_warning_threshold"]
+    if results["trapdoor_formed"]:
+        return f"Trapdoor formed: test trapdoor accuracy {accuracy:.3f} >= {threshold}."
+    return (
+        f"Trapdoor NOT formed: test trapdoor accuracy {accuracy:.3f} < {threshold}; no "
+        "protection expected (see docs/trapdoor_formation.md)."
+    )
 
 
 def config_from_flags(**changes):
@@ -521,7 +679,12 @@ def main(argv):
         results = train(config)
     except (FileNotFoundError, NonFiniteLossError) as error:
         raise SystemExit(f"train_target: {error}") from error
+    except TrapdoorNotFormedError as error:
+        print(json.dumps(error.results, indent=2))
+        print(trapdoor_line(error.results))
+        raise SystemExit(f"train_target: {error}") from error
     print(json.dumps(results, indent=2))
+    print(trapdoor_line(results))
 
 
 if __name__ == "__main__":

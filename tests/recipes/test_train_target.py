@@ -46,8 +46,10 @@ def test_trapmid_negls_run_writes_consistent_artefacts(tmp_path):
     results = recipe.train(config_for(recipe, "trapmid_negls", tmp_path))
     assert set(results) == {
         "test_accuracy", "trapdoor_accuracy", "best_epoch", "epochs", "seconds",
-        "skipped_images", "skipped_files",
+        "skipped_images", "skipped_files", "trapdoor_formed", "trapdoor_warning_threshold",
     }
+    assert results["trapdoor_warning_threshold"] == 0.8  # TrapMIDCallback's default
+    assert results["trapdoor_formed"] == (results["trapdoor_accuracy"] >= 0.8)
     assert results["skipped_images"] == 0 and results["skipped_files"] == []
     stored = json.loads((tmp_path / "results.json").read_text())
     assert stored == results
@@ -68,8 +70,9 @@ def test_trapmid_negls_run_writes_consistent_artefacts(tmp_path):
 @pytest.mark.parametrize("defense", ["none", "mid", "bido"])
 def test_runs_without_triggers_export_a_plain_classifier(tmp_path, defense):
     recipe = load_recipe()
-    results = recipe.train(config_for(recipe, defense, tmp_path, epochs=1))
+    results = recipe.train(config_for(recipe, defense, tmp_path, epochs=1, require_trapdoor=True))
     assert results["trapdoor_accuracy"] is None
+    assert results["trapdoor_formed"] is None and results["trapdoor_warning_threshold"] is None
     assert not (tmp_path / "triggers.npz").exists()
     classifier = keras.models.load_model(tmp_path / "classifier.keras")
     assert type(classifier).__name__ == "Functional"  # a plain classifier, no wrapper
@@ -101,6 +104,8 @@ def test_runs_without_triggers_export_a_plain_classifier(tmp_path, defense):
         (["--defense=none", "--min_trapdoor_accuracy=0.5"],
          "--min_trapdoor_accuracy only applies to the trapmid"),
         (["--min_trapdoor_accuracy=1.5"], "--min_trapdoor_accuracy must be in [0, 1]"),
+        (["--trapdoor_warning_threshold=-0.5"],
+         "--trapdoor_warning_threshold must be in [0, 1]; received -0.5"),
         (["--defense=none", "--fast_trapmid"], "--fast_trapmid only applies to the trapmid"),
         (["--fast_trapmid", "--strategy=mirrored"], "--fast_trapmid runs on one replica"),
         (["--bogus=1"], "Unknown command line flag 'bogus'"),
@@ -178,3 +183,41 @@ def test_non_finite_loss_stops_the_run_naming_the_step(tmp_path):
         recipe.train(config)
     assert sorted(os.listdir(tmp_path / "run")) == ["flags.json", "logs"]  # no artefact
     assert not (tmp_path / "backup").exists()
+
+
+def test_require_trapdoor_exits_non_zero_after_writing_every_artefact(tmp_path):
+    # alpha 1e-4 leaves the triggered images nearly clean and one epoch is far too short:
+    # the trapdoor stays near chance (1/5).
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, str(RECIPE), f"--out={out}", "--epochs=1", "--width=4", "--alpha=1e-4",
+         "--require_trapdoor"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode != 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["trapdoor_formed"] is False and results["trapdoor_warning_threshold"] == 0.8
+    assert results["trapdoor_accuracy"] < 0.8
+    assert {"flags.json", "classifier.keras", "triggers.npz"} <= set(os.listdir(out))
+    line = (
+        f"Trapdoor NOT formed: test trapdoor accuracy {results['trapdoor_accuracy']:.3f} < 0.8; "
+        "no protection expected (see docs/trapdoor_formation.md)."
+    )
+    assert result.stdout.splitlines()[-1] == line
+    assert result.stderr.splitlines()[-1].startswith(f"train_target: --require_trapdoor: {line}")
+    assert "TrapdoorNotFormedWarning: The Trap-MID trapdoor did not form" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "formed, accuracy, line",
+    [
+        (True, 0.99, "Trapdoor formed: test trapdoor accuracy 0.990 >= 0.8."),
+        (False, 0.2, "Trapdoor NOT formed: test trapdoor accuracy 0.200 < 0.8; no protection "
+                     "expected (see docs/trapdoor_formation.md)."),
+        (None, None, "Trapdoor: none (this defense has no triggers)."),
+    ],
+)
+def test_trapdoor_line_says_whether_the_trapdoor_formed(formed, accuracy, line):
+    results = dict(trapdoor_formed=formed, trapdoor_accuracy=accuracy,
+                   trapdoor_warning_threshold=None if formed is None else 0.8)
+    assert load_recipe().trapdoor_line(results) == line
