@@ -76,3 +76,19 @@ def test_attack_grid_rows_are_classes_with_private_samples_first():
 
     assert [tile(0, c) for c in range(4)] == [0, 26, 51, 128]  # 3 private, then none's
     assert [tile(1, 0), tile(1, 1)] == [230, 128]  # class 1's one private image, then none's
+
+
+def test_a_target_whose_trapdoor_did_not_form_is_not_presented_as_a_defense():
+    results = _results(0.8, 0.1, {"trapmid": 0.1, "trapmid_negls": 0.1})
+    results["defenses"]["trapmid"]["trapdoor_formed"] = False
+    results["defenses"]["trapmid_negls"]["trapdoor_formed"] = True
+    not_formed = "trapdoor not formed: no protection expected"
+    assert report.verdicts(results) == [
+        ("gmi", "trapmid", 0.8, 0.1, not_formed),
+        ("gmi", "trapmid_negls", 0.8, 0.1, "at most half"),
+    ]
+    assert report.summary_table(results).splitlines()[2:] == [
+        "| none | 1.000 | — | 0.800 |",
+        f"| trapmid ({not_formed}) | 0.990 | 1.000 | 0.100 |",
+        "| trapmid_negls | 0.990 | 1.000 | 0.100 |",
+    ]

@@ -96,6 +96,23 @@ ATTACK_COLUMNS = (
 )
 
 
+# How a Trap-MID target whose trapdoor did not form is shown (train_target's results.json
+# records `trapdoor_formed`): its numbers are not a defense's.
+NOT_FORMED = "trapdoor not formed: no protection expected"
+
+
+def trapdoor_not_formed(scores):
+    """Whether a defense's scores say its trapdoor did not form.
+
+    Args:
+        scores: One defense's entry of the pipeline's results (`trapdoor_formed` optional).
+
+    Returns:
+        True only when `trapdoor_formed` is recorded as False.
+    """
+    return scores.get("trapdoor_formed") is False
+
+
 def attack_names(results):
     """The attacks scored in a pipeline results dict, in run order.
 
@@ -143,7 +160,8 @@ def verdicts(results, baseline="none"):
 
     Returns:
         A list of `(attack, defense, baseline_aa1, aa1, verdict)` with verdict one of
-        "attack fails on the baseline", "at most half", "lower", "not lower".
+        "attack fails on the baseline", "at most half", "lower", "not lower", or `NOT_FORMED`
+        for a Trap-MID target whose trapdoor did not form.
     """
     defenses = results["defenses"]
     if baseline not in defenses:
@@ -155,7 +173,9 @@ def verdicts(results, baseline="none"):
             if defense == baseline:
                 continue
             aa1 = scores[attack]["aa1"]
-            if not works(reference, uniform_chance(results)):
+            if trapdoor_not_formed(scores):
+                verdict = NOT_FORMED
+            elif not works(reference, uniform_chance(results)):
                 verdict = "attack fails on the baseline"
             elif aa1 <= reference["aa1"] / 2:
                 verdict = "at most half"
@@ -170,6 +190,8 @@ def verdicts(results, baseline="none"):
 def summary_table(results):
     """Markdown table: per defense natural/trapdoor accuracy and each attack's top-1.
 
+    A defense whose trapdoor did not form is named with `NOT_FORMED`.
+
     Args:
         results: The pipeline's results dict.
 
@@ -178,7 +200,8 @@ def summary_table(results):
     """
     attacks = attack_names(results)
     rows = [
-        [defense, scores["accuracy"], scores["trapdoor_accuracy"]]
+        [f"{defense} ({NOT_FORMED})" if trapdoor_not_formed(scores) else defense,
+         scores["accuracy"], scores["trapdoor_accuracy"]]
         + [scores[attack]["aa1"] for attack in attacks]
         for defense, scores in results["defenses"].items()
     ]
