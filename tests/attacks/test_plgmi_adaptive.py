@@ -51,7 +51,8 @@ def test_signature_cosine_and_its_gradient_match_the_hand_formula():
     np.testing.assert_allclose(to_numpy(cosine), expected, atol=1e-6)
     # d cos(f, s) / d f = s / (|f| |s|) - cos(f, s) f / |f|^2.
     f, s = features.astype(np.float64), signatures.astype(np.float64)
-    norm_f, norm_s = np.linalg.norm(f, axis=1, keepdims=True), np.linalg.norm(s, axis=1, keepdims=True)
+    norm_f = np.linalg.norm(f, axis=1, keepdims=True)
+    norm_s = np.linalg.norm(s, axis=1, keepdims=True)
     hand_gradient = s / (norm_f * norm_s) - expected[:, None] * f / norm_f**2
     gradient = to_numpy(tape.gradient(total, variable))
     np.testing.assert_allclose(gradient, hand_gradient, atol=1e-5)
