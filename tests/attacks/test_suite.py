@@ -88,10 +88,21 @@ def test_load_prior_names_a_missing_file(tmp_path):
         suite.load_prior("gmi", str(tmp_path))
 
 
+def tiny_options(name, public):
+    """What the attacks of `suite.OPTION_ATTACKS` need, at a tiny budget."""
+    images = np.stack(list(public.as_numpy_iterator()))
+    return {
+        "plgmi_adaptive": dict(signatures=np.random.default_rng(0).normal(size=(3, 8))),
+        "trigger_recovery": dict(public_images=images, iterations=2),
+        "brep_mi": dict(max_iterations=2, initial_batch=16, max_initial_batches=2),
+    }.get(name, {})
+
+
+@pytest.mark.filterwarnings("ignore:BREP-MI found no initial point")
 @pytest.mark.parametrize("name", suite.ATTACKS)
-def test_every_attack_builds_from_priors_and_inverts(trained, target, name):
+def test_every_attack_builds_from_priors_and_inverts(trained, target, public, name):
     settings = suite.InversionSettings(iterations=2, plgmi_iterations=2, mi_face_iterations=2)
-    attack = suite.build_attack(name, trained, settings)
+    attack = suite.build_attack(name, trained, settings, **tiny_options(name, public))
     result = attack.invert(target, [0, 2], per_class=2, seed=0, verbose=0)
     assert result.images.shape == (4, *SHAPE)
     np.testing.assert_array_equal(np.sort(result.labels), [0, 0, 2, 2])

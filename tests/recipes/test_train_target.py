@@ -221,3 +221,225 @@ def test_trapdoor_line_says_whether_the_trapdoor_formed(formed, accuracy, line):
     results = dict(trapdoor_formed=formed, trapdoor_accuracy=accuracy,
                    trapdoor_warning_threshold=None if formed is None else 0.8)
     assert load_recipe().trapdoor_line(results) == line
+
+
+# The reference's face and MNIST configurations, copied from its files (ntuaislab/Trap-MID).
+# config/celeba/classify_trap.json ("trapdoor" block and the "VGG16"/"FaceNet64"/"IR152" entries).
+REFERENCE_TRAPDOOR = dict(alpha=0.02, beta=0.2, step_size=1e-2)
+REFERENCE_CELEBA_TRAP = {
+    "VGG16": dict(epochs=50, batch_size=64, lr=1e-2, momentum=0.9, weight_decay=1e-4),
+    "FaceNet64": dict(epochs=50, batch_size=64, lr=1e-2, momentum=0.9, weight_decay=1e-4),
+    "IR152": dict(epochs=40, batch_size=64, lr=1e-2, momentum=0.9, weight_decay=1e-4),
+}
+# config/celeba/classify_trap_negls.json (the same for all three entries).
+REFERENCE_CELEBA_TRAP_NEGLS = dict(
+    epochs=100, batch_size=128, optimizer="adam", lr=1e-3, weight_decay=0, negls=-0.05,
+    adjust_epochs=[75, 90], gamma=0.1,
+)
+# config/mnist/classify_trap.json and classify.json, entry "IR18".
+REFERENCE_MNIST_TRAP = dict(epochs=10, batch_size=64, lr=1e-2, momentum=0.9, weight_decay=1e-4)
+# config/mnist/classify_negls.json, entry "IR18".
+REFERENCE_MNIST_NEGLS = dict(
+    epochs=10, batch_size=64, lr=1e-2, momentum=0.9, weight_decay=1e-4, negls=-0.05,
+    adjust_epochs=[7, 9], gamma=0.1,
+)
+# plgmi/baselines/config/classify.json, entry "FaceNet" (the evaluation model; engine.train_reg
+# runs no scheduler), trained on 112x112 crops (plgmi/baselines/dataloader.py, re_size 112).
+REFERENCE_EVALUATION_FACENET = dict(
+    epochs=30, batch_size=64, lr=1e-2, momentum=0.9, weight_decay=1e-4, image_size=112,
+)
+# torch.optim.Adam's default epsilon (the reference never sets it).
+TORCH_ADAM_EPSILON = 1e-8
+REFERENCE_MODELS = {"VGG16": "vgg16_bn", "FaceNet64": "facenet64", "IR152": "ir152"}
+
+
+def face_config(recipe, tmp_path, defense, model=None, dataset="celeba", **changes):
+    return config_for(recipe, defense, tmp_path / "run", dataset=dataset, data_dir=str(tmp_path),
+                      model=model, epochs=None, **changes)
+
+
+def assert_optimizer(recipe, config, reference):
+    """The built optimiser is the reference's: PyTorch SGD or Adam, and its rate schedule."""
+    steps = 7
+    optimizer = recipe.make_optimizer(config, steps_per_epoch=steps)
+    if reference.get("optimizer", "sgd") == "sgd":
+        assert isinstance(optimizer, tm.TorchSGD)
+        assert optimizer.momentum == reference["momentum"]
+        assert optimizer.coupled_weight_decay == reference["weight_decay"]
+        assert optimizer.dampening == 0.0 and not optimizer.nesterov
+    else:
+        assert isinstance(optimizer, keras.optimizers.Adam)
+        assert optimizer.epsilon == TORCH_ADAM_EPSILON and optimizer.weight_decay is None
+        assert reference["weight_decay"] == 0
+    # MultiStepLR stepped once per epoch: epoch e trains at lr * gamma^(drops at or before e).
+    drops = reference.get("adjust_epochs", [])
+    schedule = optimizer._learning_rate
+    for epoch in range(reference["epochs"]):
+        expected = reference["lr"] * reference.get("gamma", 0.1) ** sum(d <= epoch for d in drops)
+        for step in (epoch * steps, epoch * steps + steps - 1):
+            rate = float(schedule(step)) if callable(schedule) else float(schedule)
+            assert rate == pytest.approx(expected, rel=1e-6), (epoch, step)
+
+
+@pytest.mark.parametrize("defense", ["none", "trapmid", "mid", "bido"])
+@pytest.mark.parametrize("reference_model", sorted(REFERENCE_CELEBA_TRAP))
+def test_celeba_sgd_presets_are_the_reference_configuration(tmp_path, defense, reference_model):
+    recipe = load_recipe()
+    reference = REFERENCE_CELEBA_TRAP[reference_model]
+    config = face_config(recipe, tmp_path, defense, REFERENCE_MODELS[reference_model])
+    assert (config["epochs"], config["batch_size"]) == (reference["epochs"],
+                                                        reference["batch_size"])
+    assert (config["optimizer"], config["learning_rate"]) == ("sgd", reference["lr"])
+    assert config["lr_decay_epoch"] == [] and config["flip"] is True
+    assert config["image_size"] is None  # the dataset's 64
+    assert (config["alpha"], config["beta"], config["trigger_step_size"]) == (
+        REFERENCE_TRAPDOOR["alpha"], REFERENCE_TRAPDOOR["beta"], REFERENCE_TRAPDOOR["step_size"])
+    assert_optimizer(recipe, config, reference)
+
+
+@pytest.mark.parametrize("defense", ["negls", "trapmid_negls"])
+@pytest.mark.parametrize("reference_model", sorted(REFERENCE_CELEBA_TRAP))
+def test_celeba_negls_presets_are_the_reference_configuration(tmp_path, defense, reference_model):
+    recipe = load_recipe()
+    reference = REFERENCE_CELEBA_TRAP_NEGLS
+    config = face_config(recipe, tmp_path, defense, REFERENCE_MODELS[reference_model])
+    assert (config["epochs"], config["batch_size"]) == (reference["epochs"],
+                                                        reference["batch_size"])
+    assert (config["optimizer"], config["learning_rate"]) == ("adam", reference["lr"])
+    assert config["lr_decay_epoch"] == reference["adjust_epochs"]
+    assert config["negls_smoothing"] == reference["negls"] and config["flip"] is True
+    assert_optimizer(recipe, config, reference)
+    # The reference's CelebA NegLS schedule (loss.ls_scheduler): 0 before epoch 50, then
+    # (epoch + 1 - 50) / (100 - 50) until epoch 75, then the full smoothing.
+    loss = recipe.make_loss(config)
+    for epoch, factor in [(49, 0.0), (50, 1 / 50), (74, 25 / 50), (75, 1.0), (99, 1.0)]:
+        assert loss.smoothing_at(epoch) == pytest.approx(reference["negls"] * factor)
+
+
+@pytest.mark.parametrize("defense, reference", [
+    ("none", REFERENCE_MNIST_TRAP), ("trapmid", REFERENCE_MNIST_TRAP),
+    ("negls", REFERENCE_MNIST_NEGLS), ("trapmid_negls", REFERENCE_MNIST_NEGLS),
+])
+def test_mnist_presets_are_the_reference_configuration(tmp_path, defense, reference):
+    recipe = load_recipe()
+    config = face_config(recipe, tmp_path, defense, dataset="mnist")
+    assert config["model"] == "ir18" and config["flip"] is False
+    assert (config["epochs"], config["batch_size"]) == (reference["epochs"],
+                                                        reference["batch_size"])
+    assert (config["optimizer"], config["learning_rate"]) == ("sgd", reference["lr"])
+    assert config["lr_decay_epoch"] == reference.get("adjust_epochs", [])
+    assert_optimizer(recipe, config, reference)
+
+
+def test_evaluation_facenet_preset_is_the_reference_recipe(tmp_path):
+    recipe = load_recipe()
+    reference = REFERENCE_EVALUATION_FACENET
+    config = face_config(recipe, tmp_path, "none", "facenet_eval")
+    assert (config["epochs"], config["batch_size"], config["image_size"]) == (
+        reference["epochs"], reference["batch_size"], reference["image_size"])
+    assert (config["optimizer"], config["learning_rate"]) == ("sgd", reference["lr"])
+    assert config["lr_decay_epoch"] == [] and config["flip"] is True
+    assert_optimizer(recipe, config, reference)
+
+
+def test_trapmid_discriminator_gets_a_copy_of_the_torch_sgd(tmp_path):
+    recipe = load_recipe()
+    config = config_for(recipe, "trapmid", tmp_path, optimizer="sgd", learning_rate=1e-2,
+                        lr_decay_epoch=[1, 2], width=4)
+    model = recipe.build_model(config, (32, 32, 1), 5, steps_per_epoch=3)
+    for optimizer in (model.optimizer, model.discriminator_optimizer):
+        assert isinstance(optimizer, tm.TorchSGD)
+        assert optimizer.coupled_weight_decay == 1e-4 and optimizer.momentum == 0.9
+        rates = [float(optimizer._learning_rate(step)) for step in (2, 3, 5, 6)]
+        assert rates == pytest.approx([1e-2, 1e-3, 1e-3, 1e-4])
+    assert model.optimizer is not model.discriminator_optimizer
+
+
+def test_training_batches_flip_each_image_or_not_anew_each_epoch(tmp_path):
+    recipe = load_recipe()
+    rng = np.random.default_rng(0)
+    images = rng.uniform(size=(32, 4, 5, 1)).astype("float32")
+    # Labels are the image indices, so each batch image can be matched with its source.
+    train = tf.data.Dataset.from_tensor_slices((images, np.arange(32, dtype=np.int32)))
+    config = dict(seed=3, epochs=2, batch_size=8, defense="none", flip=True)
+    batches = list(recipe.train_batches(train, 32, config, first_epoch=0).as_numpy_iterator())
+    flips = []
+    for x, y in batches:
+        for image, index in zip(x, y):
+            mirrored = np.array_equal(image, images[index][:, ::-1])
+            assert mirrored or np.array_equal(image, images[index])
+            flips.append((int(index), mirrored))
+    first, second = dict(flips[:32]), dict(flips[32:])
+    assert 0 < sum(first.values()) < 32 and 0 < sum(second.values()) < 32
+    assert first != second  # a new draw each epoch
+    # Resuming at epoch 1 gives the same batches as the uninterrupted run's epoch 1.
+    resumed = list(recipe.train_batches(train, 32, config, first_epoch=1).as_numpy_iterator())
+    for (x, y), (x_ref, y_ref) in zip(resumed, batches[4:]):
+        np.testing.assert_array_equal(x, x_ref)
+        np.testing.assert_array_equal(y, y_ref)
+    unflipped = dict(config, flip=False)
+    for x, y in recipe.train_batches(train, 32, unflipped, first_epoch=0).as_numpy_iterator():
+        np.testing.assert_array_equal(x, images[y])
+
+
+def write_tiny_celeba(data_dir, identities=2, train_per_identity=4):
+    """A CelebA-like folder: aligned 178x218 PNGs (as .jpg names are only names) and splits."""
+    rng = np.random.default_rng(0)
+    image_dir = data_dir / "img_align_celeba"
+    image_dir.mkdir(parents=True)
+    lines = {"celeba_trainset.txt": [], "celeba_testset.txt": [], "celeba_ganset.txt": []}
+    number = 0
+    for split, per_identity in (("celeba_trainset.txt", train_per_identity),
+                                ("celeba_testset.txt", 1), ("celeba_ganset.txt", 1)):
+        for identity in range(identities):
+            for _ in range(per_identity):
+                number += 1
+                name = f"{number:06d}.png"
+                Image.fromarray(rng.integers(0, 256, (218, 178, 3), dtype=np.uint8)).save(
+                    image_dir / name)
+                lines[split].append(name if split == "celeba_ganset.txt" else f"{name} {identity}")
+    for name, split_lines in lines.items():
+        (data_dir / name).write_text("\n".join(split_lines) + "\n")
+
+
+def test_celeba_end_to_end_with_the_reference_preset(tmp_path):
+    """train_target's CelebA path (flip, PyTorch SGD, Trap-MID) on a tiny CelebA-like folder."""
+    write_tiny_celeba(tmp_path / "celeba")
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, str(RECIPE), "--dataset=celeba", f"--data_dir={tmp_path / 'celeba'}",
+         "--defense=trapmid", "--model=small_cnn", "--width=4", "--image_size=16", "--epochs=1",
+         "--batch_size=4", f"--out={out}"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    flags = json.loads((out / "flags.json").read_text())
+    assert (flags["optimizer"], flags["flip"], flags["image_size"]) == ("sgd", True, 16)
+    assert flags["lr_decay_epoch"] == [] and flags["batch_size"] == 4
+    results = json.loads((out / "results.json").read_text())
+    assert results["epochs"] == 1 and 0.0 <= results["test_accuracy"] <= 1.0
+    with np.load(out / "triggers.npz") as stored:
+        assert stored["triggers"].shape == (2, 16, 16, 3)
+    classifier = keras.models.load_model(out / "classifier.keras")
+    assert classifier.input_shape == (None, 16, 16, 3) and classifier.output_shape == (None, 2)
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(lr_decay_epoch=[1, 5]), r"--lr_decay_epoch must be ints in \[0, --epochs=2\]; "
+                                   r"received \[1, 5\]"),
+    (dict(lr_decay_epoch=-1), r"--lr_decay_epoch must be ints in \[0, --epochs=2\]"),
+    (dict(image_size=0), "--image_size must be >= 1; received 0"),
+])
+def test_bad_schedule_or_image_size_is_named(tmp_path, changes, message):
+    recipe = load_recipe()
+    with pytest.raises(ValueError, match=message):
+        config_for(recipe, "none", tmp_path, **changes)
+
+
+def test_lr_decay_epoch_zero_means_constant_and_several_are_sorted(tmp_path):
+    recipe = load_recipe()
+    assert config_for(recipe, "none", tmp_path, lr_decay_epoch=0)["lr_decay_epoch"] == []
+    assert config_for(recipe, "none", tmp_path, epochs=9,
+                      lr_decay_epoch=[7, 3])["lr_decay_epoch"] == [3, 7]
+    # digits: 3/4 of the epochs, as before.
+    assert config_for(recipe, "none", tmp_path, epochs=8)["lr_decay_epoch"] == [6]

@@ -1,11 +1,17 @@
 """Model-inversion attacks: GAN priors trained with `fit`, and compiled inversion loops."""
 
+from trapmid_tf.attacks.brep_mi import BREPMIAttack, HardLabelOracle
 from trapmid_tf.attacks.gmi import GMIAttack
 from trapmid_tf.attacks.inversion import AttackResult, minimize
 from trapmid_tf.attacks.kedmi import KEDMIAttack
 from trapmid_tf.attacks.lomma import LOMMAAttack, SurrogateDistiller, compute_p_reg
 from trapmid_tf.attacks.mi_face import MIFaceAttack
 from trapmid_tf.attacks.plgmi import PLGMIAttack
+from trapmid_tf.attacks.plgmi_adaptive import (
+    PLGMIAdaptiveAttack,
+    defender_signatures,
+    estimate_signatures,
+)
 from trapmid_tf.attacks.plgmi_prior import PLGMIPrior, margin_loss, plgmi_augment, select_top_n
 from trapmid_tf.attacks.priors import GMIPrior, KEDMIPrior, kedmi_batches
 from trapmid_tf.attacks.suite import (
@@ -20,22 +26,30 @@ from trapmid_tf.attacks.suite import (
     train_lomma_surrogates,
     train_plgmi_prior,
 )
+from trapmid_tf.attacks.trigger_recovery import TriggerRecoveryAttack, compare_with_triggers
 
 __all__ = [
     "ATTACKS",
     "AttackResult",
+    "BREPMIAttack",
     "GMIAttack",
     "GMIPrior",
+    "HardLabelOracle",
     "InversionSettings",
     "KEDMIAttack",
     "KEDMIPrior",
     "LOMMAAttack",
     "MIFaceAttack",
+    "PLGMIAdaptiveAttack",
     "PLGMIAttack",
     "PLGMIPrior",
     "SurrogateDistiller",
+    "TriggerRecoveryAttack",
     "build_attack",
+    "compare_with_triggers",
     "compute_p_reg",
+    "defender_signatures",
+    "estimate_signatures",
     "kedmi_batches",
     "load_prior",
     "margin_loss",

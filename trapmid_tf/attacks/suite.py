@@ -5,9 +5,13 @@
     result = attack.invert(target, classes=range(5), per_class=5)
 
 Attacks: `gmi`, `kedmi`, `lomma_gmi`, `lomma_kedmi` (LOMMA's logit loss, feature
-regulariser and distilled surrogates on the GMI / KED-MI priors), `plgmi`, and the prior-free
-`mi_face`. Priors: `gmi` (shared by every target), and per target `kedmi`, `plgmi` and
-`lomma` (surrogates plus the target's mean public feature).
+regulariser and distilled surrogates on the GMI / KED-MI priors), `plgmi`, the prior-free
+`mi_face`, and the attacks that take keyword options in `build_attack` (`OPTION_ATTACKS`):
+`plgmi_adaptive` / `plgmi_adaptive_estimated` (PLG-MI++ with the defender's / its own estimated
+trapdoor signatures), `trigger_recovery` (Neural-Cleanse-style blend patterns on public
+images) and the label-only `brep_mi` (on the GMI prior). Priors: `gmi` (shared by every
+target), and per target `kedmi`, `plgmi` and `lomma` (surrogates plus the target's mean public
+feature).
 """
 
 import collections
@@ -17,19 +21,24 @@ import os
 import keras
 import numpy as np
 
+from trapmid_tf.attacks.brep_mi import BREPMIAttack
 from trapmid_tf.attacks.gmi import GMIAttack
 from trapmid_tf.attacks.kedmi import KEDMIAttack
 from trapmid_tf.attacks.lomma import LOMMAAttack, SurrogateDistiller, compute_p_reg
 from trapmid_tf.attacks.mi_face import MIFaceAttack
 from trapmid_tf.attacks.plgmi import PLGMIAttack
+from trapmid_tf.attacks.plgmi_adaptive import PLGMIAdaptiveAttack
 from trapmid_tf.attacks.plgmi_prior import PLGMIPrior, select_top_n
 from trapmid_tf.attacks.priors import GMIPrior, KEDMIPrior, kedmi_batches
+from trapmid_tf.attacks.trigger_recovery import TriggerRecoveryAttack
 from trapmid_tf.files import atomic_path
 from trapmid_tf.models.cgan import resnet_generator, sn_projection_discriminator
 from trapmid_tf.models.gan import dcgan_generator, minibatch_discriminator, wgan_critic
 from trapmid_tf.models.small_cnn import small_cnn
 
-ATTACKS = ("gmi", "kedmi", "lomma_gmi", "lomma_kedmi", "plgmi", "mi_face")
+# Attacks that take keyword options in `build_attack` (what the attacker knows, its settings).
+OPTION_ATTACKS = ("plgmi_adaptive", "plgmi_adaptive_estimated", "trigger_recovery", "brep_mi")
+ATTACKS = ("gmi", "kedmi", "lomma_gmi", "lomma_kedmi", "plgmi", "mi_face", *OPTION_ATTACKS)
 PRIORS_OF_ATTACK = {
     "gmi": ("gmi",),
     "kedmi": ("kedmi",),
@@ -37,6 +46,10 @@ PRIORS_OF_ATTACK = {
     "lomma_kedmi": ("kedmi", "lomma"),
     "plgmi": ("plgmi",),
     "mi_face": (),
+    "plgmi_adaptive": ("plgmi",),
+    "plgmi_adaptive_estimated": ("plgmi",),
+    "trigger_recovery": (),
+    "brep_mi": ("gmi",),
 }
 # Priors that depend on the attacked model (trained again for every target).
 TARGET_PRIORS = ("kedmi", "plgmi", "lomma")
@@ -294,7 +307,7 @@ def _opponent(prior):
     return prior.critic if isinstance(prior, GMIPrior) else prior.discriminator
 
 
-def build_attack(name, priors, settings=InversionSettings()):
+def build_attack(name, priors, settings=InversionSettings(), **options):
     """Builds the inversion called `name` from trained priors.
 
     Args:
@@ -302,13 +315,22 @@ def build_attack(name, priors, settings=InversionSettings()):
         priors: Dict with the priors the attack needs (`PRIORS_OF_ATTACK[name]`):
             "gmi", "kedmi", "plgmi" the trained prior model or its `PriorNetworks`, "lomma"
             `LOMMAModels`.
-        settings: `InversionSettings` budget.
+        settings: `InversionSettings` budget (PLG-MI++ runs `plgmi_iterations`).
+        **options: Only for `OPTION_ATTACKS`: keyword arguments of the attack's class.
+            `plgmi_adaptive` needs `signatures`, the defender's trapdoor signatures
+            (`defender_signatures(target, triggers, alpha, images)`), and takes
+            `penalty_weight`; `plgmi_adaptive_estimated` takes `penalty_weight` and estimates
+            the signatures from a first plain PLG-MI round; `trigger_recovery` needs
+            `public_images` and takes `TriggerRecoveryAttack`'s `alpha`, `prior`,
+            `prior_weight`, `iterations`, ...; `brep_mi` takes `BREPMIAttack`'s settings
+            (e.g. `patience`, `max_iterations`) and sees only the target's labels.
 
     Returns:
         An attack with `invert(target, classes, per_class, seed, verbose)`.
 
     Raises:
-        ValueError: For an unknown name or a missing prior.
+        ValueError: For an unknown name, a missing prior, or options the attack does not
+            take or needs.
 
     Example:
         >>> target = small_cnn((32, 32, 1), 5)  # any classifier: images in [0, 1] -> logits
@@ -321,6 +343,8 @@ def build_attack(name, priors, settings=InversionSettings()):
     missing = [p for p in priors_needed([name]) if p not in priors]
     if missing:
         raise ValueError(f"attack {name!r} needs the priors {missing}; received {sorted(priors)}.")
+    if options and name not in OPTION_ATTACKS:
+        raise ValueError(f"attack {name!r} takes no options; received {sorted(options)}.")
     budget = {} if settings.iterations is None else {"iterations": settings.iterations}
     if name == "gmi":
         return GMIAttack(priors["gmi"].generator, _opponent(priors["gmi"]), **budget)
@@ -333,9 +357,34 @@ def build_attack(name, priors, settings=InversionSettings()):
             base, priors[base].generator, _opponent(priors[base]), surrogates=surrogates,
             p_reg=p_reg, **budget
         )
-    if name == "plgmi":
+    if name in ("plgmi", "plgmi_adaptive", "plgmi_adaptive_estimated"):
         iterations = settings.plgmi_iterations
         budget = {} if iterations is None else {"iterations": iterations}
-        return PLGMIAttack(priors["plgmi"].generator, **budget)
+        if name == "plgmi":
+            return PLGMIAttack(priors["plgmi"].generator, **budget)
+        return _plgmi_adaptive(name, priors["plgmi"].generator, budget, options)
+    if name == "trigger_recovery":
+        if "public_images" not in options:
+            raise ValueError("attack 'trigger_recovery' needs the option `public_images`.")
+        return TriggerRecoveryAttack(**options)
+    if name == "brep_mi":
+        return BREPMIAttack(priors["gmi"].generator, **options)
     iterations = settings.mi_face_iterations
     return MIFaceAttack(**({} if iterations is None else {"iterations": iterations}))
+
+
+def _plgmi_adaptive(name, generator, budget, options):
+    """PLG-MI++ at the knowledge level its name says (signatures given, or estimated)."""
+    options = dict(options)
+    signatures = options.pop("signatures", None)
+    if name == "plgmi_adaptive" and signatures is None:
+        raise ValueError(
+            "attack 'plgmi_adaptive' needs the option `signatures` (the defender's trapdoor "
+            "signatures, see `defender_signatures`); 'plgmi_adaptive_estimated' estimates them."
+        )
+    if name == "plgmi_adaptive_estimated" and signatures is not None:
+        raise ValueError(
+            "attack 'plgmi_adaptive_estimated' estimates the signatures itself; received the "
+            "option `signatures` (use 'plgmi_adaptive')."
+        )
+    return PLGMIAdaptiveAttack(generator, signatures, **budget, **options)

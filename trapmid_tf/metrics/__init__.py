@@ -6,6 +6,7 @@ from trapmid_tf.metrics.distance import knn_distance, min_squared_distances
 from trapmid_tf.metrics.evaluator import AttackEvaluator, TrapdoorDetector, train_evaluation_model
 from trapmid_tf.metrics.features import batched_predict
 from trapmid_tf.metrics.fid import fid, frechet_distance, inception_feature_extractor
+from trapmid_tf.metrics.leakage import class_specific_part, trigger_leakage
 from trapmid_tf.metrics.prdc import prdc
 from trapmid_tf.metrics.trapdoor import (
     class_signatures,
@@ -20,6 +21,7 @@ __all__ = [
     "TrapdoorDetector",
     "batched_predict",
     "class_signatures",
+    "class_specific_part",
     "detection_rate",
     "detection_threshold",
     "fid",
@@ -32,4 +34,5 @@ __all__ = [
     "top_k_accuracy",
     "train_evaluation_model",
     "trapdoor_signatures",
+    "trigger_leakage",
 ]
