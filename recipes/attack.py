@@ -10,6 +10,9 @@ Example:
 Writes into --out/<attack>/: reconstructions.npz (`images`, `labels`, `latents`, and
 `initial_images`: the un-optimised starting samples, which measure the attack's chance
 level) and stage.json; finished attacks with the same flags are reused unless --overwrite.
+With --evaluation_model=PATH (any saved Keras classifier, e.g. the face FaceNet; see
+recipes/evaluate.py), each attack's reconstructions are also judged at once, as the
+reference's attack scripts do: attack_accuracy.json holds aa1 and aa5 (top-1/top-5).
 """
 
 import os
@@ -73,6 +76,28 @@ def run_attack(name, target, priors, settings, out, overwrite=False):
     return build_or_reuse(out, settings, build, load, overwrite, logging.info)
 
 
+def attack_accuracy(judge, stored, batch_size=100):
+    """Top-1 and top-5 attack accuracy of stored reconstructions by an evaluation classifier.
+
+    Args:
+        judge: Classifier images -> logits over the attacked classes (and more).
+        stored: Dict with `images` and `labels` (as `run_attack` returns).
+        batch_size: Images per forward pass.
+
+    Returns:
+        Dict with `aa1` and `aa5` (top-k with k = min(5, classes)), floats in [0, 1].
+    """
+    from trapmid_tf.metrics.accuracy import top_k_accuracy
+    from trapmid_tf.metrics.features import batched_predict
+
+    logits = batched_predict(judge, stored["images"], batch_size)
+    top = min(5, int(logits.shape[-1]))
+    return {
+        "aa1": top_k_accuracy(logits, stored["labels"], 1),
+        "aa5": top_k_accuracy(logits, stored["labels"], top),
+    }
+
+
 def define_flags():
     """Defines this recipe's command-line flags (only when it runs as a script)."""
     flags.DEFINE_string("target", None, "Attacked classifier (.keras).")
@@ -85,6 +110,9 @@ def define_flags():
     flags.DEFINE_integer("iterations", None, "Latent attacks' steps (default: reference 1500).")
     flags.DEFINE_integer("plgmi_iterations", None, "PLG-MI steps (default: reference 600).")
     flags.DEFINE_integer("mi_face_iterations", None, "MI-Face steps (default 1000).")
+    flags.DEFINE_string("evaluation_model", None,
+                        "Saved Keras classifier (.keras) that judges each attack's "
+                        "reconstructions at once (attack_accuracy.json); optional.")
     flags.DEFINE_integer("seed", 0, "Seed of the restarts.")
     flags.DEFINE_string("out", None, "Output folder.")
     flags.DEFINE_bool("overwrite", False, "Rerun attacks whose results are stored.")
@@ -109,6 +137,10 @@ def main(argv):
         path = FLAGS[flag].value
         if not path or not os.path.exists(path):
             raise app.UsageError(f"--{flag} {path!r} does not exist.")
+    if FLAGS.evaluation_model and not os.path.isfile(FLAGS.evaluation_model):
+        raise app.UsageError(
+            f"--evaluation_model {FLAGS.evaluation_model!r} is not a saved classifier file."
+        )
     if not FLAGS.out:
         raise app.UsageError("--out must be set.")
     import trapmid_tf as tm
@@ -118,6 +150,14 @@ def main(argv):
     target = tm.models.load_classifier(FLAGS.target)
     num_classes = FLAGS.num_classes or min(int(target.output_shape[-1]), MAX_ATTACKED_CLASSES)
     priors = {p: suite.load_prior(p, FLAGS[f"{p}_prior"].value) for p in needed}
+    judge = None
+    if FLAGS.evaluation_model:
+        from evaluate import load_evaluation_classifier
+
+        try:
+            judge = load_evaluation_classifier(FLAGS.evaluation_model, target.input_shape[1:])
+        except ValueError as error:
+            raise app.UsageError(str(error)) from error
     settings = dict(
         target=os.path.abspath(FLAGS.target), num_classes=num_classes,
         per_class=FLAGS.per_class, seed=FLAGS.seed, iterations=FLAGS.iterations,
@@ -129,8 +169,13 @@ def main(argv):
             settings, priors={p: os.path.abspath(FLAGS[f"{p}_prior"].value)
                               for p in suite.PRIORS_OF_ATTACK[name]},
         )
-        run_attack(name, target, priors, attack_settings, os.path.join(FLAGS.out, name),
-                   FLAGS.overwrite)
+        stored = run_attack(name, target, priors, attack_settings,
+                            os.path.join(FLAGS.out, name), FLAGS.overwrite)
+        if judge is not None:
+            scores = dict(attack_accuracy(judge, stored),
+                          evaluation_model=os.path.abspath(FLAGS.evaluation_model))
+            write_json(os.path.join(FLAGS.out, name, "attack_accuracy.json"), scores)
+            logging.info("attack %s: aa1 %.3f, aa5 %.3f", name, scores["aa1"], scores["aa5"])
     print(f"reconstructions written to {FLAGS.out}")
 
 

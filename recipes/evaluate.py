@@ -5,9 +5,14 @@ Example:
         --target=runs/trapmid/classifier.keras --triggers=runs/trapmid/triggers.npz \\
         --attacks_dir=runs/trapmid/attacks --out=runs/trapmid/evaluation.json
 
-The evaluation model (a different architecture from the target, trained on all labelled
-classes of the dataset; see `trapmid_tf.data.load_evaluation_data`) is trained into
---evaluation_model when that folder holds none. Per attack found in --attacks_dir (folders
+--evaluation_model is either a saved Keras classifier file (any `.keras` model with a
+final Dense "logits" layer, e.g. the face FaceNet trained by
+`recipes/train_target.py --dataset=celeba --defense=none --model=facenet_eval`, see
+docs/reproducing_on_gpu.md), used as it is, or a folder, where an evaluation model (a
+different architecture from the target, trained on all labelled classes of the dataset; see
+`trapmid_tf.data.load_evaluation_data`) is trained when it holds none. A classifier saved for
+another input size (facenet_eval trains on 112x112 crops) is rebuilt for the images' size
+with the same weights, which works for models that resize inside (facenet_eval does). Per attack found in --attacks_dir (folders
 written by recipes/attack.py) the JSON (which also records the flags) holds aa1, aa5, knn,
 fid, precision, recall, density, coverage, chance_aa1 (the evaluation model's hit rate on
 the attack's un-optimised starting samples) and, with --triggers, trapdoor_similarity and
@@ -86,6 +91,68 @@ def evaluation_model(dataset, data_dir, settings, out, overwrite=False):
     return build_or_reuse(out, stage_settings, build, load, overwrite, logging.info)
 
 
+def load_evaluation_classifier(path, image_shape):
+    """Loads a saved Keras classifier to judge images of `image_shape`.
+
+    A model built for another input size is rebuilt from its configuration with an input of
+    `image_shape` and given the same weights; this works when the model resizes its input
+    inside (as `trapmid_tf.models.facenet_eval`), not when its layers depend on the size.
+
+    Args:
+        path: A `.keras` file.
+        image_shape: `(height, width, channels)` of the images to judge.
+
+    Returns:
+        A `keras.Model` taking images of `image_shape`.
+
+    Raises:
+        FileNotFoundError: if `path` is not a file.
+        ValueError: if the model cannot take images of `image_shape`.
+    """
+    import keras
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--evaluation_model {path!r} is not a saved classifier file.")
+    model = keras.models.load_model(path, compile=False)
+    image_shape = tuple(int(side) for side in image_shape)
+    if tuple(model.input_shape[1:]) == image_shape:
+        return model
+    config = model.get_config()
+    try:
+        (input_layer,) = [layer for layer in config["layers"]
+                          if layer["class_name"] == "InputLayer"]
+        input_layer["config"]["batch_shape"] = [None, *image_shape]
+        rebuilt = model.__class__.from_config(config)
+        rebuilt.set_weights(model.get_weights())
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(
+            f"--evaluation_model {path!r} takes images of shape {model.input_shape[1:]} and "
+            f"cannot be rebuilt for the images' shape {image_shape} ({error}); give a model "
+            "that takes them or resizes its input inside (as trapmid_tf.models.facenet_eval)."
+        ) from error
+    return rebuilt
+
+
+def classifier_accuracy(model, dataset):
+    """Top-1 accuracy of `model` on an unbatched `(image, label)` dataset.
+
+    Args:
+        model: Classifier images -> logits.
+        dataset: Unbatched dataset of `(image, label)`.
+
+    Returns:
+        The accuracy, a float in [0, 1].
+    """
+    import numpy as np
+
+    correct = total = 0
+    for images, labels in dataset.batch(256):
+        predictions = np.argmax(model.predict_on_batch(images), axis=1)
+        correct += int(np.sum(predictions == labels.numpy()))
+        total += len(predictions)
+    return correct / total
+
+
 def private_arrays(dataset):
     """Returns `(images, labels)` numpy arrays of an unbatched `(image, label)` dataset."""
     import numpy as np
@@ -144,7 +211,8 @@ def define_flags():
                       "Digit datasets' public split (default: samples for digits, else classes); "
                       "it fixes which images are private training images.")
     flags.DEFINE_string("evaluation_model", None,
-                        "Folder of the evaluation model (trained if empty).")
+                        "A saved Keras classifier (.keras file) used as the evaluation model, "
+                        "or a folder where one is trained if it holds none.")
     flags.DEFINE_enum("evaluation_architecture", "small_cnn_wide", ["small_cnn_wide", "ir18",
                       "vgg16_bn", "facenet64"], "Architecture of a newly trained evaluation model.")
     flags.DEFINE_integer("evaluation_epochs", 10, "Epochs of a newly trained evaluation model.")
@@ -176,15 +244,24 @@ def main(argv):
     from trapmid_tf.files import write_json
 
     logging.set_verbosity(logging.INFO)
-    settings = dict(architecture=FLAGS.evaluation_architecture, epochs=FLAGS.evaluation_epochs,
-                    seed=FLAGS.seed)
-    model, accuracy = evaluation_model(
-        FLAGS.dataset, FLAGS.data_dir, settings, FLAGS.evaluation_model, FLAGS.overwrite
-    )
-    (private_train, _), _ = tm.data.load(
+    (private_train, private_test), _ = tm.data.load(
         FLAGS.dataset, FLAGS.data_dir, seed=FLAGS.seed,
         public_split=default_public_split(FLAGS.dataset, FLAGS.public_split),
     )
+    if os.path.isfile(FLAGS.evaluation_model):
+        try:
+            model = load_evaluation_classifier(
+                FLAGS.evaluation_model, private_train.element_spec[0].shape
+            )
+        except ValueError as error:
+            raise app.UsageError(str(error)) from error
+        accuracy = classifier_accuracy(model, private_test)
+    else:
+        settings = dict(architecture=FLAGS.evaluation_architecture,
+                        epochs=FLAGS.evaluation_epochs, seed=FLAGS.seed)
+        model, accuracy = evaluation_model(
+            FLAGS.dataset, FLAGS.data_dir, settings, FLAGS.evaluation_model, FLAGS.overwrite
+        )
     evaluator = make_evaluator(model, private_train, FLAGS.fid_weights)
     target = keras.models.load_model(FLAGS.target)
     detector = make_detector(target, FLAGS.triggers, private_train) if FLAGS.triggers else None
