@@ -96,7 +96,8 @@ def train_prior(name, public, target, settings, out, overwrite=False):
 
 def define_flags():
     """Defines this recipe's command-line flags (only when it runs as a script)."""
-    flags.DEFINE_enum("dataset", "digits", ["digits", "mnist", "fashion_mnist", "celeba", "folder"],
+    flags.DEFINE_enum("dataset", "digits",
+                      ["digits", "mnist", "fashion_mnist", "celeba", "ffhq", "facescrub", "folder"],
                       "Dataset whose public split trains the prior.")
     flags.DEFINE_string("data_dir", None, "Folder with the dataset files (not needed for digits).")
     flags.DEFINE_enum("public_split", None, ["classes", "samples"],
