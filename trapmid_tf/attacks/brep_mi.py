@@ -273,7 +273,14 @@ class BREPMIAttack:
         )
 
     def generate(self, latents):
-        """Returns the generator's images of `latents` as a float32 numpy array."""
+        """Runs the generator in inference mode.
+
+        Args:
+            latents: `(rows, z_dim)` latents.
+
+        Returns:
+            A float32 numpy array of the images.
+        """
         return self._generate(np.asarray(latents, dtype=np.float32)).numpy()
 
     def initial_latents(self, label_oracle, labels, rng):
