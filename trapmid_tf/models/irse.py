@@ -2,10 +2,12 @@
 
 The body follows face.evoLVe's improved-residual (IR) backbone; the head is
 BN2d -> Dropout(0.5) -> Flatten -> Dense(512) -> BN1d (the 512-d feature) -> Dense logits.
-At 112x112 input the same network is the FaceNet evaluation model's shape (feature from 512x7x7).
+`facenet_eval` is the reference's face evaluation model ("FaceNet", KED-MI's
+`FaceNet_95.88.tar`): the IR-50 body and head at 112x112, after a bilinear resize inside the model.
 """
 
 import keras
+import tensorflow as tf
 
 from trapmid_tf.models import common
 
@@ -15,6 +17,7 @@ IR152_UNITS = (3, 8, 36, 3)
 FEATURE_DIM = 512
 DROPOUT_RATE = 0.5
 MIN_SIZE = 2 ** len(STAGE_DEPTHS)
+EVALUATION_SIDE = 112  # input side of the reference's FaceNet evaluation model
 
 
 def _conv(x, filters, kernel_size, strides, padding, name):
@@ -62,17 +65,79 @@ def _ir_body(inputs, units):
     return x
 
 
-def _ir_classifier(arch, units, input_shape, num_classes, weights, name, dropout_seed):
-    input_shape = common.check_input_shape(input_shape, MIN_SIZE, arch)
+def _ir_classifier(
+    arch, units, input_shape, num_classes, weights, name, dropout_seed, resize=None,
+    min_size=MIN_SIZE, head_dense_xavier=False
+):
+    """IR body and feature head; `resize` (a layer) maps the input to the body's size first.
+
+    The head Dense uses PyTorch's `nn.Linear` default init, or Xavier-uniform weights and
+    zero bias when `head_dense_xavier` (the head inside face.evoLVe's 112x112 backbone).
+    """
+    input_shape = common.check_input_shape(input_shape, min_size, arch)
     common.check_positive_int("num_classes", num_classes)
     inputs = keras.Input(input_shape, name="image")
-    x = _ir_body(inputs, units)
+    x = _ir_body(inputs if resize is None else resize(inputs), units)
     x = common.batch_norm("head_bn2d")(x)
     x = keras.layers.Dropout(DROPOUT_RATE, seed=dropout_seed, name="head_dropout")(x)
     x = keras.layers.Flatten(name="head_flatten")(x)
-    x = common.torch_default_dense(FEATURE_DIM, x.shape[-1], "head_dense")(x)
-    features = common.batch_norm("feature_bn")(x)
+    if head_dense_xavier:
+        dense = keras.layers.Dense(
+            FEATURE_DIM, kernel_initializer=common.xavier_uniform(), name="head_dense"
+        )
+    else:
+        dense = common.torch_default_dense(FEATURE_DIM, x.shape[-1], "head_dense")
+    features = common.batch_norm("feature_bn")(dense(x))
     return common.classifier_model(inputs, features, num_classes, weights, name)
+
+
+@keras.saving.register_keras_serializable(package="trapmid_tf")
+class BilinearResize(keras.layers.Layer):
+    """Bilinear resize of NHWC images to a fixed size, as PyTorch's `F.interpolate`.
+
+    `align_corners=True` maps the corner pixels of input and output onto each other (PyTorch
+    `align_corners=True`, kornia's `augmentation.Resize` default); False uses half-pixel
+    centres (PyTorch `align_corners=False`, `tf.image.resize`, and PIL's bilinear upscaling).
+    No antialiasing. Differentiable with respect to the images.
+
+    Args:
+        height: Output height, >= 1.
+        width: Output width, >= 1.
+        align_corners: Whether corner pixels are aligned (see above).
+        **kwargs: Standard layer arguments.
+    """
+
+    def __init__(self, height, width, align_corners, **kwargs):
+        super().__init__(**kwargs)
+        common.check_positive_int("height", height)
+        common.check_positive_int("width", width)
+        if not isinstance(align_corners, bool):
+            raise ValueError(f"`align_corners` must be True or False; received {align_corners!r}.")
+        self.height, self.width, self.align_corners = int(height), int(width), align_corners
+
+    def call(self, images):
+        """Resizes the images.
+
+        Args:
+            images: Float NHWC images.
+
+        Returns:
+            The images at `(height, width)`, float32.
+        """
+        return tf.raw_ops.ResizeBilinear(
+            images=images,
+            size=[self.height, self.width],
+            align_corners=self.align_corners,
+            half_pixel_centers=not self.align_corners,
+        )
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.height, self.width, input_shape[-1])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(height=self.height, width=self.width, align_corners=self.align_corners)
+        return config
 
 
 def facenet64(input_shape, num_classes, weights=None, name="facenet64", dropout_seed=None):
@@ -121,4 +186,47 @@ def ir152(input_shape, num_classes, weights=None, name="ir152", dropout_seed=Non
     """
     return _ir_classifier(
         "ir152", IR152_UNITS, input_shape, num_classes, weights, name, dropout_seed
+    )
+
+
+def facenet_eval(
+    input_shape, num_classes, weights=None, name="facenet_eval", dropout_seed=None,
+    align_corners=True,
+):
+    """Builds the reference's face evaluation classifier ("FaceNet": IR-50 at 112x112).
+
+    The input (64x64 in the reference's attacks) is first resized to 112x112 bilinearly inside
+    the model (`BilinearResize`), then goes through the IR-50 body (512x7x7) and the head
+    BN2d -> Dropout(0.5) -> Flatten -> Dense(512) -> BN1d (the 512-d feature) -> Dense logits.
+    The body convs and the head Dense are Xavier-uniform (face.evoLVe's 112x112 backbone
+    initialises its own head Dense too); the logits Dense uses PyTorch's default. Layer names
+    are those of `facenet64`, so `load_torch_weights(..., architecture="facenet_eval")` maps
+    KED-MI's `FaceNet_95.88.tar`.
+
+    How the reference resizes: PLG-MI's attack accuracy and every KNN distance call kornia's
+    `augmentation.Resize((112, 112))`, bilinear with `align_corners=True` (the default here);
+    the GMI / KED-MI / LOMMA accuracies go through `low2high`, which truncates to uint8, resizes
+    with PIL bilinear (half-pixel centres: `align_corners=False`) and rounds to uint8 again. The
+    uint8 steps are not part of this model.
+
+    Args:
+        input_shape: (height, width, channels) of the images given to the model.
+        num_classes: Number of logits, >= 1 (1000 CelebA identities in the reference).
+        weights: None, or a local `.weights.h5` / `.keras` file to load after building.
+        name: Model name.
+        dropout_seed: Optional int seed of the head dropout, for reproducible training.
+        align_corners: The resize's corner convention; see above.
+
+    Returns:
+        A functional `keras.Model` mapping float32 images in [0, 1] to logits; the final Dense is
+        named "logits" and its input is the 512-d feature.
+
+    Raises:
+        ValueError: On a bad `input_shape`, `num_classes` or `align_corners`.
+        FileNotFoundError: If `weights` names a missing file.
+    """
+    resize = BilinearResize(EVALUATION_SIDE, EVALUATION_SIDE, align_corners, name="resize")
+    return _ir_classifier(
+        "facenet_eval", IR50_UNITS, input_shape, num_classes, weights, name, dropout_seed,
+        resize=resize, min_size=1, head_dense_xavier=True,
     )
