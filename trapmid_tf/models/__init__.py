@@ -1,5 +1,6 @@
 """Classifier zoo (logit outputs), the feature-extractor convention, and GAN networks.
 
+PyTorch checkpoints of the reference's architectures load with `load_torch_weights`.
 Zoo convolutions are `FastGradConv2D`; `plain_keras_copy` makes a deployable copy of
 standard Keras layers and `load_classifier` / `fast_gradient_copy` the reverse, for attacks.
 """
@@ -24,12 +25,19 @@ from trapmid_tf.models.gan import (
     minibatch_discriminator,
     wgan_critic,
 )
-from trapmid_tf.models.irse import facenet64, ir152
+from trapmid_tf.models.irse import BilinearResize, facenet64, facenet_eval, ir152
 from trapmid_tf.models.resnet import ir18
 from trapmid_tf.models.small_cnn import small_cnn
+from trapmid_tf.models.torch_checkpoint import read_torch_checkpoint, state_dict_from_checkpoint
+from trapmid_tf.models.torch_weights import (
+    assign_torch_state_dict,
+    load_torch_weights,
+    torch_state_dict_shapes,
+)
 from trapmid_tf.models.vgg import vgg16_bn
 
 __all__ = [
+    "BilinearResize",
     "ConditionalBatchNorm",
     "FastGradConv2D",
     "MinibatchDiscrimination",
@@ -43,11 +51,17 @@ __all__ = [
     "resnet_generator",
     "sn_projection_discriminator",
     "wgan_critic",
+    "assign_torch_state_dict",
     "facenet64",
+    "facenet_eval",
     "feature_extractor",
     "features_and_logits",
     "ir152",
     "ir18",
+    "load_torch_weights",
+    "read_torch_checkpoint",
     "small_cnn",
+    "state_dict_from_checkpoint",
+    "torch_state_dict_shapes",
     "vgg16_bn",
 ]
