@@ -5,13 +5,14 @@ are small versions of the reference networks; the Keras models are built the sam
 patching the zoo's width tables (the builders read them at call time).
 
 Tolerance: every output is compared at 1e-4 absolute. The networks hold O(1) activations (BN
-statistics calibrated on the inputs, |logits| <= ~10) and run in float32 (unit roundoff
-u = 6e-8). A length-n dot product of O(1) terms is off by at most ~n·u (~1e-4 for the largest
-n here, 25·8·... <= 2000 terms) and by ~sqrt(n)·u ~ 3e-6 typically; over the ~15-30 layers
-the rounding errors add up in a random walk, giving a few 1e-6 on the outputs (measured: at
-most 8e-6), while any mapping error (a transposed kernel, a permuted channel, a wrong BN
-term) moves outputs by O(0.1-1). 1e-4 is thus ten times the expected float32 noise and three
-orders below a mapping error.
+statistics calibrated on random inputs, |logits| <= ~10) and run in float32 (unit roundoff
+u = 6e-8). The longest dot products here have n <= 1600 terms (facenet_eval's head Dense,
+32·7·7 inputs; the GMI generator's first 5x5 conv-transpose, 64·25): their rounding error is
+at most ~n·u = 1e-4 in the worst case and ~sqrt(n)·u = 2.4e-6 typically. Over the 15-30
+layers these errors add up like a random walk, a few 1e-6 on the outputs (measured: at most
+8e-6), while any mapping error (a transposed kernel, a permuted channel, a wrong BN term)
+moves the outputs by O(0.1-1). 1e-4 is ten times the expected float32 noise and three orders
+of magnitude below a mapping error.
 """
 
 import json
