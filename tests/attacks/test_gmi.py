@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from keras import ops
 
 from tests.attacks.test_inversion import (
@@ -136,3 +137,30 @@ def test_xla_compiled_loop_gives_the_same_result(networks):
     plain, compiled = invert(networks, 20), invert(networks, 20, jit_compile=True)
     np.testing.assert_allclose(compiled.latents, plain.latents, atol=1e-5)
     np.testing.assert_allclose(compiled.images, plain.images, atol=1e-5)
+
+
+def test_each_latent_steps_as_in_its_reference_batch_of_60(networks):
+    """130 identities: the reference runs batches of 60, 60 and 10, each on its batch mean."""
+    generator, critic, target = networks
+    classes = [i % 3 for i in range(130)]
+    start = GMIAttack(generator, critic, iterations=0).invert(target, classes, 1, 4, 0).latents
+    stepped = GMIAttack(generator, critic, iterations=1).invert(target, classes, 1, 4, 0).latents
+    # The reference's first step from v = 0: z <- clip(z + 1.9 * (-0.02 * grad)), where grad
+    # is that of its own batch's mean objective; written here batch by batch with a tape.
+    expected = []
+    for batch in (slice(0, 60), slice(60, 120), slice(120, 130)):
+        z = tf.Variable(start[batch])
+        labels = np.asarray(classes[batch])
+        with tf.GradientTape() as tape:
+            images = generator(z)
+            realness = critic(images)[:, 0]
+            cross_entropy = keras.losses.sparse_categorical_crossentropy(
+                labels, target(images), from_logits=True
+            )
+            loss = -tf.reduce_mean(realness) + 100.0 * tf.reduce_mean(cross_entropy)
+        expected.append(np.clip(start[batch] - 1.9 * 0.02 * tape.gradient(loss, z), -1, 1))
+    # float32 gradients of the same sums in another order: a few ulps of the step.
+    np.testing.assert_allclose(stepped, np.concatenate(expected), rtol=0, atol=1e-6)
+    # The steps are long enough that dividing by all 130 identities (steps 60/130 as long)
+    # would fail the comparison above by far.
+    assert np.abs(stepped[:60] - start[:60]).max() > 1e-4

@@ -1,7 +1,9 @@
 """Tests for the KED-MI distributional inversion."""
 
+import keras
 import numpy as np
 import pytest
+from keras import ops
 
 from tests.attacks.test_inversion import (
     Z_DIM,
@@ -13,7 +15,7 @@ from tests.attacks.test_inversion import (
     tiny_head,
     to_numpy,
 )
-from trapmid_tf.attacks.kedmi import KEDMIAttack
+from trapmid_tf.attacks.kedmi import KEDMIAttack, discriminator_groups, grouped_logits
 
 CLASSES = [1, 2, 0]
 
@@ -96,3 +98,30 @@ def test_xla_compiled_loop_with_per_step_noise_runs(networks):
     result = invert(networks, 10, seed=1, jit_compile=True)
     check_result(result, CLASSES, 2, (2, Z_DIM))
     assert np.all(np.isfinite(result.latents))
+
+
+def test_discriminator_sees_interleaved_groups_of_its_training_batch_size():
+    # 3 identities x 3 restarts, identity-major: images 0-2 are identity 0. Restart-major
+    # order is 0 3 6 1 4 7 2 5 8; groups of 4, the last filled from the start of that order.
+    groups, inverse = discriminator_groups(9, per_class=3, group_size=4)
+    assert groups.tolist() == [[0, 3, 6, 1], [4, 7, 2, 5], [8, 0, 3, 6]]
+    assert np.concatenate(groups)[inverse].tolist() == list(range(9))
+    # Smaller than one training batch: one group, nothing repeated.
+    assert discriminator_groups(4, per_class=2, group_size=64)[0].tolist() == [[0, 2, 1, 3]]
+
+
+def test_grouped_logits_are_the_discriminator_on_each_group():
+    # A "discriminator" whose output depends on its batch: x minus the batch mean of x.
+    images = keras.Input((1,))
+    centred = keras.layers.Lambda(lambda x: x - ops.mean(x, axis=0, keepdims=True))(images)
+    discriminator = keras.Model(images, centred)
+    values = np.arange(9, dtype=np.float32)[:, None] ** 2
+    groups, inverse = discriminator_groups(9, per_class=3, group_size=4)
+    got = to_numpy(grouped_logits(discriminator, values, groups, inverse))
+    # By hand: each image's output is from the first group it appears in; the images wrapped
+    # into the last group (0, 3, 6) only fill it.
+    first = {}
+    for group in groups:
+        for index in group:
+            first.setdefault(int(index), values[index, 0] - values[group, 0].mean())
+    np.testing.assert_allclose(got[:, 0], [first[i] for i in range(9)], rtol=1e-6)

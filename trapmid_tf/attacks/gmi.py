@@ -18,7 +18,8 @@ from trapmid_tf.attacks.inversion import (
     check_positive_float,
     cross_entropy_identity_loss,
     latent_variable,
-    sum_over_restarts,
+    REFERENCE_IDENTITIES_PER_BATCH,
+    reference_batch_sum,
 )
 
 LATENT_BOUND = 1.0
@@ -52,9 +53,10 @@ class GMIAttack(InversionAttack):
     Per restart, z ~ N(0, I) is optimised for `iterations` steps of
     `-mean D(G(z)) + identity_weight * identity_loss` with
     `v' = momentum v - lr grad; z <- z - momentum v + (1 + momentum) v'; z <- clip(z, -1, 1)`.
-    The reference runs five seeds with one image per identity each; here the `per_class`
-    restarts of all identities form one batch, and the loss is the identities' mean summed over
-    restarts, so every z moves exactly as in a reference run over the same identities.
+    The reference runs five seeds with one image per identity each, in batches of 60
+    identities; here the `per_class` restarts of all identities form one batch, and each image's
+    loss is weighted as in its reference batch (`reference_batch_sum`), so every z moves exactly
+    as in a reference run, however many identities are attacked at once.
     Generator, critic and target run in inference mode.
 
     Args:
@@ -68,6 +70,7 @@ class GMIAttack(InversionAttack):
             (batch,) losses)` that replaces it (LOMMA uses this).
         chunk_size: Steps per compiled call.
         jit_compile: Whether to compile the optimisation with XLA.
+        identities_per_batch: The reference's identities per inversion batch (60).
 
     The result's latents are the final z, shape `(images, z_dim)`.
     """
@@ -84,8 +87,9 @@ class GMIAttack(InversionAttack):
         identity_loss=None,
         chunk_size=100,
         jit_compile=False,
+        identities_per_batch=REFERENCE_IDENTITIES_PER_BATCH,
     ):
-        super().__init__(iterations, chunk_size, jit_compile)
+        super().__init__(iterations, chunk_size, jit_compile, identities_per_batch)
         self.z_dim = check_generator(generator)
         check_network("critic", critic)
         check_positive_float("learning_rate", learning_rate)
@@ -109,7 +113,7 @@ class GMIAttack(InversionAttack):
             images = self.generator(z, training=False)
             realness = ops.reshape(self.critic(images, training=False), (-1,))
             per_image = -realness + self.identity_weight * identity(images, labels)
-            return sum_over_restarts(per_image, num_identities)
+            return reference_batch_sum(per_image, num_identities, self.identities_per_batch)
 
         def finish():
             return self.generator(z, training=False), z.numpy()

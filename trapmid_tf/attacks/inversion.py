@@ -223,14 +223,53 @@ def cross_entropy_identity_loss(target):
     return loss
 
 
-def sum_over_restarts(per_image_losses, num_identities):
-    """Mean over the identities of each restart, summed over restarts.
+REFERENCE_IDENTITIES_PER_BATCH = 60  # the reference inverts identities 0-299 in batches of 60
 
-    The reference optimises one restart (a batch of identities) at a time on the batch mean;
-    dividing the batch sum by the number of identities gives every latent the gradient it has
-    there, which matters for the plain momentum update of GMI.
+
+def reference_batch_weights(num_identities, per_class, identities_per_batch):
+    """Per-image weights that give every latent the gradient it has in the reference.
+
+    The reference inverts consecutive identities in batches of `identities_per_batch` (the
+    last batch may be smaller), one image per identity and restart, and minimises the batch
+    mean. Here all identities and restarts form one batch (identity-major); weighting each
+    image by one over the size of its identity's reference batch, and summing, gives each
+    latent exactly the reference's gradient, however many identities share our batch.
+
+    Args:
+        num_identities: Number of identities in the batch.
+        per_class: Images (restarts) per identity; the batch is identity-major.
+        identities_per_batch: The reference's identities per batch, >= 1.
+
+    Returns:
+        float32 array `(num_identities * per_class,)`.
+
+    Example:
+        >>> reference_batch_weights(3, 2, identities_per_batch=2).tolist()
+        [0.5, 0.5, 0.5, 0.5, 1.0, 1.0]
     """
-    return ops.sum(per_image_losses) / num_identities
+    check_positive_int("identities_per_batch", identities_per_batch)
+    batch_of_identity = np.arange(num_identities) // identities_per_batch
+    batch_sizes = np.bincount(batch_of_identity)
+    weights = 1.0 / batch_sizes[batch_of_identity]
+    return np.repeat(weights, per_class).astype(np.float32)
+
+
+def reference_batch_sum(per_image_losses, num_identities, identities_per_batch):
+    """Sum of per-image losses weighted by `reference_batch_weights` (identity-major batch).
+
+    Args:
+        per_image_losses: `(num_identities * per_class,)` losses.
+        num_identities: Number of identities in the batch.
+        identities_per_batch: The reference's identities per batch.
+
+    Returns:
+        A scalar tensor whose gradient moves each latent as the reference's batch mean does.
+    """
+    count = int(per_image_losses.shape[0])
+    weights = reference_batch_weights(
+        num_identities, count // num_identities, identities_per_batch
+    )
+    return ops.sum(per_image_losses * weights)
 
 
 class InversionAttack:
@@ -245,13 +284,24 @@ class InversionAttack:
         jit_compile: Whether to compile the optimisation with XLA (off by default: XLA is
             slow to compile on CPU). XLA draws other (equally seeded) random numbers than
             TensorFlow's kernels, so attacks with per-step noise give other results with it.
+        identities_per_batch: The reference's identities per batch (60), which sets each
+            latent's step size where the update is not scale-free (see
+            `reference_batch_weights`).
     """
 
     image_shape = None
 
-    def __init__(self, iterations, chunk_size=100, jit_compile=False):
+    def __init__(
+        self,
+        iterations,
+        chunk_size=100,
+        jit_compile=False,
+        identities_per_batch=REFERENCE_IDENTITIES_PER_BATCH,
+    ):
         check_non_negative_int("iterations", iterations)
         check_positive_int("chunk_size", chunk_size)
+        check_positive_int("identities_per_batch", identities_per_batch)
+        self.identities_per_batch = int(identities_per_batch)
         self.iterations = int(iterations)
         self.chunk_size = int(chunk_size)
         self.jit_compile = bool(jit_compile)

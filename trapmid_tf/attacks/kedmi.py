@@ -7,6 +7,7 @@ the images are then fresh samples of the learnt distributions.
 """
 
 import keras
+import numpy as np
 from keras import ops
 
 from trapmid_tf.attacks import gmi
@@ -19,10 +20,12 @@ from trapmid_tf.attacks.inversion import (
     check_positive_float,
     cross_entropy_identity_loss,
     latent_variable,
-    sum_over_restarts,
+    REFERENCE_IDENTITIES_PER_BATCH,
+    reference_batch_sum,
 )
 from trapmid_tf.models.common import check_positive_int
 
+REFERENCE_BATCH_SIZE = 64  # the batch the reference trains KED-MI's discriminator with
 INITIAL_LOG_VARIANCE = 1.0  # The reference initialises log sigma^2 to 1 (not 0).
 ADAM_EPSILON = 1e-8  # PyTorch's Adam default.
 
@@ -34,6 +37,57 @@ def kedmi_prior_loss(logits):
     the reference's `softplus(lse) - lse` equals `softplus(-lse) = -log p(real)`.
     """
     return ops.softplus(-ops.logsumexp(logits, axis=-1))
+
+
+def discriminator_groups(num_images, per_class, group_size):
+    """Index groups in which KED-MI's discriminator sees an inversion batch.
+
+    Minibatch discrimination compares each image with the others of its batch, so the
+    discriminator must see batches of the size it was trained with, holding different
+    identities as the reference's batches do. The identity-major batch is read restart by
+    restart (identities interleaved) and cut into groups of `group_size`; a short last group is
+    filled with the first images of that order. A batch smaller than `group_size` is one group
+    (the reference's 60 identities are likewise one batch, not padded).
+
+    Args:
+        num_images: Images in the identity-major batch.
+        per_class: Images per identity.
+        group_size: The discriminator's training batch size, >= 1.
+
+    Returns:
+        `(groups, inverse)`: int arrays; `groups` has shape `(num_groups, size)` (image indices
+        per group); the discriminator outputs of the flattened groups, taken at `inverse`, are
+        in the batch's order.
+
+    Example:
+        >>> groups, inverse = discriminator_groups(6, per_class=2, group_size=4)
+        >>> groups.tolist(), inverse.tolist()
+        ([[0, 2, 4, 1], [3, 5, 0, 2]], [0, 3, 1, 4, 2, 5])
+    """
+    check_positive_int("group_size", group_size)
+    order = np.arange(num_images).reshape(-1, per_class).T.reshape(-1)
+    size = min(group_size, num_images)
+    num_groups = -(-num_images // size)
+    groups = order[np.arange(num_groups * size) % num_images].reshape(num_groups, size)
+    inverse = np.argsort(order)
+    return groups, inverse
+
+
+def grouped_logits(discriminator, images, groups, inverse):
+    """The discriminator's logits of `images`, computed group by group (`discriminator_groups`).
+
+    Args:
+        discriminator: Maps a batch of images to `(batch, classes)` logits.
+        images: The batch `(num_images, H, W, C)`.
+        groups, inverse: What `discriminator_groups` returned for this batch.
+
+    Returns:
+        Logits `(num_images, classes)` in the batch's order.
+    """
+    outputs = [
+        discriminator(ops.take(images, group, axis=0), training=False) for group in groups
+    ]
+    return ops.take(ops.concatenate(outputs, axis=0), inverse, axis=0)
 
 
 class KEDMIAttack(InversionAttack):
@@ -48,8 +102,10 @@ class KEDMIAttack(InversionAttack):
     `invert` learns `per_class / samples_per_distribution` distributions per class. The default
     (one distribution per image) treats the `per_class` images as restarts; the reference learns
     one distribution per identity and draws 5 images from it (`samples_per_distribution=5` with
-    `per_class=5`). All distributions are optimised in one batch; the discriminator's minibatch
-    features therefore see the whole batch rather than the reference's 60 identities.
+    `per_class=5`). All distributions are optimised in one batch, each weighted as in its
+    reference batch of 60 identities (`reference_batch_sum`); the discriminator sees that batch
+    in groups of the size it was trained with (`discriminator_groups`), so its minibatch
+    features compare the same number of images as in training.
 
     Args:
         generator: Unconditional generator, `(batch, z_dim)` latents to images in [0, 1].
@@ -65,6 +121,9 @@ class KEDMIAttack(InversionAttack):
             (batch,) losses)` that replaces it (LOMMA uses this).
         chunk_size: Steps per compiled call.
         jit_compile: Whether to compile the optimisation with XLA.
+        discriminator_batch_size: The batch size the discriminator was trained with
+            (reference 64).
+        identities_per_batch: The reference's identities per inversion batch (60).
 
     The result's latents have shape `(images, 2, z_dim)`: `[:, 0]` is the mu and `[:, 1]` the
     log sigma^2 of the distribution each image was drawn from.
@@ -83,8 +142,12 @@ class KEDMIAttack(InversionAttack):
         identity_loss=None,
         chunk_size=100,
         jit_compile=False,
+        discriminator_batch_size=REFERENCE_BATCH_SIZE,
+        identities_per_batch=REFERENCE_IDENTITIES_PER_BATCH,
     ):
-        super().__init__(iterations, chunk_size, jit_compile)
+        super().__init__(iterations, chunk_size, jit_compile, identities_per_batch)
+        check_positive_int("discriminator_batch_size", discriminator_batch_size)
+        self.discriminator_batch_size = int(discriminator_batch_size)
         self.z_dim = check_generator(generator)
         check_network("discriminator", discriminator)
         check_positive_float("learning_rate", learning_rate)
@@ -114,6 +177,9 @@ class KEDMIAttack(InversionAttack):
         )
         distribution_labels = labels[::draws]
         identity = self.identity_loss(target)
+        groups, inverse = discriminator_groups(
+            shape[0], per_class // draws, self.discriminator_batch_size
+        )
 
         def generate(mu, log_var):
             epsilon = keras.random.normal(ops.shape(mu), seed=seed_generator)
@@ -124,10 +190,11 @@ class KEDMIAttack(InversionAttack):
 
         def loss():
             images = generate(mean, log_variance)
-            prior = kedmi_prior_loss(self.discriminator(images, training=False))
+            logits = grouped_logits(self.discriminator, images, groups, inverse)
+            prior = kedmi_prior_loss(logits)
             identity_term = identity(images, distribution_labels)
             per_image = prior + self.identity_weight * identity_term
-            return sum_over_restarts(per_image, num_identities)
+            return reference_batch_sum(per_image, num_identities, self.identities_per_batch)
 
         def finish():
             mu = ops.repeat(mean.value, draws, axis=0)
