@@ -7,9 +7,10 @@ Example:
     python recipes/attack.py --target=runs/none/classifier.keras --attacks=gmi,plgmi \\
         --gmi_prior=runs/priors/gmi --plgmi_prior=runs/none/priors/plgmi --out=runs/none/attacks
 
-Writes into --out/<attack>/: reconstructions.npz (`images`, `labels`, `latents`, and
+Writes into --out/<attack>/: reconstructions.npz (`images`, `labels`, `latents`,
 `initial_images`: the un-optimised starting samples, which measure the attack's chance
-level) and stage.json; finished attacks with the same flags are reused unless --overwrite.
+level, and `iterations`: the optimisation steps that ran) and stage.json; finished attacks
+with the same flags are reused unless --overwrite.
 With --evaluation_model=PATH (any saved Keras classifier, e.g. the face FaceNet; see
 recipes/evaluate.py), each attack's reconstructions are also judged at once, as the
 reference's attack scripts do: attack_accuracy.json holds aa1 and aa5 (top-1/top-5).
@@ -33,26 +34,27 @@ def run_attack(name, target, priors, settings, out, overwrite=False):
         target: The attacked classifier.
         priors: Dict of the priors it needs (see `suite.build_attack`).
         settings: Dict with num_classes, per_class, seed, iterations, plgmi_iterations,
-            mi_face_iterations (and anything else identifying the target and priors; all of it
-            goes into stage.json).
+            mi_face_iterations, kedmi_batch_size (and anything else identifying the target and
+            priors; all of it goes into stage.json).
         out: The attack's folder.
         overwrite: Rerun even if `out` holds a finished run with the same settings.
 
     Returns:
-        Dict of numpy arrays: images, labels, latents, initial_images.
+        Dict of numpy arrays: images, labels, latents, initial_images, iterations.
     """
     import numpy as np
     from trapmid_tf.attacks import suite
     from trapmid_tf.files import atomic_path, build_or_reuse
 
     path = os.path.join(out, RECONSTRUCTIONS_FILE)
-    budget = suite.InversionSettings(
-        settings["iterations"], settings["plgmi_iterations"], settings["mi_face_iterations"]
+    budget = dict(kedmi_batch_size=settings["kedmi_batch_size"])
+    steps = suite.InversionSettings(
+        settings["iterations"], settings["plgmi_iterations"], settings["mi_face_iterations"],
+        **budget,
     )
     classes = range(settings["num_classes"])
 
-    def invert(inversion_settings, verbose):
-        attack = suite.build_attack(name, priors, inversion_settings)
+    def invert(attack, verbose):
         return attack.invert(
             target, classes, per_class=settings["per_class"], seed=settings["seed"],
             verbose=verbose,
@@ -60,12 +62,16 @@ def run_attack(name, target, priors, settings, out, overwrite=False):
 
     def build():
         logging.info("attack %s: %d classes x %d", name, len(classes), settings["per_class"])
-        initial = invert(suite.InversionSettings(0, 0, 0), verbose=0)
-        result = invert(budget, verbose=1)
+        initial = invert(
+            suite.build_attack(name, priors, suite.InversionSettings(0, 0, 0, **budget)), 0
+        )
+        attack = suite.build_attack(name, priors, steps)
+        result = invert(attack, verbose=1)
         with atomic_path(path) as temporary:
             np.savez(
                 temporary, images=result.images, labels=result.labels,
                 latents=result.latents, initial_images=initial.images,
+                iterations=attack.iterations,
             )
         return load()
 
@@ -110,6 +116,8 @@ def define_flags():
     flags.DEFINE_integer("iterations", None, "Latent attacks' steps (default: reference 1500).")
     flags.DEFINE_integer("plgmi_iterations", None, "PLG-MI steps (default: reference 600).")
     flags.DEFINE_integer("mi_face_iterations", None, "MI-Face steps (default 1000).")
+    flags.DEFINE_integer("kedmi_batch_size", 64,
+                         "Batch size the KED-MI prior was trained with (reference 64).")
     flags.DEFINE_string("evaluation_model", None,
                         "Saved Keras classifier (.keras) that judges each attack's "
                         "reconstructions at once (attack_accuracy.json); optional.")
@@ -162,6 +170,7 @@ def main(argv):
         target=os.path.abspath(FLAGS.target), num_classes=num_classes,
         per_class=FLAGS.per_class, seed=FLAGS.seed, iterations=FLAGS.iterations,
         plgmi_iterations=FLAGS.plgmi_iterations, mi_face_iterations=FLAGS.mi_face_iterations,
+        kedmi_batch_size=FLAGS.kedmi_batch_size,
     )
     write_json(os.path.join(FLAGS.out, "flags.json"), dict(settings, attacks=attacks))
     for name in attacks:

@@ -5,12 +5,15 @@ soft labels), plgmi (conditional GAN on the target's top-n pseudo-labelled publi
 lomma (surrogate models distilled from the target, and its mean public feature p_reg).
 
 Example:
-    python recipes/train_prior.py --prior=gmi --epochs=60 --out=runs/priors/gmi
+    python recipes/train_prior.py --prior=gmi --steps=2000 --out=runs/priors/gmi
     python recipes/train_prior.py --prior=plgmi --target=runs/none/classifier.keras \\
         --out=runs/none/priors/plgmi
 
-Writes into --out: flags.json, the networks (`trapmid_tf.attacks.suite.save_prior`) and
-stage.json when finished; a finished --out made with the same flags is reused unless
+Budgets are optimiser steps (--steps: generator steps of the GAN priors, each after
+--n_critic opponent steps; distillation steps of each LOMMA surrogate).
+
+Writes into --out: flags.json, the networks and steps.json with the steps actually run
+(`trapmid_tf.attacks.suite.save_prior`) and stage.json when finished; a finished --out made with the same flags is reused unless
 --overwrite.
 """
 
@@ -22,7 +25,7 @@ PRIORS = ("gmi", "kedmi", "plgmi", "lomma")
 
 FLAGS = flags.FLAGS
 
-SETTING_NAMES = ("dataset", "data_dir", "public_split", "prior", "target", "epochs", "batch_size",
+SETTING_NAMES = ("dataset", "data_dir", "public_split", "prior", "target", "steps", "batch_size",
                  "base_channels", "top_n", "n_critic", "seed")
 
 
@@ -47,7 +50,7 @@ def check_settings(settings):
         raise ValueError("--prior=gmi does not depend on a target; --target must not be set.")
     if settings.get("target") and not os.path.isfile(settings["target"]):
         raise ValueError(f"--target {settings['target']!r} is not an existing .keras file.")
-    for key in ("epochs", "batch_size", "base_channels", "top_n", "n_critic"):
+    for key in ("steps", "batch_size", "base_channels", "top_n", "n_critic"):
         if settings[key] < 1:
             raise ValueError(f"--{key} must be >= 1; received {settings[key]}.")
 
@@ -59,8 +62,8 @@ def train_prior(name, public, target, settings, out, overwrite=False):
         name: One of `PRIORS`.
         public: Unbatched dataset of public images.
         target: The attacked classifier, or None for "gmi".
-        settings: Dict with epochs, batch_size, base_channels, top_n, n_critic, seed; stored in
-            stage.json, together with anything else it holds.
+        settings: Dict with steps, batch_size, base_channels, top_n, n_critic (PLG-MI's
+            n_dis), seed; stored in stage.json, together with anything else it holds.
         out: Output folder.
         overwrite: Retrain even if `out` holds a finished prior with the same settings.
 
@@ -72,20 +75,22 @@ def train_prior(name, public, target, settings, out, overwrite=False):
     from trapmid_tf.files import build_or_reuse
 
     def build():
+        steps = settings["steps"]
         common = dict(batch_size=settings["batch_size"], seed=settings["seed"])
         gan = dict(common, base_channels=settings["base_channels"])
         critic = dict(gan, n_critic=settings["n_critic"])
         if name == "gmi":
-            prior = suite.train_gmi_prior(public, settings["epochs"], **critic)
+            prior = suite.train_gmi_prior(public, steps, **critic)
         elif name == "kedmi":
-            prior = suite.train_kedmi_prior(public, target, settings["epochs"], **critic)
+            prior = suite.train_kedmi_prior(public, target, steps, **critic)
         elif name == "plgmi":
             images = np.stack(list(public.as_numpy_iterator()))
             prior = suite.train_plgmi_prior(
-                images, target, settings["epochs"], top_n=settings["top_n"], **gan
+                images, target, steps, top_n=settings["top_n"], n_dis=settings["n_critic"],
+                **gan,
             )
         else:
-            prior = suite.train_lomma_surrogates(public, target, settings["epochs"], **common)
+            prior = suite.train_lomma_surrogates(public, target, steps, **common)
         suite.save_prior(name, prior, out)
         return suite.load_prior(name, out)
 
@@ -106,11 +111,15 @@ def define_flags():
     flags.DEFINE_enum("prior", None, PRIORS, "Prior to train.")
     flags.DEFINE_string("target", None,
                         "Attacked classifier (.keras); needed by kedmi, plgmi, lomma.")
-    flags.DEFINE_integer("epochs", 60, "Training epochs.")
+    flags.DEFINE_integer("steps", 2000,
+                         "Generator steps (gmi, kedmi, plgmi) or distillation steps per "
+                         "surrogate (lomma); the reference's are in "
+                         "trapmid_tf.attacks.REFERENCE_BUDGETS.")
     flags.DEFINE_integer("batch_size", 64, "Batch size.")
     flags.DEFINE_integer("base_channels", 64, "Width of the GAN networks (reference 64).")
     flags.DEFINE_integer("top_n", 30, "plgmi: public images pseudo-labelled per class.")
-    flags.DEFINE_integer("n_critic", 5, "gmi, kedmi: opponent steps per generator step.")
+    flags.DEFINE_integer("n_critic", 5,
+                         "gmi, kedmi, plgmi: opponent steps per generator step (reference 5).")
     flags.DEFINE_integer("seed", 0, "Seed.")
     flags.DEFINE_string("out", None, "Output folder.")
     flags.DEFINE_bool("overwrite", False, "Retrain even if --out holds a finished prior.")

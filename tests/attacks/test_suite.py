@@ -38,25 +38,39 @@ def target():
 
 @pytest.fixture(scope="module")
 def trained(public, target):
-    """Every prior after one epoch, narrow networks."""
+    """Every prior after a few steps (more than one pass of the 16 images), narrow networks."""
     gan = dict(batch_size=8, base_channels=4, verbose=0)
     return {
-        "gmi": suite.train_gmi_prior(public, 1, **gan),
-        "kedmi": suite.train_kedmi_prior(public, target, 1, **gan),
+        "gmi": suite.train_gmi_prior(public, 2, n_critic=3, **gan),
+        "kedmi": suite.train_kedmi_prior(public, target, 3, n_critic=1, **gan),
         "plgmi": suite.train_plgmi_prior(
-            np.stack(list(public.as_numpy_iterator())), target, 1, top_n=4, **gan
+            np.stack(list(public.as_numpy_iterator())), target, 2, top_n=4, n_dis=2, **gan
         ),
         "lomma": suite.train_lomma_surrogates(
-            public, target, 1, students=[small_cnn(SHAPE, 3, width=2, feature_dim=4)],
+            public, target, 3, students=[small_cnn(SHAPE, 3, width=2, feature_dim=4)],
             batch_size=8, verbose=0,
         ),
     }
 
 
-def test_gmi_prior_takes_steps(trained):
-    prior = trained["gmi"]
-    assert prior.optimizer.iterations.numpy() == 2  # 16 images, batches of 8
-    assert prior.generator.output_shape[1:] == SHAPE
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        # generator steps x opponent steps per generator step, across passes of the data
+        ("gmi", {"generator_steps": 2, "opponent_steps": 6}),
+        ("kedmi", {"generator_steps": 3, "opponent_steps": 3}),
+        ("plgmi", {"generator_steps": 2, "opponent_steps": 4}),
+        ("lomma", {"distillation_steps": [3]}),
+    ],
+)
+def test_priors_take_the_steps_asked_and_record_them(trained, tmp_path, name, expected):
+    assert suite.training_steps(trained[name]) == expected
+    suite.save_prior(name, trained[name], str(tmp_path))
+    assert suite.load_training_steps(str(tmp_path)) == expected
+
+
+def test_gmi_prior_generates_public_shaped_images(trained):
+    assert trained["gmi"].generator.output_shape[1:] == SHAPE
 
 
 def test_lomma_p_reg_is_the_mean_public_feature(trained, public, target):

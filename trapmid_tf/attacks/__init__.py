@@ -16,6 +16,7 @@ from trapmid_tf.attacks.plgmi_prior import PLGMIPrior, margin_loss, plgmi_augmen
 from trapmid_tf.attacks.priors import GMIPrior, KEDMIPrior, kedmi_batches
 from trapmid_tf.attacks.suite import (
     ATTACKS,
+    REFERENCE_BUDGETS,
     InversionSettings,
     build_attack,
     load_prior,
@@ -25,6 +26,7 @@ from trapmid_tf.attacks.suite import (
     train_kedmi_prior,
     train_lomma_surrogates,
     train_plgmi_prior,
+    training_steps,
 )
 from trapmid_tf.attacks.trigger_recovery import TriggerRecoveryAttack, compare_with_triggers
 
@@ -32,6 +34,7 @@ __all__ = [
     "ATTACKS",
     "AttackResult",
     "BREPMIAttack",
+    "REFERENCE_BUDGETS",
     "GMIAttack",
     "GMIPrior",
     "HardLabelOracle",
@@ -62,4 +65,5 @@ __all__ = [
     "train_kedmi_prior",
     "train_lomma_surrogates",
     "train_plgmi_prior",
+    "training_steps",
 ]

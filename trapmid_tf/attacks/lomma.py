@@ -154,6 +154,11 @@ class LOMMAAttack:
             self.attack = KEDMIAttack(generator, discriminator, clip_latents=True, **common)
         self.base = base
 
+    @property
+    def iterations(self):
+        """The optimisation steps of the inversion."""
+        return self.attack.iterations
+
     def identity_loss(self, target):
         """Returns LOMMA's per-image identity loss for `target`.
 

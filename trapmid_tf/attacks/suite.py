@@ -1,6 +1,6 @@
 """The attack suite by name: the priors each attack needs, how to train them, the inversions.
 
-    priors = {"gmi": train_gmi_prior(public, epochs=60)}
+    priors = {"gmi": train_gmi_prior(public, generator_steps=2000)}
     attack = build_attack("gmi", priors)
     result = attack.invert(target, classes=range(5), per_class=5)
 
@@ -12,18 +12,24 @@ trapdoor signatures), `trigger_recovery` (Neural-Cleanse-style blend patterns on
 images) and the label-only `brep_mi` (on the GMI prior). Priors: `gmi` (shared by every
 target), and per target `kedmi`, `plgmi` and `lomma` (surrogates plus the target's mean public
 feature).
+
+Budgets are optimiser steps, as the reference counts them where it can: generator steps of
+the GAN priors (each preceded by `n_critic` opponent steps), distillation steps of LOMMA's
+surrogates, inversion iterations. `REFERENCE_BUDGETS` holds the reference's values.
 """
 
 import collections
 import dataclasses
+import json
 import os
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from trapmid_tf.attacks.brep_mi import BREPMIAttack
 from trapmid_tf.attacks.gmi import GMIAttack
-from trapmid_tf.attacks.kedmi import KEDMIAttack
+from trapmid_tf.attacks.kedmi import REFERENCE_BATCH_SIZE, KEDMIAttack
 from trapmid_tf.attacks.lomma import LOMMAAttack, SurrogateDistiller, compute_p_reg
 from trapmid_tf.attacks.mi_face import MIFaceAttack
 from trapmid_tf.attacks.plgmi import PLGMIAttack
@@ -31,7 +37,8 @@ from trapmid_tf.attacks.plgmi_adaptive import PLGMIAdaptiveAttack
 from trapmid_tf.attacks.plgmi_prior import PLGMIPrior, select_top_n
 from trapmid_tf.attacks.priors import GMIPrior, KEDMIPrior, kedmi_batches
 from trapmid_tf.attacks.trigger_recovery import TriggerRecoveryAttack
-from trapmid_tf.files import atomic_path
+from trapmid_tf.files import atomic_path, write_json
+from trapmid_tf.models.common import check_positive_int
 from trapmid_tf.models.cgan import resnet_generator, sn_projection_discriminator
 from trapmid_tf.models.gan import dcgan_generator, minibatch_discriminator, wgan_critic
 from trapmid_tf.models.small_cnn import small_cnn
@@ -54,12 +61,35 @@ PRIORS_OF_ATTACK = {
 # Priors that depend on the attacked model (trained again for every target).
 TARGET_PRIORS = ("kedmi", "plgmi", "lomma")
 P_REG_FILE = "p_reg.npy"
+STEPS_FILE = "steps.json"
+
+# The reference's budgets in optimiser steps (CelebA, its main protocol; spec section 3):
+# GMI and KED-MI priors: 120 epochs of the 30,000-image public set at batch 64 with the last
+# short batch dropped (468 batches), a generator step every 5th discriminator step
+# (plgmi/baselines/GMI.py, KED_MI.py, config/celeba.json); PLG-MI: 30,000 generator iterations
+# of 5 discriminator steps (plgmi/train_cgan.py --max_iteration, --n_dis); LOMMA surrogates:
+# the "_20" checkpoint the attack loads is saved after 19 epochs of 468 batches
+# (lomma/engine.py::train_augmodel); inversions: recovery.py 1500, reconstruct.py 600.
+REFERENCE_BUDGETS = dict(
+    gmi_generator_steps=120 * 468 // 5,
+    kedmi_generator_steps=120 * 468 // 5,
+    plgmi_generator_steps=30_000,
+    surrogate_steps=19 * 468,
+    n_critic=5,
+    plgmi_n_dis=5,
+    batch_size=64,
+    top_n=30,
+    iterations=1500,
+    plgmi_iterations=600,
+)
 
 PriorNetworks = collections.namedtuple("PriorNetworks", ["generator", "discriminator"])
 PriorNetworks.__doc__ = """A GAN prior's two networks, as `build_attack` uses them."""
-LOMMAModels = collections.namedtuple("LOMMAModels", ["surrogates", "p_reg"])
-LOMMAModels.__doc__ = """LOMMA's distilled surrogate classifiers and the target's mean public
-feature."""
+LOMMAModels = collections.namedtuple(
+    "LOMMAModels", ["surrogates", "p_reg", "steps"], defaults=[None]
+)
+LOMMAModels.__doc__ = """LOMMA's distilled surrogate classifiers, the target's mean public
+feature, and the distillation steps (`training_steps`; None when unknown)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,11 +101,14 @@ class InversionSettings:
             PLG-MI 600).
         plgmi_iterations: Steps of PLG-MI.
         mi_face_iterations: Steps of the pixel-space MI-Face attack (our default 1000).
+        kedmi_batch_size: The batch size KED-MI's discriminator was trained with; its
+            minibatch features see inversion batches of that size.
     """
 
     iterations: int | None = None
     plgmi_iterations: int | None = None
     mi_face_iterations: int | None = None
+    kedmi_batch_size: int = REFERENCE_BATCH_SIZE
 
 
 def priors_needed(attacks):
@@ -99,18 +132,27 @@ def priors_needed(attacks):
 
 
 def _shuffled_batches(dataset, batch_size, seed):
+    """Endless batches, reshuffled every pass, the last short batch of a pass dropped."""
     size = int(dataset.cardinality())
-    return dataset.cache().shuffle(size, seed=seed).batch(batch_size, drop_remainder=True)
+    batches = dataset.cache().shuffle(size, seed=seed).batch(batch_size, drop_remainder=True)
+    return batches.repeat()
+
+
+def _fit_steps(model, batches, steps, verbose):
+    """Runs exactly `steps` training steps of `model` on the endless dataset `batches`."""
+    check_positive_int("steps", steps)
+    model.fit(batches, epochs=1, steps_per_epoch=int(steps), verbose=verbose)
 
 
 def train_gmi_prior(
-    public, epochs, batch_size=64, base_channels=64, n_critic=5, seed=0, verbose=2
+    public, generator_steps, batch_size=64, base_channels=64, n_critic=5, seed=0, verbose=2
 ):
     """Trains GMI's WGAN-GP prior (DCGAN generator, critic) on public images.
 
     Args:
         public: Unbatched dataset of public images (float32 HxWxC in [0, 1]).
-        epochs: Passes over `public`.
+        generator_steps: Generator steps; the critic takes `n_critic` steps before each
+            (reference 11,232).
         batch_size: Batch size (reference 64).
         base_channels: Width of both networks (reference 64; less is enough for digits).
         n_critic: Opponent steps per generator step (reference 5).
@@ -129,19 +171,22 @@ def train_gmi_prior(
         seed=seed,
     )
     prior.compile()
-    prior.fit(_shuffled_batches(public, batch_size, seed), epochs=epochs, verbose=verbose)
+    batches = _shuffled_batches(public, batch_size, seed)
+    _fit_steps(prior, batches, generator_steps * n_critic, verbose)
     return prior
 
 
 def train_kedmi_prior(
-    public, target, epochs, batch_size=64, base_channels=64, n_critic=5, seed=0, verbose=2
+    public, target, generator_steps, batch_size=64, base_channels=64, n_critic=5, seed=0,
+    verbose=2,
 ):
     """Trains KED-MI's semi-supervised GAN against `target` on public images.
 
     Args:
         public: Unbatched dataset of public images.
         target: The attacked classifier (logits); never updated.
-        epochs: Passes over `public`.
+        generator_steps: Generator steps; the discriminator takes `n_critic` steps before
+            each (reference 11,232).
         batch_size: Batch size (reference 64).
         base_channels: Width of both networks (reference 64; less is enough for digits).
         n_critic: Opponent steps per generator step (reference 5).
@@ -162,24 +207,26 @@ def train_kedmi_prior(
         seed=seed,
     )
     prior.compile()
-    batches = kedmi_batches(public.cache(), batch_size, seed=seed)
-    prior.fit(batches, epochs=epochs, verbose=verbose)
+    batches = kedmi_batches(public.cache(), batch_size, seed=seed).repeat()
+    _fit_steps(prior, batches, generator_steps * n_critic, verbose)
     return prior
 
 
 def train_plgmi_prior(
-    public_images, target, epochs, top_n=30, batch_size=64, base_channels=64, seed=0, verbose=2
+    public_images, target, generator_steps, top_n=30, batch_size=64, base_channels=64,
+    n_dis=5, seed=0, verbose=2,
 ):
     """Trains PLG-MI's conditional GAN on the target's top-n pseudo-labelled public images.
 
     Args:
         public_images: Float32 array of public images `(n, H, W, C)` in [0, 1].
         target: The attacked classifier (logits); never updated.
-        epochs: Passes over the selected images (the reference counts 30,000 generator
-            iterations instead).
+        generator_steps: Generator iterations, each followed by `n_dis` discriminator steps
+            (reference 30,000).
         top_n: Public images selected per class (reference 30).
         batch_size: Batch size (reference 64).
         base_channels: Width of both networks (reference 64).
+        n_dis: Discriminator steps per generator step (reference 5).
         seed: Seed of the networks, latents, augmentation and shuffling.
         verbose: `fit` verbosity.
 
@@ -194,12 +241,18 @@ def train_plgmi_prior(
         resnet_generator(image_shape, num_classes, base_channels=base_channels),
         sn_projection_discriminator(image_shape, num_classes, base_channels=base_channels),
         target,
+        n_dis=n_dis,
         seed=seed,
     )
     prior.compile()
-    prior.fit(
-        images, labels, batch_size=batch_size, epochs=epochs, shuffle=True, verbose=verbose
+    # The reference's endless sampler: a fresh permutation every pass, batches across passes.
+    batches = (
+        tf.data.Dataset.from_tensor_slices((images, labels))
+        .shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+        .repeat()
+        .batch(batch_size)
     )
+    _fit_steps(prior, batches, generator_steps * n_dis, verbose)
     return prior
 
 
@@ -223,14 +276,15 @@ def default_surrogates(input_shape, num_classes):
 
 
 def train_lomma_surrogates(
-    public, target, epochs, students=None, batch_size=64, seed=0, verbose=2
+    public, target, steps, students=None, batch_size=64, seed=0, verbose=2
 ):
     """Distils LOMMA's surrogate models from `target` on public images, and computes p_reg.
 
     Args:
         public: Unbatched dataset of public images.
         target: The attacked classifier (logits); never updated.
-        epochs: Distillation epochs (reference 20).
+        steps: Distillation steps of each surrogate (reference 8,892: 19 epochs of 468
+            batches).
         students: Untrained classifiers with the target's classes; None for
             `default_surrogates`.
         batch_size: Batch size (reference 64).
@@ -238,21 +292,43 @@ def train_lomma_surrogates(
         verbose: `fit` verbosity.
 
     Returns:
-        `(surrogates, p_reg)`: the distilled classifiers and the target's mean public
-        feature.
+        `LOMMAModels`: the distilled classifiers, the target's mean public feature, and the
+        steps each surrogate took.
     """
     keras.utils.set_random_seed(seed)
     image_shape = tuple(public.element_spec.shape)
     num_classes = int(target.output_shape[-1])
     students = students or default_surrogates(image_shape, num_classes)
     batches = _shuffled_batches(public, batch_size, seed)
-    surrogates = []
+    surrogates, steps_run = [], []
     for student in students:
         distiller = SurrogateDistiller(student, target)
         distiller.compile()
-        distiller.fit(batches, epochs=epochs, verbose=verbose)
+        _fit_steps(distiller, batches, steps, verbose)
         surrogates.append(distiller.student)
-    return LOMMAModels(surrogates, np.asarray(compute_p_reg(target, public)))
+        steps_run.append(int(distiller.optimizer.iterations))
+    p_reg = np.asarray(compute_p_reg(target, public))
+    return LOMMAModels(surrogates, p_reg, {"distillation_steps": steps_run})
+
+
+def training_steps(prior):
+    """The optimiser steps a freshly trained prior took, read off its optimisers.
+
+    Args:
+        prior: What a `train_*` function of this module returned.
+
+    Returns:
+        Dict: `generator_steps` and `opponent_steps` for a GAN prior, `distillation_steps`
+        (one count per surrogate) for LOMMA; None for networks read back from files.
+    """
+    if isinstance(prior, PriorNetworks):
+        return None
+    if isinstance(prior, LOMMAModels):
+        return None if prior.steps is None else dict(prior.steps)
+    return dict(
+        generator_steps=int(prior.generator_optimizer.iterations),
+        opponent_steps=int(prior.optimizer.iterations),
+    )
 
 
 def save_prior(name, prior, directory):
@@ -261,7 +337,8 @@ def save_prior(name, prior, directory):
     Args:
         name: "gmi", "kedmi" or "plgmi" (a prior model or `PriorNetworks`: writes
             `generator.keras`, `discriminator.keras`), or "lomma" (`LOMMAModels`: writes
-            `surrogate_<i>.keras` and `p_reg.npy`).
+            `surrogate_<i>.keras` and `p_reg.npy`). A prior just trained also gets
+            `steps.json` (`training_steps`).
         prior: What the matching `train_*` function returned.
         directory: Destination folder.
     """
@@ -274,6 +351,18 @@ def save_prior(name, prior, directory):
     for file_name, model in files.items():
         with atomic_path(os.path.join(directory, file_name)) as temporary:
             model.save(temporary)
+    steps = training_steps(prior)
+    if steps is not None:
+        write_json(os.path.join(directory, STEPS_FILE), steps)
+
+
+def load_training_steps(directory):
+    """The `steps.json` that `save_prior` wrote into `directory`, or None if there is none."""
+    path = os.path.join(directory, STEPS_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as stream:
+        return json.load(stream)
 
 
 def load_prior(name, directory):
@@ -298,7 +387,7 @@ def load_prior(name, directory):
     if name == "lomma":
         count = len([f for f in os.listdir(directory) if f.startswith("surrogate_")])
         surrogates = [load(f"surrogate_{i}.keras") for i in range(count)]
-        return LOMMAModels(surrogates, load(P_REG_FILE))
+        return LOMMAModels(surrogates, load(P_REG_FILE), load_training_steps(directory))
     return PriorNetworks(load("generator.keras"), load("discriminator.keras"))
 
 
@@ -338,7 +427,7 @@ def build_attack(name, priors, settings=InversionSettings(), **options):
         >>> result = attack.invert(target, classes=[0, 3], per_class=2, verbose=0)
         >>> result.images.shape, result.labels.tolist()
         ((4, 32, 32, 1), [0, 0, 3, 3])
-        >>> gmi = build_attack("gmi", {"gmi": train_gmi_prior(public, epochs=30)})  # doctest: +SKIP
+        >>> gmi = build_attack("gmi", {"gmi": train_gmi_prior(public, 2000)})  # doctest: +SKIP
     """
     missing = [p for p in priors_needed([name]) if p not in priors]
     if missing:
@@ -346,16 +435,20 @@ def build_attack(name, priors, settings=InversionSettings(), **options):
     if options and name not in OPTION_ATTACKS:
         raise ValueError(f"attack {name!r} takes no options; received {sorted(options)}.")
     budget = {} if settings.iterations is None else {"iterations": settings.iterations}
+    kedmi_budget = dict(budget, discriminator_batch_size=settings.kedmi_batch_size)
     if name == "gmi":
         return GMIAttack(priors["gmi"].generator, _opponent(priors["gmi"]), **budget)
     if name == "kedmi":
-        return KEDMIAttack(priors["kedmi"].generator, _opponent(priors["kedmi"]), **budget)
+        return KEDMIAttack(
+            priors["kedmi"].generator, _opponent(priors["kedmi"]), **kedmi_budget
+        )
     if name in ("lomma_gmi", "lomma_kedmi"):
         base = name.split("_")[1]
-        surrogates, p_reg = priors["lomma"]
+        lomma = priors["lomma"]
         return LOMMAAttack(
-            base, priors[base].generator, _opponent(priors[base]), surrogates=surrogates,
-            p_reg=p_reg, **budget
+            base, priors[base].generator, _opponent(priors[base]),
+            surrogates=lomma.surrogates, p_reg=lomma.p_reg,
+            **(kedmi_budget if base == "kedmi" else budget),
         )
     if name in ("plgmi", "plgmi_adaptive", "plgmi_adaptive_estimated"):
         iterations = settings.plgmi_iterations
