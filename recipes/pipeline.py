@@ -4,15 +4,21 @@ Example:
     python recipes/pipeline.py --dataset=digits --preset=quick --out=runs/pipeline
 
 Stages (each reused when --out already holds it finished with the same settings; --overwrite
-redoes them): one target per defense (recipes/train_target.py; any of its flags except
---defense and --out applies to every target), the evaluation model, the GMI prior (shared),
-per target the priors that depend on it (KED-MI, PLG-MI, LOMMA) and every attack, then the
-evaluation. Writes into --out: flags.json, results.json, report.md, grids/*.png (private
-samples next to each defense's reconstructions; the triggers), TensorBoard logs under logs/,
-and each stage's folder (targets/<defense>/..., evaluator/, priors/gmi/).
+redoes them): per training seed one target per defense (recipes/train_target.py; any of its
+flags except --defense, --seed and --out applies to every target; every seed shares the
+private/public split of --seed), the evaluation model, the GMI prior (shared), per target the
+priors that depend on it (KED-MI, PLG-MI, LOMMA) and every attack, then the evaluation. Writes
+into --out: flags.json, results.json, report.md, grids/*.png (private samples next to each
+defense's reconstructions; the triggers), TensorBoard logs under logs/, and each stage's folder
+(targets/<defense>/seed_<s>/..., evaluator/, priors/gmi/).
 
-Presets: tiny (a smoke test, about a minute), quick (`make demo`), full (reference budgets:
-GAN priors 120 epochs, 1,500 / 600 inversion steps; hours on a CPU).
+Budgets are optimiser steps: generator steps of the GAN priors, distillation steps of the LOMMA
+surrogates, inversion iterations; results.json records the steps every stage ran.
+--budget_scale multiplies all of them (recipes/convergence.py compares 1x, 2x, 4x).
+
+Presets: tiny (a smoke test, about a minute), quick (`make demo`, one seed, far below the
+reference's budgets), full (the reference's budgets exactly, `trapmid_tf.attacks.
+REFERENCE_BUDGETS`, 3 seeds, 20 reconstructions per class; days on a CPU).
 """
 
 import json
@@ -28,82 +34,137 @@ import train_target
 
 FLAGS = flags.FLAGS
 
+# The full preset's budgets: these keys of `trapmid_tf.attacks.REFERENCE_BUDGETS`.
+REFERENCE_KEYS = dict(
+    gmi_steps="gmi_generator_steps", kedmi_steps="kedmi_generator_steps",
+    plgmi_steps="plgmi_generator_steps", surrogate_steps="surrogate_steps",
+    kedmi_n_critic="n_critic", kedmi_batch_size="batch_size", top_n="top_n",
+    iterations="iterations", plgmi_iterations="plgmi_iterations",
+)
 PRESETS = {
     "tiny": dict(
-        defenses=["none", "trapmid"], target_epochs=2, evaluation_epochs=1, gan_epochs=1,
-        kedmi_epochs=1, kedmi_n_critic=1, kedmi_batch_size=32, plgmi_epochs=1,
-        surrogate_epochs=1, base_channels=8, top_n=4, per_class=2, iterations=4,
+        defenses=["none", "trapmid"], seeds=[0], target_epochs=2, evaluation_epochs=1,
+        gmi_steps=2, kedmi_steps=4, kedmi_n_critic=1, kedmi_batch_size=32, plgmi_steps=2,
+        surrogate_steps=4, base_channels=8, top_n=4, per_class=2, iterations=4,
         plgmi_iterations=4, mi_face_iterations=4,
     ),
+    # The session-2 demo budgets, as steps on the digits public split (21 batches of 64).
     "quick": dict(
-        defenses=["none", "trapmid", "negls", "trapmid_negls"], target_epochs=None,
-        evaluation_epochs=10, gan_epochs=30, kedmi_epochs=8, kedmi_n_critic=1,
-        kedmi_batch_size=32, plgmi_epochs=40, surrogate_epochs=3, base_channels=16, top_n=30,
+        defenses=["none", "trapmid", "negls", "trapmid_negls"], seeds=[0], target_epochs=None,
+        evaluation_epochs=10, gmi_steps=126, kedmi_steps=336, kedmi_n_critic=1,
+        kedmi_batch_size=32, plgmi_steps=24, surrogate_steps=63, base_channels=16, top_n=30,
         per_class=5, iterations=100, plgmi_iterations=100, mi_face_iterations=300,
     ),
     "full": dict(
-        defenses=["none", "trapmid", "negls", "trapmid_negls", "mid", "bido"], target_epochs=None,
-        evaluation_epochs=20, gan_epochs=120, kedmi_epochs=120, kedmi_n_critic=5,
-        kedmi_batch_size=64, plgmi_epochs=200, surrogate_epochs=20, base_channels=64,
-        top_n=30, per_class=5, iterations=None, plgmi_iterations=None, mi_face_iterations=None,
+        dict.fromkeys(REFERENCE_KEYS), seeds=[0, 1, 2], target_epochs=None,
+        defenses=["none", "trapmid", "negls", "trapmid_negls", "mid", "bido"],
+        evaluation_epochs=20, base_channels=64, per_class=20, mi_face_iterations=1000,
     ),
 }
 PRESET_KEYS = tuple(PRESETS["quick"])
+STEP_KEYS = ("gmi_steps", "kedmi_steps", "plgmi_steps", "surrogate_steps", "iterations",
+             "plgmi_iterations", "mi_face_iterations")
 EVALUATION_ARCHITECTURE = "small_cnn_wide"
 REFERENCE_N_CRITIC = 5
 REFERENCE_BATCH_SIZE = 64
-PRIOR_EPOCHS = {
-    "gmi": "gan_epochs", "kedmi": "kedmi_epochs", "plgmi": "plgmi_epochs",
-    "lomma": "surrogate_epochs",
+PRIOR_STEPS = {
+    "gmi": "gmi_steps", "kedmi": "kedmi_steps", "plgmi": "plgmi_steps",
+    "lomma": "surrogate_steps",
+}
+# Pipeline-only defense names: a train_target defense with other settings.
+VARIANTS = {
+    # The paper's blend ratio and the reference's best-epoch rule (clean accuracy only).
+    "trapmid_paper": ("trapmid", dict(alpha=0.02, min_trapdoor_accuracy=0.0)),
 }
 
 flags.DEFINE_enum("preset", "quick", sorted(PRESETS), "Budget preset; the flags below override it.")
-flags.DEFINE_list("defenses", None, "Defenses to train and attack (default: preset).")
-flags.DEFINE_list("attacks", None, "Attacks to run (default: all six).")
+flags.DEFINE_list("defenses", None,
+                  "Defenses to train and attack (default: preset); train_target's names and "
+                  f"{sorted(VARIANTS)}.")
+flags.DEFINE_list("attacks", None,
+                  "Attacks to run (default: the six that need no knowledge of the defense).")
+flags.DEFINE_list("seeds", None, "Target training seeds (default: preset).")
+flags.DEFINE_integer("budget_scale", 1,
+                     "Multiplies every prior and inversion step budget (convergence checks).")
 flags.DEFINE_integer("target_epochs", None, "Target epochs (default: preset, else train_target's).")
 flags.DEFINE_integer("evaluation_epochs", None, "Evaluation-model epochs.")
-flags.DEFINE_integer("gan_epochs", None, "GMI prior epochs.")
-flags.DEFINE_integer("kedmi_epochs", None, "KED-MI prior epochs (per target).")
+flags.DEFINE_integer("gmi_steps", None, "GMI prior generator steps (reference 11,232).")
+flags.DEFINE_integer("kedmi_steps", None,
+                     "KED-MI prior generator steps, per target (reference 11,232).")
 flags.DEFINE_integer("kedmi_n_critic", None,
                      "KED-MI discriminator steps per generator step (reference 5).")
 flags.DEFINE_integer("kedmi_batch_size", None,
                      "KED-MI batch size (reference 64; its minibatch discrimination costs "
-                     "batch^2).")
-flags.DEFINE_integer("plgmi_epochs", None, "PLG-MI prior epochs (per target).")
-flags.DEFINE_integer("surrogate_epochs", None, "LOMMA distillation epochs (per target).")
+                     "batch^2, and the inversion shows the discriminator batches of this size).")
+flags.DEFINE_integer("plgmi_steps", None,
+                     "PLG-MI prior generator steps, per target (reference 30,000).")
+flags.DEFINE_integer("surrogate_steps", None,
+                     "LOMMA distillation steps per surrogate, per target (reference 8,892).")
 flags.DEFINE_integer("base_channels", None, "Width of the GAN priors (reference 64).")
 flags.DEFINE_integer("top_n", None, "PLG-MI public images pseudo-labelled per class.")
 flags.DEFINE_integer("per_class", None, "Reconstructions per attacked class.")
-flags.DEFINE_integer("iterations", None, "GMI/KED-MI/LOMMA inversion steps.")
-flags.DEFINE_integer("plgmi_iterations", None, "PLG-MI inversion steps.")
+flags.DEFINE_integer("iterations", None, "GMI/KED-MI/LOMMA inversion steps (reference 1500).")
+flags.DEFINE_integer("plgmi_iterations", None, "PLG-MI inversion steps (reference 600).")
 flags.DEFINE_integer("mi_face_iterations", None, "MI-Face inversion steps.")
 flags.DEFINE_string("fid_weights", None, "Local InceptionV3 no-top weights for FID (optional).")
 flags.DEFINE_bool("overwrite", False, "Redo every stage even if stored.")
 
 
+def preset_settings(name):
+    """The preset `name`, the full preset's budgets read from the reference's."""
+    from trapmid_tf.attacks import suite
+
+    settings = dict(PRESETS[name])
+    for key, reference_key in REFERENCE_KEYS.items():
+        if settings[key] is None:
+            settings[key] = suite.REFERENCE_BUDGETS[reference_key]
+    return settings
+
+
 def pipeline_settings():
-    """The preset with the flags that were given, checked.
+    """The preset with the flags that were given, checked, with the budget scale applied.
 
     Raises:
         app.UsageError: For an unknown defense or attack or a bad number.
     """
     from trapmid_tf.attacks import suite
 
-    settings = dict(PRESETS[FLAGS.preset])
+    settings = preset_settings(FLAGS.preset)
     for key in PRESET_KEYS:
-        if FLAGS[key].present:
+        if key != "seeds" and FLAGS[key].present:
             settings[key] = FLAGS[key].value
-    settings["attacks"] = FLAGS.attacks or list(suite.ATTACKS)
-    for key, allowed in (("defenses", train_target.DEFENSES), ("attacks", suite.ATTACKS)):
+    if FLAGS.seeds is not None:
+        try:
+            settings["seeds"] = [int(seed) for seed in FLAGS.seeds]
+        except ValueError as error:
+            raise app.UsageError(
+                f"--seeds must list integers >= 0; received {FLAGS.seeds}."
+            ) from error
+    settings["attacks"] = FLAGS.attacks or [
+        name for name in suite.ATTACKS if name not in suite.OPTION_ATTACKS
+    ]
+    defenses = (*train_target.DEFENSES, *VARIANTS)
+    for key, allowed in (("defenses", defenses), ("attacks", suite.ATTACKS)):
         unknown = [name for name in settings[key] if name not in allowed]
         if unknown or not settings[key]:
             raise app.UsageError(
                 f"--{key} must list names among {list(allowed)}; received {settings[key]}."
             )
+    if not settings["seeds"] or min(settings["seeds"]) < 0 or len(set(settings["seeds"])) < len(
+        settings["seeds"]
+    ):
+        raise app.UsageError(
+            f"--seeds must list distinct integers >= 0; received {settings['seeds']}."
+        )
+    if FLAGS.budget_scale < 1:
+        raise app.UsageError(f"--budget_scale must be >= 1; received {FLAGS.budget_scale}.")
     for key in PRESET_KEYS:
         value = settings[key]
         if isinstance(value, int) and value < (0 if "iterations" in key else 1):
             raise app.UsageError(f"--{key} must be positive; received {value}.")
+    settings["budget_scale"] = FLAGS.budget_scale
+    for key in STEP_KEYS:
+        settings[key] *= FLAGS.budget_scale
     if FLAGS.defense != "trapmid" or FLAGS["defense"].present:
         raise app.UsageError("--defense is train_target's; use --defenses here.")
     if not FLAGS.out:
@@ -111,36 +172,49 @@ def pipeline_settings():
     return settings
 
 
+def target_dir(defense, seed):
+    """The folder of the target of `defense` trained with `seed`, under --out."""
+    return os.path.join(FLAGS.out, "targets", defense, f"seed_{seed}")
+
+
 def train_targets(settings):
-    """Trains (or reuses) one target per defense; returns `{defense: (config, results)}`."""
+    """Trains (or reuses) one target per defense and seed.
+
+    Returns:
+        `{(defense, seed): (config, results)}`.
+    """
     from trapmid_tf.files import build_or_reuse
 
     targets = {}
-    for defense in settings["defenses"]:
-        out = os.path.join(FLAGS.out, "targets", defense)
-        changes = dict(defense=defense, out=out)
-        if settings["target_epochs"] is not None and not FLAGS["epochs"].present:
-            changes["epochs"] = settings["target_epochs"]
-        config = train_target.config_from_flags(**changes)
+    for seed in settings["seeds"]:
+        for defense in settings["defenses"]:
+            out = target_dir(defense, seed)
+            base, variant = VARIANTS.get(defense, (defense, {}))
+            changes = dict(variant, defense=base, out=out, seed=seed, split_seed=FLAGS.seed)
+            if settings["target_epochs"] is not None and not FLAGS["epochs"].present:
+                changes["epochs"] = settings["target_epochs"]
+            config = train_target.config_from_flags(**changes)
 
-        def load(out=out):
-            with open(os.path.join(out, "results.json"), encoding="utf-8") as stream:
-                return json.load(stream)
+            def load(out=out):
+                with open(os.path.join(out, "results.json"), encoding="utf-8") as stream:
+                    return json.load(stream)
 
-        logging.info("target %s", defense)
-        results = build_or_reuse(
-            out, config, lambda config=config: train_target.train(config), load,
-            FLAGS.overwrite, logging.info,
-        )
-        targets[defense] = (config, results)
+            logging.info("target %s, seed %d", defense, seed)
+            results = build_or_reuse(
+                out, config, lambda config=config: train_target.train(config), load,
+                FLAGS.overwrite, logging.info,
+            )
+            targets[defense, seed] = (config, results)
     return targets
 
 
-def target_priors(defense, target, config, public, gmi, settings):
+def target_priors(directory, target, config, seed, public, gmi, settings):
     """Trains (or reuses) the priors the selected attacks need against one target.
 
     Args:
-        defense, target, config: The target's defense, model and train_target settings.
+        directory: The target's folder.
+        target, config: The target model and its train_target settings.
+        seed: The target's training seed, also the seed of its priors.
         public: Unbatched public images.
         gmi: `(networks, settings)` of the shared GMI prior, or None.
         settings: The pipeline settings.
@@ -155,26 +229,26 @@ def target_priors(defense, target, config, public, gmi, settings):
         if name == "gmi":
             priors[name], prior_settings[name] = gmi
             continue
-        prior_settings[name] = prior_budget(settings, name, config)
-        out = os.path.join(FLAGS.out, "targets", defense, "priors", name)
+        prior_settings[name] = prior_budget(settings, name, seed, config)
         priors[name] = prior_recipe.train_prior(
-            name, public, target, prior_settings[name], out, FLAGS.overwrite
+            name, public, target, prior_settings[name], os.path.join(directory, "priors", name),
+            FLAGS.overwrite,
         )
     return priors, prior_settings
 
 
-def prior_budget(settings, name, target_config=None):
+def prior_budget(settings, name, seed, target_config=None):
     """The settings of the prior `name`'s stage (with the target's, for target priors)."""
     return dict(
-        epochs=settings[PRIOR_EPOCHS[name]],
+        steps=settings[PRIOR_STEPS[name]],
         batch_size=settings["kedmi_batch_size"] if name == "kedmi" else REFERENCE_BATCH_SIZE,
         base_channels=settings["base_channels"], top_n=settings["top_n"],
         n_critic=settings["kedmi_n_critic"] if name == "kedmi" else REFERENCE_N_CRITIC,
-        seed=FLAGS.seed, public_split=settings["public_split"], target=target_config,
+        seed=seed, public_split=settings["public_split"], target=target_config,
     )
 
 
-def attack_target(defense, target, config, priors, prior_settings, settings):
+def attack_target(directory, target, config, seed, priors, prior_settings, settings):
     """Runs (or reuses) every selected attack against one target; returns stored arrays."""
     from trapmid_tf.attacks import suite
 
@@ -182,16 +256,46 @@ def attack_target(defense, target, config, priors, prior_settings, settings):
     for name in settings["attacks"]:
         attack_settings = dict(
             num_classes=int(target.output_shape[-1]), per_class=settings["per_class"],
-            seed=FLAGS.seed, iterations=settings["iterations"],
+            seed=seed, iterations=settings["iterations"],
             plgmi_iterations=settings["plgmi_iterations"],
-            mi_face_iterations=settings["mi_face_iterations"], target=config,
+            mi_face_iterations=settings["mi_face_iterations"],
+            kedmi_batch_size=settings["kedmi_batch_size"], target=config,
             priors={p: prior_settings[p] for p in suite.PRIORS_OF_ATTACK[name]},
         )
-        out = os.path.join(FLAGS.out, "targets", defense, "attacks", name)
         results[name] = attack_recipe.run_attack(
-            name, target, priors, attack_settings, out, FLAGS.overwrite
+            name, target, priors, attack_settings, os.path.join(directory, "attacks", name),
+            FLAGS.overwrite,
         )
     return results
+
+
+def prior_steps(directory, gmi_directory, attacks):
+    """`{prior: steps.json contents}` of the priors one target's attacks used."""
+    from trapmid_tf.attacks import suite
+
+    return {
+        name: suite.load_training_steps(
+            gmi_directory if name == "gmi" else os.path.join(directory, "priors", name)
+        )
+        for name in suite.priors_needed(attacks)
+    }
+
+
+def attack_seed(evaluator, detector, stored, target_results, steps):
+    """The scores of one target (one defense and seed): accuracies, steps, every attack."""
+    return dict(
+        accuracy=target_results["test_accuracy"],
+        trapdoor_accuracy=target_results["trapdoor_accuracy"],
+        trapdoor_formed=target_results.get("trapdoor_formed"),
+        prior_steps=steps,
+        attacks={
+            name: dict(
+                evaluate_recipe.score_attack(evaluator, arrays, detector),
+                inversion_steps=int(arrays["iterations"]),
+            )
+            for name, arrays in stored.items()
+        },
+    )
 
 
 def main(argv):
@@ -204,6 +308,7 @@ def main(argv):
     import trapmid_tf as tm
     from trapmid_tf.attacks import suite
     from trapmid_tf import report
+    from trapmid_tf.experiments import summarize_seeds
     from trapmid_tf.files import write_json
 
     logging.set_verbosity(logging.INFO)
@@ -225,59 +330,59 @@ def main(argv):
         os.path.join(FLAGS.out, "evaluator"), FLAGS.overwrite,
     )
     evaluator = evaluate_recipe.make_evaluator(evaluation_model, private_train, FLAGS.fid_weights)
-    gmi = None
+    gmi, gmi_directory = None, os.path.join(FLAGS.out, "priors", "gmi")
     if "gmi" in suite.priors_needed(settings["attacks"]):
-        gmi_settings = prior_budget(settings, "gmi")
+        gmi_settings = prior_budget(settings, "gmi", FLAGS.seed)
         gmi = prior_recipe.train_prior(
-            "gmi", public, None, gmi_settings, os.path.join(FLAGS.out, "priors", "gmi"),
-            FLAGS.overwrite,
+            "gmi", public, None, gmi_settings, gmi_directory, FLAGS.overwrite,
         ), gmi_settings
-    defenses = {}
-    reconstructions = {}
-    for defense, (config, target_results) in targets.items():
-        target_dir = os.path.join(FLAGS.out, "targets", defense)
-        target = tm.models.load_classifier(os.path.join(target_dir, "classifier.keras"))
-        priors, prior_settings = target_priors(defense, target, config, public, gmi, settings)
-        stored = attack_target(defense, target, config, priors, prior_settings, settings)
-        trigger_path = os.path.join(target_dir, "triggers.npz")
+    per_seed, reconstructions = {}, {}
+    for (defense, seed), (config, target_results) in targets.items():
+        directory = target_dir(defense, seed)
+        target = tm.models.load_classifier(os.path.join(directory, "classifier.keras"))
+        priors, prior_settings = target_priors(
+            directory, target, config, seed, public, gmi, settings
+        )
+        stored = attack_target(directory, target, config, seed, priors, prior_settings, settings)
+        trigger_path = os.path.join(directory, "triggers.npz")
         detector = (
             evaluate_recipe.make_detector(target, trigger_path, private_train)
             if os.path.isfile(trigger_path) else None
         )
-        defenses[defense] = dict(
-            accuracy=target_results["test_accuracy"],
-            trapdoor_accuracy=target_results["trapdoor_accuracy"],
-            **{name: evaluate_recipe.score_attack(evaluator, arrays, detector)
-               for name, arrays in stored.items()},
+        steps = prior_steps(directory, gmi_directory, settings["attacks"])
+        per_seed.setdefault(defense, {})[seed] = attack_seed(
+            evaluator, detector, stored, target_results, steps
         )
-        reconstructions[defense] = stored
+        if seed == settings["seeds"][0]:
+            reconstructions[defense] = stored
     results = dict(
         dataset=FLAGS.dataset, public_split=settings["public_split"], preset=FLAGS.preset,
         settings=settings, evaluation_model=dict(
             architecture=EVALUATION_ARCHITECTURE, accuracy=evaluation_accuracy,
             classes=int(evaluation_model.output_shape[-1]),
         ),
-        fid_features=evaluator.fid_features, defenses=defenses,
+        fid_features=evaluator.fid_features,
+        defenses={d: summarize_seeds(seeds) for d, seeds in per_seed.items()},
         seconds=round(time.perf_counter() - start, 1),
     )
     write_json(os.path.join(FLAGS.out, "results.json"), results)
     private_images, private_labels = evaluate_recipe.private_arrays(private_train)
     grids = report.write(
         FLAGS.out, results, private_images, private_labels, reconstructions,
-        stored_triggers(targets),
+        stored_triggers(settings),
     )
     log_grids(os.path.join(FLAGS.out, "logs"), grids)
     print(report.summary_table(results))
     print(f"report: {os.path.join(FLAGS.out, 'report.md')} ({results['seconds']:.0f} s)")
 
 
-def stored_triggers(targets):
-    """`{defense: triggers}` of the targets that have a triggers.npz."""
+def stored_triggers(settings):
+    """`{defense: triggers}` of the first seed's targets that have a triggers.npz."""
     import numpy as np
 
     triggers = {}
-    for defense in targets:
-        path = os.path.join(FLAGS.out, "targets", defense, "triggers.npz")
+    for defense in settings["defenses"]:
+        path = os.path.join(target_dir(defense, settings["seeds"][0]), "triggers.npz")
         if os.path.isfile(path):
             with np.load(path) as stored:
                 triggers[defense] = stored["triggers"]

@@ -5,6 +5,7 @@ import pytest
 from PIL import Image
 
 from trapmid_tf import report
+from trapmid_tf.experiments import summarize_seeds
 
 
 def test_image_grid_places_tiles_with_white_padding():
@@ -38,31 +39,64 @@ def test_markdown_table_formats_cells():
         report.markdown_table(["a", "b", "c"], [["x"]])
 
 
-def _results(none_aa1, chance, defended):
-    def scores(aa1):
-        return {"aa1": aa1, "chance_aa1": chance}
+def _target(aa1, chance, accuracy, trapdoor_accuracy, seed):
+    """One seed's scores with exactly `aa1` of 100 reconstructions successful."""
+    hits = round(100 * aa1)
+    top1 = np.random.default_rng(seed).permutation([1] * hits + [0] * (100 - hits)).tolist()
+    scores = {
+        "per_image": {"top1": top1, "top5": top1, "knn": [1.0] * 100},
+        "chance_aa1": chance, "fid_samples": hits, "fid_samples_all": 100,
+        "feature_dims": 8, "inversion_steps": 3,
+    }
+    return {"accuracy": accuracy, "trapdoor_accuracy": trapdoor_accuracy,
+            "prior_steps": {}, "attacks": {"gmi": scores}}
 
-    defenses = {"none": {"accuracy": 1.0, "trapdoor_accuracy": None, "gmi": scores(none_aa1)}}
+
+def _results(none_aa1, chance, defended):
+    """Pipeline results of 3 seeds x 100 reconstructions, pooled by `summarize_seeds`."""
+    def defense(aa1, accuracy, trapdoor_accuracy):
+        return summarize_seeds(
+            {seed: _target(aa1, chance, accuracy, trapdoor_accuracy, seed) for seed in range(3)}
+        )
+
+    defenses = {"none": defense(none_aa1, 1.0, None)}
     for name, aa1 in defended.items():
-        defenses[name] = {"accuracy": 0.99, "trapdoor_accuracy": 1.0, "gmi": scores(aa1)}
+        defenses[name] = defense(aa1, 0.99, 1.0)
     return {"defenses": defenses, "evaluation_model": {"classes": 10}}
+
+
+def _words(rows):
+    return [(attack, defense, word) for attack, defense, *_, word in rows]
 
 
 @pytest.mark.parametrize(
     "none_aa1, chance, aa1, verdict",
     [
-        (0.8, 0.1, 0.4, "at most half"),
-        (0.8, 0.1, 0.5, "lower"),
-        (0.8, 0.1, 0.8, "not lower"),
-        # 0.29 does not beat uniform chance (0.1) by 0.2: the attack does not work.
-        (0.29, 0.05, 0.0, "attack fails on the baseline"),
-        # Beats uniform but not its own starting samples' hit rate by 0.2.
-        (0.6, 0.45, 0.1, "attack fails on the baseline"),
+        (0.8, 0.1, 0.2, "at most half"),
+        (0.8, 0.1, 0.6, "lower"),
+        (0.6, 0.1, 0.8, "not lower"),
+        # Equal rates: the interval of the difference holds both signs.
+        (0.8, 0.1, 0.8, "inconclusive"),
+        # 0.1 is uniform chance (10 classes): the attack does not work.
+        (0.1, 0.05, 0.0, "attack fails on the baseline"),
+        # Above uniform chance but not above its own starting samples' hit rate.
+        (0.6, 0.6, 0.1, "attack fails on the baseline"),
     ],
 )
 def test_verdicts(none_aa1, chance, aa1, verdict):
     rows = report.verdicts(_results(none_aa1, chance, {"trapmid": aa1}))
-    assert rows == [("gmi", "trapmid", none_aa1, aa1, verdict)]
+    assert _words(rows) == [("gmi", "trapmid", verdict)]
+    # The ratio column is the defended / undefended mean, with its interval around it.
+    ratio = rows[0][4]
+    assert ratio.startswith(f"{aa1 / none_aa1:.3f} [")
+
+
+def test_paper_comparison_places_the_papers_ratio_against_our_interval():
+    # The paper's Trap-MID / unprotected GMI ratio is 0.5 / 14 = 0.036.
+    results = _results(0.8, 0.1, {"trapmid": 0.0, "negls": 0.8})
+    rows = {defense: row for _, defense, *row in report.paper_comparison(results)}
+    assert rows["trapmid"][1:] == [round(0.5 / 14, 3), "ours lower"]
+    assert rows["negls"][1:] == [round(8 / 14, 3), "ours higher"]
 
 
 def test_attack_grid_rows_are_classes_with_private_samples_first():
@@ -83,12 +117,12 @@ def test_a_target_whose_trapdoor_did_not_form_is_not_presented_as_a_defense():
     results["defenses"]["trapmid"]["trapdoor_formed"] = False
     results["defenses"]["trapmid_negls"]["trapdoor_formed"] = True
     not_formed = "trapdoor not formed: no protection expected"
-    assert report.verdicts(results) == [
-        ("gmi", "trapmid", 0.8, 0.1, not_formed),
-        ("gmi", "trapmid_negls", 0.8, 0.1, "at most half"),
+    assert _words(report.verdicts(results)) == [
+        ("gmi", "trapmid", not_formed),
+        ("gmi", "trapmid_negls", "at most half"),
     ]
-    assert report.summary_table(results).splitlines()[2:] == [
-        "| none | 1.000 | — | 0.800 |",
-        f"| trapmid ({not_formed}) | 0.990 | 1.000 | 0.100 |",
-        "| trapmid_negls | 0.990 | 1.000 | 0.100 |",
+    rows = report.summary_table(results).splitlines()[2:]
+    assert [row.split(" | ")[:2] for row in rows] == [
+        ["| none", "3"], [f"| trapmid ({not_formed})", "3"], ["| trapmid_negls", "3"],
     ]
+    assert rows[1].split(" | ")[-1].startswith("0.100 [")

@@ -86,23 +86,31 @@ def _cell(value):
     return str(value)
 
 
-# An attack "works" against a model when its top-1 accuracy beats the higher of its two
-# chance levels (uniform guessing; the un-optimised starting samples) by this margin.
-CLEAR_MARGIN = 0.2
 GRID_PRIVATE_SAMPLES = 3
 ATTACK_COLUMNS = (
-    "aa1", "aa5", "knn", "fid", "precision", "recall", "density", "coverage",
-    "trapdoor_similarity", "trapdoor_detection", "chance_aa1",
+    "aa1", "aa5", "knn", "fid", "fid_all", "precision_all", "recall_all", "density_all",
+    "coverage_all", "trapdoor_similarity", "trapdoor_detection", "chance_aa1",
 )
-
-
+# An attack "works" against a model when its top-1 interval lies above both of its chance
+# levels (uniform guessing; the un-optimised starting samples).
+WORKS_ON_BASELINE = "attack fails on the baseline"
+# The paper's top-1 attack accuracy in percent (VGG-16 on CelebA, read off the official
+# repository's charts; ../shared/docs/paper_results.md), by defense and attack.
+PAPER_TOP1 = {
+    "none": dict(gmi=14, kedmi=56.5, lomma_gmi=68, lomma_kedmi=79.5, plgmi=95.5),
+    "mid": dict(gmi=10, kedmi=53, lomma_gmi=53, lomma_kedmi=68, plgmi=93),
+    "bido": dict(gmi=5, kedmi=35, lomma_gmi=54, lomma_kedmi=63.5, plgmi=89),
+    "negls": dict(gmi=8, kedmi=32.5, lomma_gmi=49, lomma_kedmi=77.5, plgmi=89.5),
+    "trapmid": dict(gmi=0.5, kedmi=9.5, lomma_gmi=41.5, lomma_kedmi=61, plgmi=6.5),
+    "trapmid_negls": dict(gmi=1.5, kedmi=4.5, lomma_gmi=23, lomma_kedmi=42.5, plgmi=0.5),
+}
 # How a Trap-MID target whose trapdoor did not form is shown (train_target's results.json
 # records `trapdoor_formed`): its numbers are not a defense's.
 NOT_FORMED = "trapdoor not formed: no protection expected"
 
 
 def trapdoor_not_formed(scores):
-    """Whether a defense's scores say its trapdoor did not form.
+    """Whether a defense's scores say its trapdoor did not form (in any of its seeds).
 
     Args:
         scores: One defense's entry of the pipeline's results (`trapdoor_formed` optional).
@@ -111,6 +119,20 @@ def trapdoor_not_formed(scores):
         True only when `trapdoor_formed` is recorded as False.
     """
     return scores.get("trapdoor_formed") is False
+
+
+def estimate_text(estimate):
+    """Formats an estimate for a table.
+
+    Args:
+        estimate: An `Estimate.as_dict()`, a number, or None.
+
+    Returns:
+        `"mean [low, high]"` for an estimate; a number or None as it is.
+    """
+    if not isinstance(estimate, dict):
+        return estimate
+    return f"{estimate['mean']:.3f} [{estimate['low']:.3f}, {estimate['high']:.3f}]"
 
 
 def attack_names(results):
@@ -122,8 +144,7 @@ def attack_names(results):
     Returns:
         A list of attack names.
     """
-    first = next(iter(results["defenses"].values()))
-    return [name for name, value in first.items() if isinstance(value, dict)]
+    return list(next(iter(results["defenses"].values()))["attacks"])
 
 
 def uniform_chance(results):
@@ -139,58 +160,102 @@ def uniform_chance(results):
 
 
 def works(scores, uniform):
-    """Whether an attack's top-1 accuracy clearly beats both of its chance levels.
+    """Whether an attack's top-1 accuracy is above both of its chance levels.
 
     Args:
-        scores: One attack's metrics against one model (with aa1 and chance_aa1).
+        scores: One attack's summary against one model (`aa1` and `chance_aa1` as
+            `Estimate.as_dict()`).
         uniform: Uniform chance, see `uniform_chance`.
 
     Returns:
-        True when aa1 >= max(uniform, chance_aa1) + `CLEAR_MARGIN`.
+        True when the lower end of the top-1 interval exceeds both uniform chance and the
+        upper end of the starting samples' top-1 interval.
     """
-    return scores["aa1"] >= max(uniform, scores["chance_aa1"]) + CLEAR_MARGIN
+    return scores["aa1"]["low"] > max(uniform, scores["chance_aa1"]["high"])
 
 
 def verdicts(results, baseline="none"):
     """Compares each defense's top-1 attack accuracy with the undefended model's.
+
+    The verdict words come from `trapmid_tf.metrics.intervals.verdict` on the per-seed,
+    per-reconstruction top-1 outcomes: a word is given only where the interval supports it.
 
     Args:
         results: The pipeline's results dict.
         baseline: The undefended defense's name.
 
     Returns:
-        A list of `(attack, defense, baseline_aa1, aa1, verdict)` with verdict one of
-        "attack fails on the baseline", "at most half", "lower", "not lower", or `NOT_FORMED`
-        for a Trap-MID target whose trapdoor did not form.
+        A list of `(attack, defense, baseline aa1, defended aa1, ratio, verdict)`, the
+        accuracies and the ratio defended / baseline as "mean [low, high]" text, verdict one
+        of `WORKS_ON_BASELINE`, `NOT_FORMED` or `intervals.VERDICT_WORDS`.
     """
+    from trapmid_tf.metrics.intervals import verdict
+
     defenses = results["defenses"]
     if baseline not in defenses:
         return []
     rows = []
     for attack in attack_names(results):
-        reference = defenses[baseline][attack]
+        reference = defenses[baseline]["attacks"][attack]
         for defense, scores in defenses.items():
             if defense == baseline:
                 continue
-            aa1 = scores[attack]["aa1"]
+            defended = scores["attacks"][attack]
+            found = verdict(defended["groups"]["top1"], reference["groups"]["top1"])
             if trapdoor_not_formed(scores):
-                verdict = NOT_FORMED
+                word = NOT_FORMED
             elif not works(reference, uniform_chance(results)):
-                verdict = "attack fails on the baseline"
-            elif aa1 <= reference["aa1"] / 2:
-                verdict = "at most half"
-            elif aa1 < reference["aa1"]:
-                verdict = "lower"
+                word = WORKS_ON_BASELINE
             else:
-                verdict = "not lower"
-            rows.append((attack, defense, reference["aa1"], aa1, verdict))
+                word = found.word
+            rows.append((
+                attack, defense, estimate_text(reference["aa1"]), estimate_text(defended["aa1"]),
+                estimate_text(found.ratio.as_dict()), word,
+            ))
+    return rows
+
+
+def paper_comparison(results, baseline="none"):
+    """Our defended / undefended top-1 ratio beside the paper's, per defense and attack.
+
+    Args:
+        results: The pipeline's results dict.
+        baseline: The undefended defense's name.
+
+    Returns:
+        Rows `(attack, defense, our ratio "mean [low, high]", paper ratio, agreement)` for
+        the defenses and attacks the paper reports; agreement says whether the paper's ratio
+        lies inside our interval, below it or above it.
+    """
+    from trapmid_tf.metrics.intervals import bootstrap_ratio
+
+    defenses = results["defenses"]
+    if baseline not in defenses:
+        return []
+    rows = []
+    for attack in attack_names(results):
+        if attack not in PAPER_TOP1[baseline]:
+            continue
+        reference = defenses[baseline]["attacks"][attack]["groups"]["top1"]
+        for defense, scores in defenses.items():
+            if defense == baseline or defense not in PAPER_TOP1:
+                continue
+            ours = bootstrap_ratio(scores["attacks"][attack]["groups"]["top1"], reference)
+            paper = PAPER_TOP1[defense][attack] / PAPER_TOP1[baseline][attack]
+            if ours.low <= paper <= ours.high:
+                agreement = "inside our interval"
+            else:
+                agreement = "ours higher" if ours.low > paper else "ours lower"
+            rows.append((attack, defense, estimate_text(ours.as_dict()), round(paper, 3),
+                         agreement))
     return rows
 
 
 def summary_table(results):
     """Markdown table: per defense natural/trapdoor accuracy and each attack's top-1.
 
-    A defense whose trapdoor did not form is named with `NOT_FORMED`.
+    Every value is "mean [low, high]" (95% bootstrap interval over seeds and
+    reconstructions). A defense whose trapdoor did not form is named with `NOT_FORMED`.
 
     Args:
         results: The pipeline's results dict.
@@ -201,12 +266,38 @@ def summary_table(results):
     attacks = attack_names(results)
     rows = [
         [f"{defense} ({NOT_FORMED})" if trapdoor_not_formed(scores) else defense,
-         scores["accuracy"], scores["trapdoor_accuracy"]]
-        + [scores[attack]["aa1"] for attack in attacks]
+         len(scores["seeds"]), estimate_text(scores["accuracy"]),
+         estimate_text(scores["trapdoor_accuracy"])]
+        + [estimate_text(scores["attacks"][attack]["aa1"]) for attack in attacks]
         for defense, scores in results["defenses"].items()
     ]
-    header = ["defense", "accuracy", "trapdoor acc."] + [f"{a} aa1" for a in attacks]
+    header = ["defense", "seeds", "accuracy", "trapdoor acc."] + [f"{a} aa1" for a in attacks]
     return markdown_table(header, rows)
+
+
+def steps_table(results):
+    """Markdown table of the optimiser steps every prior and attack ran.
+
+    Args:
+        results: The pipeline's results dict.
+
+    Returns:
+        The table as a string: per defense, the first seed's prior and inversion steps.
+    """
+    rows = []
+    for defense, scores in results["defenses"].items():
+        first = str(scores["seeds"][0])
+        for prior, steps in scores["prior_steps"][first].items():
+            rows.append([defense, f"prior {prior}", _steps_text(steps)])
+        for attack, summary in scores["attacks"].items():
+            rows.append([defense, f"attack {attack}", f"{summary['inversion_steps']} iterations"])
+    return markdown_table(["defense", "stage", "steps run"], rows)
+
+
+def _steps_text(steps):
+    if steps is None:
+        return None
+    return ", ".join(f"{key} {value}" for key, value in steps.items())
 
 
 def attack_grid(private_images, private_labels, reconstructions, classes):
@@ -277,51 +368,89 @@ def report_markdown(results, defenses, attacks, triggers):
     """
     evaluation = results["evaluation_model"]
     uniform = uniform_chance(results)
-    per_class = results["settings"]["per_class"]
+    settings = results["settings"]
+    scored = results["defenses"]
     lines = [
         "# Model-inversion privacy report",
         "",
         f"Dataset `{results['dataset']}` (public split `{results['public_split']}`), preset "
-        f"`{results['preset']}`, {results['seconds']:.0f} s. Evaluation model: "
-        f"`{evaluation['architecture']}` on {evaluation['classes']} classes, test accuracy "
-        f"{evaluation['accuracy']:.3f}. FID and PRDC features: `{results['fid_features']}`.",
+        f"`{results['preset']}` (budgets x{settings.get('budget_scale', 1)}), training seeds "
+        f"{settings['seeds']}, {settings['per_class']} reconstructions per class and seed, "
+        f"{results['seconds']:.0f} s. Evaluation model: `{evaluation['architecture']}` on "
+        f"{evaluation['classes']} classes, test accuracy {evaluation['accuracy']:.3f}. FID and "
+        f"PRDC features: `{results['fid_features']}`.",
+        "",
+        "Every value is `mean [low, high]`: the mean over training seeds and its 95% "
+        "bootstrap interval (seeds resampled, then reconstructions within each seed). With "
+        "one seed the interval covers the reconstructions' variation only, not the "
+        "training's.",
         "",
         "Chance levels: uniform guessing scores top-1 "
-        f"{uniform:.3f} (1/{evaluation['classes']}); the column `chance_aa1` is the "
-        "evaluation model's top-1 hit rate on each attack's un-optimised starting samples. "
-        f"An attack *works* when its top-1 beats both by {CLEAR_MARGIN:.1f}.",
+        f"{uniform:.3f} (1/{evaluation['classes']}); `chance_aa1` is the evaluation model's "
+        "top-1 on each attack's un-optimised starting samples. An attack *works* on the "
+        "undefended model when its top-1 interval lies above both.",
         "",
         "## Top-1 attack accuracy",
         "",
         summary_table(results),
         "## Defenses against the undefended model",
         "",
+        "Verdicts only where the intervals support them: *at most half* when the ratio's "
+        "upper end is at most 0.5, *lower* when the difference's upper end is below 0, "
+        "*not lower* when the difference's lower end is at least 0, else *inconclusive*.",
+        "",
         markdown_table(
-            ["attack", "defense", "undefended aa1", "defended aa1", "verdict"],
+            ["attack", "defense", "undefended aa1", "defended aa1", "ratio", "verdict"],
             verdicts(results),
         ),
-        "Natural-accuracy cost (undefended minus defended test accuracy, points): "
-        + ", ".join(
-            f"{d} {100 * (results['defenses']['none']['accuracy'] - s['accuracy']):+.1f}"
-            for d, s in results["defenses"].items() if d != "none"
-        ) if "none" in results["defenses"] else "",
+        "## Our ratios beside the paper's",
         "",
+        "Defended / undefended top-1: ours (interval) and the paper's (VGG-16 on CelebA, "
+        "read off the official repository's charts). Different data and models: the shape "
+        "is comparable, the numbers need not be.",
+        "",
+        markdown_table(
+            ["attack", "defense", "our ratio", "paper ratio", "paper's ratio is"],
+            paper_comparison(results),
+        ),
     ]
+    if "none" in scored:
+        lines += [
+            "Natural-accuracy cost (undefended minus defended mean test accuracy, points): "
+            + ", ".join(
+                f"{d} {100 * (scored['none']['accuracy']['mean'] - s['accuracy']['mean']):+.1f}"
+                for d, s in scored.items() if d != "none"
+            ),
+            "",
+        ]
+    lines += ["## Steps run", "", steps_table(results)]
     for attack in attacks:
+        entries = {d: scored[d]["attacks"][attack] for d in defenses}
+        dims = next(iter(entries.values()))["feature_dims"]
+        few = [d for d, entry in entries.items() if min(entry["fid_samples_all"]) < dims]
         lines += [
             f"## {attack}",
             "",
             f"![{attack}](grids/{attack}.png)",
             "",
             f"Each row is a class: {GRID_PRIVATE_SAMPLES} private training images, then "
-            f"{per_class} reconstructions for each of: {', '.join(defenses)}.",
+            f"{settings['per_class']} reconstructions (seed {settings['seeds'][0]}) for each "
+            f"of: {', '.join(defenses)}. `fid` uses the successful reconstructions, `_all` "
+            "columns all of them.",
             "",
             markdown_table(
                 ["defense"] + list(ATTACK_COLUMNS),
-                [[d] + [results["defenses"][d][attack][c] for c in ATTACK_COLUMNS]
+                [[d] + [estimate_text(entries[d][c]) for c in ATTACK_COLUMNS]
                  for d in defenses],
             ),
         ]
+        if few:
+            lines += [
+                f"FID and PRDC of {', '.join(few)} rest on fewer reconstructions per seed than "
+                f"the {dims} feature dimensions: the covariance is singular there, so those "
+                "numbers say little.",
+                "",
+            ]
     for defense in triggers:
         lines += [f"## Triggers of {defense} (secret)", "",
                   f"![triggers](grids/triggers_{defense}.png)", ""]

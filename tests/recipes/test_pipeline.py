@@ -11,7 +11,7 @@ import pytest
 
 RECIPES = pathlib.Path(__file__).resolve().parents[2] / "recipes"
 ATTACKS = ("gmi", "kedmi", "lomma_gmi", "lomma_kedmi", "plgmi", "mi_face")
-METRICS = ("aa1", "aa5", "knn", "fid", "trapdoor_similarity", "chance_aa1")
+METRICS = ("aa1", "aa5", "knn", "fid", "fid_all", "trapdoor_similarity", "chance_aa1")
 
 
 def run(recipe, *flags, timeout=900):
@@ -35,15 +35,22 @@ def test_results_hold_every_defense_and_attack(tiny):
     assert set(results["defenses"]) == {"none", "trapmid"}
     assert results["evaluation_model"]["classes"] == 10
     for defense, scores in results["defenses"].items():
-        assert 0.0 <= scores["accuracy"] <= 1.0
+        assert scores["seeds"] == [0]
+        assert 0.0 <= scores["accuracy"]["low"] <= scores["accuracy"]["high"] <= 1.0
         for attack in ATTACKS:
-            assert set(METRICS) <= set(scores[attack])
-            assert 0.0 <= scores[attack]["aa1"] <= scores[attack]["aa5"] <= 1.0
+            summary = scores["attacks"][attack]
+            assert set(METRICS) <= set(summary)
+            assert 0.0 <= summary["aa1"]["mean"] <= summary["aa5"]["mean"] <= 1.0
+            # The interval comes from the 10 per-image outcomes of the one seed.
+            top1 = summary["groups"]["top1"]
+            assert len(top1) == 1 and len(top1[0]) == 10
+            assert summary["aa1"]["mean"] == pytest.approx(np.mean(top1[0]))
+            assert summary["aa1"]["low"] <= summary["aa1"]["mean"] <= summary["aa1"]["high"]
             # Only the Trap-MID target has triggers to compare with.
-            assert (scores[attack]["trapdoor_similarity"] is None) == (defense == "none")
+            assert (summary["trapdoor_similarity"] is None) == (defense == "none")
     # The printed table and the report show the same numbers.
-    row = next(line for line in result.stdout.splitlines() if line.startswith("| trapmid |"))
-    assert f"{results['defenses']['trapmid']['gmi']['aa1']:.3f}" in row
+    row = next(line for line in result.stdout.splitlines() if line.startswith("| trapmid "))
+    assert f"{results['defenses']['trapmid']['attacks']['gmi']['aa1']['mean']:.3f}" in row
     report = (out / "report.md").read_text()
     for attack in ATTACKS:
         assert f"![{attack}](grids/{attack}.png)" in report
@@ -55,9 +62,25 @@ def test_results_hold_every_defense_and_attack(tiny):
     assert json.loads((out / "flags.json").read_text())["preset"] == "tiny"
 
 
+def test_results_record_the_steps_each_stage_ran(tiny):
+    out, _ = tiny
+    results = json.loads((out / "results.json").read_text())
+    for scores in results["defenses"].values():
+        steps = scores["prior_steps"]["0"]
+        # tiny: GMI 2 generator steps after 5 critic steps each; KED-MI 4 with n_critic 1;
+        # PLG-MI 2 generator steps of 5 discriminator steps; 4 steps per LOMMA surrogate.
+        assert steps["gmi"] == {"generator_steps": 2, "opponent_steps": 10}
+        assert steps["kedmi"] == {"generator_steps": 4, "opponent_steps": 4}
+        assert steps["plgmi"] == {"generator_steps": 2, "opponent_steps": 10}
+        assert steps["lomma"] == {"distillation_steps": [4, 4, 4]}
+        for attack in ATTACKS:
+            assert scores["attacks"][attack]["inversion_steps"] == 4
+
+
 def test_reconstructions_are_stored_per_target_and_attack(tiny):
     out, _ = tiny
-    with np.load(out / "targets" / "none" / "attacks" / "gmi" / "reconstructions.npz") as stored:
+    stored_path = out / "targets" / "none" / "seed_0" / "attacks" / "gmi" / "reconstructions.npz"
+    with np.load(stored_path) as stored:
         assert stored["images"].shape == (10, 32, 32, 1)  # 5 classes x 2
         assert stored["initial_images"].shape == (10, 32, 32, 1)
         np.testing.assert_array_equal(np.bincount(stored["labels"]), [2] * 5)
@@ -89,9 +112,9 @@ def test_second_run_reuses_every_stage(tiny):
 
 def test_single_stage_recipes_chain(tiny, tmp_path):
     out, _ = tiny
-    target = out / "targets" / "none" / "classifier.keras"
+    target = out / "targets" / "none" / "seed_0" / "classifier.keras"
     prior = tmp_path / "gmi"
-    result = run("train_prior.py", "--prior=gmi", "--epochs=1", "--base_channels=8",
+    result = run("train_prior.py", "--prior=gmi", "--steps=1", "--base_channels=8",
                  f"--out={prior}")
     assert result.returncode == 0, result.stderr[-3000:]
     attacks = tmp_path / "attacks"
@@ -115,7 +138,9 @@ def test_single_stage_recipes_chain(tiny, tmp_path):
         ("pipeline.py", ["--attacks=gmi,fgsm", "--out=x"], "--attacks must list names"),
         ("pipeline.py", ["--defense=none", "--out=x"], "use --defenses here"),
         ("train_prior.py", ["--prior=plgmi", "--out=x"], "set --target"),
-        ("train_prior.py", ["--prior=gmi", "--epochs=0", "--out=x"], "--epochs must be >= 1"),
+        ("train_prior.py", ["--prior=gmi", "--steps=0", "--out=x"], "--steps must be >= 1"),
+        ("pipeline.py", ["--seeds=0,0", "--out=x"], "--seeds must list distinct"),
+        ("pipeline.py", ["--budget_scale=0", "--out=x"], "--budget_scale must be >= 1"),
         ("attack.py", ["--attacks=plgmi", "--target=t.keras", "--out=x"], "needs --plgmi_prior"),
         ("evaluate.py", ["--evaluation_model=e", "--target=missing.keras", "--attacks_dir=a",
                          "--out=x"], "--target 'missing.keras' does not exist"),
@@ -126,3 +151,26 @@ def test_bad_flags_are_rejected_before_any_work(tmp_path, recipe, flags, message
     assert result.returncode != 0
     assert message in result.stderr
     assert not (tmp_path / "x").exists() and not pathlib.Path("x").exists()
+
+
+# The reference's budgets, read from its code (ntuaislab/Trap-MID), written out here by hand:
+# plgmi/baselines/config/celeba.json "train_gan - first stage": epochs 120, batch_size 64,
+# n_critic 5; utils.init_dataloader drop_last=True over data_files/celeba_ganset.txt (30,000
+# images) -> 468 batches an epoch; GMI.py / KED_MI.py step the generator when step % n_critic
+# == 0. plgmi/train_cgan.py: --max_iteration 30000, --n_dis 5, -B 64. lomma/engine.py
+# train_augmodel: the "_20" checkpoint is saved at epoch index 19 of range(1, 21). recovery.py:
+# 1500 iterations; plgmi/reconstruct.py: 600; top_n_selection.py: 30.
+REFERENCE = dict(
+    gmi_steps=11_232, kedmi_steps=11_232, plgmi_steps=30_000, surrogate_steps=8_892,
+    kedmi_n_critic=5, kedmi_batch_size=64, top_n=30, iterations=1500, plgmi_iterations=600,
+)
+
+
+def test_full_preset_is_the_references_budgets(monkeypatch):
+    monkeypatch.syspath_prepend(str(RECIPES))
+    import pipeline
+
+    full = pipeline.preset_settings("full")
+    assert {key: full[key] for key in REFERENCE} == REFERENCE
+    assert pipeline.REFERENCE_N_CRITIC == 5 and pipeline.REFERENCE_BATCH_SIZE == 64
+    assert full["per_class"] >= 20 and len(full["seeds"]) >= 3

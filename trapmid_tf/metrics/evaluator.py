@@ -20,7 +20,7 @@ import keras
 import numpy as np
 
 from trapmid_tf.metrics.accuracy import top_k_accuracy
-from trapmid_tf.metrics.distance import knn_distance
+from trapmid_tf.metrics.distance import min_squared_distances
 from trapmid_tf.metrics.features import batched_predict
 from trapmid_tf.metrics.fid import frechet_distance
 from trapmid_tf.metrics.prdc import prdc
@@ -162,48 +162,75 @@ class AttackEvaluator:
         Returns:
             A dict: `aa1`, `aa5` (top-1/top-5 attack accuracy in [0, 1]; top-5 is top-k with
             k = min(5, classes)), `knn` (mean minimum squared feature distance to the private
-            training images of the attacked class), `fid` (successful reconstructions vs the
-            private training images; None with fewer than 2 successes), `precision`,
-            `recall`, `density`, `coverage` (all reconstructions vs the private training
-            images of the attacked classes; None when either set has too few images), and
-            `successes` (how many were top-1 correct).
+            training images of the attacked class), `successes` (how many were top-1
+            correct), `per_image` (lists, one entry per reconstruction: `top1`, `top5` as 0/1
+            and `knn`, for confidence intervals), `feature_dims` (of the FID/PRDC features),
+            and for two sets of reconstructions, the successful ones (no suffix) and all of
+            them (suffix `_all`): `fid` (vs the private training images; None with fewer
+            than 2 images), `precision`, `recall`, `density`, `coverage` (vs the private
+            training images of the attacked classes; None when either set has too few
+            images) and `fid_samples` (how many reconstructions entered; FID's covariance is
+            singular when that is below `feature_dims`).
         """
         images = np.asarray(images, dtype=np.float32)
         labels = np.asarray(labels, dtype=np.int32)
         features, logits = self._predict(images)
-        correct = np.argmax(logits, axis=1) == labels
-        scores = {
-            "aa1": top_k_accuracy(logits, labels, 1),
-            "aa5": top_k_accuracy(logits, labels, min(5, self.num_classes)),
-            "knn": knn_distance(
-                features, labels, self.private_features, self.private_labels
-            ),
-            "successes": int(correct.sum()),
-        }
+        top5 = min(5, self.num_classes)
+        ranked = np.argsort(-logits, axis=1)
+        correct = ranked[:, 0] == labels
+        in_top5 = np.any(ranked[:, :top5] == labels[:, None], axis=1)
+        distances = min_squared_distances(
+            features, labels, self.private_features, self.private_labels
+        )
         fid_features = (
             features
             if self.fid_features == EVALUATION_FEATURES
             else batched_predict(self._fid_model, images, self.batch_size)
         )
-        scores["fid"] = (
-            frechet_distance(fid_features[correct], self.private_fid_features)
-            if correct.sum() >= 2
-            else None
-        )
-        attacked = np.isin(self.private_labels, labels)
-        real = self.private_fid_features[attacked]
-        enough = min(len(real), len(fid_features)) > PRDC_NEIGHBOURS
-        diversity = (
-            prdc(real, fid_features, PRDC_NEIGHBOURS) if enough else dict.fromkeys(
-                ("precision", "recall", "density", "coverage")
+        scores = {
+            "aa1": top_k_accuracy(logits, labels, 1),
+            "aa5": top_k_accuracy(logits, labels, top5),
+            "knn": float(distances.mean()),
+            "successes": int(correct.sum()),
+            "per_image": {
+                "top1": correct.astype(int).tolist(),
+                "top5": in_top5.astype(int).tolist(),
+                "knn": distances.tolist(),
+            },
+            "feature_dims": int(fid_features.shape[1]),
+        }
+        attacked = self.private_fid_features[np.isin(self.private_labels, labels)]
+        for suffix, chosen in (("", correct), ("_all", np.ones_like(correct))):
+            scores.update(
+                {
+                    key + suffix: value
+                    for key, value in self._distribution_scores(
+                        fid_features[chosen], attacked
+                    ).items()
+                }
             )
-        )
-        scores.update(diversity)
         return {key: _plain(value) for key, value in scores.items()}
+
+    def _distribution_scores(self, fake, attacked_real):
+        """FID against all private images and PRDC against the attacked classes' images."""
+        scores = {
+            "fid": frechet_distance(fake, self.private_fid_features) if len(fake) >= 2 else None,
+            "fid_samples": len(fake),
+        }
+        enough = min(len(attacked_real), len(fake)) > PRDC_NEIGHBOURS
+        scores.update(
+            prdc(attacked_real, fake, PRDC_NEIGHBOURS)
+            if enough
+            else dict.fromkeys(("precision", "recall", "density", "coverage"))
+        )
+        return scores
 
 
 def _plain(value):
-    return None if value is None else (int(value) if isinstance(value, int) else float(value))
+    """JSON-ready: None, int, dict (already plain) or float."""
+    if value is None or isinstance(value, dict):
+        return value
+    return int(value) if isinstance(value, (int, np.integer)) else float(value)
 
 
 class TrapdoorDetector:

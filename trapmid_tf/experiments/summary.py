@@ -1,0 +1,82 @@
+"""One defense's pipeline results over its training seeds: means with bootstrap intervals.
+
+The pipeline scores every target (one defense, one training seed) separately; this module
+pools the seeds. Per-reconstruction outcomes (top-1 and top-5 success, KNN distance) keep one
+group per seed, so their intervals come from the two-level bootstrap of
+`trapmid_tf.metrics.intervals` (seeds, then reconstructions); metrics with one value per
+target (accuracies, FID, PRDC, chance levels) are bootstrapped over seeds.
+"""
+
+from trapmid_tf.metrics.intervals import bootstrap_mean
+
+# Per-reconstruction outcomes, as `AttackEvaluator.evaluate` lists them, and their names here.
+PER_IMAGE_METRICS = {"top1": "aa1", "top5": "aa5", "knn": "knn"}
+# Metrics with one value per target and attack (None where a target has too few samples).
+PER_TARGET_METRICS = (
+    "fid", "fid_all", "precision", "recall", "density", "coverage", "precision_all",
+    "recall_all", "density_all", "coverage_all", "chance_aa1", "trapdoor_similarity",
+    "trapdoor_detection",
+)
+# Counts reported as they are (the same for every seed of a run).
+COUNTS = ("feature_dims", "inversion_steps")
+
+
+def _over_seeds(values):
+    """`bootstrap_mean` of one value per seed as a dict; None if any seed has no value."""
+    if not values or any(value is None for value in values):
+        return None
+    return bootstrap_mean([[value] for value in values]).as_dict()
+
+
+def summarize_attack(runs):
+    """One attack against one defense, pooled over its training seeds.
+
+    Args:
+        runs: One scores dict per seed, as `AttackEvaluator.evaluate` (plus the pipeline's
+            `chance_aa1`, trapdoor and `inversion_steps` entries) returns them.
+
+    Returns:
+        Dict: `aa1`, `aa5`, `knn` and every metric of `PER_TARGET_METRICS` as
+        `Estimate.as_dict()` (or None), `groups` (the per-seed per-image outcomes the
+        intervals came from), `fid_samples` and `fid_samples_all` (per seed), and `COUNTS`.
+    """
+    groups = {key: [run["per_image"][key] for run in runs] for key in PER_IMAGE_METRICS}
+    summary = {name: bootstrap_mean(groups[key]).as_dict() for key, name in
+               PER_IMAGE_METRICS.items()}
+    summary.update({key: _over_seeds([run.get(key) for run in runs])
+                    for key in PER_TARGET_METRICS})
+    summary["fid_samples"] = [run["fid_samples"] for run in runs]
+    summary["fid_samples_all"] = [run["fid_samples_all"] for run in runs]
+    summary.update({key: runs[0][key] for key in COUNTS})
+    summary["groups"] = groups
+    return summary
+
+
+def summarize_seeds(per_seed):
+    """One defense's results pooled over its training seeds.
+
+    Args:
+        per_seed: `{seed: target results}`, each with `accuracy`, `trapdoor_accuracy`
+            (None without a trapdoor), `trapdoor_formed` (None when not recorded),
+            `prior_steps` and `attacks` (`{attack: scores}`).
+
+    Returns:
+        Dict: `accuracy` and `trapdoor_accuracy` as `Estimate.as_dict()` (the latter None
+        without a trapdoor), `trapdoor_formed` (False when any seed's trapdoor did not form,
+        None when none recorded it), `seeds` (the seeds in order), `prior_steps`
+        (`{seed: ...}`), and `attacks` (`{attack: summarize_attack(...)}`).
+    """
+    seeds = sorted(per_seed)
+    targets = [per_seed[seed] for seed in seeds]
+    formed = [t.get("trapdoor_formed") for t in targets if t.get("trapdoor_formed") is not None]
+    return {
+        "accuracy": _over_seeds([t["accuracy"] for t in targets]),
+        "trapdoor_accuracy": _over_seeds([t["trapdoor_accuracy"] for t in targets]),
+        "trapdoor_formed": all(formed) if formed else None,
+        "seeds": seeds,
+        "prior_steps": {str(seed): per_seed[seed]["prior_steps"] for seed in seeds},
+        "attacks": {
+            attack: summarize_attack([t["attacks"][attack] for t in targets])
+            for attack in targets[0]["attacks"]
+        },
+    }
