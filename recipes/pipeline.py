@@ -16,6 +16,9 @@ Budgets are optimiser steps: generator steps of the GAN priors, distillation ste
 surrogates, inversion iterations; results.json records the steps every stage ran.
 --budget_scale multiplies all of them (recipes/convergence.py compares 1x, 2x, 4x).
 
+A Trap-MID target whose trapdoor did not form is trained, attacked and marked in the report;
+with --require_trapdoor (on in the quick and full presets) the pipeline then exits non-zero.
+
 Presets: tiny (a smoke test, about a minute), quick (`make demo`, one seed, far below the
 reference's budgets), full (the reference's budgets exactly, `trapmid_tf.attacks.
 REFERENCE_BUDGETS`, 3 seeds, 20 reconstructions per class; days on a CPU).
@@ -46,7 +49,7 @@ PRESETS = {
         defenses=["none", "trapmid"], seeds=[0], target_epochs=2, evaluation_epochs=1,
         gmi_steps=2, kedmi_steps=4, kedmi_n_critic=1, kedmi_batch_size=32, plgmi_steps=2,
         surrogate_steps=4, base_channels=8, top_n=4, per_class=2, iterations=4,
-        plgmi_iterations=4, mi_face_iterations=4,
+        plgmi_iterations=4, mi_face_iterations=4, require_trapdoor=False,
     ),
     # The session-2 demo budgets, as steps on the digits public split (21 batches of 64).
     "quick": dict(
@@ -54,17 +57,22 @@ PRESETS = {
         evaluation_epochs=10, gmi_steps=126, kedmi_steps=336, kedmi_n_critic=1,
         kedmi_batch_size=32, plgmi_steps=24, surrogate_steps=63, base_channels=16, top_n=30,
         per_class=5, iterations=100, plgmi_iterations=100, mi_face_iterations=300,
+        require_trapdoor=True,
     ),
     "full": dict(
         dict.fromkeys(REFERENCE_KEYS), seeds=[0, 1, 2], target_epochs=None,
         defenses=["none", "trapmid", "negls", "trapmid_negls", "mid", "bido"],
         evaluation_epochs=20, base_channels=64, per_class=20, mi_face_iterations=1000,
+        require_trapdoor=True,
     ),
 }
 PRESET_KEYS = tuple(PRESETS["quick"])
 STEP_KEYS = ("gmi_steps", "kedmi_steps", "plgmi_steps", "surrogate_steps", "iterations",
              "plgmi_iterations", "mi_face_iterations")
-EVALUATION_ARCHITECTURE = "small_cnn_wide"
+# The judge trained when --evaluation_model is not given: the reference's FaceNet (IR-50 at
+# 112x112) for faces, a wide CNN without batch norm for the digit datasets.
+EVALUATION_ARCHITECTURES = {"celeba": "facenet_eval"}
+DEFAULT_EVALUATION_ARCHITECTURE = "small_cnn_wide"
 REFERENCE_N_CRITIC = 5
 REFERENCE_BATCH_SIZE = 64
 PRIOR_STEPS = {
@@ -107,6 +115,9 @@ flags.DEFINE_integer("iterations", None, "GMI/KED-MI/LOMMA inversion steps (refe
 flags.DEFINE_integer("plgmi_iterations", None, "PLG-MI inversion steps (reference 600).")
 flags.DEFINE_integer("mi_face_iterations", None, "MI-Face inversion steps.")
 flags.DEFINE_string("fid_weights", None, "Local InceptionV3 no-top weights for FID (optional).")
+flags.DEFINE_string("evaluation_model", None,
+                    "A saved Keras classifier (.keras) to judge the attacks with, e.g. the face "
+                    "FaceNet (docs/reproducing_on_gpu.md); default: train one (evaluator/).")
 flags.DEFINE_bool("overwrite", False, "Redo every stage even if stored.")
 
 
@@ -160,7 +171,7 @@ def pipeline_settings():
         raise app.UsageError(f"--budget_scale must be >= 1; received {FLAGS.budget_scale}.")
     for key in PRESET_KEYS:
         value = settings[key]
-        if isinstance(value, int) and value < (0 if "iterations" in key else 1):
+        if type(value) is int and value < (0 if "iterations" in key else 1):
             raise app.UsageError(f"--{key} must be positive; received {value}.")
     settings["budget_scale"] = FLAGS.budget_scale
     for key in STEP_KEYS:
@@ -190,7 +201,9 @@ def train_targets(settings):
         for defense in settings["defenses"]:
             out = target_dir(defense, seed)
             base, variant = VARIANTS.get(defense, (defense, {}))
-            changes = dict(variant, defense=base, out=out, seed=seed, split_seed=FLAGS.seed)
+            # A target without a trapdoor is kept and reported; the pipeline fails at the end.
+            changes = dict(variant, defense=base, out=out, seed=seed, split_seed=FLAGS.seed,
+                           require_trapdoor=False)
             if settings["target_epochs"] is not None and not FLAGS["epochs"].present:
                 changes["epochs"] = settings["target_epochs"]
             config = train_target.config_from_flags(**changes)
@@ -255,7 +268,8 @@ def attack_target(directory, target, config, seed, priors, prior_settings, setti
     results = {}
     for name in settings["attacks"]:
         attack_settings = dict(
-            num_classes=int(target.output_shape[-1]), per_class=settings["per_class"],
+            num_classes=min(int(target.output_shape[-1]), attack_recipe.MAX_ATTACKED_CLASSES),
+            per_class=settings["per_class"],
             seed=seed, iterations=settings["iterations"],
             plgmi_iterations=settings["plgmi_iterations"],
             mi_face_iterations=settings["mi_face_iterations"],
@@ -298,6 +312,29 @@ def attack_seed(evaluator, detector, stored, target_results, steps):
     )
 
 
+def judge(private_train, settings):
+    """The evaluation model: --evaluation_model as given, else trained (or reused) in evaluator/.
+
+    Returns:
+        `(model, description)`: the description holds architecture (or the file), test
+        accuracy (None for a given file) and classes.
+    """
+    if FLAGS.evaluation_model:
+        image_shape = private_train.element_spec[0].shape
+        model = evaluate_recipe.load_evaluation_classifier(FLAGS.evaluation_model, image_shape)
+        architecture, accuracy = os.path.abspath(FLAGS.evaluation_model), None
+    else:
+        architecture = EVALUATION_ARCHITECTURES.get(FLAGS.dataset, DEFAULT_EVALUATION_ARCHITECTURE)
+        model, accuracy = evaluate_recipe.evaluation_model(
+            FLAGS.dataset, FLAGS.data_dir,
+            dict(architecture=architecture, epochs=settings["evaluation_epochs"], seed=FLAGS.seed),
+            os.path.join(FLAGS.out, "evaluator"), FLAGS.overwrite,
+        )
+    return model, dict(
+        architecture=architecture, accuracy=accuracy, classes=int(model.output_shape[-1])
+    )
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -321,14 +358,7 @@ def main(argv):
         FLAGS.dataset, FLAGS.data_dir, seed=FLAGS.seed, public_split=settings["public_split"]
     )
     targets = train_targets(settings)
-    evaluation_settings = dict(
-        architecture=EVALUATION_ARCHITECTURE, epochs=settings["evaluation_epochs"],
-        seed=FLAGS.seed,
-    )
-    evaluation_model, evaluation_accuracy = evaluate_recipe.evaluation_model(
-        FLAGS.dataset, FLAGS.data_dir, evaluation_settings,
-        os.path.join(FLAGS.out, "evaluator"), FLAGS.overwrite,
-    )
+    evaluation_model, evaluation = judge(private_train, settings)
     evaluator = evaluate_recipe.make_evaluator(evaluation_model, private_train, FLAGS.fid_weights)
     gmi, gmi_directory = None, os.path.join(FLAGS.out, "priors", "gmi")
     if "gmi" in suite.priors_needed(settings["attacks"]):
@@ -357,10 +387,7 @@ def main(argv):
             reconstructions[defense] = stored
     results = dict(
         dataset=FLAGS.dataset, public_split=settings["public_split"], preset=FLAGS.preset,
-        settings=settings, evaluation_model=dict(
-            architecture=EVALUATION_ARCHITECTURE, accuracy=evaluation_accuracy,
-            classes=int(evaluation_model.output_shape[-1]),
-        ),
+        settings=settings, evaluation_model=evaluation,
         fid_features=evaluator.fid_features,
         defenses={d: summarize_seeds(seeds) for d, seeds in per_seed.items()},
         seconds=round(time.perf_counter() - start, 1),
@@ -374,6 +401,12 @@ def main(argv):
     log_grids(os.path.join(FLAGS.out, "logs"), grids)
     print(report.summary_table(results))
     print(f"report: {os.path.join(FLAGS.out, 'report.md')} ({results['seconds']:.0f} s)")
+    failed = [d for d, scores in results["defenses"].items() if report.trapdoor_not_formed(scores)]
+    if failed and settings["require_trapdoor"]:
+        raise SystemExit(
+            f"pipeline: the trapdoor did not form for {failed} (in at least one seed): no "
+            "protection expected from them; see the report. --norequire_trapdoor accepts this."
+        )
 
 
 def stored_triggers(settings):

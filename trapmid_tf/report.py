@@ -377,8 +377,8 @@ def report_markdown(results, defenses, attacks, triggers):
         f"`{results['preset']}` (budgets x{settings.get('budget_scale', 1)}), training seeds "
         f"{settings['seeds']}, {settings['per_class']} reconstructions per class and seed, "
         f"{results['seconds']:.0f} s. Evaluation model: `{evaluation['architecture']}` on "
-        f"{evaluation['classes']} classes, test accuracy {evaluation['accuracy']:.3f}. FID and "
-        f"PRDC features: `{results['fid_features']}`.",
+        f"{evaluation['classes']} classes, test accuracy "
+        f"{_cell(evaluation['accuracy'])}. FID and PRDC features: `{results['fid_features']}`.",
         "",
         "Every value is `mean [low, high]`: the mean over training seeds and its 95% "
         "bootstrap interval (seeds resampled, then reconstructions within each seed). With "

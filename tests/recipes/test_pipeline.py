@@ -174,3 +174,34 @@ def test_full_preset_is_the_references_budgets(monkeypatch):
     assert {key: full[key] for key in REFERENCE} == REFERENCE
     assert pipeline.REFERENCE_N_CRITIC == 5 and pipeline.REFERENCE_BATCH_SIZE == 64
     assert full["per_class"] >= 20 and len(full["seeds"]) >= 3
+
+
+def test_convergence_rows_say_whether_doubling_changed_top1(monkeypatch):
+    monkeypatch.syspath_prepend(str(RECIPES))
+    import convergence
+
+    def top1(mean):
+        return {"mean": mean, "low": mean - 0.1, "high": mean + 0.1}
+
+    rows = convergence.convergence_rows(
+        {1: {"gmi": top1(0.5)}, 2: {"gmi": top1(0.54)}, 4: {"gmi": top1(0.8)}}, 0.05
+    )
+    assert [(scale, gain, verdict) for _, scale, _, gain, verdict in rows] == [
+        (1, None, "converged"), (2, 0.04, "not converged"), (4, 0.26, None),
+    ]
+
+
+def test_convergence_runs_the_pipeline_at_each_scale(tmp_path):
+    out = tmp_path / "convergence"
+    result = run("convergence.py", "--scales=1,2", "--preset=tiny", "--attacks=gmi,mi_face",
+                 f"--out={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = json.loads((out / "convergence.json").read_text())
+    assert [row[:2] for row in table["rows"]] == [["gmi", 1], ["gmi", 2], ["mi_face", 1],
+                                                  ["mi_face", 2]]
+    # Doubling the budget doubled the steps every stage ran.
+    for scale in (1, 2):
+        results = json.loads((out / f"x{scale}" / "results.json").read_text())
+        steps = results["defenses"]["none"]["prior_steps"]["0"]["gmi"]
+        assert steps["generator_steps"] == 2 * scale
+        assert results["defenses"]["none"]["attacks"]["gmi"]["inversion_steps"] == 4 * scale
