@@ -64,6 +64,34 @@ def test_evaluate_matches_hand_computation():
     assert evaluator.fid_features == EVALUATION_FEATURES
 
 
+def _fid(fake, real):
+    mean_a, mean_b = fake.mean(0), real.mean(0)
+    cov_a, cov_b = np.cov(fake, rowvar=False), np.cov(real, rowvar=False)
+    root = scipy.linalg.sqrtm(cov_a @ cov_b).real
+    return np.sum((mean_a - mean_b) ** 2) + np.trace(cov_a + cov_b - 2 * root)
+
+
+def test_evaluate_gives_per_image_outcomes_and_all_reconstruction_scores():
+    evaluator = AttackEvaluator(linear_model(), images(PRIVATE), PRIVATE_LABELS, batch_size=4)
+    scores = evaluator.evaluate(images(RECONSTRUCTIONS), RECONSTRUCTION_LABELS)
+    # By hand: the larger pixel wins (class 2 never does, so top-3 always holds the label).
+    assert scores["per_image"]["top1"] == [1, 1, 0, 0, 1]  # predicted 0 0 1 0 1
+    assert scores["per_image"]["top5"] == [1] * 5
+    expected_knn = [
+        min(np.sum((r - p) ** 2) for p in PRIVATE[PRIVATE_LABELS == y])
+        for r, y in zip(RECONSTRUCTIONS, RECONSTRUCTION_LABELS)
+    ]
+    np.testing.assert_allclose(scores["per_image"]["knn"], expected_knn, rtol=1e-6)
+    assert scores["feature_dims"] == 2
+    assert (scores["fid_samples"], scores["fid_samples_all"]) == (3, 5)
+    # FID of all five reconstructions by the closed form with scipy.
+    assert scores["fid_all"] == pytest.approx(_fid(RECONSTRUCTIONS, PRIVATE), rel=1e-5)
+    # PRDC of all reconstructions: 5 fakes and 6 attacked-class reals, k = 3.
+    assert scores["precision_all"] is not None and 0.0 <= scores["coverage_all"] <= 1.0
+    # Only 3 successes: too few for k = 3 neighbours.
+    assert scores["precision"] is None
+
+
 def test_evaluate_without_two_successes_has_no_fid_and_small_sets_no_prdc():
     evaluator = AttackEvaluator(linear_model(), images(PRIVATE), PRIVATE_LABELS)
     scores = evaluator.evaluate(images([[0.1, 0.9]]), np.array([0]))
