@@ -135,7 +135,7 @@ flags.DEFINE_float("min_trapdoor_accuracy", None, "Trap-MID: the best epoch (hig
                    "it (default: digits 0.9, others 0, the reference's rule).")
 flags.DEFINE_float("trapdoor_warning_threshold", None, "Trap-MID: test trapdoor accuracy of the "
                    "kept epoch below which the trapdoor counts as not formed (default: "
-                   "TrapMIDCallback's, 0.8).")
+                   "TrapMIDCallback's, 0.9).")
 flags.DEFINE_bool("require_trapdoor", False, "Exit non-zero (after writing every artefact) when "
                   "a Trap-MID trapdoor did not form; no effect on defenses without triggers.")
 flags.DEFINE_bool("optimize_triggers", True, "Optimise the triggers (else random, fixed).")
@@ -641,7 +641,7 @@ def trapdoor_line(results):
         results: The dict written to `results.json`.
 
     Returns:
-        The line, e.g. "Trapdoor formed: test trapdoor accuracy 0.994 >= 0.8."
+        The line, e.g. "Trapdoor formed: test trapdoor accuracy 0.994 >= 0.9."
     """
     if results["trapdoor_formed"] is None:
         return "Trapdoor: none (this defense has no triggers)."

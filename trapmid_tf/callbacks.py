@@ -67,12 +67,12 @@ class TrapMIDCallback(keras.callbacks.Callback):
         min_trapdoor_accuracy: Trapdoor accuracy, in [0, 1], that a best epoch must reach
             once any epoch has reached it (0: the reference's rule).
         trapdoor_warning_threshold: Trapdoor accuracy, in [0, 1], below which the kept
-            epoch's trapdoor counts as not formed. The default, 0.8, is four times chance on
-            the 5-class digit datasets (0.2) and far above it on faces (1/1000). Trapdoors
-            that formed reached 96-100% in every run measured, and those that did not
-            stayed near chance or swung between 20% and 62% (docs/trapdoor_formation.md):
-            0.8 separates the two with room for the noise of a small test set (180 digits
-            images: one image is 0.6 points).
+            epoch's trapdoor counts as not formed. The default, 0.9, is 4.5 times chance on
+            the 5-class digit datasets (0.2) and far above it on faces (1/1000). Formed
+            trapdoors reached 95-100% in the runs measured; failed ones stayed at 20-35%, and
+            partly formed ones stopped at 71-82% (docs/trapdoor_formation.md). 0.9 flags
+            the partial ones too and leaves room for the noise of a small test set (180
+            digits images: one image is 0.6 points).
 
     Its state (the attributes below) is saved and restored by `TrapMIDBackup`.
 
@@ -90,7 +90,7 @@ class TrapMIDCallback(keras.callbacks.Callback):
         best_classifier_path=None,
         every=10,
         min_trapdoor_accuracy=0.0,
-        trapdoor_warning_threshold=0.8,
+        trapdoor_warning_threshold=0.9,
     ):
         super().__init__()
         if int(every) < 1:

@@ -48,8 +48,8 @@ def test_trapmid_negls_run_writes_consistent_artefacts(tmp_path):
         "test_accuracy", "trapdoor_accuracy", "best_epoch", "epochs", "seconds",
         "skipped_images", "skipped_files", "trapdoor_formed", "trapdoor_warning_threshold",
     }
-    assert results["trapdoor_warning_threshold"] == 0.8  # TrapMIDCallback's default
-    assert results["trapdoor_formed"] == (results["trapdoor_accuracy"] >= 0.8)
+    assert results["trapdoor_warning_threshold"] == 0.9  # TrapMIDCallback's default
+    assert results["trapdoor_formed"] == (results["trapdoor_accuracy"] >= 0.9)
     assert results["skipped_images"] == 0 and results["skipped_files"] == []
     stored = json.loads((tmp_path / "results.json").read_text())
     assert stored == results
@@ -196,11 +196,11 @@ def test_require_trapdoor_exits_non_zero_after_writing_every_artefact(tmp_path):
     )
     assert result.returncode != 0
     results = json.loads((out / "results.json").read_text())
-    assert results["trapdoor_formed"] is False and results["trapdoor_warning_threshold"] == 0.8
-    assert results["trapdoor_accuracy"] < 0.8
+    assert results["trapdoor_formed"] is False and results["trapdoor_warning_threshold"] == 0.9
+    assert results["trapdoor_accuracy"] < 0.9
     assert {"flags.json", "classifier.keras", "triggers.npz"} <= set(os.listdir(out))
     line = (
-        f"Trapdoor NOT formed: test trapdoor accuracy {results['trapdoor_accuracy']:.3f} < 0.8; "
+        f"Trapdoor NOT formed: test trapdoor accuracy {results['trapdoor_accuracy']:.3f} < 0.9; "
         "no protection expected (see docs/trapdoor_formation.md)."
     )
     assert result.stdout.splitlines()[-1] == line
@@ -211,15 +211,15 @@ def test_require_trapdoor_exits_non_zero_after_writing_every_artefact(tmp_path):
 @pytest.mark.parametrize(
     "formed, accuracy, line",
     [
-        (True, 0.99, "Trapdoor formed: test trapdoor accuracy 0.990 >= 0.8."),
-        (False, 0.2, "Trapdoor NOT formed: test trapdoor accuracy 0.200 < 0.8; no protection "
+        (True, 0.99, "Trapdoor formed: test trapdoor accuracy 0.990 >= 0.9."),
+        (False, 0.2, "Trapdoor NOT formed: test trapdoor accuracy 0.200 < 0.9; no protection "
                      "expected (see docs/trapdoor_formation.md)."),
         (None, None, "Trapdoor: none (this defense has no triggers)."),
     ],
 )
 def test_trapdoor_line_says_whether_the_trapdoor_formed(formed, accuracy, line):
     results = dict(trapdoor_formed=formed, trapdoor_accuracy=accuracy,
-                   trapdoor_warning_threshold=None if formed is None else 0.8)
+                   trapdoor_warning_threshold=None if formed is None else 0.9)
     assert load_recipe().trapdoor_line(results) == line
 
 
