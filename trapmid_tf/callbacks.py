@@ -70,7 +70,7 @@ class TrapMIDCallback(keras.callbacks.Callback):
             epoch's trapdoor counts as not formed. The default, 0.9, is 4.5 times chance on
             the 5-class digit datasets (0.2) and far above it on faces (1/1000). Formed
             trapdoors reached 95-100% in the runs measured; failed ones stayed at 20-35%, and
-            partly formed ones stopped at 71-82% (docs/trapdoor_formation.md). 0.9 flags
+            partly formed ones were at 61-82% (docs/trapdoor_formation.md). 0.9 flags
             the partial ones too and leaves room for the noise of a small test set (180
             digits images: one image is 0.6 points).
 
