@@ -152,3 +152,19 @@ def test_rejects_bad_settings():
         BREPMIAttack(tiny_generator(), growth_fraction=1.0)
     with pytest.raises(ValueError, match="`target` must take the generator's images"):
         BREPMIAttack(identity_generator()).invert(tiny_classifier(), [0])
+
+
+def test_iterations_record_the_last_run_and_zero_returns_the_initial_points():
+    attack = BREPMIAttack(identity_generator(), initial_radius=0.3, patience=2,
+                          max_iterations=50, initial_batch=8)
+    assert attack.iterations is None
+    result = attack.run(sign_of_first_pixel, [1], num_classes=2, per_class=2, seed=0)
+    assert attack.iterations == result.iterations and 0 < result.iterations <= 50
+    start = BREPMIAttack(identity_generator(), max_iterations=0, initial_batch=8)
+    initial = start.run(sign_of_first_pixel, [1], num_classes=2, per_class=2, seed=0)
+    # No step runs: the images are the initial points, already labelled as the class.
+    assert start.iterations == 0 and initial.found.all()
+    np.testing.assert_array_equal(initial.images.reshape(2, Z_DIM), initial.latents)
+    assert np.all(sign_of_first_pixel(initial.images) == 1)
+    with pytest.raises(ValueError, match="`max_iterations` must be an integer >= 0"):
+        BREPMIAttack(identity_generator(), max_iterations=-1)

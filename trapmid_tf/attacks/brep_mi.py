@@ -46,6 +46,7 @@ from trapmid_tf.attacks.inversion import (
     AttackResult,
     check_generator,
     check_network,
+    check_non_negative_int,
     check_positive_float,
     identity_labels,
 )
@@ -209,10 +210,15 @@ class BREPMIAttack:
         growth_fraction: The sphere grows when more than this fraction of its points keep the
             label (authors: sum of +-1 labels > 0.75 N, i.e. 0.875), in [0, 1).
         patience: Accepted steps without growth before a walk stops (authors: 1000).
-        max_iterations: Iterations after which every walk stops (ours; None: no cap).
+        max_iterations: Iterations after which every walk stops (ours; None: no cap; 0 returns
+            the initial points, the attack's un-optimised starting samples).
         initial_batch: Latents drawn per batch when searching initial points (authors: 256).
         max_initial_batches: Batches searched for initial points before giving up on a class
             (ours; the authors search until found).
+
+    Attributes:
+        iterations: Iterations the last `run` (or `invert`) took, at most `max_iterations`;
+            None before the first run. The suite records it as the attack's steps.
     """
 
     def __init__(
@@ -254,7 +260,7 @@ class BREPMIAttack:
         ]:
             check_positive_int(name, value)
         if max_iterations is not None:
-            check_positive_int("max_iterations", max_iterations)
+            check_non_negative_int("max_iterations", max_iterations)
         self.generator = generator
         self.initial_radius = float(initial_radius)
         self.growth = float(growth)
@@ -267,6 +273,7 @@ class BREPMIAttack:
         self.max_iterations = max_iterations
         self.initial_batch = int(initial_batch)
         self.max_initial_batches = int(max_initial_batches)
+        self.iterations = None
         spec = tf.TensorSpec((None, self.z_dim), tf.float32)
         self._generate = tf.function(
             lambda z: generator(z, training=False), input_signature=[spec]
@@ -392,6 +399,7 @@ class BREPMIAttack:
                     f"BREP-MI iteration {iterations}: {int(walk.active.sum())} walks active, "
                     f"mean radius {walk.radii.mean():.3f}"
                 )
+        self.iterations = iterations
         final = np.where(walk.grown[:, None], walk.best, walk.latents).astype(np.float32)
         return BREPMIResult(
             images=self.generate(final),
