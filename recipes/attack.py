@@ -1,7 +1,9 @@
 """Runs model-inversion attacks against a classifier and writes the reconstructions.
 
 Attacks: gmi, kedmi, lomma_gmi, lomma_kedmi, plgmi (each needs priors from
-recipes/train_prior.py) and the prior-free mi_face.
+recipes/train_prior.py) and the prior-free mi_face. The attacks that take options (PLG-MI++,
+trigger recovery, BREP-MI: `trapmid_tf.attacks.suite.OPTION_ATTACKS`) run through
+recipes/pipeline.py, which supplies their options.
 
 Example:
     python recipes/attack.py --target=runs/none/classifier.keras --attacks=gmi,plgmi \\
@@ -24,9 +26,12 @@ FLAGS = flags.FLAGS
 
 RECONSTRUCTIONS_FILE = "reconstructions.npz"
 MAX_ATTACKED_CLASSES = 300  # the reference attacks identities 0-299
+# The option holding the step budget of the option attacks that do not take theirs from
+# `suite.InversionSettings` (PLG-MI++ does); 0 gives the un-optimised starting samples.
+BUDGET_OPTIONS = {"trigger_recovery": "iterations", "brep_mi": "max_iterations"}
 
 
-def run_attack(name, target, priors, settings, out, overwrite=False):
+def run_attack(name, target, priors, settings, out, overwrite=False, options=None):
     """Runs (or reuses) one attack and returns its stored arrays.
 
     Args:
@@ -34,18 +39,25 @@ def run_attack(name, target, priors, settings, out, overwrite=False):
         target: The attacked classifier.
         priors: Dict of the priors it needs (see `suite.build_attack`).
         settings: Dict with num_classes, per_class, seed, iterations, plgmi_iterations,
-            mi_face_iterations, kedmi_batch_size (and anything else identifying the target and
-            priors; all of it goes into stage.json).
+            mi_face_iterations, kedmi_batch_size (and anything else identifying the target,
+            the priors and the options; all of it goes into stage.json).
         out: The attack's folder.
         overwrite: Rerun even if `out` holds a finished run with the same settings.
+        options: Keyword options of an attack of `suite.OPTION_ATTACKS` (`suite.build_attack`);
+            arrays among them are not stored, so `settings` must describe them.
 
     Returns:
-        Dict of numpy arrays: images, labels, latents, initial_images, iterations.
+        Dict of numpy arrays: images, labels, latents, initial_images (the same attack at a
+        budget of 0 steps), iterations (the steps it ran).
     """
     import numpy as np
     from trapmid_tf.attacks import suite
     from trapmid_tf.files import atomic_path, build_or_reuse
 
+    options = options or {}
+    starting_options = dict(options)
+    if name in BUDGET_OPTIONS:
+        starting_options[BUDGET_OPTIONS[name]] = 0
     path = os.path.join(out, RECONSTRUCTIONS_FILE)
     budget = dict(kedmi_batch_size=settings["kedmi_batch_size"])
     steps = suite.InversionSettings(
@@ -62,10 +74,9 @@ def run_attack(name, target, priors, settings, out, overwrite=False):
 
     def build():
         logging.info("attack %s: %d classes x %d", name, len(classes), settings["per_class"])
-        initial = invert(
-            suite.build_attack(name, priors, suite.InversionSettings(0, 0, 0, **budget)), 0
-        )
-        attack = suite.build_attack(name, priors, steps)
+        start = suite.InversionSettings(0, 0, 0, **budget)
+        initial = invert(suite.build_attack(name, priors, start, **starting_options), 0)
+        attack = suite.build_attack(name, priors, steps, **options)
         result = invert(attack, verbose=1)
         with atomic_path(path) as temporary:
             np.savez(
@@ -107,7 +118,9 @@ def attack_accuracy(judge, stored, batch_size=100):
 def define_flags():
     """Defines this recipe's command-line flags (only when it runs as a script)."""
     flags.DEFINE_string("target", None, "Attacked classifier (.keras).")
-    flags.DEFINE_list("attacks", None, "Attacks to run (default: all).")
+    flags.DEFINE_list("attacks", None,
+                      "Attacks to run (default: all but the option attacks, which "
+                      "recipes/pipeline.py runs).")
     for prior in ("gmi", "kedmi", "plgmi", "lomma"):
         flags.DEFINE_string(f"{prior}_prior", None, f"Folder of the trained {prior} prior.")
     flags.DEFINE_integer("num_classes", None,
@@ -131,11 +144,17 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     from trapmid_tf.attacks import suite
 
-    attacks = FLAGS.attacks or list(suite.ATTACKS)
+    attacks = FLAGS.attacks or [a for a in suite.ATTACKS if a not in suite.OPTION_ATTACKS]
     try:
         needed = suite.priors_needed(attacks)
     except ValueError as error:
         raise app.UsageError(f"--attacks: {error}") from error
+    with_options = [a for a in attacks if a in suite.OPTION_ATTACKS]
+    if with_options:
+        raise app.UsageError(
+            f"--attacks: {with_options} take options (signatures, public images, ...) that "
+            "recipes/pipeline.py supplies; run them there (--attacks)."
+        )
     missing = [p for p in needed if not FLAGS[f"{p}_prior"].value]
     if missing:
         raise app.UsageError(

@@ -16,6 +16,17 @@ Budgets are optimiser steps: generator steps of the GAN priors, distillation ste
 surrogates, inversion iterations; results.json records the steps every stage ran.
 --budget_scale multiplies all of them (recipes/convergence.py compares 1x, 2x, 4x).
 
+Attackers who know the defense (not run by default; name them in --attacks, see
+docs/adaptive_attacks.md): plgmi_adaptive (PLG-MI++ with the signatures of the target's own
+triggers, computed as the defender computes them; "not applicable: no trapdoor" against a
+target without triggers), plgmi_adaptive_estimated (PLG-MI++ estimating the signatures from a
+first plain PLG-MI round), both with the penalty weight --adaptive_weight and
+--plgmi_iterations steps per round; trigger_recovery (one blend pattern per reconstruction on
+the public images, --recovery_iterations steps at the blend weight --recovery_alpha; its
+patterns are also compared with the target's true triggers); brep_mi (label-only, on the GMI
+prior, at most --brep_iterations steps). Every Trap-MID target's report also holds its trigger
+leakage: the evaluation model's top-1 on the triggers and on their class-specific parts.
+
 A Trap-MID target whose trapdoor did not form is trained, attacked and marked in the report;
 with --require_trapdoor (on in the quick and full presets) the pipeline then exits non-zero.
 
@@ -44,12 +55,18 @@ REFERENCE_KEYS = dict(
     kedmi_n_critic="n_critic", kedmi_batch_size="batch_size", top_n="top_n",
     iterations="iterations", plgmi_iterations="plgmi_iterations",
 )
+# The option attacks' budgets in the full preset, for lack of reference values: the paper runs
+# no trigger recovery (TriggerRecoveryAttack's default), and BREP-MI's authors walk until 1000
+# accepted steps pass without growth, with no cap (BREPMIAttack's default cap).
+FULL_RECOVERY_ITERATIONS = 500
+FULL_BREP_ITERATIONS = 10_000
 PRESETS = {
     "tiny": dict(
         defenses=["none", "trapmid"], seeds=[0], target_epochs=2, evaluation_epochs=1,
         gmi_steps=2, kedmi_steps=4, kedmi_n_critic=1, kedmi_batch_size=32, plgmi_steps=2,
         surrogate_steps=4, base_channels=8, top_n=4, per_class=2, iterations=4,
-        plgmi_iterations=4, mi_face_iterations=4, require_trapdoor=False,
+        plgmi_iterations=4, mi_face_iterations=4, recovery_iterations=4, brep_iterations=4,
+        require_trapdoor=False,
     ),
     # The session-2 demo budgets, as steps on the digits public split (21 batches of 64).
     "quick": dict(
@@ -57,18 +74,19 @@ PRESETS = {
         evaluation_epochs=10, gmi_steps=126, kedmi_steps=336, kedmi_n_critic=1,
         kedmi_batch_size=32, plgmi_steps=24, surrogate_steps=63, base_channels=16, top_n=30,
         per_class=5, iterations=100, plgmi_iterations=100, mi_face_iterations=300,
-        require_trapdoor=True,
+        recovery_iterations=300, brep_iterations=1000, require_trapdoor=True,
     ),
     "full": dict(
         dict.fromkeys(REFERENCE_KEYS), seeds=[0, 1, 2], target_epochs=None,
         defenses=["none", "trapmid", "negls", "trapmid_negls", "mid", "bido"],
         evaluation_epochs=20, base_channels=64, per_class=20, mi_face_iterations=1000,
+        recovery_iterations=FULL_RECOVERY_ITERATIONS, brep_iterations=FULL_BREP_ITERATIONS,
         require_trapdoor=True,
     ),
 }
 PRESET_KEYS = tuple(PRESETS["quick"])
 STEP_KEYS = ("gmi_steps", "kedmi_steps", "plgmi_steps", "surrogate_steps", "iterations",
-             "plgmi_iterations", "mi_face_iterations")
+             "plgmi_iterations", "mi_face_iterations", "recovery_iterations", "brep_iterations")
 # The judge trained when --evaluation_model is not given: the reference's FaceNet (IR-50 at
 # 112x112) for faces, a wide CNN without batch norm for the digit datasets.
 EVALUATION_ARCHITECTURES = {"celeba": "facenet_eval"}
@@ -79,10 +97,16 @@ PRIOR_STEPS = {
     "gmi": "gmi_steps", "kedmi": "kedmi_steps", "plgmi": "plgmi_steps",
     "lomma": "surrogate_steps",
 }
+# Why PLG-MI++ with the defender's signatures does not run against a target without triggers.
+NO_TRAPDOOR = "no trapdoor"
 # Pipeline-only defense names: a train_target defense with other settings.
 VARIANTS = {
     # The paper's blend ratio and the reference's best-epoch rule (clean accuracy only).
     "trapmid_paper": ("trapmid", dict(alpha=0.02, min_trapdoor_accuracy=0.0)),
+    # Random fixed triggers: never optimised through the classifier, so they carry nothing of
+    # their class (no trigger leakage); they need a larger blend weight to form the trapdoor
+    # (on digits 0.1 does not in 40 epochs, 0.2 does; docs/adaptive_attacks.md).
+    "trapmid_random": ("trapmid", dict(optimize_triggers=False, alpha=0.2)),
 }
 
 flags.DEFINE_enum("preset", "quick", sorted(PRESETS), "Budget preset; the flags below override it.")
@@ -90,7 +114,8 @@ flags.DEFINE_list("defenses", None,
                   "Defenses to train and attack (default: preset); train_target's names and "
                   f"{sorted(VARIANTS)}.")
 flags.DEFINE_list("attacks", None,
-                  "Attacks to run (default: the six that need no knowledge of the defense).")
+                  "Attacks to run (default: the six that need no knowledge of the defense; "
+                  "also plgmi_adaptive, plgmi_adaptive_estimated, trigger_recovery, brep_mi).")
 flags.DEFINE_list("seeds", None, "Target training seeds (default: preset).")
 flags.DEFINE_integer("budget_scale", 1,
                      "Multiplies every prior and inversion step budget (convergence checks).")
@@ -114,6 +139,17 @@ flags.DEFINE_integer("per_class", None, "Reconstructions per attacked class.")
 flags.DEFINE_integer("iterations", None, "GMI/KED-MI/LOMMA inversion steps (reference 1500).")
 flags.DEFINE_integer("plgmi_iterations", None, "PLG-MI inversion steps (reference 600).")
 flags.DEFINE_integer("mi_face_iterations", None, "MI-Face inversion steps.")
+flags.DEFINE_integer("recovery_iterations", None, "Trigger-recovery steps (Adam on the patterns).")
+flags.DEFINE_integer("brep_iterations", None,
+                     "BREP-MI's cap on its iterations (its walks also stop after 1000 accepted "
+                     "steps without growth, the authors' rule).")
+flags.DEFINE_float("adaptive_weight", 1.0,
+                   "PLG-MI++: weight of the penalty on the cosine similarity between a "
+                   "reconstruction's target feature and its class's trapdoor signature (>= 0).")
+flags.DEFINE_float("recovery_alpha", None,
+                   "Trigger recovery's blend weight in (0, 1) (default: the target's alpha as "
+                   "train_target resolves it: a Trap-MID target's own, the dataset preset's for "
+                   "the others).")
 flags.DEFINE_string("fid_weights", None, "Local InceptionV3 no-top weights for FID (optional).")
 flags.DEFINE_string("evaluation_model", None,
                     "A saved Keras classifier (.keras) to judge the attacks with, e.g. the face "
@@ -169,6 +205,15 @@ def pipeline_settings():
         )
     if FLAGS.budget_scale < 1:
         raise app.UsageError(f"--budget_scale must be >= 1; received {FLAGS.budget_scale}.")
+    if not FLAGS.adaptive_weight >= 0 or FLAGS.adaptive_weight == float("inf"):
+        raise app.UsageError(
+            f"--adaptive_weight must be a finite number >= 0; received {FLAGS.adaptive_weight}."
+        )
+    if FLAGS.recovery_alpha is not None and not 0 < FLAGS.recovery_alpha < 1:
+        raise app.UsageError(
+            f"--recovery_alpha must lie in (0, 1); received {FLAGS.recovery_alpha}."
+        )
+    settings.update(adaptive_weight=FLAGS.adaptive_weight, recovery_alpha=FLAGS.recovery_alpha)
     for key in PRESET_KEYS:
         value = settings[key]
         if type(value) is int and value < (0 if "iterations" in key else 1):
@@ -261,8 +306,61 @@ def prior_budget(settings, name, seed, target_config=None):
     )
 
 
-def attack_target(directory, target, config, seed, priors, prior_settings, settings):
-    """Runs (or reuses) every selected attack against one target; returns stored arrays."""
+def attack_options(name, config, detector, public_images, settings):
+    """The keyword options of one attack against one target, and what identifies them.
+
+    Args:
+        name: Attack name.
+        config: The target's train_target settings.
+        detector: The target's `TrapdoorDetector` (its signatures are the defender's), or None
+            for a target without triggers.
+        public_images: The attacker's public images, float32 NHWC in [0, 1].
+        settings: The pipeline settings.
+
+    Returns:
+        `(options, description)`: the `suite.build_attack` keywords and a JSON-able
+        description of them for the stage's settings (None for the attacks without options);
+        None when the attack does not apply to the target.
+    """
+    weight = settings["adaptive_weight"]
+    if name == "plgmi_adaptive":
+        if detector is None:
+            return None
+        description = dict(
+            penalty_weight=weight,
+            signatures="the defender's: its triggers over the first "
+                       f"{evaluate_recipe.DETECTOR_CLEAN_IMAGES} private training images",
+        )
+        return dict(signatures=detector.signatures, penalty_weight=weight), description
+    if name == "plgmi_adaptive_estimated":
+        return dict(penalty_weight=weight), dict(penalty_weight=weight)
+    if name == "trigger_recovery":
+        alpha = settings["recovery_alpha"] or config["alpha"]
+        options = dict(alpha=alpha, iterations=settings["recovery_iterations"])
+        return (dict(options, public_images=public_images),
+                dict(options, public_split=settings["public_split"]))
+    if name == "brep_mi":
+        options = dict(max_iterations=settings["brep_iterations"])
+        return options, options
+    return {}, None
+
+
+def attack_target(directory, target, config, seed, priors, prior_settings, settings,
+                  detector=None, public_images=None):
+    """Runs (or reuses) every selected attack against one target.
+
+    Args:
+        directory: The target's folder.
+        target, config: The target model and its train_target settings.
+        seed: The target's training seed, also the attacks' seed.
+        priors, prior_settings: As `target_priors` returns them.
+        settings: The pipeline settings.
+        detector: The target's `TrapdoorDetector`, or None without triggers.
+        public_images: Public images as an array (trigger recovery's), or None if unused.
+
+    Returns:
+        `{attack: stored arrays}`, None for an attack that does not apply to the target.
+    """
     from trapmid_tf.attacks import suite
 
     results = {}
@@ -276,9 +374,17 @@ def attack_target(directory, target, config, seed, priors, prior_settings, setti
             kedmi_batch_size=settings["kedmi_batch_size"], target=config,
             priors={p: prior_settings[p] for p in suite.PRIORS_OF_ATTACK[name]},
         )
+        applicable = attack_options(name, config, detector, public_images, settings)
+        if applicable is None:
+            logging.info("attack %s: not applicable to this target (%s)", name, NO_TRAPDOOR)
+            results[name] = None
+            continue
+        options, description = applicable
+        if description is not None:
+            attack_settings["options"] = description
         results[name] = attack_recipe.run_attack(
             name, target, priors, attack_settings, os.path.join(directory, "attacks", name),
-            FLAGS.overwrite,
+            FLAGS.overwrite, options,
         )
     return results
 
@@ -295,20 +401,54 @@ def prior_steps(directory, gmi_directory, attacks):
     }
 
 
-def attack_seed(evaluator, detector, stored, target_results, steps):
-    """The scores of one target (one defense and seed): accuracies, steps, every attack."""
+def attack_seed(evaluator, detector, stored, target_results, steps, evaluation_model=None,
+                triggers=None):
+    """The scores of one target (one defense and seed).
+
+    Args:
+        evaluator: The `AttackEvaluator`.
+        detector: The target's `TrapdoorDetector`, or None.
+        stored: `{attack: stored arrays or None}` (`attack_target`).
+        target_results: The target's train_target results.
+        steps: `prior_steps` of the target.
+        evaluation_model: The evaluation classifier (judges the triggers); needed with
+            `triggers`.
+        triggers: The target's triggers `(classes, H, W, C)`, or None.
+
+    Returns:
+        Dict: accuracies, `trapdoor_formed`, `prior_steps`, `trigger_leakage` (None without
+        triggers) and `attacks`: per attack its scores, `{"not_applicable": reason}` for an
+        attack that did not apply, and for trigger recovery against triggers the comparison
+        of its patterns with them and `trigger_classes`.
+    """
+    from trapmid_tf.attacks.trigger_recovery import compare_with_triggers
+    from trapmid_tf.experiments.summary import NOT_APPLICABLE
+    from trapmid_tf.metrics.leakage import trigger_leakage
+
+    attacks = {}
+    for name, arrays in stored.items():
+        if arrays is None:
+            attacks[name] = {NOT_APPLICABLE: NO_TRAPDOOR}
+            continue
+        attacks[name] = dict(
+            evaluate_recipe.score_attack(evaluator, arrays, detector),
+            inversion_steps=int(arrays["iterations"]),
+        )
+        if name == "trigger_recovery" and triggers is not None:
+            attacks[name].update(
+                compare_with_triggers(arrays["images"], arrays["labels"], triggers),
+                trigger_classes=len(triggers),
+            )
+    leakage = None
+    if triggers is not None:
+        leakage = dict(trigger_leakage(evaluation_model, triggers), triggers=len(triggers))
     return dict(
         accuracy=target_results["test_accuracy"],
         trapdoor_accuracy=target_results["trapdoor_accuracy"],
         trapdoor_formed=target_results.get("trapdoor_formed"),
+        trigger_leakage=leakage,
         prior_steps=steps,
-        attacks={
-            name: dict(
-                evaluate_recipe.score_attack(evaluator, arrays, detector),
-                inversion_steps=int(arrays["iterations"]),
-            )
-            for name, arrays in stored.items()
-        },
+        attacks=attacks,
     )
 
 
@@ -348,6 +488,8 @@ def main(argv):
     from trapmid_tf.experiments import summarize_seeds
     from trapmid_tf.files import write_json
 
+    import numpy as np
+
     logging.set_verbosity(logging.INFO)
     start = time.perf_counter()
     write_json(os.path.join(FLAGS.out, "flags.json"), dict(
@@ -366,6 +508,10 @@ def main(argv):
         gmi = prior_recipe.train_prior(
             "gmi", public, None, gmi_settings, gmi_directory, FLAGS.overwrite,
         ), gmi_settings
+    public_images = (
+        np.stack(list(public.as_numpy_iterator()))
+        if "trigger_recovery" in settings["attacks"] else None
+    )
     per_seed, reconstructions = {}, {}
     for (defense, seed), (config, target_results) in targets.items():
         directory = target_dir(defense, seed)
@@ -373,18 +519,20 @@ def main(argv):
         priors, prior_settings = target_priors(
             directory, target, config, seed, public, gmi, settings
         )
-        stored = attack_target(directory, target, config, seed, priors, prior_settings, settings)
         trigger_path = os.path.join(directory, "triggers.npz")
         detector = (
             evaluate_recipe.make_detector(target, trigger_path, private_train)
             if os.path.isfile(trigger_path) else None
         )
+        stored = attack_target(directory, target, config, seed, priors, prior_settings, settings,
+                               detector, public_images)
         steps = prior_steps(directory, gmi_directory, settings["attacks"])
         per_seed.setdefault(defense, {})[seed] = attack_seed(
-            evaluator, detector, stored, target_results, steps
+            evaluator, detector, stored, target_results, steps, evaluation_model,
+            target_triggers(defense, seed),
         )
         if seed == settings["seeds"][0]:
-            reconstructions[defense] = stored
+            reconstructions[defense] = {k: v for k, v in stored.items() if v is not None}
     results = dict(
         dataset=FLAGS.dataset, public_split=settings["public_split"], preset=FLAGS.preset,
         settings=settings, evaluation_model=evaluation,
@@ -409,17 +557,21 @@ def main(argv):
         )
 
 
-def stored_triggers(settings):
-    """`{defense: triggers}` of the first seed's targets that have a triggers.npz."""
+def target_triggers(defense, seed):
+    """The triggers `(classes, H, W, C)` of a target from its triggers.npz, or None."""
     import numpy as np
 
-    triggers = {}
-    for defense in settings["defenses"]:
-        path = os.path.join(target_dir(defense, settings["seeds"][0]), "triggers.npz")
-        if os.path.isfile(path):
-            with np.load(path) as stored:
-                triggers[defense] = stored["triggers"]
-    return triggers
+    path = os.path.join(target_dir(defense, seed), "triggers.npz")
+    if not os.path.isfile(path):
+        return None
+    with np.load(path) as stored:
+        return stored["triggers"]
+
+
+def stored_triggers(settings):
+    """`{defense: triggers}` of the first seed's targets that have a triggers.npz."""
+    triggers = {d: target_triggers(d, settings["seeds"][0]) for d in settings["defenses"]}
+    return {defense: array for defense, array in triggers.items() if array is not None}
 
 
 def log_grids(log_dir, grids):

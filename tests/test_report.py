@@ -126,3 +126,111 @@ def test_a_target_whose_trapdoor_did_not_form_is_not_presented_as_a_defense():
         ["| none", "3"], [f"| trapmid ({not_formed})", "3"], ["| trapmid_negls", "3"],
     ]
     assert rows[1].split(" | ")[-1].startswith("0.100 [")
+
+
+def _adaptive_results():
+    """3 seeds of an undefended and a Trap-MID target under PLG-MI, PLG-MI++ and recovery.
+
+    The undefended target has no triggers: PLG-MI++ with the defender's signatures did not
+    apply to it, and it has no trigger leakage.
+    """
+    leakage = {0: 0.6, 1: 0.8, 2: 0.4}
+
+    def seed_scores(seed, trapdoor):
+        target = _target(0.8 if not trapdoor else 0.2, 0.1, 1.0, 1.0 if trapdoor else None, seed)
+        plgmi = target["attacks"].pop("gmi")
+        recovery = dict(plgmi)
+        if trapdoor:
+            recovery.update(trigger_cosine=0.1 * seed, other_trigger_cosine=0.0,
+                            trigger_match=0.2, trigger_classes=5)
+        target["attacks"] = {
+            "plgmi": plgmi,
+            "plgmi_adaptive": dict(plgmi) if trapdoor else {"not_applicable": "no trapdoor"},
+            "trigger_recovery": recovery,
+        }
+        target["trigger_leakage"] = (
+            {"trigger_top1": leakage[seed], "class_part_top1": 0.2, "chance": 0.1, "triggers": 5}
+            if trapdoor else None
+        )
+        return target
+
+    return {
+        "defenses": {
+            name: summarize_seeds({seed: seed_scores(seed, name == "trapmid") for seed in range(3)})
+            for name in ("none", "trapmid")
+        },
+        "evaluation_model": {"classes": 10, "architecture": "cnn", "accuracy": 0.99},
+        "dataset": "digits", "public_split": "samples", "preset": "tiny", "seconds": 1.0,
+        "fid_features": "evaluator", "settings": {"seeds": [0, 1, 2], "per_class": 100},
+    }
+
+
+def test_trigger_leakage_is_pooled_over_seeds_and_tabulated_with_chance():
+    results = _adaptive_results()
+    assert results["defenses"]["none"]["trigger_leakage"] is None
+    leakage = results["defenses"]["trapmid"]["trigger_leakage"]
+    # The mean of the three seeds' top-1 (0.6, 0.8, 0.4); the bootstrap over seeds stays
+    # within the smallest and largest seed (up to float64 rounding of a mean of three).
+    top1 = leakage["trigger_top1"]
+    assert top1["mean"] == pytest.approx(0.6)
+    assert 0.4 - 1e-12 <= top1["low"] <= 0.6 <= top1["high"] <= 0.8 + 1e-12
+    part = leakage["class_part_top1"]
+    assert part["low"] == pytest.approx(0.2) and part["high"] == pytest.approx(0.2)
+    assert (leakage["chance"], leakage["triggers"]) == (0.1, 5)
+    rows = report.leakage_table(results).splitlines()[2:]
+    assert len(rows) == 1
+    cells = rows[0].strip("| ").split(" | ")
+    assert cells[0] == "trapmid" and cells[1] == "3" and cells[3] == "5"
+    assert cells[4].startswith("0.600 [") and cells[5] == "0.200 [0.200, 0.200]"
+    assert cells[6] == "0.100"
+    results["defenses"].pop("trapmid")
+    assert report.leakage_table(results) is None
+
+
+def test_an_attack_that_does_not_apply_is_said_so_and_compared_with_its_base():
+    results = _adaptive_results()
+    none, trapmid = (results["defenses"][d]["attacks"] for d in ("none", "trapmid"))
+    assert none["plgmi_adaptive"] == {"not_applicable": "no trapdoor"}
+    summary = report.summary_table(results).splitlines()[2:]
+    assert "| not applicable: no trapdoor |" in summary[0]
+    rows = {attack: row for attack, defense, *row in report.verdicts(results)}
+    # PLG-MI++ on Trap-MID is compared with plain PLG-MI on the undefended model.
+    assert rows["plgmi_adaptive vs plgmi"][0] == report.estimate_text(none["plgmi"]["aa1"])
+    defended = report.estimate_text(trapmid["plgmi_adaptive"]["aa1"])
+    assert rows["plgmi_adaptive vs plgmi"][1] == defended
+    assert rows["plgmi_adaptive vs plgmi"][3] == "at most half"  # 0.2 against 0.8
+    assert "| none | attack plgmi_adaptive | not applicable: no trapdoor |" in (
+        report.steps_table(results)
+    )
+    text = report.report_markdown(results, ["none", "trapmid"],
+                                  ["plgmi", "plgmi_adaptive", "trigger_recovery"], {})
+    section = text.split("## plgmi_adaptive\n")[1].split("## ")[0]
+    assert "for each of: trapmid." in section
+    assert "| none | not applicable: no trapdoor | — |" in section
+    assert "## Trigger leakage" in text
+
+
+def test_trigger_recovery_is_compared_with_the_true_triggers():
+    results = _adaptive_results()
+    recovery = results["defenses"]["trapmid"]["attacks"]["trigger_recovery"]
+    assert recovery["trigger_cosine"]["mean"] == pytest.approx(0.1)  # seeds 0, 0.1, 0.2
+    assert "trigger_cosine" not in results["defenses"]["none"]["attacks"]["trigger_recovery"]
+    rows = report.trigger_recovery_table(results).splitlines()[2:]
+    assert len(rows) == 1 and rows[0].startswith("| trapmid | 0.100 [")
+    assert rows[0].endswith("| 0.200 [0.200, 0.200] | 0.200 |")  # match, chance 1/5
+
+
+def test_an_attack_must_apply_to_all_seeds_of_a_defense_or_none():
+    runs = {0: _target(0.5, 0.1, 1.0, None, 0), 1: _target(0.5, 0.1, 1.0, None, 1)}
+    runs[1]["attacks"]["gmi"] = {"not_applicable": "no trapdoor"}
+    with pytest.raises(ValueError, match="apply to every seed of a defense or to none"):
+        summarize_seeds(runs)
+
+
+def test_steps_table_notes_rounds_and_early_stops():
+    results = _results(0.8, 0.1, {})
+    entry = results["defenses"]["none"]["attacks"]
+    entry["plgmi_adaptive_estimated"] = entry["brep_mi"] = entry.pop("gmi")
+    table = report.steps_table(results)
+    assert "| none | attack plgmi_adaptive_estimated | 3 iterations per round; two rounds" in table
+    assert "| none | attack brep_mi | 3 iterations run (walks also stop" in table

@@ -107,6 +107,14 @@ PAPER_TOP1 = {
 # How a Trap-MID target whose trapdoor did not form is shown (train_target's results.json
 # records `trapdoor_formed`): its numbers are not a defense's.
 NOT_FORMED = "trapdoor not formed: no protection expected"
+# Attacks that do not apply to the undefended model (PLG-MI++ with the defender's signatures
+# needs triggers) are compared with the undefended model under the attack they extend.
+BASELINE_ATTACKS = {"plgmi_adaptive": "plgmi"}
+# The steps an attack ran, where the recorded iterations need a word.
+STEP_NOTES = {
+    "plgmi_adaptive_estimated": "per round; two rounds (plain PLG-MI estimates the signatures)",
+    "brep_mi": "run (walks also stop after their patience)",
+}
 
 
 def trapdoor_not_formed(scores):
@@ -119,6 +127,34 @@ def trapdoor_not_formed(scores):
         True only when `trapdoor_formed` is recorded as False.
     """
     return scores.get("trapdoor_formed") is False
+
+
+def not_applicable(scores):
+    """Why an attack did not run against a model, as a table cell; None if it ran.
+
+    Args:
+        scores: One attack's summary against one model.
+
+    Returns:
+        `"not applicable: <reason>"` or None.
+    """
+    from trapmid_tf.experiments.summary import NOT_APPLICABLE
+
+    if NOT_APPLICABLE not in scores:
+        return None
+    return f"not applicable: {scores[NOT_APPLICABLE]}"
+
+
+def top1_text(scores):
+    """An attack's top-1 for a table: the estimate's text, or why the attack did not run.
+
+    Args:
+        scores: One attack's summary against one model.
+
+    Returns:
+        A string.
+    """
+    return not_applicable(scores) or estimate_text(scores["aa1"])
 
 
 def estimate_text(estimate):
@@ -184,10 +220,15 @@ def verdicts(results, baseline="none"):
         results: The pipeline's results dict.
         baseline: The undefended defense's name.
 
+    An attack that does not apply to the baseline is compared with the baseline under the
+    attack it extends (`BASELINE_ATTACKS`; the row's attack reads "attack vs base"); rows of
+    an attack that did not apply have no numbers and say why.
+
     Returns:
         A list of `(attack, defense, baseline aa1, defended aa1, ratio, verdict)`, the
         accuracies and the ratio defended / baseline as "mean [low, high]" text, verdict one
-        of `WORKS_ON_BASELINE`, `NOT_FORMED` or `intervals.VERDICT_WORDS`.
+        of `WORKS_ON_BASELINE`, `NOT_FORMED`, `intervals.VERDICT_WORDS` or a
+        "not applicable" text.
     """
     from trapmid_tf.metrics.intervals import verdict
 
@@ -196,11 +237,19 @@ def verdicts(results, baseline="none"):
         return []
     rows = []
     for attack in attack_names(results):
-        reference = defenses[baseline]["attacks"][attack]
+        label, reference = attack, defenses[baseline]["attacks"][attack]
+        base = BASELINE_ATTACKS.get(attack)
+        if not_applicable(reference) and base in defenses[baseline]["attacks"]:
+            label, reference = f"{attack} vs {base}", defenses[baseline]["attacks"][base]
         for defense, scores in defenses.items():
             if defense == baseline:
                 continue
             defended = scores["attacks"][attack]
+            skipped = not_applicable(defended) or not_applicable(reference)
+            if skipped:
+                rows.append((label, defense, top1_text(reference), top1_text(defended), None,
+                             skipped))
+                continue
             found = verdict(defended["groups"]["top1"], reference["groups"]["top1"])
             if trapdoor_not_formed(scores):
                 word = NOT_FORMED
@@ -209,7 +258,7 @@ def verdicts(results, baseline="none"):
             else:
                 word = found.word
             rows.append((
-                attack, defense, estimate_text(reference["aa1"]), estimate_text(defended["aa1"]),
+                label, defense, estimate_text(reference["aa1"]), estimate_text(defended["aa1"]),
                 estimate_text(found.ratio.as_dict()), word,
             ))
     return rows
@@ -268,7 +317,7 @@ def summary_table(results):
         [f"{defense} ({NOT_FORMED})" if trapdoor_not_formed(scores) else defense,
          len(scores["seeds"]), estimate_text(scores["accuracy"]),
          estimate_text(scores["trapdoor_accuracy"])]
-        + [estimate_text(scores["attacks"][attack]["aa1"]) for attack in attacks]
+        + [top1_text(scores["attacks"][attack]) for attack in attacks]
         for defense, scores in results["defenses"].items()
     ]
     header = ["defense", "seeds", "accuracy", "trapdoor acc."] + [f"{a} aa1" for a in attacks]
@@ -290,8 +339,61 @@ def steps_table(results):
         for prior, steps in scores["prior_steps"][first].items():
             rows.append([defense, f"prior {prior}", _steps_text(steps)])
         for attack, summary in scores["attacks"].items():
-            rows.append([defense, f"attack {attack}", f"{summary['inversion_steps']} iterations"])
+            steps = not_applicable(summary) or " ".join(
+                [f"{summary['inversion_steps']} iterations"]
+                + ([STEP_NOTES[attack]] if attack in STEP_NOTES else [])
+            )
+            rows.append([defense, f"attack {attack}", steps])
     return markdown_table(["defense", "stage", "steps run"], rows)
+
+
+def leakage_table(results):
+    """Markdown table of the trigger leakage of every defense with triggers.
+
+    Args:
+        results: The pipeline's results dict (a defense's `trigger_leakage` None without
+            triggers).
+
+    Returns:
+        The table as a string, or None when no defense has triggers.
+    """
+    rows = [
+        [defense, len(scores["seeds"]), estimate_text(scores["trapdoor_accuracy"]),
+         leakage["triggers"], estimate_text(leakage["trigger_top1"]),
+         estimate_text(leakage["class_part_top1"]), leakage["chance"]]
+        for defense, scores in results["defenses"].items()
+        if (leakage := scores.get("trigger_leakage")) is not None
+    ]
+    if not rows:
+        return None
+    return markdown_table(
+        ["defense", "seeds", "trapdoor acc.", "triggers per seed", "trigger top-1",
+         "class-part top-1", "chance"], rows,
+    )
+
+
+def trigger_recovery_table(results):
+    """Markdown table: trigger recovery's patterns against each target's true triggers.
+
+    Args:
+        results: The pipeline's results dict.
+
+    Returns:
+        The table as a string, or None when no target with triggers was attacked by it.
+    """
+    rows = []
+    for defense, scores in results["defenses"].items():
+        summary = scores["attacks"].get("trigger_recovery", {})
+        if "trigger_classes" in summary:
+            rows.append([defense, estimate_text(summary["trigger_cosine"]),
+                         estimate_text(summary["other_trigger_cosine"]),
+                         estimate_text(summary["trigger_match"]), 1 / summary["trigger_classes"]])
+    if not rows:
+        return None
+    return markdown_table(
+        ["defense", "cosine with own trigger", "cosine with other triggers", "match",
+         "match chance"], rows,
+    )
 
 
 def _steps_text(steps):
@@ -327,7 +429,8 @@ def write(out, results, private_images, private_labels, reconstructions, trigger
         out: The pipeline's output folder.
         results: The pipeline's results dict (as in results.json).
         private_images, private_labels: Private training images and labels (numpy).
-        reconstructions: `{defense: {attack: {"images", "labels", ...}}}`.
+        reconstructions: `{defense: {attack: {"images", "labels", ...}}}`; an attack that did
+            not apply to a defense is left out of its dict.
         triggers: `{defense: trigger array (classes, H, W, C)}` of the Trap-MID targets.
 
     Returns:
@@ -337,12 +440,13 @@ def write(out, results, private_images, private_labels, reconstructions, trigger
 
     grids = {}
     attacks = attack_names(results)
-    classes = sorted(set(next(iter(reconstructions.values()))[attacks[0]]["labels"]))
+    classes = sorted({int(label) for stored in reconstructions.values()
+                      for arrays in stored.values() for label in arrays["labels"]})
     for attack in attacks:
-        grids[attack] = attack_grid(
-            private_images, private_labels,
-            {defense: stored[attack] for defense, stored in reconstructions.items()}, classes,
-        )
+        shown = {defense: stored[attack] for defense, stored in reconstructions.items()
+                 if attack in stored}
+        if shown:
+            grids[attack] = attack_grid(private_images, private_labels, shown, classes)
     for defense, array in triggers.items():
         grids[f"triggers_{defense}"] = image_grid([list(array)])
     for name, picture in grids.items():
@@ -423,27 +527,54 @@ def report_markdown(results, defenses, attacks, triggers):
             ),
             "",
         ]
+    leakage = leakage_table(results)
+    if leakage:
+        lines += [
+            "## Trigger leakage",
+            "",
+            "Do the secret triggers give their class away? The evaluation model's top-1 on "
+            "each trigger as an image, and on its class-specific part (the trigger minus the "
+            "mean trigger of all classes, stretched into [0, 1]); chance is uniform guessing. "
+            "Intervals are over training seeds only (one value per seed, each a fraction of "
+            "the triggers per seed).",
+            "",
+            leakage,
+        ]
     lines += ["## Steps run", "", steps_table(results)]
     for attack in attacks:
         entries = {d: scored[d]["attacks"][attack] for d in defenses}
-        dims = next(iter(entries.values()))["feature_dims"]
-        few = [d for d, entry in entries.items() if min(entry["fid_samples_all"]) < dims]
+        ran = [d for d in defenses if not not_applicable(entries[d])]
+        lines += [f"## {attack}", ""]
+        if not ran:
+            lines += [f"{attack}: {not_applicable(entries[defenses[0]])} on every target.", ""]
+            continue
+        dims = entries[ran[0]]["feature_dims"]
+        few = [d for d in ran if min(entries[d]["fid_samples_all"]) < dims]
         lines += [
-            f"## {attack}",
-            "",
             f"![{attack}](grids/{attack}.png)",
             "",
             f"Each row is a class: {GRID_PRIVATE_SAMPLES} private training images, then "
             f"{settings['per_class']} reconstructions (seed {settings['seeds'][0]}) for each "
-            f"of: {', '.join(defenses)}. `fid` uses the successful reconstructions, `_all` "
+            f"of: {', '.join(ran)}. `fid` uses the successful reconstructions, `_all` "
             "columns all of them.",
             "",
             markdown_table(
                 ["defense"] + list(ATTACK_COLUMNS),
-                [[d] + [estimate_text(entries[d][c]) for c in ATTACK_COLUMNS]
+                [[d] + ([estimate_text(entries[d][c]) for c in ATTACK_COLUMNS] if d in ran
+                        else [not_applicable(entries[d])] + [None] * (len(ATTACK_COLUMNS) - 1))
                  for d in defenses],
             ),
         ]
+        recovered = trigger_recovery_table(results) if attack == "trigger_recovery" else None
+        if recovered:
+            lines += [
+                "Recovered patterns against the target's true triggers: mean centred cosine "
+                "(pixel correlation) with the trigger of the pattern's own class and with the "
+                "other classes' triggers, and the fraction of patterns closest to their own "
+                "class's trigger (chance: 1 / classes).",
+                "",
+                recovered,
+            ]
         if few:
             lines += [
                 f"FID and PRDC of {', '.join(few)} rest on fewer reconstructions per seed than "

@@ -48,10 +48,15 @@ def test_results_hold_every_defense_and_attack(tiny):
             assert summary["aa1"]["low"] <= summary["aa1"]["mean"] <= summary["aa1"]["high"]
             # Only the Trap-MID target has triggers to compare with.
             assert (summary["trapdoor_similarity"] is None) == (defense == "none")
+    # Only the Trap-MID target has triggers whose leakage is measured.
+    assert results["defenses"]["none"]["trigger_leakage"] is None
+    leakage = results["defenses"]["trapmid"]["trigger_leakage"]
+    assert leakage["triggers"] == 5 and leakage["chance"] == pytest.approx(1 / 10)
     # The printed table and the report show the same numbers.
     row = next(line for line in result.stdout.splitlines() if line.startswith("| trapmid "))
     assert f"{results['defenses']['trapmid']['attacks']['gmi']['aa1']['mean']:.3f}" in row
     report = (out / "report.md").read_text()
+    assert "## Trigger leakage" in report
     for attack in ATTACKS:
         assert f"![{attack}](grids/{attack}.png)" in report
         assert (out / "grids" / f"{attack}.png").stat().st_size > 0
@@ -141,6 +146,10 @@ def test_single_stage_recipes_chain(tiny, tmp_path):
         ("train_prior.py", ["--prior=gmi", "--steps=0", "--out=x"], "--steps must be >= 1"),
         ("pipeline.py", ["--seeds=0,0", "--out=x"], "--seeds must list distinct"),
         ("pipeline.py", ["--budget_scale=0", "--out=x"], "--budget_scale must be >= 1"),
+        ("pipeline.py", ["--adaptive_weight=-1", "--out=x"], "--adaptive_weight must be a"),
+        ("pipeline.py", ["--recovery_alpha=1.5", "--out=x"], "--recovery_alpha must lie in"),
+        ("pipeline.py", ["--brep_iterations=-1", "--out=x"], "--brep_iterations must be"),
+        ("attack.py", ["--attacks=brep_mi", "--target=t.keras", "--out=x"], "take options"),
         ("attack.py", ["--attacks=plgmi", "--target=t.keras", "--out=x"], "needs --plgmi_prior"),
         ("evaluate.py", ["--evaluation_model=e", "--target=missing.keras", "--attacks_dir=a",
                          "--out=x"], "--target 'missing.keras' does not exist"),
@@ -205,3 +214,109 @@ def test_convergence_runs_the_pipeline_at_each_scale(tmp_path):
         steps = results["defenses"]["none"]["prior_steps"]["0"]["gmi"]
         assert steps["generator_steps"] == 2 * scale
         assert results["defenses"]["none"]["attacks"]["gmi"]["inversion_steps"] == 4 * scale
+
+
+OPTION_ATTACKS = ("plgmi_adaptive", "plgmi_adaptive_estimated", "trigger_recovery", "brep_mi")
+
+
+@pytest.fixture(scope="module")
+def adaptive(tmp_path_factory):
+    """A second tiny run: the attackers who know the defense, and plain PLG-MI beside them."""
+    out = tmp_path_factory.mktemp("adaptive")
+    result = run("pipeline.py", "--preset=tiny", f"--attacks={','.join(OPTION_ATTACKS)},plgmi",
+                 f"--out={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+def centred_cosine(a, b):
+    a, b = (np.ravel(x).astype(np.float64) for x in (a, b))
+    a, b = a - a.mean(), b - b.mean()
+    return a @ b / np.sqrt((a @ a) * (b @ b))
+
+
+def test_option_attacks_run_with_their_options_and_budgets(adaptive):
+    out = adaptive
+    results = json.loads((out / "results.json").read_text())
+    none, trapmid = (results["defenses"][d]["attacks"] for d in ("none", "trapmid"))
+    assert none["plgmi_adaptive"] == {"not_applicable": "no trapdoor"}
+    assert not (out / "targets" / "none" / "seed_0" / "attacks" / "plgmi_adaptive").exists()
+    for attack in OPTION_ATTACKS:
+        assert 0.0 <= trapmid[attack]["aa1"]["mean"] <= 1.0
+    # tiny budgets: 4 PLG-MI++ steps (per round), 4 recovery steps, at most 4 BREP-MI steps.
+    assert trapmid["plgmi_adaptive"]["inversion_steps"] == 4
+    assert trapmid["plgmi_adaptive_estimated"]["inversion_steps"] == 4
+    assert trapmid["trigger_recovery"]["inversion_steps"] == 4
+    assert 0 <= trapmid["brep_mi"]["inversion_steps"] <= 4
+    attacks = out / "targets" / "trapmid" / "seed_0" / "attacks"
+    stage = json.loads((attacks / "plgmi_adaptive" / "stage.json").read_text())
+    assert stage["options"]["penalty_weight"] == 1.0
+    assert "defender" in stage["options"]["signatures"]
+    # Trigger recovery blends at the target's own alpha (digits preset 0.1) by default.
+    stage = json.loads((attacks / "trigger_recovery" / "stage.json").read_text())
+    assert stage["options"]["alpha"] == stage["target"]["alpha"] == 0.1
+    assert stage["options"]["iterations"] == 4
+    assert json.loads((attacks / "brep_mi" / "stage.json").read_text())["options"] == {
+        "max_iterations": 4}
+
+
+def test_recovered_patterns_are_compared_with_the_true_triggers(adaptive):
+    out = adaptive
+    results = json.loads((out / "results.json").read_text())
+    recovery = results["defenses"]["trapmid"]["attacks"]["trigger_recovery"]
+    target = out / "targets" / "trapmid" / "seed_0"
+    with np.load(target / "attacks" / "trigger_recovery" / "reconstructions.npz") as stored:
+        patterns, labels = stored["images"], stored["labels"]
+    with np.load(target / "triggers.npz") as stored:
+        triggers = stored["triggers"]
+    cosine = np.array([[centred_cosine(p, t) for t in triggers] for p in patterns])
+    own = cosine[np.arange(len(labels)), labels]
+    # One seed: the interval over seeds is the seed's value.
+    assert recovery["trigger_cosine"]["mean"] == pytest.approx(own.mean(), abs=1e-9)
+    assert recovery["trigger_match"]["mean"] == pytest.approx(
+        np.mean(np.argmax(cosine, axis=1) == labels))
+    assert recovery["trigger_classes"] == 5
+    assert "trigger_cosine" not in results["defenses"]["none"]["attacks"]["trigger_recovery"]
+
+
+def test_trigger_leakage_is_the_evaluation_models_top1_on_the_triggers(adaptive):
+    import keras
+    import trapmid_tf  # noqa: F401  (registers the layers the evaluation model is made of)
+
+    out = adaptive
+    leakage = json.loads((out / "results.json").read_text())["defenses"]["trapmid"][
+        "trigger_leakage"]
+    with np.load(out / "targets" / "trapmid" / "seed_0" / "triggers.npz") as stored:
+        triggers = stored["triggers"].astype(np.float64)
+    judge = keras.models.load_model(out / "evaluator" / "classifier.keras")
+    difference = triggers - triggers.mean(axis=0)
+    low = difference.min(axis=(1, 2, 3), keepdims=True)
+    parts = (difference - low) / (difference.max(axis=(1, 2, 3), keepdims=True) - low)
+    classes = np.arange(len(triggers))
+    for images, key in ((triggers, "trigger_top1"), (parts, "class_part_top1")):
+        predicted = np.argmax(judge.predict(images.astype(np.float32), verbose=0), axis=1)
+        assert leakage[key]["mean"] == pytest.approx(np.mean(predicted == classes))
+    assert leakage["chance"] == pytest.approx(0.1)
+
+
+def test_option_attacks_in_the_report(adaptive):
+    out = adaptive
+    report = (out / "report.md").read_text()
+    assert "| none | 1 |" in report and "| not applicable: no trapdoor |" in report
+    assert "| plgmi_adaptive vs plgmi | trapmid |" in report
+    assert "## Trigger leakage" in report and "cosine with own trigger" in report
+    section = report.split("## plgmi_adaptive\n")[1].split("## ")[0]
+    assert "| none | not applicable: no trapdoor |" in section
+    for attack in OPTION_ATTACKS:
+        assert (out / "grids" / f"{attack}.png").stat().st_size > 0
+
+
+def test_an_option_is_part_of_its_attacks_stage(adaptive):
+    # Runs last among the tests of `adaptive`: it rewrites its results.json.
+    result = run("pipeline.py", "--preset=tiny", "--attacks=plgmi_adaptive,brep_mi",
+                 "--adaptive_weight=3", f"--out={adaptive}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rebuilt = [line for line in result.stderr.splitlines() if "rebuilding" in line]
+    assert len(rebuilt) == 1 and "attacks/plgmi_adaptive:" in rebuilt[0]
+    # targets (2) + evaluator + gmi + PLG-MI priors (2) + brep_mi (2)
+    assert result.stderr.count("reusing the stored artefacts") == 2 + 1 + 1 + 2 + 2

@@ -19,6 +19,13 @@ PER_TARGET_METRICS = (
 )
 # Counts reported as they are (the same for every seed of a run).
 COUNTS = ("feature_dims", "inversion_steps")
+# Trigger recovery against a target with triggers: its patterns against the true triggers
+# (`trapmid_tf.attacks.trigger_recovery.compare_with_triggers`), one value per target.
+TRIGGER_METRICS = ("trigger_cosine", "other_trigger_cosine", "trigger_match")
+# Trigger leakage of a Trap-MID target (`trapmid_tf.metrics.leakage.trigger_leakage`).
+LEAKAGE_METRICS = ("trigger_top1", "class_part_top1")
+# The key of an attack's scores that says why it did not run against a target.
+NOT_APPLICABLE = "not_applicable"
 
 
 def _over_seeds(values):
@@ -38,8 +45,21 @@ def summarize_attack(runs):
     Returns:
         Dict: `aa1`, `aa5`, `knn` and every metric of `PER_TARGET_METRICS` as
         `Estimate.as_dict()` (or None), `groups` (the per-seed per-image outcomes the
-        intervals came from), `fid_samples` and `fid_samples_all` (per seed), and `COUNTS`.
+        intervals came from), `fid_samples` and `fid_samples_all` (per seed), `COUNTS`, and
+        where the runs hold them `TRIGGER_METRICS` (estimates) and `trigger_classes`. An
+        attack that did not apply (every run `{NOT_APPLICABLE: reason}`) stays that dict.
+
+    Raises:
+        ValueError: If the attack applied to some seeds and not to others.
     """
+    skipped = [run for run in runs if NOT_APPLICABLE in run]
+    if skipped:
+        if len(skipped) < len(runs):
+            raise ValueError(
+                f"an attack must apply to every seed of a defense or to none; it did not apply "
+                f"to {len(skipped)} of {len(runs)} seeds ({skipped[0][NOT_APPLICABLE]})."
+            )
+        return dict(skipped[0])
     groups = {key: [run["per_image"][key] for run in runs] for key in PER_IMAGE_METRICS}
     summary = {name: bootstrap_mean(groups[key]).as_dict() for key, name in
                PER_IMAGE_METRICS.items()}
@@ -48,7 +68,29 @@ def summarize_attack(runs):
     summary["fid_samples"] = [run["fid_samples"] for run in runs]
     summary["fid_samples_all"] = [run["fid_samples_all"] for run in runs]
     summary.update({key: runs[0][key] for key in COUNTS})
+    if "trigger_classes" in runs[0]:
+        summary.update({key: _over_seeds([run[key] for run in runs]) for key in TRIGGER_METRICS})
+        summary["trigger_classes"] = runs[0]["trigger_classes"]
     summary["groups"] = groups
+    return summary
+
+
+def summarize_leakage(per_seed):
+    """Trigger leakage pooled over seeds, or None for targets without triggers.
+
+    Args:
+        per_seed: One `trigger_leakage` dict (with `triggers`, the triggers per seed) or None
+            per seed.
+
+    Returns:
+        Dict: `LEAKAGE_METRICS` as `Estimate.as_dict()` over seeds, `chance` and `triggers`;
+        None when no seed has triggers.
+    """
+    if all(leakage is None for leakage in per_seed):
+        return None
+    summary = {key: _over_seeds([leakage[key] for leakage in per_seed])
+               for key in LEAKAGE_METRICS}
+    summary.update(chance=per_seed[0]["chance"], triggers=per_seed[0]["triggers"])
     return summary
 
 
@@ -58,13 +100,15 @@ def summarize_seeds(per_seed):
     Args:
         per_seed: `{seed: target results}`, each with `accuracy`, `trapdoor_accuracy`
             (None without a trapdoor), `trapdoor_formed` (None when not recorded),
-            `prior_steps` and `attacks` (`{attack: scores}`).
+            `prior_steps`, `attacks` (`{attack: scores}`) and optionally `trigger_leakage`
+            (None without triggers).
 
     Returns:
         Dict: `accuracy` and `trapdoor_accuracy` as `Estimate.as_dict()` (the latter None
         without a trapdoor), `trapdoor_formed` (False when any seed's trapdoor did not form,
-        None when none recorded it), `seeds` (the seeds in order), `prior_steps`
-        (`{seed: ...}`), and `attacks` (`{attack: summarize_attack(...)}`).
+        None when none recorded it), `trigger_leakage` (`summarize_leakage`), `seeds` (the
+        seeds in order), `prior_steps` (`{seed: ...}`), and `attacks`
+        (`{attack: summarize_attack(...)}`).
     """
     seeds = sorted(per_seed)
     targets = [per_seed[seed] for seed in seeds]
@@ -73,6 +117,7 @@ def summarize_seeds(per_seed):
         "accuracy": _over_seeds([t["accuracy"] for t in targets]),
         "trapdoor_accuracy": _over_seeds([t["trapdoor_accuracy"] for t in targets]),
         "trapdoor_formed": all(formed) if formed else None,
+        "trigger_leakage": summarize_leakage([t.get("trigger_leakage") for t in targets]),
         "seeds": seeds,
         "prior_steps": {str(seed): per_seed[seed]["prior_steps"] for seed in seeds},
         "attacks": {
