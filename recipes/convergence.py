@@ -20,10 +20,6 @@ import sys
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("scales", ["1", "2", "4"], "Budget multipliers, increasing.")
-flags.DEFINE_string("defense", "none", "The defense whose target is attacked.")
-flags.DEFINE_float("tolerance", 0.05, "Largest top-1 gain from doubling a converged budget.")
-flags.DEFINE_string("out", None, "Output folder.")
 
 PIPELINE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pipeline.py")
 
@@ -56,6 +52,15 @@ def convergence_rows(top1_by_scale, tolerance):
             rows.append((attack, scale, estimate_text(top1_by_scale[scale][attack]), gain,
                          verdict))
     return rows
+
+
+def define_flags():
+    """Defines this recipe's flags; only when it runs as a script (--defense is also
+    train_target's flag, which importing the pipeline defines)."""
+    flags.DEFINE_list("scales", ["1", "2", "4"], "Budget multipliers, increasing.")
+    flags.DEFINE_string("defense", "none", "The defense whose target is attacked.")
+    flags.DEFINE_float("tolerance", 0.05, "Largest top-1 gain from doubling a converged budget.")
+    flags.DEFINE_string("out", None, "Output folder.")
 
 
 def main(passed_on):
@@ -100,6 +105,7 @@ def main(passed_on):
 
 
 if __name__ == "__main__":
+    define_flags()
     try:
         main(FLAGS(sys.argv, known_only=True)[1:])
     except app.UsageError as error:
