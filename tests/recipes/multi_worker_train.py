@@ -7,7 +7,11 @@ without, with the default strategy. As in tests/defenses/test_trapmid_distribute
 classifier has no BatchNormalization (per-replica batch statistics legitimately differ from
 whole-batch ones) and augmentation is off (TrapMIDModel draws the augmentation of its
 concatenated clean + triggered batch per replica, which assigns the same parameters to other
-images than one device does); everything else must agree.
+images than one device does); everything else must agree. The optimiser is SGD: an update
+linear in the gradient keeps the workers' float32 summation differences at that size, while
+Adam (epsilon 1e-8) divides near-zero gradients by their own magnitude, so a rounding
+difference in a gradient of about 1e-8 changes the step by a sizeable fraction of the learning
+rate, which no float32 tolerance bounds.
 """
 
 import functools
@@ -29,6 +33,7 @@ def main(out, backup_dir, task_index=None, *ports):
     tm.models.small_cnn = functools.partial(tm.models.small_cnn, batch_norm=False)
     config = config_for(
         recipe, "trapmid", out, epochs=1, width=4, batch_size=64, augment=False,
+        optimizer="sgd", learning_rate=1e-2,
         backup_dir=backup_dir, strategy="default" if task_index is None else "multi_worker",
     )
     recipe.train(config)
