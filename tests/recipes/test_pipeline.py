@@ -200,6 +200,7 @@ def test_convergence_rows_say_whether_doubling_changed_top1(monkeypatch):
     ]
 
 
+@pytest.mark.slow  # two tiny pipelines (about 4 minutes); `make test-slow`
 def test_convergence_runs_the_pipeline_at_each_scale(tmp_path):
     out = tmp_path / "convergence"
     result = run("convergence.py", "--scales=1,2", "--preset=tiny", "--attacks=gmi,mi_face",
