@@ -28,11 +28,12 @@ prior, at most --brep_iterations steps). Every Trap-MID target's report also hol
 leakage: the evaluation model's top-1 on the triggers and on their class-specific parts.
 
 A Trap-MID target whose trapdoor did not form is trained, attacked and marked in the report;
-with --require_trapdoor (on in the quick and full presets) the pipeline then exits non-zero.
+with --require_trapdoor (on in the quick, strong and full presets) the pipeline then exits non-zero.
 
 Presets: tiny (a smoke test, about a minute), quick (`make demo`, one seed, far below the
-reference's budgets), full (the reference's budgets exactly, `trapmid_tf.attacks.
-REFERENCE_BUDGETS`, 3 seeds, 20 reconstructions per class; days on a CPU).
+reference's budgets; its distance from convergence is measured in the README), strong (the
+README's protection claims: larger budgets, 3 seeds), full (the reference's budgets exactly,
+`trapmid_tf.attacks.REFERENCE_BUDGETS`, 3 seeds, 20 reconstructions per class; days on a CPU).
 """
 
 import json
@@ -75,6 +76,16 @@ PRESETS = {
         kedmi_batch_size=32, plgmi_steps=24, surrogate_steps=63, base_channels=16, top_n=30,
         per_class=5, iterations=100, plgmi_iterations=100, mi_face_iterations=300,
         recovery_iterations=300, brep_iterations=1000, require_trapdoor=True,
+    ),
+    # The protection claims: the quick preset's prior budgets x4 (the PLG-MI prior's x16: at
+    # x4 its reconstructions were still mode-collapsed blobs) and inversion budgets x2; 3 seeds,
+    # 20 reconstructions per class. recipes/convergence.py checks it (README).
+    "strong": dict(
+        defenses=["none", "trapmid", "trapmid_negls"], seeds=[0, 1, 2], target_epochs=None,
+        evaluation_epochs=10, gmi_steps=504, kedmi_steps=1344, kedmi_n_critic=1,
+        kedmi_batch_size=32, plgmi_steps=400, surrogate_steps=252, base_channels=16, top_n=30,
+        per_class=20, iterations=200, plgmi_iterations=200, mi_face_iterations=600,
+        recovery_iterations=600, brep_iterations=2000, require_trapdoor=True,
     ),
     "full": dict(
         dict.fromkeys(REFERENCE_KEYS), seeds=[0, 1, 2], target_epochs=None,
