@@ -7,7 +7,7 @@ Runs recipes/pipeline.py once per scale (`--budget_scale`, which multiplies ever
 inversion step budget) against the defenses of --defenses (default: the unprotected target
 alone), each into --out/x<scale>/ (stages reused as the pipeline reuses them), then writes
 --out/convergence.json and --out/convergence.md: per attack and scale the top-1 attack accuracy
-with its interval, and the change from each scale to the next. A budget is converged for an
+with its interval, and the change from each scale to the next with its interval. A budget is converged for an
 attack when doubling it raises top-1 by at most --tolerance. Any other flag is the pipeline's
 and is passed on.
 """
@@ -28,29 +28,36 @@ def convergence_rows(top1_by_scale, tolerance):
     """Per attack and scale: top-1, its gain over the previous scale, and a verdict.
 
     Args:
-        top1_by_scale: `{scale: {attack: Estimate.as_dict()}}`, scales increasing.
+        top1_by_scale: `{scale: {attack: summary}}`, scales increasing; a summary holds `aa1`
+            (`Estimate.as_dict()`) and `groups["top1"]` (per-seed top-1 outcomes), as the
+            pipeline's results.json has them.
         tolerance: The largest gain (in top-1) that counts as converged.
 
     Returns:
-        Rows `(attack, scale, top-1 "mean [low, high]", gain or None, verdict)`; the verdict
-        of a scale says whether its budget was converged: the gain of the next (doubled)
-        scale was at most `tolerance` ("converged"), or not ("not converged"), or None for
-        the last scale.
+        Rows `(attack, scale, top-1 "mean [low, high]", gain "mean [low, high]" or None,
+        verdict)`; the gain is the difference of the means with its bootstrap interval
+        (`intervals.bootstrap_difference`: seeds, then reconstructions, resampled on both
+        sides). The verdict of a scale says whether its budget was converged: the mean gain
+        of the next (doubled) scale was at most `tolerance` ("converged"), or not ("not
+        converged"), or None for the last scale.
     """
+    from trapmid_tf.metrics.intervals import bootstrap_difference
     from trapmid_tf.report import estimate_text
 
     scales = sorted(top1_by_scale)
     rows = []
     for attack in top1_by_scale[scales[0]]:
-        means = [top1_by_scale[scale][attack]["mean"] for scale in scales]
+        summaries = [top1_by_scale[scale][attack] for scale in scales]
+        gains = [None] + [
+            bootstrap_difference(later["groups"]["top1"], earlier["groups"]["top1"])
+            for earlier, later in zip(summaries, summaries[1:])
+        ]
         for index, scale in enumerate(scales):
-            gain = None if index == 0 else round(means[index] - means[index - 1], 4)
             verdict = None
             if index + 1 < len(scales):
-                converged = means[index + 1] - means[index] <= tolerance
-                verdict = "converged" if converged else "not converged"
-            rows.append((attack, scale, estimate_text(top1_by_scale[scale][attack]), gain,
-                         verdict))
+                verdict = "converged" if gains[index + 1].mean <= tolerance else "not converged"
+            gain = None if gains[index] is None else estimate_text(gains[index].as_dict())
+            rows.append((attack, scale, estimate_text(summaries[index]["aa1"]), gain, verdict))
     return rows
 
 
@@ -91,10 +98,12 @@ def main(passed_on):
         subprocess.run(command, check=True)
         with open(os.path.join(out, "results.json"), encoding="utf-8") as stream:
             attacks = json.load(stream)["defenses"][FLAGS.defense]["attacks"]
-        top1[scale] = {name: summary["aa1"] for name, summary in attacks.items()}
+        top1[scale] = attacks
     rows = convergence_rows(top1, FLAGS.tolerance)
     write_json(os.path.join(FLAGS.out, "convergence.json"), dict(
-        defense=FLAGS.defense, tolerance=FLAGS.tolerance, top1={str(s): v for s, v in top1.items()},
+        defense=FLAGS.defense, tolerance=FLAGS.tolerance,
+        top1={str(scale): {name: summary["aa1"] for name, summary in attacks.items()}
+              for scale, attacks in top1.items()},
         rows=[list(row) for row in rows],
     ))
     table = markdown_table(["attack", "budget scale", "top-1", "gain", "budget"], rows)

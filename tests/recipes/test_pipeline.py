@@ -189,14 +189,19 @@ def test_convergence_rows_say_whether_doubling_changed_top1(monkeypatch):
     monkeypatch.syspath_prepend(str(RECIPES))
     import convergence
 
-    def top1(mean):
-        return {"mean": mean, "low": mean - 0.1, "high": mean + 0.1}
+    def summary(value):
+        # Every outcome equal: every bootstrap resample has this mean, so the intervals of the
+        # top-1 and of the gain are exact.
+        groups = [[value] * 4, [value] * 3]
+        return {"aa1": {"mean": value, "low": value, "high": value}, "groups": {"top1": groups}}
 
     rows = convergence.convergence_rows(
-        {1: {"gmi": top1(0.5)}, 2: {"gmi": top1(0.54)}, 4: {"gmi": top1(0.8)}}, 0.05
+        {1: {"gmi": summary(0.5)}, 2: {"gmi": summary(0.54)}, 4: {"gmi": summary(0.8)}}, 0.05
     )
     assert [(scale, gain, verdict) for _, scale, _, gain, verdict in rows] == [
-        (1, None, "converged"), (2, 0.04, "not converged"), (4, 0.26, None),
+        (1, None, "converged"),
+        (2, "0.040 [0.040, 0.040]", "not converged"),
+        (4, "0.260 [0.260, 0.260]", None),
     ]
 
 
