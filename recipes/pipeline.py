@@ -239,6 +239,23 @@ def pipeline_settings():
     return settings
 
 
+def measured_gap(settings):
+    """The preset's measured distance from convergence (`MEASURED_GAPS`) as a dict, or None.
+
+    Only a run at the preset's own step budgets on the embedded digits has one: the
+    measurement says nothing about other budgets or data.
+    """
+    from trapmid_tf.experiments.measured_convergence import MEASURED_GAPS
+
+    gap = MEASURED_GAPS.get(FLAGS.preset)
+    budgets_changed = settings["budget_scale"] != 1 or any(
+        settings[key] != preset_settings(FLAGS.preset)[key] for key in STEP_KEYS
+    )
+    if gap is None or budgets_changed or FLAGS.dataset != "digits":
+        return None
+    return gap.as_dict()
+
+
 def target_dir(defense, seed):
     """The folder of the target of `defense` trained with `seed`, under --out."""
     return os.path.join(FLAGS.out, "targets", defense, f"seed_{seed}")
@@ -549,7 +566,7 @@ def main(argv):
         settings=settings, evaluation_model=evaluation,
         fid_features=evaluator.fid_features,
         defenses={d: summarize_seeds(seeds) for d, seeds in per_seed.items()},
-        seconds=round(time.perf_counter() - start, 1),
+        seconds=round(time.perf_counter() - start, 1), convergence_gap=measured_gap(settings),
     )
     write_json(os.path.join(FLAGS.out, "results.json"), results)
     private_images, private_labels = evaluate_recipe.private_arrays(private_train)

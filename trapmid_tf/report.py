@@ -458,6 +458,14 @@ def write(out, results, private_images, private_labels, reconstructions, trigger
     return grids
 
 
+def _convergence_lines(results):
+    """The measured-convergence paragraph and a blank line, or nothing without a measurement."""
+    from trapmid_tf.experiments.measured_convergence import gap_paragraph
+
+    gap = results.get("convergence_gap")
+    return [gap_paragraph(gap), ""] if gap else []
+
+
 def report_markdown(results, defenses, attacks, triggers):
     """The text of report.md.
 
@@ -484,6 +492,7 @@ def report_markdown(results, defenses, attacks, triggers):
         f"{evaluation['classes']} classes, test accuracy "
         f"{_cell(evaluation['accuracy'])}. FID and PRDC features: `{results['fid_features']}`.",
         "",
+        *_convergence_lines(results),
         "Every value is `mean [low, high]`: the mean over training seeds and its 95% "
         "bootstrap interval (seeds resampled, then reconstructions within each seed). With "
         "one seed the interval covers the reconstructions' variation only, not the "

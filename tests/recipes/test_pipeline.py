@@ -326,3 +326,20 @@ def test_an_option_is_part_of_its_attacks_stage(adaptive):
     assert len(rebuilt) == 1 and "attacks/plgmi_adaptive:" in rebuilt[0]
     # targets (2) + evaluator + gmi + PLG-MI priors (2) + brep_mi (2)
     assert result.stderr.count("reusing the stored artefacts") == 2 + 1 + 1 + 2 + 2
+
+
+@pytest.mark.parametrize("extra, has_gap", [
+    ([], True), (["--budget_scale=2"], False), (["--iterations=50"], False),
+    (["--dataset=fashion_mnist"], False), (["--preset=tiny"], False),
+])
+def test_only_a_run_at_a_presets_own_budgets_carries_its_measured_gap(monkeypatch, extra, has_gap):
+    monkeypatch.syspath_prepend(str(RECIPES))
+    import pipeline
+    from trapmid_tf.experiments.measured_convergence import MEASURED_GAPS
+
+    pipeline.FLAGS(["pipeline.py", "--preset=quick", "--out=unused", *extra])
+    try:
+        gap = pipeline.measured_gap(pipeline.pipeline_settings())
+    finally:
+        pipeline.FLAGS.unparse_flags()
+    assert gap == (MEASURED_GAPS["quick"].as_dict() if has_gap else None)

@@ -1,0 +1,99 @@
+"""How far a preset's attack budgets are from converged: the gaps `recipes/convergence.py` measured.
+
+A run cannot tell by itself whether its attacks had enough steps. `recipes/convergence.py` runs
+the pipeline against the unprotected digits target at a preset's budgets and at twice them; the
+top-1 gain from doubling says by how much an attack at the preset's budget understates what it
+gets with more. This module keeps those measurements (with the command, the date and the
+sample sizes), so that a report run at a preset's own budgets can say how far from converged
+they are. They are records of one measurement, not computed by the run that prints them: rerun
+the command to check them.
+"""
+
+import dataclasses
+
+from trapmid_tf.report import estimate_text
+
+
+@dataclasses.dataclass(frozen=True)
+class MeasuredGap:
+    """The top-1 gains from doubling a preset's budgets, as measured once.
+
+    Attributes:
+        preset: The pipeline preset measured.
+        command: The command that measured it.
+        date: When (ISO date).
+        seeds: The target training seeds pooled.
+        reconstructions: Reconstructions per attack and seed.
+        gains: `{attack: {"mean", "low", "high"}}`: top-1 at twice the budgets minus top-1 at
+            the preset's budgets, with the 95% bootstrap interval (seeds, then reconstructions).
+        remark: What else the measurement showed, or "".
+    """
+
+    preset: str
+    command: str
+    date: str
+    seeds: tuple
+    reconstructions: int
+    gains: dict
+    remark: str = ""
+
+    def as_dict(self):
+        """The measurement as JSON-able values."""
+        return dataclasses.asdict(self)
+
+
+def _gain(mean, low, high):
+    return dict(mean=mean, low=low, high=high)
+
+
+MEASURED_GAPS = {
+    "quick": MeasuredGap(
+        preset="quick",
+        command="python recipes/convergence.py --preset=quick --per_class=20 --scales=1,2,4 "
+                "--out=runs/convergence_quick",
+        date="2026-12-02",
+        seeds=(0,),
+        reconstructions=100,
+        gains=dict(
+            gmi=_gain(0.11, 0.01, 0.21), kedmi=_gain(0.14, 0.03, 0.25),
+            lomma_gmi=_gain(0.0, -0.05, 0.05), lomma_kedmi=_gain(-0.04, -0.12, 0.04),
+            plgmi=_gain(-0.05, -0.14, 0.04), mi_face=_gain(0.0, -0.11, 0.11),
+        ),
+        remark="At 4x the budgets GMI and KED-MI fell back to 0.77 and 0.73 (from 0.88 and "
+               "0.85 at 2x): with one seed, the prior's training varies the top-1 by about as "
+               "much as doubling gains.",
+    ),
+}
+
+
+def gap_paragraph(gap, tolerance=0.05):
+    """A report paragraph saying how far the run's budgets are from converged.
+
+    Args:
+        gap: A `MeasuredGap.as_dict()`.
+        tolerance: The largest gain from doubling that counts as converged.
+
+    Returns:
+        Markdown text naming the attacks whose measured gain exceeded `tolerance` (they
+        understate the attack), the others, and the measurement's command and sample sizes.
+    """
+    gains = gap["gains"]
+    short = [name for name, gain in gains.items() if gain["mean"] > tolerance]
+    listed = ", ".join(f"{name} {estimate_text(gain)}" for name, gain in gains.items())
+    if short:
+        verdict = (f"not converged for {', '.join(short)}: doubling them raised the unprotected "
+                   f"top-1 by more than {tolerance}, so these rows understate the attack and "
+                   "overstate any protection against it")
+    else:
+        verdict = f"converged: doubling them raised no unprotected top-1 by more than {tolerance}"
+    seeds = len(gap["seeds"])
+    sentences = [
+        f"**Budget convergence (measured separately, not by this run).** The `{gap['preset']}` "
+        f"budgets are {verdict}.",
+        f"Top-1 gain from doubling every budget, against the unprotected digits target ({seeds} "
+        f"training seed{'s' if seeds > 1 else ''}, {gap['reconstructions']} reconstructions per "
+        f"attack and seed; {gap['date']}): {listed}.",
+        gap["remark"],
+        f"Command: `{gap['command']}`.",
+    ]
+    return " ".join(sentence for sentence in sentences if sentence)
