@@ -13,7 +13,7 @@ from tests.attacks.test_inversion import (
     tiny_generator,
     to_numpy,
 )
-from trapmid_tf.attacks.plgmi import PLGMIAttack
+from trapmid_tf.attacks.plgmi import PLGMIAttack, reconstruction_augment
 
 CLASSES = [2, 1]
 PER_CLASS = 2
@@ -73,9 +73,11 @@ def test_same_seed_repeats_and_other_seeds_differ(networks):
     assert not np.allclose(first.latents, invert(networks, 10, seed=5).latents)
 
 
-def test_default_augmentation_runs(networks):
-    result = invert(networks, 3, augment=None)
+def test_default_augmentation_is_the_references_and_moves_the_latents(networks):
+    assert PLGMIAttack(networks[0], augment=None).augment is reconstruction_augment
+    start, result = invert(networks, 0, augment=None), invert(networks, 3, augment=None)
     check_result(result, CLASSES, PER_CLASS, (Z_DIM,))
+    assert not np.allclose(to_numpy(result.latents), to_numpy(start.latents))
 
 
 def test_rejects_an_unconditional_generator():
