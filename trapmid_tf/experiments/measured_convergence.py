@@ -63,6 +63,20 @@ MEASURED_GAPS = {
                "0.85 at 2x): with one seed, the prior's training varies the top-1 by about as "
                "much as doubling gains.",
     ),
+    "strong": MeasuredGap(
+        preset="strong",
+        command="python recipes/pipeline.py --preset=strong --out=runs/strong (1x) and "
+                "python recipes/convergence.py --preset=strong --seeds=0,1 --scales=2 "
+                "--out=runs/convergence_strong (2x); seeds 0 and 1 of both compared",
+        date="2026-12-02",
+        seeds=(0, 1),
+        reconstructions=100,
+        gains=dict(
+            gmi=_gain(-0.035, -0.175, 0.1), kedmi=_gain(0.02, -0.09, 0.135),
+            lomma_gmi=_gain(0.005, 0.0, 0.02), lomma_kedmi=_gain(0.085, -0.04, 0.22),
+            plgmi=_gain(0.0, 0.0, 0.0), mi_face=_gain(0.0, -0.08, 0.075),
+        ),
+    ),
 }
 
 
