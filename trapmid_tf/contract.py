@@ -80,6 +80,36 @@ def replica_count():
     return tf.distribute.get_strategy().num_replicas_in_sync
 
 
+def global_batch_mean(values):
+    """This replica's share of the mean of `values` over the global batch.
+
+    Optimizers sum the replicas' gradients, so each replica contributes the sum of its values
+    divided by the global batch size (replicas hold equal batches). On one device it is the
+    plain mean. Every model and prior computes its hand-written losses with it.
+
+    Args:
+        values: Per-sample values, `(batch, ...)`, or a scalar already averaged over this
+            replica's batch.
+
+    Returns:
+        A scalar: `mean(values) / replicas`.
+    """
+    return tf.reduce_mean(values) / replica_count()
+
+
+def global_value(share):
+    """The global-batch value of a replica's share (`share * replicas`), for logs and metrics.
+
+    Args:
+        share: A value returned by `global_batch_mean` (or a Keras loss, which already divides
+            by the number of replicas).
+
+    Returns:
+        The mean over this replica's batch, which Keras metrics then average over replicas.
+    """
+    return share * replica_count()
+
+
 def replica_slot():
     """`(number of replicas, this replica's index)` in the current replica context."""
     context = tf.distribute.get_replica_context()
