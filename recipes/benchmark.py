@@ -8,8 +8,8 @@ Workloads (shared/bench/WORKLOADS.md): W1 VGG16-BN 64x64x3 1000 classes, W2 IR-1
 5 classes, W3 the digits small CNN 32x32x1 5 classes; batch 64, random inputs in memory.
 "plain" is the classifier trained with cross-entropy (SGD 1e-2, momentum 0.9, weight decay
 1e-4); "trapmid" is `TrapMIDModel` with the reference defaults (alpha 0.02, beta 0.2, trigger
-step 0.01, discriminator and augmentation on) and the same optimiser; "trapmid_fast" adds
-the speed options `FAST_OPTIONS` (an algorithm of its own, see `TrapMIDModel`). Each
+step 0.01, discriminator and augmentation on) and the same optimiser; "trapmid_fast" is
+`FastTrapMIDModel` with its defaults (an algorithm of its own). Each
 repetition is one whole epoch of --steps steps after --warmup untimed epochs; the JSON holds
 per variant the median/min/max milliseconds per step and each Trap-MID variant's ratio of
 medians to plain, measured in the same run.
@@ -39,7 +39,7 @@ from absl import app, flags
 
 import trapmid_tf as tm
 from trapmid_tf.attacks import inversion
-from trapmid_tf.defenses.trapmid import FAST_OPTIONS
+from trapmid_tf.defenses import FastTrapMIDModel
 from trapmid_tf.files import write_json
 
 FLAGS = flags.FLAGS
@@ -81,8 +81,8 @@ def build(workload, variant):
             optimizer=sgd(), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         )
         return classifier
-    options = FAST_OPTIONS if variant == "trapmid_fast" else {}
-    model = tm.TrapMIDModel(classifier, spec["classes"], seed=FLAGS.seed, **options)
+    model_class = FastTrapMIDModel if variant == "trapmid_fast" else tm.TrapMIDModel
+    model = model_class(classifier, spec["classes"], seed=FLAGS.seed)
     model.compile(optimizer=sgd())
     return model
 
@@ -195,7 +195,7 @@ def environment():
         "batch": BATCH,
         "steps_per_repetition": FLAGS.steps,
         "attack_iterations_per_repetition": FLAGS.attack_iterations,
-        "trapmid_fast_options": FAST_OPTIONS,
+        "trapmid_fast_model": FastTrapMIDModel.__name__,
     }
 
 

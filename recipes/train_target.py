@@ -139,9 +139,9 @@ flags.DEFINE_float("trapdoor_warning_threshold", None, "Trap-MID: test trapdoor 
 flags.DEFINE_bool("require_trapdoor", False, "Exit non-zero (after writing every artefact) when "
                   "a Trap-MID trapdoor did not form; no effect on defenses without triggers.")
 flags.DEFINE_bool("optimize_triggers", True, "Optimise the triggers (else random, fixed).")
-flags.DEFINE_bool("fast_trapmid", False, "Trap-MID with trapmid_tf.defenses.trapmid."
-                  "FAST_OPTIONS (trigger gradient shared with the classifier step, discriminator "
-                  "every 4th step): a faster algorithm of its own; one replica only.")
+flags.DEFINE_bool("fast_trapmid", False, "Trap-MID as trapmid_tf.defenses.FastTrapMIDModel "
+                  "(trigger gradient shared with the classifier step, discriminator every 4th "
+                  "step): a faster algorithm of its own; one replica only.")
 flags.DEFINE_float("negls_smoothing", -0.05, "Full NegLS smoothing (negls defenses).")
 flags.DEFINE_float("mid_beta", None, "MID: weight of the KL term (default: digits/MNIST 0.01, "
                    "CelebA 0.003).")
@@ -461,7 +461,8 @@ def build_model(config, input_shape, num_classes, steps_per_epoch):
             metrics=["accuracy"],
         )
         return classifier
-    model = tm.TrapMIDModel(
+    model_class = tm.defenses.FastTrapMIDModel if config["fast_trapmid"] else tm.TrapMIDModel
+    model = model_class(
         classifier,
         num_classes,
         alpha=config["alpha"],
@@ -471,7 +472,6 @@ def build_model(config, input_shape, num_classes, steps_per_epoch):
         discriminator="auto" if config["discriminator"] else None,
         augment=config["augment"],
         seed=config["seed"],
-        **(tm.defenses.trapmid.FAST_OPTIONS if config.get("fast_trapmid") else {}),
     )
     model.compile(optimizer=make_optimizer(config, steps_per_epoch), loss=make_loss(config))
     return model

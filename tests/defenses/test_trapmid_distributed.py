@@ -1,20 +1,25 @@
 """The same Trap-MID steps on one device and on two replicas give the same model.
 
+Both the reference step and the fast variant's shared trigger gradient (with the
+discriminator on every step: a conditional one refuses several replicas).
+
 Uses the two logical CPUs set up in conftest.py. Augmentation is off and the classifier has
 no BatchNormalization: per-replica batch statistics legitimately differ from whole-batch ones.
 """
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from trapmid_tf.defenses.trapmid import TrapMIDModel
+from trapmid_tf.defenses.trapmid_fast import FastTrapMIDModel
 from trapmid_tf.models.small_cnn import small_cnn
 
 SHAPE, CLASSES, GLOBAL_BATCH, STEPS = (16, 16, 1), 4, 8, 3
 
 
-def train(strategy):
+def train(strategy, model_class, options):
     rng = np.random.default_rng(0)
     n = GLOBAL_BATCH * STEPS
     x = rng.uniform(size=(n, *SHAPE)).astype("float32")
@@ -24,7 +29,7 @@ def train(strategy):
     with strategy.scope():
         keras.utils.set_random_seed(0)
         classifier = small_cnn(SHAPE, CLASSES, width=4, batch_norm=False)
-        model = TrapMIDModel(classifier, CLASSES, alpha=0.1, augment=False, seed=0)
+        model = model_class(classifier, CLASSES, alpha=0.1, augment=False, seed=0, **options)
         model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
     initial = [v.numpy() for v in model.trainable_weights]
     model.fit(data, epochs=1, verbose=0)
@@ -35,9 +40,13 @@ def relative_difference(a, b):
     return np.abs(a - b).max() / max(np.abs(a).max(), 1e-12)
 
 
-def test_one_and_two_replicas_give_the_same_update(two_replicas):
-    one, initial = train(tf.distribute.OneDeviceStrategy("/cpu:0"))
-    two, _ = train(two_replicas)
+@pytest.mark.parametrize(
+    "model_class, options",
+    [(TrapMIDModel, {}), (FastTrapMIDModel, {"discriminator_interval": 1})],
+)
+def test_one_and_two_replicas_give_the_same_update(two_replicas, model_class, options):
+    one, initial = train(tf.distribute.OneDeviceStrategy("/cpu:0"), model_class, options)
+    two, _ = train(two_replicas, model_class, options)
     assert two.distribute_strategy.num_replicas_in_sync == 2
     for part in ("classifier", "discriminator"):
         a, b = getattr(one, part).get_weights(), getattr(two, part).get_weights()

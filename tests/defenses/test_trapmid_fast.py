@@ -1,9 +1,8 @@
-"""TrapMIDModel's speed options against NumPy versions of what they change, and their checks.
+"""FastTrapMIDModel against NumPy versions of what it changes, and its checks.
 
-`shared_trigger_gradient`: the trigger gradient (same formula as the reference on a linear
-classifier without batch norm) comes from the classifier step, whose update therefore sees
-the triggers before their step, not after. `discriminator_interval`: the discriminator step
-and the naturalness term run on every k-th step only.
+The trigger gradient (same formula as the reference on a linear classifier without batch
+norm) comes from the classifier step, whose update therefore sees the triggers before their
+step, not after; the discriminator step and the naturalness term run on every k-th step only.
 """
 
 import keras
@@ -24,7 +23,7 @@ from tests.defenses.test_trapmid_step import (
     linear_model,
     make_model,
 )
-from trapmid_tf.defenses.trapmid import TrapMIDModel
+from trapmid_tf.defenses.trapmid_fast import FastTrapMIDModel
 from trapmid_tf.models.small_cnn import small_cnn
 
 
@@ -54,12 +53,12 @@ def variables(model):
     ]
 
 
-def test_shared_gradient_and_interval_match_numpy_over_three_steps():
+def test_fast_steps_match_numpy_over_three_steps():
     rng = np.random.default_rng(0)
     x = rng.uniform(size=(3, BATCH, *SHAPE)).astype("float32")
     y = rng.integers(0, CLASSES, (3, BATCH)).astype("int32")
     t = rng.integers(0, CLASSES, (3, BATCH)).astype("int32")
-    model = make_model(shared_trigger_gradient=True, discriminator_interval=2)
+    model = make_model(FastTrapMIDModel, discriminator_interval=2)
     start = rng.choice([0.01, 0.5, 0.99], size=model.triggers.shape).astype("float32")
     model.triggers.assign(start)
     triggers, state = start.reshape(CLASSES, -1), variables(model)
@@ -78,11 +77,11 @@ def test_shared_gradient_and_interval_match_numpy_over_three_steps():
     assert np.isfinite(history.history["discriminator_loss"][0])
 
 
-def test_interval_alone_skips_the_discriminator_and_its_loss_on_other_steps():
+def test_skipped_steps_leave_the_discriminator_and_its_loss_alone():
     rng = np.random.default_rng(1)
     x = rng.uniform(size=(BATCH, *SHAPE)).astype("float32")
     y, t = rng.integers(0, CLASSES, (2, BATCH)).astype("int32")
-    model = make_model(discriminator_interval=2)
+    model = make_model(FastTrapMIDModel, discriminator_interval=2)
     data = tf.data.Dataset.from_tensors((x, y, t))
     first = model.fit(data, epochs=1, verbose=0).history["discriminator_loss"][0]
     after_first = model.discriminator.get_weights()
@@ -102,14 +101,13 @@ def test_interval_alone_skips_the_discriminator_and_its_loss_on_other_steps():
     np.testing.assert_allclose(model.triggers.numpy().reshape(CLASSES, -1), expected, atol=1e-6)
 
 
-def test_shared_gradient_trains_a_small_cnn_with_augmentation(tmp_path):
+def test_fast_model_trains_a_small_cnn_with_augmentation_and_reloads(tmp_path):
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(2)
     x = rng.uniform(size=(16, 16, 16, 1)).astype("float32")
     y = rng.integers(0, 4, 16).astype("int32")
-    model = TrapMIDModel(
-        small_cnn((16, 16, 1), 4, width=4), 4, alpha=0.1, seed=0,
-        shared_trigger_gradient=True, discriminator_interval=3,
+    model = FastTrapMIDModel(
+        small_cnn((16, 16, 1), 4, width=4), 4, alpha=0.1, seed=0, discriminator_interval=3
     )
     model.compile()
     weights, triggers = model.get_weights(), model.triggers.numpy()
@@ -120,13 +118,15 @@ def test_shared_gradient_trains_a_small_cnn_with_augmentation(tmp_path):
     path = str(tmp_path / "fast.keras")
     model.save(path)
     loaded = keras.models.load_model(path)
-    assert loaded.shared_trigger_gradient and loaded.discriminator_interval == 3
+    assert isinstance(loaded, FastTrapMIDModel) and loaded.discriminator_interval == 3
+    for a, b in zip(model.get_weights(), loaded.get_weights()):
+        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize(
     "options, message",
     [
-        (dict(shared_trigger_gradient=True, beta=0.0), "`beta` must be > 0"),
+        (dict(beta=0.0), "`beta` must be > 0"),
         (dict(discriminator_interval=0), "`discriminator_interval` must be an integer >= 1"),
         (dict(discriminator_interval=1.5), "received 1.5"),
         (dict(discriminator_interval=True), "received True"),
@@ -134,12 +134,12 @@ def test_shared_gradient_trains_a_small_cnn_with_augmentation(tmp_path):
 )
 def test_bad_options_are_rejected(options, message):
     with pytest.raises(ValueError, match=message):
-        TrapMIDModel(linear_model(CLASSES, "f"), CLASSES, augment=False, **options)
+        FastTrapMIDModel(linear_model(CLASSES, "f"), CLASSES, augment=False, **options)
 
 
 def test_interval_refuses_several_replicas(two_replicas):
     with two_replicas.scope():
-        model = TrapMIDModel(
+        model = FastTrapMIDModel(
             linear_model(CLASSES, "f"), CLASSES, augment=False, discriminator_interval=2
         )
         model.compile()

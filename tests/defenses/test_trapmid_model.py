@@ -157,3 +157,16 @@ def test_bad_constructor_arguments():
         TrapMIDModel(classifier, CLASSES, discriminator="big")
     with pytest.raises(ValueError, match="metrics"):
         TrapMIDModel(classifier, CLASSES).compile(metrics=["accuracy"])
+
+
+def test_configs_saved_with_the_former_speed_options_load_or_name_the_fast_model():
+    model = make_model()
+    config = model.get_config()
+    assert "shared_trigger_gradient" not in config and "discriminator_interval" not in config
+    legacy = {**config, "shared_trigger_gradient": False, "discriminator_interval": 1}
+    loaded = TrapMIDModel.from_config(legacy)
+    assert type(loaded) is TrapMIDModel
+    assert (loaded.num_classes, loaded.alpha, loaded.seed) == (CLASSES, 0.1, 0)
+    for fast in ({"shared_trigger_gradient": True}, {"discriminator_interval": 4}):
+        with pytest.raises(ValueError, match="FastTrapMIDModel"):
+            TrapMIDModel.from_config({**legacy, **fast})

@@ -68,9 +68,9 @@ def reference_iteration(x, y, t, triggers, cw, cb, dw, db):
     return triggers, cw, cb, dw, db
 
 
-def make_model(seed=0, **options):
-    """The linear Trap-MID model of these tests; `options` go to `TrapMIDModel`."""
-    model = TrapMIDModel(
+def make_model(model_class=TrapMIDModel, seed=0, **options):
+    """The linear Trap-MID model of these tests; `options` go to `model_class`."""
+    model = model_class(
         linear_model(CLASSES, "f"),
         CLASSES,
         alpha=ALPHA,

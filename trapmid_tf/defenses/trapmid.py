@@ -1,6 +1,5 @@
 """`TrapMIDModel`: trains any Keras classifier with Trap-MID through `model.fit`."""
 
-import numbers
 import os
 
 import numpy as np
@@ -8,7 +7,12 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from trapmid_tf.contract import checked_images, checked_labels, replica_count
+from trapmid_tf.contract import (
+    checked_images,
+    checked_labels,
+    global_batch_mean,
+    global_value,
+)
 from trapmid_tf.defenses.sign_step import SignedGradientStep
 from trapmid_tf.files import atomic_path
 from trapmid_tf.layers.augment import TrapdoorAugment
@@ -19,9 +23,6 @@ from trapmid_tf.saving import SeedStateMixin
 
 _serialize = keras.saving.serialize_keras_object
 _deserialize = keras.saving.deserialize_keras_object
-# The fast variant measured in the README: `TrapMIDModel(..., **FAST_OPTIONS)`. It changes the
-# algorithm (see `TrapMIDModel`).
-FAST_OPTIONS = {"shared_trigger_gradient": True, "discriminator_interval": 4}
 
 
 def build_discriminator(classifier):
@@ -69,17 +70,8 @@ class TrapMIDModel(SeedStateMixin, keras.Model):
     3. classifier step on the concatenated batch `[aug(x); aug(x~)]` with the loss
        `(1 - beta) * main_loss(y) + beta * trapdoor_loss(y_trap)`.
 
-    Two options, both off by default, trade that algorithm for speed (each step of the
-    reference costs about six classifier passes of plain training):
-
-    - `shared_trigger_gradient=True` drops the trigger step's classifier pass: the trapdoor
-      term of the trigger gradient is read from the classifier step's own backward pass
-      (classifier in training mode, on the step's augmented batch, divided by `beta`), the
-      naturalness term from a discriminator pass on the triggered images, and the triggers
-      are updated after the classifier step instead of before it.
-    - `discriminator_interval=k` runs the discriminator step and the naturalness term only on
-      every k-th step (the first included); the triggers follow the trapdoor loss alone on the
-      other steps. Single-replica only.
+    A step costs about six classifier passes of plain training; `FastTrapMIDModel` trades
+    this algorithm for speed.
 
     Data are batches of `(images, labels)`, with trapdoor labels then drawn inside the step
     (balanced within the batch), or `(images, labels, trapdoor_labels)` as produced by
@@ -100,11 +92,6 @@ class TrapMIDModel(SeedStateMixin, keras.Model):
             a Keras layer to use instead (called with `training=True`).
         trigger_channels: Trigger channels, 1 or the image channels (default).
         seed: Seed of the triggers, augmentation and trapdoor-label sampling.
-        shared_trigger_gradient: If true, take the trapdoor term of the trigger gradient
-            from the classifier step (see above; changes the algorithm; needs `beta` > 0).
-        discriminator_interval: Run the discriminator step and the naturalness term every
-            this many steps, >= 1 (1: every step, the reference; more changes the
-            algorithm and needs a single replica).
         **kwargs: Standard `keras.Model` arguments.
 
     Example:
@@ -126,21 +113,16 @@ class TrapMIDModel(SeedStateMixin, keras.Model):
         augment=True,
         trigger_channels=None,
         seed=None,
-        shared_trigger_gradient=False,
-        discriminator_interval=1,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self._check_arguments(classifier, num_classes, beta, trigger_step_size)
-        self._check_speed_options(beta, shared_trigger_gradient, discriminator_interval)
         self.classifier = classifier
         self.num_classes = int(num_classes)
         self.beta = float(beta)
         self.trigger_step_size = float(trigger_step_size)
         self.optimize_triggers = bool(optimize_triggers)
         self.seed = seed
-        self.shared_trigger_gradient = bool(shared_trigger_gradient)
-        self.discriminator_interval = int(discriminator_interval)
         self.image_shape = tuple(classifier.input_shape[1:])
         self.trigger = BlendTrigger(
             num_classes, self.image_shape, alpha, trigger_channels, seed=seed, name="trigger"
@@ -183,23 +165,6 @@ class TrapMIDModel(SeedStateMixin, keras.Model):
             raise ValueError(f"`beta` must be in [0, 1]; received {beta!r}.")
         if float(trigger_step_size) <= 0.0:
             raise ValueError(f"`trigger_step_size` must be > 0; received {trigger_step_size!r}.")
-
-    @staticmethod
-    def _check_speed_options(beta, shared_trigger_gradient, discriminator_interval):
-        if shared_trigger_gradient and float(beta) == 0.0:
-            raise ValueError(
-                "`shared_trigger_gradient=True` reads the trapdoor gradient from the classifier "
-                "loss, so `beta` must be > 0; received beta=0."
-            )
-        if (
-            isinstance(discriminator_interval, bool)
-            or not isinstance(discriminator_interval, numbers.Integral)
-            or discriminator_interval < 1
-        ):
-            raise ValueError(
-                "`discriminator_interval` must be an integer >= 1; received "
-                f"{discriminator_interval!r}."
-            )
 
     def _resolve_discriminator(self, discriminator):
         if not self.optimize_triggers or discriminator is None:
@@ -334,10 +299,17 @@ class TrapMIDModel(SeedStateMixin, keras.Model):
 
     @property
     def metrics(self):
-        return [*self._trackers.values(), self._accuracy, self._trapdoor_accuracy]
+        trackers = [
+            tracker
+            for name, tracker in self._trackers.items()
+            if name != "discriminator_loss" or self.discriminator is not None
+        ]
+        return [*trackers, self._accuracy, self._trapdoor_accuracy]
 
     def train_step(self, data):
-        """One Trap-MID step (the three phases above, or the chosen speed options).
+        """One reference Trap-MID step: discriminator, triggers, then classifier.
+
+        Each phase updates its part and records its losses in the metrics.
 
         Args:
             data: A batch `(images, labels)` or `(images, labels, trapdoor_labels)`.
@@ -347,71 +319,92 @@ class TrapMIDModel(SeedStateMixin, keras.Model):
             discriminator), accuracy and trapdoor_accuracy, means over the epoch so far.
         """
         images, labels, trapdoor_labels, checks = self._unpack(data)
-        logs, log_weights = {}, {}
         # Every update depends on the input checks, so a bad batch changes nothing.
         with tf.control_dependencies(checks):
-            if not self.optimize_triggers:
-                logs.update(self._classifier_step(images, labels, trapdoor_labels)[0])
-            else:
-                with_discriminator = self._discriminator_turn()
-                if self.discriminator is not None:
-                    logs["discriminator_loss"] = self._when(
-                        with_discriminator,
-                        lambda: self._discriminator_step(images, trapdoor_labels),
-                        lambda: ops.zeros(()),
-                    )
-                    log_weights["discriminator_loss"] = ops.cast(with_discriminator, "float32")
-                logs.update(
-                    self._trigger_and_classifier_steps(
-                        images, labels, trapdoor_labels, with_discriminator
-                    )
-                )
-        for name, value in logs.items():
-            self._trackers[name].update_state(value, sample_weight=log_weights.get(name))
-        names = [*logs, "accuracy", "trapdoor_accuracy"]
-        return {m.name: m.result() for m in self.metrics if m.name in names}
+            if self.discriminator is not None:
+                self._discriminator_phase(images, trapdoor_labels)
+            if self.optimize_triggers:
+                self._trigger_phase(images, trapdoor_labels)
+            self._classifier_phase(images, labels, trapdoor_labels)
+        return {metric.name: metric.result() for metric in self.metrics}
 
-    def _trigger_and_classifier_steps(self, images, labels, trapdoor_labels, with_discriminator):
-        """Updates the triggers and the classifier (in the order of the chosen algorithm)."""
-        if not self.shared_trigger_gradient:
-            gradient = self._when(
-                with_discriminator,
-                lambda: self._trigger_gradient(images, trapdoor_labels, naturalness=True),
-                lambda: self._trigger_gradient(images, trapdoor_labels, naturalness=False),
+    def _discriminator_phase(self, images, trapdoor_labels):
+        """Discriminator step: clean images are real, triggered images (held fixed) fake."""
+        triggered = ops.stop_gradient(self.trigger(images, trapdoor_labels))
+        batch = ops.shape(images)[0]
+        targets = ops.concatenate([ops.ones((batch, 1)), ops.zeros((batch, 1))], axis=0)
+        variables = self.discriminator.trainable_variables
+        with tf.GradientTape() as tape:
+            realness = self.discriminator(
+                ops.concatenate([images, triggered], axis=0), training=True
             )
-            self.trigger_optimizer.apply([gradient], [self.triggers])
-            return self._classifier_step(images, labels, trapdoor_labels)[0]
-        naturalness = ops.zeros_like(self.triggers)
-        if self.discriminator is not None:
-            naturalness = self._when(
-                with_discriminator,
-                lambda: self._naturalness_gradient(images, trapdoor_labels),
-                lambda: ops.zeros_like(self.triggers),
-            )
-        logs, trapdoor = self._classifier_step(
-            images, labels, trapdoor_labels, trigger_gradient=True
-        )
-        self.trigger_optimizer.apply([trapdoor + naturalness], [self.triggers])
-        return logs
+            loss = self._binary_crossentropy(targets, realness)
+            scaled = self.discriminator_optimizer.scale_loss(loss)
+        self.discriminator_optimizer.apply(tape.gradient(scaled, variables), variables)
+        self._trackers["discriminator_loss"].update_state(global_value(loss))
 
-    def _discriminator_turn(self):
-        """True, or a boolean tensor when the discriminator runs only every k-th step."""
-        if self.discriminator is None or self.discriminator_interval == 1:
-            return True
-        if replica_count() > 1:
-            raise ValueError(
-                f"`discriminator_interval`={self.discriminator_interval} needs a single replica "
-                f"(a conditional update cannot synchronise replicas); training runs on "
-                f"{replica_count()}."
-            )
-        return ops.equal(self.optimizer.iterations % self.discriminator_interval, 0)
+    def _trigger_phase(self, images, trapdoor_labels):
+        """Signed trigger step on effectiveness plus naturalness.
 
-    @staticmethod
-    def _when(condition, true_fn, false_fn):
-        """`true_fn()` if `condition` is Python True, else a graph conditional."""
-        if condition is True:
-            return true_fn()
-        return tf.cond(condition, true_fn, false_fn)
+        Effectiveness: the trapdoor loss of the classifier (inference mode) on the augmented
+        triggered images. Naturalness: the triggered images should fool the discriminator.
+        """
+        with tf.GradientTape() as tape:
+            triggered = self.trigger(images, trapdoor_labels)
+            logits = self.classifier(self._augment(triggered), training=False)
+            loss = self.trapdoor_loss(trapdoor_labels, logits)
+            if self.discriminator is not None:
+                loss += self._naturalness_loss(triggered)
+        self._step_triggers(tape.gradient(loss, self.triggers))
+
+    def _classifier_phase(self, images, labels, trapdoor_labels):
+        """Classifier step on `[aug(x); aug(x~)]` with the triggers held fixed."""
+        triggered = ops.stop_gradient(self.trigger(images, trapdoor_labels))
+        variables = self.classifier.trainable_variables
+        with tf.GradientTape() as tape:
+            loss = self._classifier_loss(images, triggered, labels, trapdoor_labels)
+            scaled = self.optimizer.scale_loss(loss)
+        self.optimizer.apply(tape.gradient(scaled, variables), variables)
+
+    def _classifier_loss(self, images, triggered, labels, trapdoor_labels):
+        """`(1 - beta) * main_loss + beta * trapdoor_loss` on one concatenated batch.
+
+        The classifier runs in training mode on `[aug(x); aug(x~)]` (batch statistics over
+        both halves, independent augmentations); its own regularisation losses are added.
+        Records the losses and both accuracies.
+        """
+        batch = ops.shape(images)[0]
+        inputs = self._augment(ops.concatenate([images, triggered], axis=0))
+        logits = self.classifier(inputs, training=True)
+        clean_logits, trap_logits = logits[:batch], logits[batch:]
+        main_loss = self.loss(labels, clean_logits)
+        trapdoor_loss = self.trapdoor_loss(trapdoor_labels, trap_logits)
+        loss = (1.0 - self.beta) * main_loss + self.beta * trapdoor_loss
+        if self.classifier.losses:
+            loss += global_batch_mean(ops.sum(self.classifier.losses))
+        for name, value in (
+            ("loss", loss), ("main_loss", main_loss), ("trapdoor_loss", trapdoor_loss)
+        ):
+            self._trackers[name].update_state(global_value(value))
+        self._accuracy.update_state(labels, clean_logits)
+        self._trapdoor_accuracy.update_state(trapdoor_labels, trap_logits)
+        return loss
+
+    def _naturalness_loss(self, triggered):
+        """How far the discriminator (inference mode) is from calling `triggered` real."""
+        realness = self.discriminator(triggered, training=False)
+        return self._binary_crossentropy(ops.ones_like(realness), realness)
+
+    def _step_triggers(self, gradient):
+        """Applies the signed step, clipped to [0, 1], to the triggers."""
+        # Densify: the gather's sparse gradient has one row per sample, and the sign must be
+        # taken of their sum per trigger (repeated labels add up, as in the reference).
+        self.trigger_optimizer.apply([tf.convert_to_tensor(gradient)], [self.triggers])
+
+    def _augment(self, images):
+        if self.augmenter is None:
+            return images
+        return self.augmenter(images, training=True)
 
     def test_step(self, data):
         """Scores clean images and their triggered copies (no update).
@@ -427,98 +420,13 @@ class TrapMIDModel(SeedStateMixin, keras.Model):
         with tf.control_dependencies(checks):
             clean_logits = self.classifier(images, training=False)
             trap_logits = self.classifier(self.trigger(images, trapdoor_labels), training=False)
-        self._trackers["loss"].update_state(self._unscaled(self.loss(labels, clean_logits)))
+        self._trackers["loss"].update_state(global_value(self.loss(labels, clean_logits)))
         self._accuracy.update_state(labels, clean_logits)
         self._trapdoor_accuracy.update_state(trapdoor_labels, trap_logits)
         return {
             m.name: m.result()
             for m in (self._trackers["loss"], self._accuracy, self._trapdoor_accuracy)
         }
-
-    def _discriminator_step(self, images, trapdoor_labels):
-        triggered = ops.stop_gradient(self.trigger(images, trapdoor_labels))
-        batch = ops.shape(images)[0]
-        targets = ops.concatenate([ops.ones((batch, 1)), ops.zeros((batch, 1))], axis=0)
-        variables = self.discriminator.trainable_variables
-        with tf.GradientTape() as tape:
-            realness = self.discriminator(
-                ops.concatenate([images, triggered], axis=0), training=True
-            )
-            loss = self._binary_crossentropy(targets, realness)
-        gradients = tape.gradient(loss, variables)
-        self.discriminator_optimizer.apply(gradients, variables)
-        return self._unscaled(loss)
-
-    def _naturalness_loss(self, triggered):
-        realness = self.discriminator(triggered, training=False)
-        return self._binary_crossentropy(ops.ones_like(realness), realness)
-
-    def _trigger_gradient(self, images, trapdoor_labels, naturalness):
-        """Gradient for the trigger step: trapdoor loss (+ naturalness loss if asked)."""
-        with tf.GradientTape() as tape:
-            triggered = self.trigger(images, trapdoor_labels)
-            logits = self.classifier(self._augment(triggered), training=False)
-            loss = self.trapdoor_loss(trapdoor_labels, logits)
-            if naturalness and self.discriminator is not None:
-                loss += self._naturalness_loss(triggered)
-        return self._dense_trigger_gradient(tape, loss)
-
-    def _naturalness_gradient(self, images, trapdoor_labels):
-        with tf.GradientTape() as tape:
-            loss = self._naturalness_loss(self.trigger(images, trapdoor_labels))
-        return self._dense_trigger_gradient(tape, loss)
-
-    def _dense_trigger_gradient(self, tape, loss):
-        # Densify: the gather's sparse gradient has one row per sample, and the sign must be
-        # taken of their sum per trigger (repeated labels add up, as in the reference).
-        return tf.convert_to_tensor(tape.gradient(loss, self.triggers))
-
-    def _classifier_step(self, images, labels, trapdoor_labels, trigger_gradient=False):
-        """Updates the classifier on `[aug(x); aug(x~)]`.
-
-        Returns:
-            The loss logs, and with `trigger_gradient` the gradient of the trapdoor loss with
-            respect to the triggers read from the same backward pass (else None).
-        """
-        batch = ops.shape(images)[0]
-        variables = self.classifier.trainable_variables
-        with tf.GradientTape() as tape:
-            triggered = self.trigger(images, trapdoor_labels)
-            if not trigger_gradient:
-                triggered = ops.stop_gradient(triggered)
-            inputs = self._augment(ops.concatenate([images, triggered], axis=0))
-            logits = self.classifier(inputs, training=True)
-            clean_logits, trap_logits = logits[:batch], logits[batch:]
-            main_loss = self.loss(labels, clean_logits)
-            trapdoor_loss = self.trapdoor_loss(trapdoor_labels, trap_logits)
-            loss = (1.0 - self.beta) * main_loss + self.beta * trapdoor_loss
-            if self.classifier.losses:
-                loss += ops.sum(self.classifier.losses) / replica_count()
-            scaled = self.optimizer.scale_loss(loss)
-        sources = [*variables, self.triggers] if trigger_gradient else variables
-        gradients = tape.gradient(scaled, sources)
-        self.optimizer.apply(gradients[: len(variables)], variables)
-        self._accuracy.update_state(labels, clean_logits)
-        self._trapdoor_accuracy.update_state(trapdoor_labels, trap_logits)
-        logs = {
-            "loss": self._unscaled(loss),
-            "main_loss": self._unscaled(main_loss),
-            "trapdoor_loss": self._unscaled(trapdoor_loss),
-        }
-        if not trigger_gradient:
-            return logs, None
-        # d(scaled)/dt = scale * beta * d(trapdoor_loss)/dt (up to batch-norm coupling).
-        scale = self.beta * self.optimizer.scale_loss(1.0)
-        return logs, tf.convert_to_tensor(gradients[-1]) / scale
-
-    def _augment(self, images):
-        if self.augmenter is None:
-            return images
-        return self.augmenter(images, training=True)
-
-    @staticmethod
-    def _unscaled(loss):
-        return loss * replica_count()
 
     # === Input checks ===
 
@@ -621,13 +529,11 @@ class TrapMIDModel(SeedStateMixin, keras.Model):
             ),
             "trigger_channels": self.trigger.channels,
             "seed": self.seed,
-            "shared_trigger_gradient": self.shared_trigger_gradient,
-            "discriminator_interval": self.discriminator_interval,
         }
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
+        config = _without_reference_speed_options(dict(config))
         for key in ("classifier", "discriminator", "augment"):
             if isinstance(config.get(key), dict):
                 config[key] = _deserialize(config[key])
@@ -637,3 +543,23 @@ class TrapMIDModel(SeedStateMixin, keras.Model):
 def _check_suffix(path, suffix, name):
     if not str(path).endswith(suffix):
         raise ValueError(f"`{name}` must end with {suffix!r}; received {str(path)!r}.")
+
+
+def _without_reference_speed_options(config):
+    """Drops the speed options that configs saved before `FastTrapMIDModel` existed carry.
+
+    Raises:
+        ValueError: if they select the fast variant, which `TrapMIDModel` no longer runs.
+    """
+    if "shared_trigger_gradient" not in config:
+        return config
+    shared = config.pop("shared_trigger_gradient")
+    interval = config.pop("discriminator_interval", 1)
+    if shared or interval != 1:
+        raise ValueError(
+            "This TrapMIDModel was saved with the speed options shared_trigger_gradient="
+            f"{shared!r}, discriminator_interval={interval!r}; they are now "
+            "`FastTrapMIDModel(..., discriminator_interval=k)`: build that model and load "
+            "the weights into it."
+        )
+    return config
