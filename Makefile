@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python recipes/pipeline.py --dataset=digits --preset=quick --out=runs/demo
+	$(BIN)/trapmid-pipeline --dataset=digits --preset=quick --out=runs/demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -13,6 +13,9 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 
 def pytest_configure(config):
+    from trapmid_tf.startup import import_tensorflow
+
+    import_tensorflow()  # quietly (its messages are in trapmid_tf.startup_log())
     import tensorflow as tf
 
     cpus = tf.config.list_physical_devices("CPU")

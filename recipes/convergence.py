@@ -3,7 +3,7 @@
 Example:
     python recipes/convergence.py --preset=quick --scales=1,2,4 --out=runs/convergence
 
-Runs recipes/pipeline.py once per scale (`--budget_scale`, which multiplies every prior and
+Runs `trapmid-pipeline` once per scale (`--budget_scale`, which multiplies every prior and
 inversion step budget) against the defenses of --defenses (default: the unprotected target
 alone), each into --out/x<scale>/ (stages reused as the pipeline reuses them), then writes
 --out/convergence.json and --out/convergence.md: per attack and scale the top-1 attack accuracy
@@ -21,7 +21,7 @@ from absl import app, flags
 
 FLAGS = flags.FLAGS
 
-PIPELINE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pipeline.py")
+PIPELINE = (sys.executable, "-m", "trapmid_tf.cli.pipeline")
 
 
 def convergence_rows(top1_by_scale, tolerance):
@@ -92,7 +92,7 @@ def main(passed_on):
     top1 = {}
     for scale in scales:
         out = os.path.join(FLAGS.out, f"x{scale}")
-        command = [sys.executable, PIPELINE, *passed_on, f"--defenses={FLAGS.defense}",
+        command = [*PIPELINE, *passed_on, f"--defenses={FLAGS.defense}",
                    f"--budget_scale={scale}", f"--out={out}"]
         print(f"convergence: budgets x{scale} -> {out}", flush=True)
         subprocess.run(command, check=True)

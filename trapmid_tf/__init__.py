@@ -1,5 +1,9 @@
 """trapmid_tf: Trap-MID model-inversion defense, MI attacks and evaluation for Keras 3."""
 
+from trapmid_tf.startup import import_tensorflow, startup_log
+
+import_tensorflow()
+
 from trapmid_tf import attacks, data, defenses, layers, metrics, models, report
 from trapmid_tf.callbacks import TrapMIDCallback
 from trapmid_tf.defenses import NegLSLoss, TrapMIDModel
@@ -17,5 +21,6 @@ __all__ = [
     "metrics",
     "models",
     "report",
+    "startup_log",
 ]
 __version__ = "0.1.0"

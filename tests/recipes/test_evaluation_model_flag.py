@@ -1,8 +1,7 @@
-"""--evaluation_model=PATH on recipes/evaluate.py and recipes/attack.py: any saved classifier."""
+"""--evaluation_model=PATH on trapmid-evaluate and trapmid-attack: any saved classifier."""
 
-import importlib.util
+import importlib
 import json
-import pathlib
 import subprocess
 import sys
 
@@ -13,19 +12,9 @@ import tensorflow as tf
 
 import trapmid_tf as tm
 
-RECIPES = pathlib.Path(__file__).resolve().parents[2] / "recipes"
-
-
 def load_recipe(name):
-    """Imports a recipe module once, with recipes/ importable (they import each other)."""
-    if str(RECIPES) not in sys.path:
-        sys.path.insert(0, str(RECIPES))
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, RECIPES / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules[name] = module
-    return sys.modules[name]
+    """The console command module `trapmid_tf.cli.<name>`."""
+    return importlib.import_module(f"trapmid_tf.cli.{name}")
 
 
 def resizing_classifier(side, classes=3):
@@ -79,7 +68,7 @@ def test_attack_accuracy_counts_top1_and_top5_hits():
 
 
 def run(recipe, *flags):
-    return subprocess.run([sys.executable, str(RECIPES / recipe), *flags],
+    return subprocess.run([sys.executable, "-m", f"trapmid_tf.cli.{recipe}", *flags],
                           capture_output=True, text=True, timeout=300)
 
 
@@ -92,7 +81,7 @@ def test_evaluate_and_attack_take_a_saved_classifier(tmp_path):
     judge.save(tmp_path / "judge.keras")
 
     out = tmp_path / "attacks"
-    result = run("attack.py", f"--target={tmp_path / 'target.keras'}", "--attacks=mi_face",
+    result = run("attack", f"--target={tmp_path / 'target.keras'}", "--attacks=mi_face",
                  "--mi_face_iterations=2", "--num_classes=2", "--per_class=2",
                  f"--evaluation_model={tmp_path / 'judge.keras'}", f"--out={out}")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -107,7 +96,7 @@ def test_evaluate_and_attack_take_a_saved_classifier(tmp_path):
     assert scores["aa5"] == pytest.approx(np.mean(ranks < 5))
 
     report = tmp_path / "evaluation.json"
-    result = run("evaluate.py", f"--evaluation_model={tmp_path / 'judge.keras'}",
+    result = run("evaluate", f"--evaluation_model={tmp_path / 'judge.keras'}",
                  f"--target={tmp_path / 'target.keras'}", f"--attacks_dir={out}",
                  f"--out={report}")
     assert result.returncode == 0, result.stderr[-3000:]

@@ -1,4 +1,4 @@
-"""recipes/train_target.py with --strategy=multi_worker: two localhost workers train as one.
+"""trapmid-train --strategy=multi_worker: two localhost workers train as one.
 
 Two worker processes (one CPU replica each, global batch split between them) must end with
 the state of one process training on the whole global batch, and only the chief may write.

@@ -1,8 +1,10 @@
-"""recipes/pipeline.py end to end on the tiny preset, and the single-stage recipes' CLIs."""
+"""trapmid-pipeline end to end on the tiny preset, and the single-stage commands."""
 
 import json
 import os
 import pathlib
+import re
+import shutil
 import subprocess
 import sys
 
@@ -14,9 +16,10 @@ ATTACKS = ("gmi", "kedmi", "lomma_gmi", "lomma_kedmi", "plgmi", "mi_face")
 METRICS = ("aa1", "aa5", "knn", "fid", "fid_all", "trapdoor_similarity", "chance_aa1")
 
 
-def run(recipe, *flags, timeout=900):
+def run(command, *flags, timeout=900):
+    """Runs the console command module `trapmid_tf.cli.<command>` with `flags`."""
     return subprocess.run(
-        [sys.executable, str(RECIPES / recipe), *flags],
+        [sys.executable, "-m", f"trapmid_tf.cli.{command}", *flags],
         capture_output=True, text=True, timeout=timeout,
     )
 
@@ -24,7 +27,7 @@ def run(recipe, *flags, timeout=900):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     out = tmp_path_factory.mktemp("pipeline")
-    result = run("pipeline.py", "--preset=tiny", f"--out={out}")
+    result = run("pipeline", "--preset=tiny", f"--out={out}")
     assert result.returncode == 0, result.stderr[-3000:]
     return out, result
 
@@ -67,6 +70,20 @@ def test_results_hold_every_defense_and_attack(tiny):
     assert json.loads((out / "flags.json").read_text())["preset"] == "tiny"
 
 
+def test_a_default_run_is_quiet_and_shows_its_stages(tiny):
+    _, result = tiny
+    for noise in ("cuInit", "oneDNN", "absl::InitializeLog", "Epoch 1/"):
+        assert noise not in result.stderr and noise not in result.stdout
+    # tiny: 2 targets, evaluator, GMI, 3 target priors x 2, 6 attacks x 2, 2 scores, report.
+    total = 2 + 1 + 1 + 6 + 12 + 2 + 1
+    lines = result.stderr.splitlines()
+    progress = [line for line in lines if line.startswith("[")]
+    assert re.fullmatch(rf"\[-{{20}}\] 0/{total} stages, \d+s spent: target none, seed 0",
+                        progress[0])
+    assert progress[-1].startswith(f"[{'#' * 20}] {total}/{total} stages")
+    assert len(progress) == total + 1  # one line as each stage starts, one at the end
+
+
 def test_results_record_the_steps_each_stage_ran(tiny):
     out, _ = tiny
     results = json.loads((out / "results.json").read_text())
@@ -103,15 +120,18 @@ def test_tensorboard_logs_hold_the_grids(tiny):
     assert {"gmi", "plgmi", "triggers_trapmid"} <= tags
 
 
-def test_second_run_reuses_every_stage(tiny):
+def test_a_copied_run_folder_reuses_every_stage(tiny, tmp_path):
     out, _ = tiny
     before = json.loads((out / "results.json").read_text())
-    result = run("pipeline.py", "--preset=tiny", f"--out={out}")
+    # A copy elsewhere is the same run: a stage's identity leaves out where it is written.
+    moved = tmp_path / "moved"
+    shutil.copytree(out, moved)
+    result = run("pipeline", "--preset=tiny", f"--out={moved}", "--verbose")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "rebuilding" not in result.stderr
     # targets (2) + evaluator + gmi + 3 target priors x 2 + 6 attacks x 2
     assert result.stderr.count("reusing the stored artefacts") == 2 + 1 + 1 + 6 + 12
-    after = json.loads((out / "results.json").read_text())
+    after = json.loads((moved / "results.json").read_text())
     assert after["defenses"] == before["defenses"]
 
 
@@ -119,16 +139,16 @@ def test_single_stage_recipes_chain(tiny, tmp_path):
     out, _ = tiny
     target = out / "targets" / "none" / "seed_0" / "classifier.keras"
     prior = tmp_path / "gmi"
-    result = run("train_prior.py", "--prior=gmi", "--steps=1", "--base_channels=8",
+    result = run("train_prior", "--prior=gmi", "--steps=1", "--base_channels=8",
                  f"--out={prior}")
     assert result.returncode == 0, result.stderr[-3000:]
     attacks = tmp_path / "attacks"
-    result = run("attack.py", f"--target={target}", "--attacks=gmi,mi_face",
+    result = run("attack", f"--target={target}", "--attacks=gmi,mi_face",
                  f"--gmi_prior={prior}", "--iterations=2", "--mi_face_iterations=2",
                  "--per_class=1", f"--out={attacks}")
     assert result.returncode == 0, result.stderr[-3000:]
     scores = tmp_path / "scores.json"
-    result = run("evaluate.py", f"--evaluation_model={out / 'evaluator'}",
+    result = run("evaluate", f"--evaluation_model={out / 'evaluator'}",
                  f"--target={target}", f"--attacks_dir={attacks}", f"--out={scores}")
     assert result.returncode == 0, result.stderr[-3000:]
     evaluation = json.loads(scores.read_text())
@@ -139,19 +159,19 @@ def test_single_stage_recipes_chain(tiny, tmp_path):
 @pytest.mark.parametrize(
     "recipe, flags, message",
     [
-        ("pipeline.py", ["--defenses=none,fortress", "--out=x"], "--defenses must list names"),
-        ("pipeline.py", ["--attacks=gmi,fgsm", "--out=x"], "--attacks must list names"),
-        ("pipeline.py", ["--defense=none", "--out=x"], "use --defenses here"),
-        ("train_prior.py", ["--prior=plgmi", "--out=x"], "set --target"),
-        ("train_prior.py", ["--prior=gmi", "--steps=0", "--out=x"], "--steps must be >= 1"),
-        ("pipeline.py", ["--seeds=0,0", "--out=x"], "--seeds must list distinct"),
-        ("pipeline.py", ["--budget_scale=0", "--out=x"], "--budget_scale must be >= 1"),
-        ("pipeline.py", ["--adaptive_weight=-1", "--out=x"], "--adaptive_weight must be a"),
-        ("pipeline.py", ["--recovery_alpha=1.5", "--out=x"], "--recovery_alpha must lie in"),
-        ("pipeline.py", ["--brep_iterations=-1", "--out=x"], "--brep_iterations must be"),
-        ("attack.py", ["--attacks=brep_mi", "--target=t.keras", "--out=x"], "take options"),
-        ("attack.py", ["--attacks=plgmi", "--target=t.keras", "--out=x"], "needs --plgmi_prior"),
-        ("evaluate.py", ["--evaluation_model=e", "--target=missing.keras", "--attacks_dir=a",
+        ("pipeline", ["--defenses=none,fortress", "--out=x"], "--defenses must list names"),
+        ("pipeline", ["--attacks=gmi,fgsm", "--out=x"], "--attacks must list names"),
+        ("pipeline", ["--defense=none", "--out=x"], "use --defenses here"),
+        ("train_prior", ["--prior=plgmi", "--out=x"], "set --target"),
+        ("train_prior", ["--prior=gmi", "--steps=0", "--out=x"], "--steps must be >= 1"),
+        ("pipeline", ["--seeds=0,0", "--out=x"], "--seeds must list distinct"),
+        ("pipeline", ["--budget_scale=0", "--out=x"], "--budget_scale must be >= 1"),
+        ("pipeline", ["--adaptive_weight=-1", "--out=x"], "--adaptive_weight must be a"),
+        ("pipeline", ["--recovery_alpha=1.5", "--out=x"], "--recovery_alpha must lie in"),
+        ("pipeline", ["--brep_iterations=-1", "--out=x"], "--brep_iterations must be"),
+        ("attack", ["--attacks=brep_mi", "--target=t.keras", "--out=x"], "take options"),
+        ("attack", ["--attacks=plgmi", "--target=t.keras", "--out=x"], "needs --plgmi_prior"),
+        ("evaluate", ["--evaluation_model=e", "--target=missing.keras", "--attacks_dir=a",
                          "--out=x"], "--target 'missing.keras' does not exist"),
     ],
 )
@@ -176,8 +196,7 @@ REFERENCE = dict(
 
 
 def test_full_preset_is_the_references_budgets(monkeypatch):
-    monkeypatch.syspath_prepend(str(RECIPES))
-    import pipeline
+    from trapmid_tf.cli import pipeline
 
     full = pipeline.preset_settings("full")
     assert {key: full[key] for key in REFERENCE} == REFERENCE
@@ -208,8 +227,11 @@ def test_convergence_rows_say_whether_doubling_changed_top1(monkeypatch):
 @pytest.mark.slow  # two tiny pipelines (about 4 minutes); `make test-slow`
 def test_convergence_runs_the_pipeline_at_each_scale(tmp_path):
     out = tmp_path / "convergence"
-    result = run("convergence.py", "--scales=1,2", "--preset=tiny", "--attacks=gmi,mi_face",
-                 f"--out={out}")
+    result = subprocess.run(
+        [sys.executable, str(RECIPES / "convergence.py"), "--scales=1,2", "--preset=tiny",
+         "--attacks=gmi,mi_face", f"--out={out}"],
+        capture_output=True, text=True, timeout=900,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     table = json.loads((out / "convergence.json").read_text())
     assert [row[:2] for row in table["rows"]] == [["gmi", 1], ["gmi", 2], ["mi_face", 1],
@@ -229,7 +251,7 @@ OPTION_ATTACKS = ("plgmi_adaptive", "plgmi_adaptive_estimated", "trigger_recover
 def adaptive(tmp_path_factory):
     """A second tiny run: the attackers who know the defense, and plain PLG-MI beside them."""
     out = tmp_path_factory.mktemp("adaptive")
-    result = run("pipeline.py", "--preset=tiny", f"--attacks={','.join(OPTION_ATTACKS)},plgmi",
+    result = run("pipeline", "--preset=tiny", f"--attacks={','.join(OPTION_ATTACKS)},plgmi",
                  f"--out={out}")
     assert result.returncode == 0, result.stderr[-3000:]
     return out
@@ -319,8 +341,8 @@ def test_option_attacks_in_the_report(adaptive):
 
 def test_an_option_is_part_of_its_attacks_stage(adaptive):
     # Runs last among the tests of `adaptive`: it rewrites its results.json.
-    result = run("pipeline.py", "--preset=tiny", "--attacks=plgmi_adaptive,brep_mi",
-                 "--adaptive_weight=3", f"--out={adaptive}")
+    result = run("pipeline", "--preset=tiny", "--attacks=plgmi_adaptive,brep_mi",
+                 "--adaptive_weight=3", f"--out={adaptive}", "--verbose")
     assert result.returncode == 0, result.stderr[-3000:]
     rebuilt = [line for line in result.stderr.splitlines() if "rebuilding" in line]
     assert len(rebuilt) == 1 and "attacks/plgmi_adaptive:" in rebuilt[0]
@@ -333,8 +355,7 @@ def test_an_option_is_part_of_its_attacks_stage(adaptive):
     (["--dataset=fashion_mnist"], False), (["--preset=tiny"], False),
 ])
 def test_only_a_run_at_a_presets_own_budgets_carries_its_measured_gap(monkeypatch, extra, has_gap):
-    monkeypatch.syspath_prepend(str(RECIPES))
-    import pipeline
+    from trapmid_tf.cli import pipeline
     from trapmid_tf.experiments.measured_convergence import MEASURED_GAPS
 
     pipeline.FLAGS(["pipeline.py", "--preset=quick", "--out=unused", *extra])

@@ -1,4 +1,4 @@
-"""recipes/train_target.py --backup_dir: a run killed with SIGKILL resumes to the same result.
+"""trapmid-train --backup_dir: a run killed with SIGKILL resumes to the same result.
 
 A real recipe process is killed once its first end-of-epoch backup exists, then started again
 with the same command; its final state must equal that of an uninterrupted run with the same
@@ -20,15 +20,16 @@ import pytest
 
 import trapmid_tf  # noqa: F401  (registers the layers that load_model needs)
 
-from tests.recipes.test_train_target import RECIPE, load_recipe
+from tests.recipes.test_train_target import COMMAND, load_recipe
 
 EPOCHS = 2
-FLAGS = [f"--epochs={EPOCHS}", "--lr_decay_epoch=1", "--width=4", "--batch_size=32", "--seed=3"]
+# --verbose: the per-epoch logs show where the resumed run started.
+FLAGS = [f"--epochs={EPOCHS}", "--lr_decay_epoch=1", "--width=4", "--batch_size=32", "--seed=3",
+         "--verbose"]
 
 
 def command(folder):
-    return [sys.executable, str(RECIPE), f"--out={folder}/out", f"--backup_dir={folder}/backup",
-            *FLAGS]
+    return [*COMMAND, f"--out={folder}/out", f"--backup_dir={folder}/backup", *FLAGS]
 
 
 def start(folder):

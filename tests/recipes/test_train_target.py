@@ -1,9 +1,8 @@
-"""recipes/train_target.py end to end on a tiny setting."""
+"""trapmid-train (trapmid_tf.cli.train_target) end to end on a tiny setting."""
 
-import importlib.util
+import importlib
 import json
 import os
-import pathlib
 import subprocess
 import sys
 
@@ -16,17 +15,12 @@ from PIL import Image
 import trapmid_tf as tm
 from trapmid_tf.callbacks import NonFiniteLossError
 
-RECIPE = pathlib.Path(__file__).resolve().parents[2] / "recipes" / "train_target.py"
+COMMAND = (sys.executable, "-m", "trapmid_tf.cli.train_target")
 
 
 def load_recipe():
-    """Imports the recipe once (its absl flags can be defined only once per process)."""
-    if "train_target" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("train_target", RECIPE)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules["train_target"] = module
-    return sys.modules["train_target"]
+    """The `trapmid-train` command's module (imported once: it defines absl flags)."""
+    return importlib.import_module("trapmid_tf.cli.train_target")
 
 
 def config_for(recipe, defense, out, **changes):
@@ -121,7 +115,7 @@ def test_bad_flags_are_rejected_before_any_work(tmp_path, flags, message):
         else:
             arguments.append(flag.format(tmp=tmp_path))
     result = subprocess.run(
-        [sys.executable, str(RECIPE), f"--out={out}", *arguments],
+        [*COMMAND, f"--out={out}", *arguments],
         capture_output=True, text=True, timeout=300, env=environment,
     )
     assert result.returncode != 0
@@ -190,7 +184,7 @@ def test_require_trapdoor_exits_non_zero_after_writing_every_artefact(tmp_path):
     # the trapdoor stays near chance (1/5).
     out = tmp_path / "run"
     result = subprocess.run(
-        [sys.executable, str(RECIPE), f"--out={out}", "--epochs=1", "--width=4", "--alpha=1e-4",
+        [*COMMAND, f"--out={out}", "--epochs=1", "--width=4", "--alpha=1e-4",
          "--require_trapdoor"],
         capture_output=True, text=True, timeout=300,
     )
@@ -407,7 +401,7 @@ def test_celeba_end_to_end_with_the_reference_preset(tmp_path):
     write_tiny_celeba(tmp_path / "celeba")
     out = tmp_path / "run"
     result = subprocess.run(
-        [sys.executable, str(RECIPE), "--dataset=celeba", f"--data_dir={tmp_path / 'celeba'}",
+        [*COMMAND, "--dataset=celeba", f"--data_dir={tmp_path / 'celeba'}",
          "--defense=trapmid", "--model=small_cnn", "--width=4", "--image_size=16", "--epochs=1",
          "--batch_size=4", f"--out={out}"],
         capture_output=True, text=True, timeout=300,

@@ -240,7 +240,7 @@ def random_horizontal_flip(dataset, seed):
 
     Each element's draw depends on `seed` and its position only (stateless), so the same
     dataset and seed give the same flips every time it is iterated: pass a new seed for
-    each epoch (as recipes/train_target.py does with one made of the run seed and the
+    each epoch (as trapmid-train does with one made of the run seed and the
     epoch), after any `cache` or `shuffle`. The reference flips CelebA's private training
     images this way (`transforms.RandomHorizontalFlip(p=0.5)`), never test or public ones.
 

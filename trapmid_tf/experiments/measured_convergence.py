@@ -65,7 +65,7 @@ MEASURED_GAPS = {
     ),
     "strong": MeasuredGap(
         preset="strong",
-        command="python recipes/pipeline.py --preset=strong --out=runs/strong (1x) and "
+        command="trapmid-pipeline --preset=strong --out=runs/strong (1x) and "
                 "python recipes/convergence.py --preset=strong --seeds=0,1 --scales=2 "
                 "--out=runs/convergence_strong (2x); seeds 0 and 1 of both compared",
         date="2026-12-02",

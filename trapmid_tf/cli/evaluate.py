@@ -1,19 +1,19 @@
 """Scores stored attack reconstructions with an independent evaluation model.
 
 Example:
-    python recipes/evaluate.py --evaluation_model=runs/evaluator \\
+    trapmid-evaluate --evaluation_model=runs/evaluator \\
         --target=runs/trapmid/classifier.keras --triggers=runs/trapmid/triggers.npz \\
         --attacks_dir=runs/trapmid/attacks --out=runs/trapmid/evaluation.json
 
 --evaluation_model is either a saved Keras classifier file (any `.keras` model with a
 final Dense "logits" layer, e.g. the face FaceNet trained by
-`recipes/train_target.py --dataset=celeba --defense=none --model=facenet_eval`, see
+`trapmid-train --dataset=celeba --defense=none --model=facenet_eval`, see
 docs/reproducing_on_gpu.md), used as it is, or a folder, where an evaluation model (a
 different architecture from the target, trained on all labelled classes of the dataset; see
 `trapmid_tf.data.load_evaluation_data`) is trained when it holds none. A classifier saved for
 another input size (facenet_eval trains on 112x112 crops) is rebuilt for the images' size
 with the same weights, which works for models that resize inside (facenet_eval does). Per attack found in --attacks_dir (folders
-written by recipes/attack.py) the JSON (which also records the flags) holds aa1, aa5, knn,
+written by trapmid-attack) the JSON (which also records the flags) holds aa1, aa5, knn,
 fid, precision, recall, density, coverage, chance_aa1 (the evaluation model's hit rate on
 the attack's un-optimised starting samples) and, with --triggers, trapdoor_similarity and
 trapdoor_detection.
@@ -21,8 +21,11 @@ trapdoor_detection.
 
 import json
 import os
+import sys
 
 from absl import app, flags, logging
+
+from trapmid_tf.cli import console
 
 FLAGS = flags.FLAGS
 
@@ -75,7 +78,7 @@ def evaluation_model(dataset, data_dir, settings, out, overwrite=False):
         )
         model, accuracy = train_evaluation_model(
             train, test, num_classes, build=evaluation_architecture(settings["architecture"]),
-            epochs=settings["epochs"], seed=settings["seed"],
+            epochs=settings["epochs"], seed=settings["seed"], verbose=console.fit_verbosity(),
         )
         with atomic_path(path) as temporary:
             model.save(temporary)
@@ -162,7 +165,7 @@ def private_arrays(dataset):
 
 
 def score_attack(evaluator, stored, detector=None):
-    """Scores one attack's stored reconstructions (as recipes/attack.py writes them).
+    """Scores one attack's stored reconstructions (as trapmid-attack writes them).
 
     Args:
         evaluator: `trapmid_tf.metrics.evaluator.AttackEvaluator`.
@@ -221,7 +224,7 @@ def define_flags():
                         "model's features).")
     flags.DEFINE_string("target", None, "The attacked classifier (.keras).")
     flags.DEFINE_string("triggers", None, "The target's triggers.npz, for trapdoor similarity.")
-    flags.DEFINE_string("attacks_dir", None, "Folder of recipes/attack.py outputs.")
+    flags.DEFINE_string("attacks_dir", None, "Folder of trapmid-attack outputs.")
     flags.DEFINE_integer("seed", 0, "Seed of the dataset split and the evaluation model.")
     flags.DEFINE_string("out", None, "Output JSON file.")
     flags.DEFINE_bool("overwrite", False, "Retrain the evaluation model even if stored.")
@@ -240,10 +243,10 @@ def main(argv):
     import keras
     import numpy as np
     import trapmid_tf as tm
-    from train_prior import default_public_split
+    from trapmid_tf.cli.train_prior import default_public_split
     from trapmid_tf.files import write_json
 
-    logging.set_verbosity(logging.INFO)
+    console.start()
     (private_train, private_test), _ = tm.data.load(
         FLAGS.dataset, FLAGS.data_dir, seed=FLAGS.seed,
         public_split=default_public_split(FLAGS.dataset, FLAGS.public_split),
@@ -278,6 +281,11 @@ def main(argv):
     print(json.dumps(results, indent=2))
 
 
-if __name__ == "__main__":
+def run():
+    """The console command `trapmid-evaluate`."""
     define_flags()
-    app.run(main)
+    console.run_command(main, sys.modules[__name__])
+
+
+if __name__ == "__main__":
+    run()

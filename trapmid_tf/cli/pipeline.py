@@ -1,10 +1,10 @@
 """The privacy report: trains targets with each defense, attacks them all, evaluates, reports.
 
 Example:
-    python recipes/pipeline.py --dataset=digits --preset=quick --out=runs/pipeline
+    trapmid-pipeline --dataset=digits --preset=quick --out=runs/pipeline
 
 Stages (each reused when --out already holds it finished with the same settings; --overwrite
-redoes them): per training seed one target per defense (recipes/train_target.py; any of its
+redoes them): per training seed one target per defense (trapmid-train; any of its
 flags except --defense, --seed and --out applies to every target; every seed shares the
 private/public split of --seed), the evaluation model, the GMI prior (shared), per target the
 priors that depend on it (KED-MI, PLG-MI, LOMMA) and every attack, then the evaluation. Writes
@@ -38,14 +38,17 @@ README's protection claims: larger budgets, 3 seeds), full (the reference's budg
 
 import json
 import os
+import sys
 import time
 
 from absl import app, flags, logging
 
-import attack as attack_recipe
-import evaluate as evaluate_recipe
-import train_prior as prior_recipe
-import train_target
+from trapmid_tf.cli import attack as attack_recipe
+from trapmid_tf.cli import console
+from trapmid_tf.cli import evaluate as evaluate_recipe
+from trapmid_tf.cli import train_prior as prior_recipe
+from trapmid_tf.cli import train_target
+from trapmid_tf.experiments.progress import StageProgress
 
 FLAGS = flags.FLAGS
 
@@ -261,7 +264,18 @@ def target_dir(defense, seed):
     return os.path.join(FLAGS.out, "targets", defense, f"seed_{seed}")
 
 
-def train_targets(settings):
+def stage_count(settings):
+    """The number of stages `main` goes through with `settings` (for its progress line)."""
+    from trapmid_tf.attacks import suite
+
+    priors = suite.priors_needed(settings["attacks"])
+    targets = len(settings["seeds"]) * len(settings["defenses"])
+    # Per target: its training, its own priors, each attack, its scores.
+    per_target = 1 + len([name for name in priors if name != "gmi"]) + len(settings["attacks"]) + 1
+    return targets * per_target + 1 + int("gmi" in priors) + 1  # + evaluator, GMI, report
+
+
+def train_targets(settings, progress):
     """Trains (or reuses) one target per defense and seed.
 
     Returns:
@@ -285,16 +299,17 @@ def train_targets(settings):
                 with open(os.path.join(out, "results.json"), encoding="utf-8") as stream:
                     return json.load(stream)
 
-            logging.info("target %s, seed %d", defense, seed)
-            results = build_or_reuse(
-                out, config, lambda config=config: train_target.train(config), load,
-                FLAGS.overwrite, logging.info,
-            )
+            with progress.stage(f"target {defense}, seed {seed}"):
+                results = build_or_reuse(
+                    out, train_target.identity(config),
+                    lambda config=config: train_target.train(config), load,
+                    FLAGS.overwrite, logging.info,
+                )
             targets[defense, seed] = (config, results)
     return targets
 
 
-def target_priors(directory, target, config, seed, public, gmi, settings):
+def target_priors(directory, target, config, seed, public, gmi, settings, progress):
     """Trains (or reuses) the priors the selected attacks need against one target.
 
     Args:
@@ -304,6 +319,7 @@ def target_priors(directory, target, config, seed, public, gmi, settings):
         public: Unbatched public images.
         gmi: `(networks, settings)` of the shared GMI prior, or None.
         settings: The pipeline settings.
+        progress: The run's `StageProgress`.
 
     Returns:
         `(priors, prior_settings)`: dicts by prior name of networks and stage settings.
@@ -316,10 +332,11 @@ def target_priors(directory, target, config, seed, public, gmi, settings):
             priors[name], prior_settings[name] = gmi
             continue
         prior_settings[name] = prior_budget(settings, name, seed, config)
-        priors[name] = prior_recipe.train_prior(
-            name, public, target, prior_settings[name], os.path.join(directory, "priors", name),
-            FLAGS.overwrite,
-        )
+        with progress.stage(f"{name} prior, {stage_target(directory)}"):
+            priors[name] = prior_recipe.train_prior(
+                name, public, target, prior_settings[name],
+                os.path.join(directory, "priors", name), FLAGS.overwrite,
+            )
     return priors, prior_settings
 
 
@@ -330,7 +347,8 @@ def prior_budget(settings, name, seed, target_config=None):
         batch_size=settings["kedmi_batch_size"] if name == "kedmi" else REFERENCE_BATCH_SIZE,
         base_channels=settings["base_channels"], top_n=settings["top_n"],
         n_critic=settings["kedmi_n_critic"] if name == "kedmi" else REFERENCE_N_CRITIC,
-        seed=seed, public_split=settings["public_split"], target=target_config,
+        seed=seed, public_split=settings["public_split"],
+        target=target_config and train_target.identity(target_config),
     )
 
 
@@ -373,7 +391,7 @@ def attack_options(name, config, detector, public_images, settings):
     return {}, None
 
 
-def attack_target(directory, target, config, seed, priors, prior_settings, settings,
+def attack_target(directory, target, config, seed, priors, prior_settings, settings, progress,
                   detector=None, public_images=None):
     """Runs (or reuses) every selected attack against one target.
 
@@ -383,6 +401,7 @@ def attack_target(directory, target, config, seed, priors, prior_settings, setti
         seed: The target's training seed, also the attacks' seed.
         priors, prior_settings: As `target_priors` returns them.
         settings: The pipeline settings.
+        progress: The run's `StageProgress`.
         detector: The target's `TrapdoorDetector`, or None without triggers.
         public_images: Public images as an array (trigger recovery's), or None if unused.
 
@@ -399,22 +418,29 @@ def attack_target(directory, target, config, seed, priors, prior_settings, setti
             seed=seed, iterations=settings["iterations"],
             plgmi_iterations=settings["plgmi_iterations"],
             mi_face_iterations=settings["mi_face_iterations"],
-            kedmi_batch_size=settings["kedmi_batch_size"], target=config,
+            kedmi_batch_size=settings["kedmi_batch_size"], target=train_target.identity(config),
             priors={p: prior_settings[p] for p in suite.PRIORS_OF_ATTACK[name]},
         )
         applicable = attack_options(name, config, detector, public_images, settings)
-        if applicable is None:
-            logging.info("attack %s: not applicable to this target (%s)", name, NO_TRAPDOOR)
-            results[name] = None
-            continue
-        options, description = applicable
-        if description is not None:
-            attack_settings["options"] = description
-        results[name] = attack_recipe.run_attack(
-            name, target, priors, attack_settings, os.path.join(directory, "attacks", name),
-            FLAGS.overwrite, options,
-        )
+        with progress.stage(f"attack {name}, {stage_target(directory)}"):
+            if applicable is None:
+                logging.info("attack %s: not applicable to this target (%s)", name, NO_TRAPDOOR)
+                results[name] = None
+                continue
+            options, description = applicable
+            if description is not None:
+                attack_settings["options"] = description
+            results[name] = attack_recipe.run_attack(
+                name, target, priors, attack_settings, os.path.join(directory, "attacks", name),
+                FLAGS.overwrite, options,
+            )
     return results
+
+
+def stage_target(directory):
+    """"<defense>, seed <s>" of a target folder (targets/<defense>/seed_<s>), for stage names."""
+    defense, seed = os.path.normpath(directory).split(os.sep)[-2:]
+    return f"{defense}, seed {seed.removeprefix('seed_')}"
 
 
 def prior_steps(directory, gmi_directory, attacks):
@@ -518,8 +544,9 @@ def main(argv):
 
     import numpy as np
 
-    logging.set_verbosity(logging.INFO)
+    console.start()
     start = time.perf_counter()
+    progress = StageProgress(stage_count(settings))
     write_json(os.path.join(FLAGS.out, "flags.json"), dict(
         settings, dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, seed=FLAGS.seed,
         preset=FLAGS.preset,
@@ -527,15 +554,17 @@ def main(argv):
     (private_train, _), public = tm.data.load(
         FLAGS.dataset, FLAGS.data_dir, seed=FLAGS.seed, public_split=settings["public_split"]
     )
-    targets = train_targets(settings)
-    evaluation_model, evaluation = judge(private_train, settings)
+    targets = train_targets(settings, progress)
+    with progress.stage("evaluation model"):
+        evaluation_model, evaluation = judge(private_train, settings)
     evaluator = evaluate_recipe.make_evaluator(evaluation_model, private_train, FLAGS.fid_weights)
     gmi, gmi_directory = None, os.path.join(FLAGS.out, "priors", "gmi")
     if "gmi" in suite.priors_needed(settings["attacks"]):
         gmi_settings = prior_budget(settings, "gmi", FLAGS.seed)
-        gmi = prior_recipe.train_prior(
-            "gmi", public, None, gmi_settings, gmi_directory, FLAGS.overwrite,
-        ), gmi_settings
+        with progress.stage("gmi prior (shared)"):
+            gmi = prior_recipe.train_prior(
+                "gmi", public, None, gmi_settings, gmi_directory, FLAGS.overwrite,
+            ), gmi_settings
     public_images = (
         np.stack(list(public.as_numpy_iterator()))
         if "trigger_recovery" in settings["attacks"] else None
@@ -545,7 +574,7 @@ def main(argv):
         directory = target_dir(defense, seed)
         target = tm.models.load_classifier(os.path.join(directory, "classifier.keras"))
         priors, prior_settings = target_priors(
-            directory, target, config, seed, public, gmi, settings
+            directory, target, config, seed, public, gmi, settings, progress
         )
         trigger_path = os.path.join(directory, "triggers.npz")
         detector = (
@@ -553,12 +582,13 @@ def main(argv):
             if os.path.isfile(trigger_path) else None
         )
         stored = attack_target(directory, target, config, seed, priors, prior_settings, settings,
-                               detector, public_images)
+                               progress, detector, public_images)
         steps = prior_steps(directory, gmi_directory, settings["attacks"])
-        per_seed.setdefault(defense, {})[seed] = attack_seed(
-            evaluator, detector, stored, target_results, steps, evaluation_model,
-            target_triggers(defense, seed),
-        )
+        with progress.stage(f"scores, {stage_target(directory)}"):
+            per_seed.setdefault(defense, {})[seed] = attack_seed(
+                evaluator, detector, stored, target_results, steps, evaluation_model,
+                target_triggers(defense, seed),
+            )
         if seed == settings["seeds"][0]:
             reconstructions[defense] = {k: v for k, v in stored.items() if v is not None}
     results = dict(
@@ -570,11 +600,13 @@ def main(argv):
     )
     write_json(os.path.join(FLAGS.out, "results.json"), results)
     private_images, private_labels = evaluate_recipe.private_arrays(private_train)
-    grids = report.write(
-        FLAGS.out, results, private_images, private_labels, reconstructions,
-        stored_triggers(settings),
-    )
-    log_grids(os.path.join(FLAGS.out, "logs"), grids)
+    with progress.stage("report"):
+        grids = report.write(
+            FLAGS.out, results, private_images, private_labels, reconstructions,
+            stored_triggers(settings),
+        )
+        log_grids(os.path.join(FLAGS.out, "logs"), grids)
+    progress.close("done")
     print(report.summary_table(results))
     print(f"report: {os.path.join(FLAGS.out, 'report.md')} ({results['seconds']:.0f} s)")
     failed = [d for d, scores in results["defenses"].items() if report.trapdoor_not_formed(scores)]
@@ -612,5 +644,10 @@ def log_grids(log_dir, grids):
             tf.summary.image(name, picture[None], step=0)
 
 
+def run():
+    """The console command `trapmid-pipeline`."""
+    console.run_command(main, sys.modules[__name__], train_target)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    run()

@@ -5,8 +5,8 @@ soft labels), plgmi (conditional GAN on the target's top-n pseudo-labelled publi
 lomma (surrogate models distilled from the target, and its mean public feature p_reg).
 
 Example:
-    python recipes/train_prior.py --prior=gmi --steps=2000 --out=runs/priors/gmi
-    python recipes/train_prior.py --prior=plgmi --target=runs/none/classifier.keras \\
+    trapmid-prior --prior=gmi --steps=2000 --out=runs/priors/gmi
+    trapmid-prior --prior=plgmi --target=runs/none/classifier.keras \\
         --out=runs/none/priors/plgmi
 
 Budgets are optimiser steps (--steps: generator steps of the GAN priors, each after
@@ -18,8 +18,11 @@ Writes into --out: flags.json, the networks and steps.json with the steps actual
 """
 
 import os
+import sys
 
 from absl import app, flags, logging
+
+from trapmid_tf.cli import console
 
 PRIORS = ("gmi", "kedmi", "plgmi", "lomma")
 
@@ -76,7 +79,8 @@ def train_prior(name, public, target, settings, out, overwrite=False):
 
     def build():
         steps = settings["steps"]
-        common = dict(batch_size=settings["batch_size"], seed=settings["seed"])
+        common = dict(batch_size=settings["batch_size"], seed=settings["seed"],
+                      verbose=console.fit_verbosity())
         gan = dict(common, base_channels=settings["base_channels"])
         critic = dict(gan, n_critic=settings["n_critic"])
         if name == "gmi":
@@ -139,7 +143,7 @@ def main(argv):
     import trapmid_tf as tm
     from trapmid_tf.files import write_json
 
-    logging.set_verbosity(logging.INFO)
+    console.start()
     splits = tm.data.load(
         settings["dataset"], settings["data_dir"], seed=settings["seed"],
         public_split=settings["public_split"],
@@ -150,6 +154,11 @@ def main(argv):
     print(f"prior {settings['prior']} written to {FLAGS.out}")
 
 
-if __name__ == "__main__":
+def run():
+    """The console command `trapmid-prior`."""
     define_flags()
-    app.run(main)
+    console.run_command(main, sys.modules[__name__])
+
+
+if __name__ == "__main__":
+    run()

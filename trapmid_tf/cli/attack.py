@@ -1,12 +1,12 @@
 """Runs model-inversion attacks against a classifier and writes the reconstructions.
 
 Attacks: gmi, kedmi, lomma_gmi, lomma_kedmi, plgmi (each needs priors from
-recipes/train_prior.py) and the prior-free mi_face. The attacks that take options (PLG-MI++,
+trapmid-prior) and the prior-free mi_face. The attacks that take options (PLG-MI++,
 trigger recovery, BREP-MI: `trapmid_tf.attacks.suite.OPTION_ATTACKS`) run through
-recipes/pipeline.py, which supplies their options.
+trapmid-pipeline, which supplies their options.
 
 Example:
-    python recipes/attack.py --target=runs/none/classifier.keras --attacks=gmi,plgmi \\
+    trapmid-attack --target=runs/none/classifier.keras --attacks=gmi,plgmi \\
         --gmi_prior=runs/priors/gmi --plgmi_prior=runs/none/priors/plgmi --out=runs/none/attacks
 
 Writes into --out/<attack>/: reconstructions.npz (`images`, `labels`, `latents`,
@@ -14,13 +14,16 @@ Writes into --out/<attack>/: reconstructions.npz (`images`, `labels`, `latents`,
 level, and `iterations`: the optimisation steps that ran) and stage.json; finished attacks
 with the same flags are reused unless --overwrite.
 With --evaluation_model=PATH (any saved Keras classifier, e.g. the face FaceNet; see
-recipes/evaluate.py), each attack's reconstructions are also judged at once, as the
+trapmid-evaluate), each attack's reconstructions are also judged at once, as the
 reference's attack scripts do: attack_accuracy.json holds aa1 and aa5 (top-1/top-5).
 """
 
 import os
+import sys
 
 from absl import app, flags, logging
+
+from trapmid_tf.cli import console
 
 FLAGS = flags.FLAGS
 
@@ -77,7 +80,7 @@ def run_attack(name, target, priors, settings, out, overwrite=False, options=Non
         start = suite.InversionSettings(0, 0, 0, **budget)
         initial = invert(suite.build_attack(name, priors, start, **starting_options), 0)
         attack = suite.build_attack(name, priors, steps, **options)
-        result = invert(attack, verbose=1)
+        result = invert(attack, verbose=console.progress_verbosity())
         with atomic_path(path) as temporary:
             np.savez(
                 temporary, images=result.images, labels=result.labels,
@@ -120,7 +123,7 @@ def define_flags():
     flags.DEFINE_string("target", None, "Attacked classifier (.keras).")
     flags.DEFINE_list("attacks", None,
                       "Attacks to run (default: all but the option attacks, which "
-                      "recipes/pipeline.py runs).")
+                      "trapmid-pipeline runs).")
     for prior in ("gmi", "kedmi", "plgmi", "lomma"):
         flags.DEFINE_string(f"{prior}_prior", None, f"Folder of the trained {prior} prior.")
     flags.DEFINE_integer("num_classes", None,
@@ -153,7 +156,7 @@ def main(argv):
     if with_options:
         raise app.UsageError(
             f"--attacks: {with_options} take options (signatures, public images, ...) that "
-            "recipes/pipeline.py supplies; run them there (--attacks)."
+            "trapmid-pipeline supplies; run them there (--attacks)."
         )
     missing = [p for p in needed if not FLAGS[f"{p}_prior"].value]
     if missing:
@@ -173,13 +176,13 @@ def main(argv):
     import trapmid_tf as tm
     from trapmid_tf.files import write_json
 
-    logging.set_verbosity(logging.INFO)
+    console.start()
     target = tm.models.load_classifier(FLAGS.target)
     num_classes = FLAGS.num_classes or min(int(target.output_shape[-1]), MAX_ATTACKED_CLASSES)
     priors = {p: suite.load_prior(p, FLAGS[f"{p}_prior"].value) for p in needed}
     judge = None
     if FLAGS.evaluation_model:
-        from evaluate import load_evaluation_classifier
+        from trapmid_tf.cli.evaluate import load_evaluation_classifier
 
         try:
             judge = load_evaluation_classifier(FLAGS.evaluation_model, target.input_shape[1:])
@@ -207,6 +210,11 @@ def main(argv):
     print(f"reconstructions written to {FLAGS.out}")
 
 
-if __name__ == "__main__":
+def run():
+    """The console command `trapmid-attack`."""
     define_flags()
-    app.run(main)
+    console.run_command(main, sys.modules[__name__])
+
+
+if __name__ == "__main__":
+    run()

@@ -4,7 +4,7 @@ Defenses: none, trapmid, negls, trapmid_negls (Trap-MID with NegLS as main and t
 mid (variational information bottleneck) and bido (HSIC dependency regularisation).
 
 Example:
-    python recipes/train_target.py --dataset=digits --defense=trapmid --out=runs/trapmid
+    trapmid-train --dataset=digits --defense=trapmid --out=runs/trapmid
 
 Writes into --out: flags.json, results.json (test_accuracy, trapdoor_accuracy, epochs,
 seconds of training, best_epoch, skipped_images and skipped_files: the images that
@@ -32,9 +32,12 @@ import functools
 import json
 import os
 import shutil
+import sys
 import tempfile
 
 from absl import app, flags, logging
+
+from trapmid_tf.cli import console
 
 DEFENSES = ("none", "trapmid", "negls", "trapmid_negls", "mid", "bido")
 MODELS = ("small_cnn", "vgg16_bn", "ir18", "facenet64", "ir152", "facenet_eval")
@@ -169,6 +172,9 @@ FLAG_NAMES = (
     "bido_lambda_yz", "seed", "split_seed", "strategy", "out", "backup_dir",
 )
 # Settings that may change between a run and its resumption from a backup.
+# Where a target is written, not what it is: left out of its stage identity (`identity`), so that
+# a run folder can be moved and reused.
+LOCATION_KEYS = ("out", "backup_dir")
 RESUMABLE_CHANGES = ("backup_dir", "strategy", "trapdoor_warning_threshold", "require_trapdoor")
 
 
@@ -527,6 +533,11 @@ def train_batches(train_set, num_classes, config, first_epoch):
     return batches.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
+def identity(config):
+    """What a target's artefacts depend on: `config` without where they are written."""
+    return {key: value for key, value in config.items() if key not in LOCATION_KEYS}
+
+
 def train(config):
     """Trains one target as `config` says and writes its artefacts into `config["out"]`.
 
@@ -608,7 +619,8 @@ def _fit_and_write(config, strategy, train_set, num_classes, test_data, out, ski
         model.fit(
             train_batches(train_set, num_classes, config, first_epoch),
             epochs=config["epochs"], initial_epoch=first_epoch,
-            steps_per_epoch=steps_per_epoch, callbacks=callbacks, shuffle=False, verbose=2,
+            steps_per_epoch=steps_per_epoch, callbacks=callbacks, shuffle=False,
+            verbose=console.fit_verbosity(),
         )
     else:  # the backed-up run had finished: restore its bookkeeping only
         backup.set_model(model)
@@ -672,7 +684,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     config = config_from_flags()
-    logging.set_verbosity(logging.INFO)
+    console.start()
     from trapmid_tf.callbacks import NonFiniteLossError
 
     try:
@@ -687,5 +699,10 @@ def main(argv):
     print(trapdoor_line(results))
 
 
+def run():
+    """The console command `trapmid-train`."""
+    console.run_command(main, sys.modules[__name__])
+
+
 if __name__ == "__main__":
-    app.run(main)
+    run()

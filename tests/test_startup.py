@@ -1,0 +1,46 @@
+"""TensorFlow's start-up messages are kept (`trapmid_tf.startup_log`), not printed."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from trapmid_tf.startup import _captured_stderr
+
+
+def _python(code):
+    """Runs `code` in a fresh interpreter without the test session's logging settings."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, timeout=300, check=True)
+
+
+def _messages(text):
+    """The message part of each absl log line ("I0000 00:00:... file.cc:12] message")."""
+    return sorted(line.split("] ", 1)[1] for line in text.splitlines() if "] " in line)
+
+
+def test_importing_the_package_prints_nothing_and_keeps_what_tensorflow_said():
+    plain = _python("import tensorflow as tf; tf.config.list_physical_devices()")
+    package = _python("import sys, trapmid_tf as tm; sys.stdout.write(tm.startup_log())")
+    assert package.stderr == ""
+    # The same messages as TensorFlow's own start-up wrote to the terminal (times differ).
+    assert _messages(package.stdout) == _messages(plain.stderr)
+
+
+def test_standard_error_comes_back_after_a_failure_inside(tmp_path):
+    saved = os.dup(2)
+    with open(tmp_path / "terminal", "wb") as terminal:
+        os.dup2(terminal.fileno(), 2)  # stands for the terminal
+        try:
+            with pytest.raises(RuntimeError), _captured_stderr() as read:
+                os.write(2, b"start-up noise\n")
+                captured = read()
+                raise RuntimeError("import failed")
+            os.write(2, b"later message\n")
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+    assert captured == "start-up noise\n"
+    assert (tmp_path / "terminal").read_bytes() == b"later message\n"

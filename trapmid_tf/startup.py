@@ -1,0 +1,63 @@
+"""TensorFlow's start-up messages, kept out of the terminal.
+
+Importing TensorFlow and finding its devices prints lines from its C++ runtime ("oneDNN custom
+operations are on", "Could not find cuda drivers", "failed call to cuInit") before any Python
+setting can silence them (`TF_CPP_MIN_LOG_LEVEL` applies only after absl's logging starts).
+`import_tensorflow` runs both with the process's standard error sent to a temporary file, keeps
+what was written there (`startup_log()`, which the console commands print with `--verbose`), and
+prints it after all if the import fails. Messages written later reach the terminal as usual.
+"""
+
+import contextlib
+import os
+import sys
+import tempfile
+
+_startup_log = ""
+
+
+def startup_log():
+    """TensorFlow's start-up messages.
+
+    Returns:
+        What TensorFlow wrote to standard error while `import_tensorflow` ran ("" if nothing).
+    """
+    return _startup_log
+
+
+@contextlib.contextmanager
+def _captured_stderr():
+    """Sends file descriptor 2 to a temporary file; yields a function reading it back."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+
+        def read():
+            capture.seek(0)
+            return capture.read().decode("utf-8", errors="replace")
+
+        try:
+            yield read
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def import_tensorflow():
+    """Imports TensorFlow and lists its devices quietly, unless it is already imported."""
+    global _startup_log
+    if "tensorflow" in sys.modules:
+        return
+    try:
+        with _captured_stderr() as read:
+            try:
+                import tensorflow as tf
+
+                tf.config.list_physical_devices()
+            finally:
+                _startup_log = read()
+    except BaseException:
+        sys.stderr.write(_startup_log)
+        raise
