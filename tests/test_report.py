@@ -100,16 +100,33 @@ def test_paper_comparison_places_the_papers_ratio_against_our_interval():
 
 
 def test_attack_grid_rows_are_classes_with_private_samples_first():
-    private = np.stack([np.full((1, 1, 1), v) for v in (0.0, 0.1, 0.2, 0.3, 0.9)])
+    private = np.stack([np.full((8, 8, 1), v) for v in (0.0, 0.1, 0.2, 0.3, 0.9)])
     private_labels = np.array([0, 0, 0, 0, 1])
-    recon = {"none": {"images": np.full((2, 1, 1, 1), 0.5), "labels": np.array([0, 1])}}
+    recon = {"none": {"images": np.full((2, 8, 8, 1), 0.5), "labels": np.array([0, 1])}}
     picture = report.attack_grid(private, private_labels, recon, classes=[0, 1])
 
-    def tile(row, column):  # 1x1 tiles with the default padding of 2
-        return picture[2 + 3 * row, 2 + 3 * column, 0]
+    # The tiles, bottom right: 3 private images of class 0, one of class 1 and two white
+    # tiles (the private column group is 3 wide), then the reconstruction of each class.
+    white, tile = np.ones((8, 8, 1)), lambda v: np.full((8, 8, 1), v)
+    body = report.image_grid([[tile(0.0), tile(0.1), tile(0.2), tile(0.5)],
+                              [tile(0.9), white, white, tile(0.5)]])
+    np.testing.assert_array_equal(picture[-body.shape[0]:, -body.shape[1]:], body)
+    # The names are drawn in the bands above and left of the tiles, nowhere else.
+    top, left = picture.shape[0] - body.shape[0], picture.shape[1] - body.shape[1]
+    assert top > 0 and left > 0
+    header = picture[:top, left:, 0]
+    columns = np.flatnonzero((header < 128).any(axis=0))
+    private_width = 3 * (8 + 2)
+    assert columns.min() < private_width < columns.max()  # "private", then "none" beyond it
+    labels = picture[top:, :left, 0]
+    rows = np.flatnonzero((labels < 128).any(axis=1))
+    assert rows.min() < 2 + 8 + 2 < rows.max()  # "class 0" and "class 1" beside their rows
+    assert (picture[:top, :left] == 255).all()
 
-    assert [tile(0, c) for c in range(4)] == [0, 26, 51, 128]  # 3 private, then none's
-    assert [tile(1, 0), tile(1, 1)] == [230, 128]  # class 1's one private image, then none's
+
+def test_labelled_grid_rejects_a_group_without_a_row_per_label():
+    with pytest.raises(ValueError, match="group 'none' must have one row per row label"):
+        report.labelled_grid([("none", [[np.zeros((2, 2, 1))]])], ["class 0", "class 1"])
 
 
 def test_a_target_whose_trapdoor_did_not_form_is_not_presented_as_a_defense():
