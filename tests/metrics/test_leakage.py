@@ -4,18 +4,9 @@ import keras
 import numpy as np
 import pytest
 
+from tests.attacks.test_inversion import IMAGE_SHAPE as SHAPE
+from tests.attacks.test_mi_face import quadrant_masks
 from trapmid_tf.metrics.leakage import class_specific_part, trigger_leakage
-
-SHAPE = (4, 4, 1)
-HALVES = (slice(0, 2), slice(2, 4))
-QUADRANTS = [(rows, columns) for rows in HALVES for columns in HALVES]
-
-
-def quadrant_masks():
-    masks = np.zeros((4, *SHAPE), np.float32)
-    for index, (rows, columns) in enumerate(QUADRANTS):
-        masks[index, rows, columns] = 1.0
-    return masks
 
 
 def quadrant_evaluator(channels=1):

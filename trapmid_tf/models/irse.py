@@ -170,19 +170,13 @@ def ir152(input_shape, num_classes, weights=None, name="ir152", dropout_seed=Non
     """Builds IR152: `facenet64` with an IR-152 body (units 3, 8, 36, 3).
 
     Args:
-        input_shape: (height, width, channels), height and width >= 16 (64 in the reference).
-        num_classes: Number of logits, >= 1.
-        weights: None, or a local `.weights.h5` / `.keras` file to load after building.
-        name: Model name.
-        dropout_seed: Optional int seed of the head dropout, for reproducible training.
+        input_shape, num_classes, weights, name, dropout_seed: As `facenet64`.
 
     Returns:
-        A functional `keras.Model` mapping float32 images in [0, 1] to logits; the final Dense is
-        named "logits".
+        The model, as `facenet64` describes it.
 
     Raises:
-        ValueError: On a bad `input_shape` or `num_classes`.
-        FileNotFoundError: If `weights` names a missing file.
+        ValueError, FileNotFoundError: As `facenet64`.
     """
     return _ir_classifier(
         "ir152", IR152_UNITS, input_shape, num_classes, weights, name, dropout_seed

@@ -44,18 +44,13 @@ def ir18(input_shape, num_classes, weights=None, name="ir18"):
     and 'valid'), not Keras 'same'.
 
     Args:
-        input_shape: (height, width, channels), height and width >= 32.
-        num_classes: Number of logits, >= 1.
-        weights: None, or a local `.weights.h5` / `.keras` file to load after building.
-        name: Model name.
+        input_shape, num_classes, weights, name: As `trapmid_tf.models.vgg16_bn`.
 
     Returns:
-        A functional `keras.Model` mapping float32 images in [0, 1] to logits; the final Dense is
-        named "logits".
+        The model, as `vgg16_bn` describes it.
 
     Raises:
-        ValueError: On a bad `input_shape` or `num_classes`.
-        FileNotFoundError: If `weights` names a missing file.
+        ValueError, FileNotFoundError: As `vgg16_bn`.
     """
     input_shape = common.check_input_shape(input_shape, MIN_SIZE, "ir18")
     common.check_positive_int("num_classes", num_classes)
