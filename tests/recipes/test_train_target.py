@@ -437,3 +437,28 @@ def test_lr_decay_epoch_zero_means_constant_and_several_are_sorted(tmp_path):
                       lr_decay_epoch=[7, 3])["lr_decay_epoch"] == [3, 7]
     # digits: 3/4 of the epochs, as before.
     assert config_for(recipe, "none", tmp_path, epochs=8)["lr_decay_epoch"] == [6]
+
+
+@pytest.mark.parametrize("defense, model_class, loss_class", [
+    ("none", keras.Model, keras.losses.SparseCategoricalCrossentropy),
+    ("trapmid", tm.TrapMIDModel, keras.losses.SparseCategoricalCrossentropy),
+    ("negls", keras.Model, tm.NegLSLoss),
+    ("trapmid_negls", tm.TrapMIDModel, tm.NegLSLoss),
+    ("mid", tm.defenses.MIDModel, keras.losses.SparseCategoricalCrossentropy),
+    ("bido", tm.defenses.BiDOModel, keras.losses.SparseCategoricalCrossentropy),
+])
+def test_each_defense_builds_its_model_and_loss(tmp_path, defense, model_class, loss_class):
+    recipe = load_recipe()
+    config = config_for(recipe, defense, tmp_path)
+    model = recipe.build_model(config, (32, 32, 1), 5, steps_per_epoch=3)
+    assert type(model) is model_class or (model_class is keras.Model and isinstance(
+        model, keras.Model) and not hasattr(model, "export_classifier"))
+    assert isinstance(recipe.make_loss(config), loss_class)
+
+
+def test_an_unknown_defense_is_named_in_the_error():
+    from trapmid_tf.experiments.defenses import get_defense
+
+    expected = r"`defense` must be one of \['none', 'trapmid'.*received 'fortress'"
+    with pytest.raises(ValueError, match=expected):
+        get_defense("fortress")

@@ -38,8 +38,9 @@ import tempfile
 from absl import app, flags, logging
 
 from trapmid_tf.cli import console
+from trapmid_tf.experiments import defenses as defense_registry
 
-DEFENSES = ("none", "trapmid", "negls", "trapmid_negls", "mid", "bido")
+DEFENSES = tuple(defense_registry.DEFENSES)
 MODELS = ("small_cnn", "vgg16_bn", "ir18", "facenet64", "ir152", "facenet_eval")
 
 # Defaults; any flag given on the command line wins. A preset is the dataset's entry, updated
@@ -86,7 +87,7 @@ CELEBA_NEGLS = dict(
 # config/mnist/classify_negls.json, entry "IR18": the SGD entry with MultiStepLR [7, 9]. The
 # reference has no MNIST Trap-MID + NegLS configuration; it gets the same.
 MNIST_NEGLS = dict(lr_decay_epoch=(7, 9))
-NEGLS_DEFENSES = ("negls", "trapmid_negls")
+NEGLS_DEFENSES = tuple(d.name for d in defense_registry.DEFENSES.values() if d.negls)
 DEFENSE_PRESETS = {
     **{("celeba", defense): CELEBA_NEGLS for defense in NEGLS_DEFENSES},
     **{(name, defense): MNIST_NEGLS for name in ("mnist", "fashion_mnist")
@@ -227,8 +228,7 @@ def resolve_config(overrides):
             "--skip_unreadable applies to image files (--dataset=celeba); --dataset is "
             f"{config['dataset']!r}."
         )
-    uses_triggers = config["defense"].startswith("trapmid")
-    if not uses_triggers:
+    if not defense_registry.get_defense(config["defense"]).trapdoor:
         for key in ("discriminator", "augment", "optimize_triggers"):
             if overrides.get(key) is False:
                 raise ValueError(
@@ -433,7 +433,7 @@ def make_loss(config):
     import keras
     from trapmid_tf.defenses.negls import NegLSLoss
 
-    if config["defense"].endswith("negls"):
+    if defense_registry.get_defense(config["defense"]).negls:
         return NegLSLoss(config["negls_smoothing"], num_epochs=config["epochs"])
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
@@ -456,11 +456,12 @@ def build_model(config, input_shape, num_classes, steps_per_epoch):
             classifier, lambda_xz=config["bido_lambda_xz"], lambda_yz=config["bido_lambda_yz"]
         ),
     }
-    if config["defense"] in regularized:
-        model = regularized[config["defense"]]()
+    defense = defense_registry.get_defense(config["defense"])
+    if defense.regularizer:
+        model = regularized[defense.regularizer]()
         model.compile(optimizer=make_optimizer(config, steps_per_epoch), loss=make_loss(config))
         return model
-    if not config["defense"].startswith("trapmid"):
+    if not defense.trapdoor:
         classifier.compile(
             optimizer=make_optimizer(config, steps_per_epoch),
             loss=make_loss(config),
@@ -519,7 +520,7 @@ def train_batches(train_set, num_classes, config, first_epoch):
         data = cached.shuffle(size, seed=order_seed, reshuffle_each_iteration=False)
         if config.get("flip"):
             data = tm.data.random_horizontal_flip(data, flip_seed)
-        if config["defense"].startswith("trapmid"):
+        if defense_registry.get_defense(config["defense"]).trapdoor:
             data = tm.data.with_trapdoor_labels(
                 data, num_classes, seed=label_seed, reshuffle_each_iteration=False
             )
@@ -571,7 +572,7 @@ def train(config):
     (train_set, test_set), _ = splits
     num_classes = int(train_set.reduce(0, lambda m, item: tf.maximum(m, item[1])).numpy()) + 1
     test_data = test_set
-    if config["defense"].startswith("trapmid"):
+    if defense_registry.get_defense(config["defense"]).trapdoor:
         test_data = tm.data.with_trapdoor_labels(test_set, num_classes, seed=config["seed"] + 1)
     test_data = test_data.batch(256).cache().prefetch(tf.data.AUTOTUNE)
 
@@ -592,7 +593,7 @@ def _fit_and_write(config, strategy, train_set, num_classes, test_data, out, ski
     from trapmid_tf.callbacks import StopOnNonFiniteLoss, TrapMIDBackup
     from trapmid_tf.files import write_json
 
-    uses_triggers = config["defense"].startswith("trapmid")
+    uses_triggers = defense_registry.get_defense(config["defense"]).trapdoor
     tracker = tm.TrapMIDCallback(
         validation_data=test_data,
         log_dir=os.path.join(out, "logs"),
