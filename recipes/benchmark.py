@@ -230,9 +230,9 @@ def time_phases(workload):
     phases = {
         "plain_step": lambda: plain.train_step((x, y)),
         "trapmid_step": lambda: model.train_step((x, y, t)),
-        "discriminator_step": lambda: model._discriminator_step(x, t),
-        "trigger_gradient": lambda: model._trigger_gradient(x, t, naturalness=True),
-        "classifier_step": lambda: model._classifier_step(x, y, t)[0],
+        "discriminator_phase": lambda: model._discriminator_phase(x, t),
+        "trigger_phase": lambda: model._trigger_phase(x, t),
+        "classifier_phase": lambda: model._classifier_phase(x, y, t),
         "augmentation": lambda: model._augment(tf.concat([x, x], 0)),
     }
     timings = {}

@@ -35,13 +35,13 @@ def test_benchmark_writes_timings_and_ratios(tmp_path):
     assert "| A2 | mi_face |" in result.stdout and "s/100 iterations |" in result.stdout
     phases = report["trapmid_phases"]["W3"]
     assert set(phases) == {
-        "plain_step", "trapmid_step", "discriminator_step", "trigger_gradient",
-        "classifier_step", "augmentation",
+        "plain_step", "trapmid_step", "discriminator_phase", "trigger_phase",
+        "classifier_phase", "augmentation",
     }
     for stats in phases.values():
         assert stats["repetitions"] == 5
         assert 0 < stats["min_ms"] <= stats["median_ms"] <= stats["max_ms"]
-    assert "| W3 phases | discriminator_step |" in result.stdout
+    assert "| W3 phases | discriminator_phase |" in result.stdout
     assert "A2" not in report["trapmid_phases"]  # attacks have no phases
 
 
