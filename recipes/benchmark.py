@@ -20,9 +20,25 @@ MI-Face inversion of W3's small CNN, 5 classes x 1. Each repetition is one compi
 --attack_iterations iterations after --warmup untimed chunks (the first one traces), reported
 as seconds per 100 iterations.
 
+Digits-size attacks: A1d (GMI) and A3d (PLG-MI) invert W3's small CNN with the demo's GAN
+width (16), 5 classes x 5 restarts; A3 is the PLG-MI inversion (conditional ResNet generator,
+z=128) of W1's VGG16-BN, 60 identities x 1 restart.
+
+Prior workloads (docs/attack_speed.md), random-init networks, random public batches: P1 the
+GMI WGAN-GP prior (`GMIPrior`), P2 the PLG-MI conditional GAN (`PLGMIPrior`, target W1's
+VGG16-BN), P3 the KED-MI prior (`KEDMIPrior`, target W1's VGG16-BN), at 64x64x3 with the
+reference's widths (64), batch 64 and 5 opponent steps per generator step; P1d, P2d, P3d the
+same at the digits demo's sizes (32x32x1, 5 classes, W3's small CNN as target, width 16; KED-MI
+at the demo's batch 32 and 1 discriminator step per generator step). Each repetition is one
+epoch of `fit` of --prior_iterations iterations after --warmup untimed epochs; an iteration is
+the opponent steps of one generator step plus that step (`n_critic` + 1 network updates),
+reported as milliseconds per iteration. --gan_width overrides every GAN network's width (tests).
+
 --phases also times each phase of the default Trap-MID step (discriminator step, trigger
 gradient, classifier step, augmentation) and the whole and plain steps, each as its own
-compiled function on one batch: where the step's time goes.
+compiled function on one batch: where the step's time goes. For prior and attack workloads it
+times the parts of one training step or inversion iteration the same way (network forward
+passes, the gradients each player's loss needs, the augmentation).
 """
 
 import json
@@ -36,6 +52,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 from absl import app, flags
+from keras import ops
 
 import trapmid_tf as tm
 from trapmid_tf.attacks import inversion
@@ -43,11 +60,15 @@ from trapmid_tf.defenses import FastTrapMIDModel
 from trapmid_tf.files import write_json
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("workloads", ["W2", "W3"], "Workloads to run: W1, W2, W3, A1, A2.")
+flags.DEFINE_list("workloads", ["W2", "W3"], "Workloads to run: W1, W2, W3, A1, A2, A1d, A3, "
+                  "A3d, P1, P2, P3, P1d, P2d, P3d.")
 flags.DEFINE_integer("repetitions", 5, "Timed epochs (or attack chunks) per variant (>= 5).")
 flags.DEFINE_integer("steps", 8, "Training steps per timed epoch.")
 flags.DEFINE_integer("warmup", 1, "Untimed epochs or attack chunks (tracing, first calls).")
 flags.DEFINE_integer("attack_iterations", 100, "Inversion iterations per timed attack chunk.")
+flags.DEFINE_integer("prior_iterations", 2, "Generator iterations per timed prior epoch.")
+flags.DEFINE_integer("gan_width", None, "Overrides the base width of every GAN network (small "
+                     "sizes for tests); default: each workload's.")
 flags.DEFINE_list("variants", ["plain", "trapmid"], "Training variants to time: plain, "
                   "trapmid, trapmid_fast.")
 flags.DEFINE_bool("phases", False, "Also time each phase of the default Trap-MID step of the "
@@ -62,9 +83,22 @@ WORKLOADS = {
     "W3": dict(model="small_cnn", input_shape=(32, 32, 1), classes=5),
 }
 ATTACKS = {
-    "A1": dict(target="W1", attack="gmi", identities=60),
+    "A1": dict(target="W1", attack="gmi", identities=60, width=64),
     "A2": dict(target="W3", attack="mi_face", identities=5),
+    "A1d": dict(target="W3", attack="gmi", identities=5, per_class=5, width=16),
+    "A3": dict(target="W1", attack="plgmi", identities=60, width=64),
+    "A3d": dict(target="W3", attack="plgmi", identities=5, per_class=5, width=16),
 }
+# `n_critic`: opponent (critic or discriminator) steps per generator step.
+PRIORS = {
+    "P1": dict(target="W1", prior="gmi", width=64, batch=64, n_critic=5),
+    "P2": dict(target="W1", prior="plgmi", width=64, batch=64, n_critic=5),
+    "P3": dict(target="W1", prior="kedmi", width=64, batch=64, n_critic=5),
+    "P1d": dict(target="W3", prior="gmi", width=16, batch=64, n_critic=5),
+    "P2d": dict(target="W3", prior="plgmi", width=16, batch=64, n_critic=5),
+    "P3d": dict(target="W3", prior="kedmi", width=16, batch=32, n_critic=1),
+}
+GMI_Z_DIM = 100
 VARIANTS = ("plain", "trapmid", "trapmid_fast")
 
 
@@ -137,18 +171,43 @@ class ChunkTimer(keras.utils.Progbar):
         super().update(current, values=values, finalize=finalize)
 
 
+def target_classifier(workload):
+    """Returns the random-init classifier of training workload `workload` and its input shape."""
+    spec = WORKLOADS[workload]
+    return getattr(tm.models, spec["model"])(spec["input_shape"], spec["classes"]), spec[
+        "input_shape"
+    ]
+
+
+def gan_width(spec):
+    """The base width of a workload's GAN networks (--gan_width, if given, overrides it)."""
+    return FLAGS.gan_width or spec["width"]
+
+
+def attack_networks(workload):
+    """Returns `(target, generator, critic)` of an attack workload (None where unused)."""
+    spec = ATTACKS[workload]
+    target, shape = target_classifier(spec["target"])
+    if spec["attack"] == "gmi":
+        width = gan_width(spec)
+        generator = tm.models.dcgan_generator(shape, z_dim=GMI_Z_DIM, base_channels=width)
+        return target, generator, tm.models.wgan_critic(shape, base_channels=width)
+    if spec["attack"] == "plgmi":
+        classes, width = target.output_shape[-1], gan_width(spec)
+        return target, tm.models.resnet_generator(shape, classes, base_channels=width), None
+    return target, None, None
+
+
 def build_attack(workload):
     """Returns `(attack, target, classes)` of an attack workload (random-init networks)."""
     spec = ATTACKS[workload]
-    target_spec = WORKLOADS[spec["target"]]
-    shape = target_spec["input_shape"]
-    target = getattr(tm.models, target_spec["model"])(shape, target_spec["classes"])
+    target, generator, critic = attack_networks(workload)
     iterations = FLAGS.attack_iterations * (FLAGS.warmup + FLAGS.repetitions)
     chunking = dict(chunk_size=FLAGS.attack_iterations)
     if spec["attack"] == "gmi":
-        generator = tm.models.dcgan_generator(shape, z_dim=100)
-        critic = tm.models.wgan_critic(shape)
         attack = tm.attacks.GMIAttack(generator, critic, iterations, **chunking)
+    elif spec["attack"] == "plgmi":
+        attack = tm.attacks.PLGMIAttack(generator, iterations, **chunking)
     else:
         attack = tm.attacks.MIFaceAttack(iterations, **chunking)
     return attack, target, list(range(spec["identities"]))
@@ -158,6 +217,7 @@ def time_attack(workload):
     """Returns seconds per 100 iterations of each timed chunk of an attack workload."""
     keras.utils.set_random_seed(FLAGS.seed)
     attack, target, classes = build_attack(workload)
+    per_class = ATTACKS[workload].get("per_class", 1)
     timers = []
 
     def make_timer(*args, **kwargs):
@@ -165,9 +225,69 @@ def time_attack(workload):
         return timers[-1]
 
     with mock.patch.object(inversion.keras.utils, "Progbar", make_timer):
-        attack.invert(target, classes, per_class=1, seed=FLAGS.seed, verbose=0)
+        attack.invert(target, classes, per_class=per_class, seed=FLAGS.seed, verbose=0)
     per_hundred = 100.0 / FLAGS.attack_iterations
     return [s * per_hundred for s in timers[0].seconds[FLAGS.warmup:]]
+
+
+def prior_networks(workload):
+    """Returns `(generator, opponent, target)` of a prior workload (random-init networks)."""
+    spec = PRIORS[workload]
+    target, shape = target_classifier(spec["target"])
+    classes, width = target.output_shape[-1], gan_width(spec)
+    if spec["prior"] == "plgmi":
+        return (
+            tm.models.resnet_generator(shape, classes, base_channels=width),
+            tm.models.sn_projection_discriminator(shape, classes, base_channels=width),
+            target,
+        )
+    generator = tm.models.dcgan_generator(shape, z_dim=GMI_Z_DIM, base_channels=width)
+    if spec["prior"] == "gmi":
+        return generator, tm.models.wgan_critic(shape, base_channels=width), target
+    return generator, tm.models.minibatch_discriminator(shape, classes, base_channels=width), target
+
+
+def build_prior(workload):
+    """Returns the compiled prior of a prior workload (random-init networks, default Adam)."""
+    spec = PRIORS[workload]
+    generator, opponent, target = prior_networks(workload)
+    if spec["prior"] == "gmi":
+        prior = tm.attacks.GMIPrior(generator, opponent, spec["n_critic"], seed=FLAGS.seed)
+    elif spec["prior"] == "kedmi":
+        prior = tm.attacks.KEDMIPrior(
+            generator, opponent, target, spec["n_critic"], seed=FLAGS.seed
+        )
+    else:
+        prior = tm.attacks.PLGMIPrior(
+            generator, opponent, target, n_dis=spec["n_critic"], seed=FLAGS.seed
+        )
+    prior.compile()
+    return prior
+
+
+def random_batch(workload, batch):
+    """A fixed random batch `(images in [0, 1], int32 labels)` of a training workload's sizes."""
+    spec = WORKLOADS[workload]
+    rng = np.random.default_rng(FLAGS.seed)
+    images = rng.uniform(size=(batch, *spec["input_shape"])).astype("float32")
+    return images, rng.integers(0, spec["classes"], batch).astype("int32")
+
+
+def time_prior(workload):
+    """Returns milliseconds per generator iteration of each timed epoch of a prior workload."""
+    keras.utils.set_random_seed(FLAGS.seed)
+    spec = PRIORS[workload]
+    data = tf.data.Dataset.from_tensors(random_batch(spec["target"], spec["batch"])).repeat()
+    prior = build_prior(workload)
+    timer = EpochTimer()
+    prior.fit(
+        data,
+        epochs=FLAGS.warmup + FLAGS.repetitions,
+        steps_per_epoch=FLAGS.prior_iterations * spec["n_critic"],
+        callbacks=[timer],
+        verbose=0,
+    )
+    return [1000.0 * s / FLAGS.prior_iterations for s in timer.seconds[FLAGS.warmup:]]
 
 
 def summarize(values, unit="ms"):
@@ -178,6 +298,7 @@ def summarize(values, unit="ms"):
         f"min_{unit}": round(min(values), digits),
         f"max_{unit}": round(max(values), digits),
         "repetitions": len(values),
+        "values": [round(value, digits) for value in values],
     }
 
 
@@ -195,12 +316,14 @@ def environment():
         "batch": BATCH,
         "steps_per_repetition": FLAGS.steps,
         "attack_iterations_per_repetition": FLAGS.attack_iterations,
+        "prior_iterations_per_repetition": FLAGS.prior_iterations,
+        "gan_width_override": FLAGS.gan_width,
         "trapmid_fast_model": FastTrapMIDModel.__name__,
     }
 
 
 def check_flags():
-    known = sorted([*WORKLOADS, *ATTACKS])
+    known = sorted([*WORKLOADS, *ATTACKS, *PRIORS])
     unknown = sorted(set(FLAGS.workloads) - set(known))
     if unknown:
         raise app.UsageError(f"--workloads: unknown {unknown}; known: {known}.")
@@ -211,6 +334,10 @@ def check_flags():
         raise app.UsageError(f"--repetitions must be >= 5; got {FLAGS.repetitions}.")
     if FLAGS.attack_iterations < 1:
         raise app.UsageError(f"--attack_iterations must be >= 1; got {FLAGS.attack_iterations}.")
+    if FLAGS.prior_iterations < 1:
+        raise app.UsageError(f"--prior_iterations must be >= 1; got {FLAGS.prior_iterations}.")
+    if FLAGS.gan_width is not None and FLAGS.gan_width < 1:
+        raise app.UsageError(f"--gan_width must be >= 1 when given; got {FLAGS.gan_width}.")
 
 
 def time_phases(workload):
@@ -235,6 +362,14 @@ def time_phases(workload):
         "classifier_phase": lambda: model._classifier_phase(x, y, t),
         "augmentation": lambda: model._augment(tf.concat([x, x], 0)),
     }
+    return time_calls(phases)
+
+
+def time_calls(phases):
+    """Milliseconds per call of each callable in `phases`, each as its own compiled function.
+
+    --warmup calls are untimed (the first traces), then --repetitions are timed.
+    """
     timings = {}
     for name, phase in phases.items():
         compiled = tf.function(phase)
@@ -245,6 +380,155 @@ def time_phases(workload):
             milliseconds.append(1000.0 * (time.perf_counter() - start))
         timings[name] = summarize(milliseconds[FLAGS.warmup:])
     return timings
+
+
+def gradient_of(loss, variables):
+    """A phase: the gradient of `loss()` with respect to `variables` (forward and backward)."""
+
+    def phase():
+        with tf.GradientTape() as tape:
+            value = loss()
+        return tape.gradient(value, variables)
+
+    return phase
+
+
+def gradient_penalty_loss(critic, real, fake):
+    """WGAN-GP's penalty mean (||grad critic(x_hat)|| - 1)^2 at random interpolates x_hat."""
+    mix = tf.random.uniform((ops.shape(real)[0], 1, 1, 1))
+    mixed = real + mix * (fake - real)
+    with tf.GradientTape() as tape:
+        tape.watch(mixed)
+        scores = critic(mixed, training=True)
+    norms = ops.sqrt(ops.sum(ops.square(tape.gradient(scores, mixed)), axis=(1, 2, 3)))
+    return ops.mean(ops.square(norms - 1.0))
+
+
+def two_views(images, seed_generator):
+    """PLG-MI's inversion input: two independently augmented copies of `images`, stacked."""
+    views = [tm.attacks.plgmi_augment(images, seed_generator, jitter_probability=1.0)
+             for _ in range(2)]
+    return ops.concatenate(views, axis=0)
+
+
+def prior_phases(workload):
+    """The parts of one training step of a prior workload, as callables of `time_calls`.
+
+    Each opponent step (`n_critic` per iteration) runs `opponent_gradient` (and for GMI
+    `gradient_penalty_gradient`, for KED-MI and PLG-MI `target_forward` or the augmentation)
+    after `generator_forward`; each generator step runs `generator_gradient`.
+    """
+    spec = PRIORS[workload]
+    keras.utils.set_random_seed(FLAGS.seed)
+    generator, opponent, target = prior_networks(workload)
+    images, labels = (tf.constant(value) for value in random_batch(spec["target"], spec["batch"]))
+    latents = tf.random.normal((spec["batch"], generator.inputs[0].shape[-1]))
+    generator_variables = generator.trainable_variables
+    opponent_variables = opponent.trainable_variables
+    if spec["prior"] == "plgmi":
+        seed_generator = keras.random.SeedGenerator(FLAGS.seed)
+
+        def generate():
+            return generator([latents, labels], training=True)
+
+        def score(batch, batch_labels):
+            return opponent([batch, batch_labels], training=True)
+
+        fake = generate()
+        return {
+            "generator_forward": generate,
+            "augmentation": lambda: tm.attacks.plgmi_augment(fake, seed_generator),
+            "target_forward": lambda: target(fake, training=False),
+            "opponent_gradient": gradient_of(
+                lambda: ops.mean(score(ops.concatenate([images, fake]),
+                                       ops.concatenate([labels, labels]))),
+                opponent_variables,
+            ),
+            "generator_gradient": gradient_of(
+                lambda: -ops.mean(score(generate(), labels)) + tm.attacks.margin_loss(
+                    target(tm.attacks.plgmi_augment(generate(), seed_generator),
+                           training=False),
+                    labels,
+                ),
+                generator_variables,
+            ),
+        }
+
+    def generate():
+        return generator(latents, training=True)
+
+    def score(batch):
+        return opponent(batch, training=True)
+
+    fake = generate()
+    phases = {
+        "generator_forward": generate,
+        "generator_gradient": gradient_of(lambda: -ops.mean(score(generate())),
+                                          generator_variables),
+    }
+    if spec["prior"] == "gmi":
+        phases["opponent_gradient"] = gradient_of(
+            lambda: ops.mean(score(images)) - ops.mean(score(fake)), opponent_variables
+        )
+        phases["gradient_penalty_gradient"] = gradient_of(
+            lambda: gradient_penalty_loss(opponent, images, fake), opponent_variables
+        )
+    else:  # KED-MI: labelled, unlabelled and fake batches through the discriminator.
+        phases["target_forward"] = lambda: target(images, training=False)
+        phases["opponent_gradient"] = gradient_of(
+            lambda: ops.mean(score(images)) + ops.mean(score(images)) - ops.mean(score(fake)),
+            opponent_variables,
+        )
+    return phases
+
+
+def attack_phases(workload):
+    """The parts of one inversion iteration of a GAN attack workload (callables of
+    `time_calls`): the forward passes and the loss's gradient with respect to the latents."""
+    spec = ATTACKS[workload]
+    keras.utils.set_random_seed(FLAGS.seed)
+    target, generator, critic = attack_networks(workload)
+    per_class = spec.get("per_class", 1)
+    labels = tf.constant(np.repeat(np.arange(spec["identities"]), per_class).astype("int32"))
+    latents = tf.Variable(tf.random.normal((len(labels), generator.inputs[0].shape[-1])))
+    if spec["attack"] == "gmi":
+
+        def generate():
+            return generator(latents, training=False)
+
+        def loss():
+            images = generate()
+            identity = keras.losses.sparse_categorical_crossentropy(
+                labels, target(images, training=False), from_logits=True
+            )
+            return -ops.mean(critic(images, training=False)) + 100.0 * ops.mean(identity)
+
+        fake = generate()
+        return {
+            "generator_forward": generate,
+            "critic_forward": lambda: critic(fake, training=False),
+            "target_forward": lambda: target(fake, training=False),
+            "iteration_gradient": gradient_of(loss, [latents]),
+        }
+    seed_generator = keras.random.SeedGenerator(FLAGS.seed)
+
+    def generate():
+        return generator([latents, labels], training=False)
+
+    fake = generate()
+    views = two_views(fake, seed_generator)
+    return {
+        "generator_forward": generate,
+        "augmentation": lambda: two_views(fake, seed_generator),
+        "target_forward": lambda: target(views, training=False),
+        "iteration_gradient": gradient_of(
+            lambda: tm.attacks.margin_loss(
+                target(two_views(generate(), seed_generator), training=False),
+                ops.tile(labels, [2]),
+            ),
+            [latents],
+        ),
+    }
 
 
 def time_training(workload):
@@ -267,6 +551,16 @@ def main(argv):
     for workload in FLAGS.workloads:
         if workload in ATTACKS:
             timings = {ATTACKS[workload]["attack"]: summarize(time_attack(workload), "s")}
+            if FLAGS.phases and ATTACKS[workload]["attack"] != "mi_face":
+                results.setdefault("attack_phases", {})[workload] = time_calls(
+                    attack_phases(workload)
+                )
+        elif workload in PRIORS:
+            timings = {PRIORS[workload]["prior"]: summarize(time_prior(workload))}
+            if FLAGS.phases:
+                results.setdefault("attack_phases", {})[workload] = time_calls(
+                    prior_phases(workload)
+                )
         else:
             timings = time_training(workload)
             if FLAGS.phases:
@@ -275,7 +569,7 @@ def main(argv):
         print(workload, json.dumps(timings), flush=True)
     if FLAGS.out:
         write_json(FLAGS.out, results)
-    phases = results.get("trapmid_phases", {})
+    phases = {**results.get("trapmid_phases", {}), **results.get("attack_phases", {})}
     print(format_table({**results["workloads"], **{f"{w} phases": p for w, p in phases.items()}}))
 
 
@@ -283,14 +577,25 @@ RATIO_NAMES = {"trapmid_over_plain": "Trap-MID / plain",
                "trapmid_fast_over_plain": "Trap-MID fast / plain"}
 
 
+def unit_label(workload, unit):
+    """The table's unit of a row of `workload` ("P1", "A1 phases", ...) timed in `unit`."""
+    if unit == "s":
+        return "s/100 iterations"
+    name, _, phases = workload.partition(" ")
+    if name in PRIORS and not phases:
+        return "ms/iteration"
+    return "ms/call" if phases and name not in WORKLOADS else "ms/step"
+
+
 def format_table(workloads):
-    """Formats the timings as a Markdown table (ms per step, or s per 100 attack iterations)."""
+    """Formats the timings as a Markdown table (ms per training step or call, ms per prior
+    iteration, or s per 100 attack iterations)."""
     lines = ["| workload | variant | median | min | max | unit |", "|---|---|---|---|---|---|"]
     for workload, timings in workloads.items():
         for variant, stats in timings.items():
             if isinstance(stats, dict):
                 unit = "ms" if "median_ms" in stats else "s"
-                label = "ms/step" if unit == "ms" else "s/100 iterations"
+                label = unit_label(workload, unit)
                 lines.append(
                     f"| {workload} | {variant} | {stats[f'median_{unit}']} | "
                     f"{stats[f'min_{unit}']} | {stats[f'max_{unit}']} | {label} |"

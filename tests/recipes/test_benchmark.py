@@ -59,3 +59,53 @@ def test_unknown_variant_is_rejected():
         text=True, timeout=300,
     )
     assert result.returncode != 0 and "--variants must be some of" in result.stderr
+
+
+def test_prior_and_attack_workloads_run_one_tiny_step_each(tmp_path):
+    """Every new workload is built and timed (narrow GANs via --gan_width), with phases."""
+    out = tmp_path / "attack_bench.json"
+    new = ["P1", "P2", "P3", "P1d", "P2d", "P3d", "A1d", "A3", "A3d"]
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARK), f"--workloads={','.join(new)}", "--warmup=0",
+         "--prior_iterations=1", "--attack_iterations=1", "--gan_width=2", "--phases",
+         f"--out={out}"],
+        capture_output=True, text=True, timeout=1200,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["environment"]["prior_iterations_per_repetition"] == 1
+    assert report["environment"]["gan_width_override"] == 2
+    priors = {"P1": "gmi", "P2": "plgmi", "P3": "kedmi", "P1d": "gmi", "P2d": "plgmi",
+              "P3d": "kedmi"}
+    attacks = {"A1d": "gmi", "A3": "plgmi", "A3d": "plgmi"}
+    for workload, name in priors.items():
+        stats = report["workloads"][workload][name]
+        assert stats["repetitions"] == len(stats["values"]) == 5
+        assert 0 < stats["min_ms"] <= stats["median_ms"] <= stats["max_ms"]
+        assert f"| {workload} | {name} |" in result.stdout
+    for workload, name in attacks.items():
+        stats = report["workloads"][workload][name]
+        assert stats["repetitions"] == 5 and 0 < stats["min_s"] <= stats["max_s"]
+    assert "ms/iteration |" in result.stdout and "ms/call |" in result.stdout
+    phases = report["attack_phases"]
+    assert set(phases) == set(new)
+    assert set(phases["P1"]) == {"generator_forward", "generator_gradient", "opponent_gradient",
+                                 "gradient_penalty_gradient"}
+    assert set(phases["P3"]) == {"generator_forward", "generator_gradient", "opponent_gradient",
+                                 "target_forward"}
+    assert set(phases["P2"]) == {"generator_forward", "generator_gradient", "opponent_gradient",
+                                 "target_forward", "augmentation"}
+    assert set(phases["A1d"]) == {"generator_forward", "critic_forward", "target_forward",
+                                  "iteration_gradient"}
+    assert set(phases["A3"]) == {"generator_forward", "augmentation", "target_forward",
+                                 "iteration_gradient"}
+
+
+def test_bad_prior_flags_are_rejected():
+    for flag, message in (("--prior_iterations=0", "--prior_iterations must be >= 1"),
+                          ("--gan_width=0", "--gan_width must be >= 1")):
+        result = subprocess.run(
+            [sys.executable, str(BENCHMARK), "--workloads=P1d", flag], capture_output=True,
+            text=True, timeout=300,
+        )
+        assert result.returncode != 0 and message in result.stderr
