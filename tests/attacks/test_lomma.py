@@ -177,3 +177,34 @@ def test_distiller_round_trips_through_keras_saving(networks, tmp_path):
 def test_distiller_rejects_mismatched_classes(networks):
     with pytest.raises(ValueError, match="student"):
         SurrogateDistiller(tiny_classifier(num_classes=4), networks[3])
+
+
+def test_distiller_two_replicas_make_the_one_device_step(two_replicas):
+    """One SGD step on a global batch of 8, split 4 + 4 over two replicas, or on one device.
+
+    The replicas' summed gradients must be the global batch's (each replica contributing
+    `global_batch_mean` of its KL), and the logged loss the global batch's KL. Tolerance:
+    each side rounds the updated weight (one ulp apart at most, 2u|w|) and sums the 8
+    per-sample gradient terms in its own order (about 8u times their sizes, taken as the
+    step's size); u is the float32 unit roundoff.
+    """
+    images = np.random.default_rng(3).random((8, *IMAGE_SHAPE), dtype=np.float32)
+    teacher = tiny_classifier()
+
+    def step(strategy):
+        with strategy.scope():
+            distiller = SurrogateDistiller(tiny_classifier(seed=70), teacher, temperature=2.0)
+            distiller.compile(optimizer=keras.optimizers.SGD(1.0))
+        initial = [w.numpy() for w in distiller.student.weights]
+        kl = kl_divergence(to_numpy(teacher(images)), to_numpy(distiller(images)), 2.0)
+        loss = distiller.fit(images, batch_size=8, epochs=1, verbose=0).history["loss"][0]
+        assert loss == pytest.approx(kl, rel=1e-5)
+        return initial, [w.numpy() for w in distiller.student.weights]
+
+    initial, one = step(tf.distribute.OneDeviceStrategy("/cpu:0"))
+    _, two = step(two_replicas)
+    for before, a, b in zip(initial, one, two):
+        moved = np.abs(a - before).max()
+        tolerance = 2.0**-24 * (2 * np.abs(a).max() + 8 * moved)
+        np.testing.assert_allclose(b, a, rtol=0, atol=tolerance)
+        assert moved > 1000 * tolerance  # a gradient off by a factor would show

@@ -15,7 +15,7 @@ from keras import ops
 from trapmid_tf.attacks.gmi import GMIAttack
 from trapmid_tf.attacks.inversion import check_non_negative_float, check_positive_float
 from trapmid_tf.attacks.kedmi import KEDMIAttack
-from trapmid_tf.contract import replica_count
+from trapmid_tf.contract import global_batch_mean, global_value
 from trapmid_tf.metrics.features import batched_predict
 from trapmid_tf.models.common import check_positive_int
 from trapmid_tf.models.features import feature_extractor, features_and_logits
@@ -348,12 +348,13 @@ class SurrogateDistiller(keras.Model):
         variables = self.student.trainable_variables
         with tf.GradientTape() as tape:
             student_logits = self.student(images, training=True)
-            loss = self.distillation_loss(teacher_logits, student_logits)
-            total = loss + ops.sum(self.student.losses) if self.student.losses else loss
-            # A hand-written mean: scale it so that the replicas' summed gradients average.
-            scaled = self.optimizer.scale_loss(total / replica_count())
+            loss = global_batch_mean(self.distillation_loss(teacher_logits, student_logits))
+            total = loss
+            if self.student.losses:
+                total += global_batch_mean(ops.sum(self.student.losses))
+            scaled = self.optimizer.scale_loss(total)
         self.optimizer.apply(tape.gradient(scaled, variables), variables)
-        return self._update_metrics(loss, teacher_logits, student_logits)
+        return self._update_metrics(global_value(loss), teacher_logits, student_logits)
 
     def test_step(self, data):
         """Measures the distillation loss and the top-1 agreement, both in inference mode.

@@ -4,7 +4,8 @@ Yuan et al., "Pseudo Label-Guided Model Inversion Attack via Conditional Generat
 Adversarial Network", AAAI 2023. The target classifier labels the public images; for each
 class the `n` most confident ones become real data of that class, and a conditional GAN
 (`trapmid_tf.models.cgan`) learns them while its generator is also pushed to make the target
-predict the condition (margin loss on augmented fakes).
+predict the condition (margin loss on augmented fakes). The GAN specialises
+`trapmid_tf.attacks.gan_prior.GANPrior` by its losses.
 """
 
 import math
@@ -14,11 +15,11 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from trapmid_tf.contract import checked_images, checked_labels
+from trapmid_tf.attacks.gan_prior import GANPrior
+from trapmid_tf.contract import checked_labels, global_batch_mean
 from trapmid_tf.layers.augment import augment_with_parameters
 from trapmid_tf.metrics.features import batched_predict
 from trapmid_tf.models import common
-from trapmid_tf.saving import SeedStateMixin
 
 CROP_SCALE = (0.8, 1.0)  # area fraction of the random resized crop
 JITTER_STRENGTH = 0.2  # brightness and contrast factors are drawn from U[1 - s, 1 + s]
@@ -198,8 +199,18 @@ def plgmi_augment(images, seed_generator, jitter_probability=0.5):
             f"`jitter_probability` must be in [0, 1]; received {jitter_probability!r}."
         )
     images = ops.convert_to_tensor(images)
+    uniform = _augment_parameters(ops.shape(images)[0], seed_generator)
+    return _augment(images, uniform, jitter_probability)
+
+
+def _augment_parameters(batch_size, seed_generator):
+    """The U[0, 1) draws that parameterise `plgmi_augment`, `(batch_size, 10)`."""
+    return keras.random.uniform((batch_size, _NUM_AUGMENT_PARAMETERS), seed=seed_generator)
+
+
+def _augment(images, uniform, jitter_probability):
+    """`plgmi_augment` with its parameters given: `uniform` from `_augment_parameters`."""
     batch = ops.shape(images)[0]
-    uniform = keras.random.uniform((batch, _NUM_AUGMENT_PARAMETERS), seed=seed_generator)
     low, high = CROP_SCALE
     crop_side = ops.sqrt(low + (high - low) * uniform[:, 0])
     no_move, no_turn = ops.zeros((batch,)), ops.zeros((batch,))
@@ -221,16 +232,8 @@ def plgmi_augment(images, seed_generator, jitter_probability=0.5):
 # === The conditional GAN ===
 
 
-def _default_adam():
-    return keras.optimizers.Adam(learning_rate=2e-4, beta_1=0.0, beta_2=0.9, epsilon=1e-8)
-
-
-_serialize = keras.saving.serialize_keras_object
-_deserialize = keras.saving.deserialize_keras_object
-
-
 @keras.saving.register_keras_serializable(package="trapmid_tf")
-class PLGMIPrior(SeedStateMixin, keras.Model):
+class PLGMIPrior(GANPrior):
     """PLG-MI's pseudo-label-guided conditional GAN, trained with `fit`.
 
     Train it on batches `(images, pseudo_labels)` of the `select_top_n` set. Each
@@ -251,9 +254,9 @@ class PLGMIPrior(SeedStateMixin, keras.Model):
 
     Calling the model generates: `prior([z, y])` is `generator([z, y])`.
 
-    Runs on a single replica: TensorFlow cannot synchronise an optimizer update inside the
-    conditional generator step under `MirroredStrategy`, so `compile` refuses a
-    multi-replica strategy.
+    Under a `tf.distribute` strategy a step equals the one-device step on the global batch
+    (the same draws, means over the global batch), except for the generator's batch
+    statistics, which are per replica.
 
     Args:
         generator: Conditional generator `[z (batch, z_dim), y (batch,)] -> images in [0, 1]`,
@@ -278,28 +281,21 @@ class PLGMIPrior(SeedStateMixin, keras.Model):
         >>> prior.fit(images, labels, batch_size=64, epochs=100)  # doctest: +SKIP
     """
 
+    _OPPONENT = "discriminator"
+    _INTERVAL = "n_dis"
+    _NETWORKS = ("generator", "discriminator", "target")
+    _METRICS = ("discriminator_loss", "generator_loss", "margin_loss")
+    _GENERATOR_LEADS = True
+    _ADAM_BETAS = (0.0, 0.9)
+
     def __init__(
         self, generator, discriminator, target, n_dis=5, inversion_weight=0.2, seed=None, **kwargs
     ):
-        super().__init__(**kwargs)
-        common.check_positive_int("n_dis", n_dis)
-        self.image_shape, self.z_dim, self.num_classes = _check_networks(
-            generator, discriminator, target
-        )
-        self.generator = generator
-        self.discriminator = discriminator
+        num_classes = _check_networks(generator, discriminator, target)
+        super().__init__(generator, discriminator, n_dis, seed, **kwargs)
+        self.num_classes = num_classes
         self.target = target
-        self.n_dis = int(n_dis)
         self.inversion_weight = float(inversion_weight)
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed, name="seed_generator")
-        self._trackers = {
-            name: keras.metrics.Mean(name=name)
-            for name in ("discriminator_loss", "generator_loss", "margin_loss")
-        }
-        self.built = True
-
-    # === Compilation ===
 
     def compile(self, generator_optimizer=None, discriminator_optimizer=None, **kwargs):
         """Configures training.
@@ -308,104 +304,21 @@ class PLGMIPrior(SeedStateMixin, keras.Model):
             generator_optimizer: Generator optimiser. Default: Adam, learning rate 2e-4,
                 betas (0.0, 0.9), epsilon 1e-8 (the reference).
             discriminator_optimizer: Discriminator optimiser, a different object. Default: the
-                same Adam setting. It is also `self.optimizer`.
+                same Adam setting. It is also `self.optimizer`; its `iterations` count the
+                training steps.
             **kwargs: Other `keras.Model.compile` arguments (`run_eagerly`,
                 `steps_per_execution`, `jit_compile`, which defaults to False: the
                 augmentation has no XLA kernel). Not `loss` or `metrics`: they are fixed.
 
         Raises:
-            ValueError: On `loss`/`metrics` arguments, one optimizer object passed twice, or
-                a multi-replica distribution strategy.
+            ValueError: On `loss`/`metrics` arguments or one optimizer object passed twice.
         """
-        for name in ("loss", "metrics", "loss_weights", "weighted_metrics"):
-            if kwargs.get(name) is not None:
-                raise ValueError(
-                    f"PLGMIPrior.compile does not take `{name}`; its losses and metrics are "
-                    "fixed (discriminator_loss, generator_loss, margin_loss)."
-                )
-        replicas = self.distribute_strategy.num_replicas_in_sync
-        if replicas > 1:
-            raise ValueError(
-                "PLGMIPrior trains on a single replica (its conditional generator update "
-                f"cannot be synchronised across replicas); the strategy has {replicas}."
-            )
-        kwargs.setdefault("jit_compile", False)
-        generator_optimizer = keras.optimizers.get(generator_optimizer or _default_adam())
-        discriminator_optimizer = keras.optimizers.get(
-            discriminator_optimizer or _default_adam()
-        )
-        if generator_optimizer is discriminator_optimizer:
-            raise ValueError(
-                "`generator_optimizer` and `discriminator_optimizer` must be different "
-                "optimizer objects; received the same one twice."
-            )
-        super().compile(optimizer=discriminator_optimizer, **kwargs)
-        self.generator_optimizer = generator_optimizer
-        with self.distribute_strategy.scope():
-            self.optimizer.build(self.discriminator.trainable_variables)
-            self.generator_optimizer.build(self.generator.trainable_variables)
+        super().compile(generator_optimizer, discriminator_optimizer, **kwargs)
 
     @property
     def discriminator_optimizer(self):
         """The discriminator's optimiser (`self.optimizer`)."""
         return self.optimizer
-
-    def get_compile_config(self):
-        return {
-            "generator_optimizer": _serialize(self.generator_optimizer),
-            "discriminator_optimizer": _serialize(self.optimizer),
-            "jit_compile": self.jit_compile,
-        }
-
-    def compile_from_config(self, config):
-        config = dict(config)
-        for key in ("generator_optimizer", "discriminator_optimizer"):
-            config[key] = _deserialize(config[key])
-        self.compile(**config)
-
-    # === Training ===
-
-    def call(self, inputs, training=False):
-        """Generates images: `prior([z, y])` is `generator([z, y])`.
-
-        Args:
-            inputs: `[z, y]`: latents `(batch, z_dim)` and int class labels `(batch,)`.
-            training: Whether the generator runs in training mode.
-
-        Returns:
-            Images in [0, 1], `(batch, *image_shape)`.
-        """
-        return self.generator(inputs, training=training)
-
-    @property
-    def metrics(self):
-        return list(self._trackers.values())
-
-    def train_step(self, data):
-        """One discriminator step, preceded by a generator step every `n_dis` steps.
-
-        Args:
-            data: A batch `(images, pseudo_labels)`.
-
-        Returns:
-            The metrics `{"discriminator_loss", "generator_loss", "margin_loss"}`, means
-            over the epoch so far (the generator's over its steps only).
-        """
-        images, labels = self._unpack(data)
-        batch = ops.shape(images)[0]
-        is_generator_step = ops.equal(self.optimizer.iterations % self.n_dis, 0)
-        if self.generator.trainable_variables:
-            generator_loss, margin = tf.cond(
-                is_generator_step,
-                lambda: self._generator_step(batch),
-                lambda: (ops.zeros(()), ops.zeros(())),
-            )
-            generator_weight = ops.cast(is_generator_step, "float32")
-            self._trackers["generator_loss"].update_state(generator_loss, generator_weight)
-            self._trackers["margin_loss"].update_state(margin, generator_weight)
-        discriminator_loss = self._discriminator_step(images, labels)
-        self._trackers["discriminator_loss"].update_state(discriminator_loss)
-        return {name: tracker.result() for name, tracker in self._trackers.items()}
 
     def sample_conditions(self, batch_size):
         """Draws latents `z ~ N(0, I)` and labels `y ~ U{0..C-1}` from the model's seed.
@@ -422,34 +335,40 @@ class PLGMIPrior(SeedStateMixin, keras.Model):
         )
         return latents, labels
 
-    def _generator_step(self, batch):
-        latents, labels = self.sample_conditions(batch)
-        variables = self.generator.trainable_variables
-        with tf.GradientTape() as tape:
-            fakes = self.generator([latents, labels], training=True)
-            adversarial = -ops.mean(self.discriminator([fakes, labels], training=True))
-            logits = self.target(plgmi_augment(fakes, self.seed_generator), training=False)
-            margin = margin_loss(logits, labels)
-            loss = adversarial + self.inversion_weight * margin
-        self.generator_optimizer.apply(tape.gradient(loss, variables), variables)
-        return loss, margin
-
-    def _discriminator_step(self, images, labels):
+    def _generator_losses(self, images, _):
         batch = ops.shape(images)[0]
-        noisy = images + keras.random.uniform(
-            ops.shape(images), maxval=REAL_NOISE, seed=self.seed_generator
+        latents, labels = self._replica_rows(self.sample_conditions, batch)
+        fakes = self.generator([latents, labels], training=True)
+        adversarial = -global_batch_mean(self.discriminator([fakes, labels], training=True))
+        uniform = self._replica_rows(
+            lambda rows: _augment_parameters(rows, self.seed_generator), batch
         )
-        latents, fake_labels = self.sample_conditions(batch)
+        logits = self.target(_augment(fakes, uniform, jitter_probability=0.5), training=False)
+        margin = global_batch_mean(margin_loss(logits, labels))
+        return {
+            "generator_loss": adversarial + self.inversion_weight * margin,
+            "margin_loss": margin,
+        }
+
+    def _opponent_losses(self, images, labels):
+        batch = ops.shape(images)[0]
+        noise = self._replica_rows(
+            lambda rows: keras.random.uniform(
+                (rows, *self.image_shape), maxval=REAL_NOISE, seed=self.seed_generator
+            ),
+            batch,
+        )
+        latents, fake_labels = self._replica_rows(self.sample_conditions, batch)
         fakes = ops.stop_gradient(self.generator([latents, fake_labels], training=True))
-        variables = self.discriminator.trainable_variables
-        with tf.GradientTape() as tape:
-            scores = self.discriminator(
-                [ops.concatenate([noisy, fakes]), ops.concatenate([labels, fake_labels])],
-                training=True,
+        scores = self.discriminator(
+            [ops.concatenate([images + noise, fakes]), ops.concatenate([labels, fake_labels])],
+            training=True,
+        )
+        return {
+            "discriminator_loss": global_batch_mean(
+                hinge_discriminator_loss(scores[:batch], scores[batch:])
             )
-            loss = hinge_discriminator_loss(scores[:batch], scores[batch:])
-        self.optimizer.apply(tape.gradient(loss, variables), variables)
-        return loss
+        }
 
     def _unpack(self, data):
         """Checks a batch `(images, pseudo_labels)`; returns float32 images, int32 labels."""
@@ -460,36 +379,19 @@ class PLGMIPrior(SeedStateMixin, keras.Model):
             raise ValueError(
                 f"PLGMIPrior expects batches of (images, pseudo_labels); received {received}."
             )
-        images, checks = checked_images(data[0], self.image_shape)
-        labels, label_checks = checked_labels(data[1], self.num_classes, "pseudo_labels")
-        with tf.control_dependencies(checks + label_checks):
-            return tf.identity(images), tf.identity(labels)
+        labels, checks = checked_labels(data[1], self.num_classes, "pseudo_labels")
+        with tf.control_dependencies(checks):
+            return self._checked_images(data[0]), tf.identity(labels)
 
     def get_config(self):
-        return {
-            "name": self.name,
-            "trainable": self.trainable,
-            "generator": _serialize(self.generator),
-            "discriminator": _serialize(self.discriminator),
-            "target": _serialize(self.target),
-            "n_dis": self.n_dis,
-            "inversion_weight": self.inversion_weight,
-            "seed": self.seed,
-        }
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        for key in ("generator", "discriminator", "target"):
-            config[key] = _deserialize(config[key])
-        return cls(**config)
+        return {**super().get_config(), "inversion_weight": self.inversion_weight}
 
 
 def _check_networks(generator, discriminator, target):
     """Checks that the three networks fit together.
 
     Returns:
-        `(image_shape, z_dim, num_classes)`, the classes being the target's logits.
+        The number of classes: the target's logits.
     """
     for name, model, inputs in (
         ("generator", generator, "[z, y]"),
@@ -502,7 +404,6 @@ def _check_networks(generator, discriminator, target):
     if not isinstance(target, keras.Model) or len(target.inputs) != 1:
         raise ValueError(f"`target` must be a single-input keras.Model; received {target!r}.")
     image_shape = tuple(generator.output_shape[1:])
-    z_dim = int(generator.input_shape[0][-1])
     num_classes = int(target.output_shape[-1])
     shapes = {
         "generator output": image_shape,
@@ -521,4 +422,4 @@ def _check_networks(generator, discriminator, target):
         raise ValueError(
             f"The target must output at least 2 logits (margin loss); it outputs {num_classes}."
         )
-    return image_shape, z_dim, num_classes
+    return num_classes

@@ -11,24 +11,22 @@ takes one step whenever the opponent's step count is a multiple of `n_critic`. T
 is the opponent optimizer's `iterations`, so saving and reloading resumes the schedule. Both
 networks stay in training mode, as in the reference.
 
-Under a `tf.distribute` strategy each replica computes the reference losses on its share of
-the batch and the gradients are averaged over replicas; batch statistics (the generator's batch
-norm, KED-MI's minibatch discrimination and feature means) are per replica. Each replica draws
-its own latent vectors.
+Both specialise `trapmid_tf.attacks.gan_prior.GANPrior` by their losses. Under a
+`tf.distribute` strategy a step equals the one-device step on the global batch (same latents,
+losses over the global batch, KED-MI's feature means all-reduced), except for batch statistics
+inside the networks (the generator's batch norm, KED-MI's minibatch discrimination), which are
+per replica.
 """
 
 import keras
 import tensorflow as tf
 from keras import ops
 
-from trapmid_tf.contract import checked_images, replica_count
+from trapmid_tf.attacks.gan_prior import GANPrior, check_model
+from trapmid_tf.contract import global_batch_mean
 from trapmid_tf.models import common
 from trapmid_tf.models.features import features_and_logits
 from trapmid_tf.models.gan import FEATURES_LAYER_NAME
-from trapmid_tf.saving import SeedStateMixin
-
-_serialize = keras.saving.serialize_keras_object
-_deserialize = keras.saving.deserialize_keras_object
 
 KEDMI_BATCH_KEYS = ("images", "unlabeled", "matching")
 _SQUARED_NORM_FLOOR = 1e-12  # keeps the gradient of the norm finite where the gradient is 0
@@ -81,60 +79,35 @@ def _unlabeled_loss(real_logits, fake_logits):
     )
 
 
+def _global_feature_mean(features):
+    """Mean of `features` over the global batch: this replica's batch mean, all-reduced.
+
+    The all-reduce passes gradients back to every replica's own features.
+    """
+    return tf.distribute.get_replica_context().all_reduce("MEAN", ops.mean(features, axis=0))
+
+
 def _feature_matching_loss(real_features, fake_features):
-    """Mean absolute difference of the batch-mean features (the reference's L1 form)."""
-    return ops.mean(ops.abs(ops.mean(fake_features, axis=0) - ops.mean(real_features, axis=0)))
+    """Mean absolute difference of the global-batch-mean features (the reference's L1 form)."""
+    difference = _global_feature_mean(fake_features) - _global_feature_mean(real_features)
+    return ops.mean(ops.abs(difference))
 
 
 def _entropy_sum(logits):
-    """Entropy of `softmax(logits)` summed over the batch (not averaged), as the reference."""
+    """Entropy of `softmax(logits)` summed over the batch (not averaged), as the reference.
+
+    The global batch's sum is the sum of the replicas' sums: each replica's share of it is
+    its own sum.
+    """
     return -ops.sum(ops.softmax(logits, axis=-1) * ops.log_softmax(logits, axis=-1))
 
 
 # === Helpers ===
 
 
-def _run_if(predicate, step, *args):
-    """Runs `step(*args)` only where `predicate()` is true, inside a compiled train step.
-
-    `step` may synchronise replicas (an optimizer update does), which a `tf.cond` in replica
-    context cannot hold under a distribution strategy; there the condition moves to the
-    cross-replica context and `step` runs on every replica from inside it.
-
-    Returns:
-        Whether `step` ran, as a boolean tensor.
-    """
-
-    def skip():
-        return tf.constant(False)
-
-    def run(call, *call_args):
-        call(*call_args)
-        return tf.constant(True)
-
-    if not tf.distribute.has_strategy():
-        return tf.cond(predicate(), lambda: run(step, *args), skip)
-
-    def cross_replica(strategy, *replica_args):
-        on_replicas = strategy.extended.call_for_each_replica
-        return tf.cond(predicate(), lambda: run(on_replicas, step, replica_args), skip)
-
-    return tf.distribute.get_replica_context().merge_call(cross_replica, args=args)
-
-
-def _default_adam():
-    """The reference GAN optimizer: Adam(lr 2e-4, betas (0.5, 0.999), eps 1e-8)."""
-    return keras.optimizers.Adam(learning_rate=2e-4, beta_1=0.5, beta_2=0.999, epsilon=1e-8)
-
-
-def _check_model(name, model):
-    if not isinstance(model, keras.Model):
-        raise ValueError(f"`{name}` must be a keras.Model; received {type(model).__name__}.")
-
-
 def _check_image_model(name, model, image_shape, outputs):
     """Checks that `model` takes `image_shape` images and outputs `outputs` values per image."""
-    _check_model(name, model)
+    check_model(name, model)
     if tuple(model.input_shape[1:]) != image_shape:
         raise ValueError(
             f"`{name}` must take images of the generator's shape {image_shape}; its input shape "
@@ -179,21 +152,17 @@ def kedmi_batches(public, batch_size, seed=None, shuffle_buffer=10_000):
 # === Shared machinery ===
 
 
-class _GANPrior(SeedStateMixin, keras.Model):
-    """A generator and its opponent network trained with the reference's alternating schedule.
+class _LatentPrior(GANPrior):
+    """A GAN prior whose generator maps latent vectors to images: the GMI and KED-MI priors.
 
-    Subclasses set `_OPPONENT` (the attribute naming the opponent network), `_METRICS` and
-    `_NETWORKS` (config keys holding networks), and define `_opponent_step(*batch)`, which
-    returns the metrics it logs, and `_generator_step(*batch)`, which logs "generator_loss".
+    Both players default to the reference Adam(2e-4, betas (0.5, 0.999), epsilon 1e-8); the
+    generator steps after each `n_critic`-th opponent step.
     """
 
-    _OPPONENT = None
-    _METRICS = ()
-    _NETWORKS = ("generator",)
+    _INTERVAL = "n_critic"
 
     def __init__(self, generator, opponent, n_critic, seed, **kwargs):
-        super().__init__(**kwargs)
-        _check_model("generator", generator)
+        check_model("generator", generator)
         if len(generator.input_shape) != 2 or generator.input_shape[1] is None:
             raise ValueError(
                 "`generator` must map latent vectors (batch, z_dim) to images; its input shape "
@@ -204,119 +173,21 @@ class _GANPrior(SeedStateMixin, keras.Model):
                 "`generator` must output images of a fixed (height, width, channels); its "
                 f"output shape is {generator.output_shape}."
             )
-        common.check_positive_int("n_critic", n_critic)
-        self.generator = generator
-        setattr(self, self._OPPONENT, opponent)
-        self.z_dim = int(generator.input_shape[1])
-        self.image_shape = tuple(generator.output_shape[1:])
-        self.n_critic = int(n_critic)
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed, name="seed_generator")
-        self._trackers = {name: keras.metrics.Mean(name=name) for name in self._METRICS}
-        self.built = True
-
-    @property
-    def _opponent(self):
-        return getattr(self, self._OPPONENT)
-
-    # === Compilation ===
-
-    def _compile_players(self, generator_optimizer, opponent_optimizer, **kwargs):
-        """Attaches the optimizers (reference Adam by default) and builds both of them.
-
-        The opponent's optimizer is Keras's `self.optimizer`; its `iterations` is the step count.
-        """
-        for name in ("optimizer", "loss", "metrics", "loss_weights", "weighted_metrics"):
-            if kwargs.get(name) is not None:
-                raise ValueError(
-                    f"{type(self).__name__}.compile does not take `{name}`; pass "
-                    f"`generator_optimizer` and `{self._OPPONENT}_optimizer`. Its losses and "
-                    f"metrics ({', '.join(self._METRICS)}) are fixed."
-                )
-        if generator_optimizer is not None and generator_optimizer is opponent_optimizer:
-            raise ValueError(
-                f"`generator_optimizer` and `{self._OPPONENT}_optimizer` must be two different "
-                "optimizer objects (each keeps its own state); received the same one twice."
-            )
-        kwargs.setdefault("jit_compile", False)
-        super().compile(
-            optimizer=keras.optimizers.get(opponent_optimizer or _default_adam()), **kwargs
-        )
-        self.generator_optimizer = keras.optimizers.get(generator_optimizer or _default_adam())
-        # Keras builds only `self.optimizer`, and only lazily; build both now, in scope.
-        with self.distribute_strategy.scope():
-            self.optimizer.build(self._opponent.trainable_variables)
-            self.generator_optimizer.build(self.generator.trainable_variables)
-
-    def get_compile_config(self):
-        return {
-            "generator_optimizer": _serialize(self.generator_optimizer),
-            f"{self._OPPONENT}_optimizer": _serialize(self.optimizer),
-            "jit_compile": self.jit_compile,
-        }
-
-    def compile_from_config(self, config):
-        config = dict(config)
-        for key in ("generator_optimizer", f"{self._OPPONENT}_optimizer"):
-            config[key] = _deserialize(config[key])
-        self.compile(**config)
-
-    # === Training ===
-
-    def call(self, latents, training=False):
-        """Generates images from latent vectors.
-
-        Args:
-            latents: Float latents, `(batch, z_dim)`.
-            training: Whether the generator runs in training mode.
-
-        Returns:
-            Images in [0, 1], `(batch, *image_shape)`.
-        """
-        return self.generator(latents, training=training)
-
-    @property
-    def metrics(self):
-        return list(self._trackers.values())
-
-    def train_step(self, data):
-        """One opponent (critic or discriminator) step, then a generator step when due.
-
-        Args:
-            data: A batch as the subclass documents (images, `(images, anything)`, or for
-                `KEDMIPrior` a dict keyed by `KEDMI_BATCH_KEYS`).
-
-        Returns:
-            The subclass's metrics, means over the epoch so far.
-        """
-        batch = self._unpack(data)
-        logs = self._opponent_step(*batch)
-        for name, value in logs.items():
-            self._trackers[name].update_state(value)
-        _run_if(self._generator_due, self._generator_step, *batch)
-        return {name: tracker.result() for name, tracker in self._trackers.items()}
-
-    def _generator_due(self):
-        """Whether the opponent's step count (just incremented) is a multiple of n_critic."""
-        return ops.equal(ops.mod(self.optimizer.iterations, self.n_critic), 0)
-
-    def _descend(self, optimizer, tape, loss, variables):
-        """One optimizer step on `loss`, a mean over this replica's share of the batch."""
-        # Replica gradients are summed: scale each by 1/replicas to average them.
-        replicas = replica_count()
-        gradients = tape.gradient(loss, variables, output_gradients=ops.ones_like(loss) / replicas)
-        optimizer.apply(gradients, variables)
+        super().__init__(generator, opponent, n_critic, seed, **kwargs)
 
     def _seed(self):
-        """A fresh stateless seed from the model's seed generator, different on each replica."""
-        replica = tf.distribute.get_replica_context().replica_id_in_sync_group
-        return tf.random.experimental.stateless_fold_in(self.seed_generator.next(), replica)
+        """A fresh stateless seed from the model's seed generator, the same on every replica.
+
+        (Folding in 0 keeps the streams that replica 0 drew before the draws were shared.)
+        """
+        return tf.random.experimental.stateless_fold_in(self.seed_generator.next(), 0)
 
     def _latents(self, batch_size):
-        """Latent vectors z ~ N(0, I), shape (batch_size, z_dim)."""
-        return tf.random.stateless_normal((batch_size, self.z_dim), seed=self._seed())
-
-    # === Input checks ===
+        """This replica's latent vectors z ~ N(0, I), shape (batch_size, z_dim)."""
+        return self._replica_rows(
+            lambda rows: tf.random.stateless_normal((rows, self.z_dim), seed=self._seed()),
+            batch_size,
+        )
 
     def _unpack(self, data):
         """Returns `(images,)` from a batch of images or of `(images, anything...)`."""
@@ -328,34 +199,12 @@ class _GANPrior(SeedStateMixin, keras.Model):
         images = data[0] if isinstance(data, (tuple, list)) else data
         return (self._checked_images(images, "images"),)
 
-    def _checked_images(self, images, name):
-        """Checks shape and dtype now and values (finite, in [0, 1]) when the step runs."""
-        images, checks = checked_images(images, self.image_shape, name)
-        with tf.control_dependencies(checks):
-            return tf.identity(images)
-
-    def get_config(self):
-        return {
-            "name": self.name,
-            "trainable": self.trainable,
-            **{key: _serialize(getattr(self, key)) for key in self._NETWORKS},
-            "n_critic": self.n_critic,
-            "seed": self.seed,
-        }
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        for key in cls._NETWORKS:
-            config[key] = _deserialize(config[key])
-        return cls(**config)
-
 
 # === The priors ===
 
 
 @keras.saving.register_keras_serializable(package="trapmid_tf")
-class GMIPrior(_GANPrior):
+class GMIPrior(_LatentPrior):
     """GMI's image prior: a WGAN-GP (Zhang et al., CVPR 2020; reference spec §3.1).
 
     Per batch of public images x, one critic step on
@@ -407,33 +256,32 @@ class GMIPrior(_GANPrior):
             **kwargs: `keras.Model.compile` arguments other than losses and metrics
                 (`jit_compile` defaults to False).
         """
-        self._compile_players(generator_optimizer, critic_optimizer, **kwargs)
+        super().compile(generator_optimizer, critic_optimizer, **kwargs)
 
     @property
     def critic_optimizer(self):
         """The critic's optimizer (Keras's `self.optimizer`)."""
         return self.optimizer
 
-    def _opponent_step(self, images):
+    def _opponent_losses(self, images):
         batch = ops.shape(images)[0]
         fake = ops.stop_gradient(self.generator(self._latents(batch), training=True))
-        mix = tf.random.stateless_uniform((batch, 1, 1, 1), seed=self._seed())
-        with tf.GradientTape() as tape:
-            wasserstein = ops.mean(self.critic(images, training=True)) - ops.mean(
-                self.critic(fake, training=True)
-            )
-            penalty = ops.mean(gradient_penalty(self.critic, images, fake, mix))
-            loss = -wasserstein + self.gradient_penalty_weight * penalty
-        self._descend(self.optimizer, tape, loss, self.critic.trainable_variables)
-        return {"critic_loss": loss, "wasserstein": wasserstein, "gradient_penalty": penalty}
+        mix = self._replica_rows(
+            lambda rows: tf.random.stateless_uniform((rows, 1, 1, 1), seed=self._seed()), batch
+        )
+        wasserstein = global_batch_mean(self.critic(images, training=True)) - global_batch_mean(
+            self.critic(fake, training=True)
+        )
+        penalty = global_batch_mean(gradient_penalty(self.critic, images, fake, mix))
+        return {
+            "critic_loss": -wasserstein + self.gradient_penalty_weight * penalty,
+            "wasserstein": wasserstein,
+            "gradient_penalty": penalty,
+        }
 
-    def _generator_step(self, images):
-        latents = self._latents(ops.shape(images)[0])
-        with tf.GradientTape() as tape:
-            fake = self.generator(latents, training=True)
-            loss = -ops.mean(self.critic(fake, training=True))
-        self._descend(self.generator_optimizer, tape, loss, self.generator.trainable_variables)
-        self._trackers["generator_loss"].update_state(loss)
+    def _generator_losses(self, images):
+        fake = self.generator(self._latents(ops.shape(images)[0]), training=True)
+        return {"generator_loss": -global_batch_mean(self.critic(fake, training=True))}
 
     def get_config(self):
         return {**super().get_config(), "gradient_penalty_weight": self.gradient_penalty_weight}
@@ -454,7 +302,7 @@ def _discriminator_view(discriminator):
 
 
 @keras.saving.register_keras_serializable(package="trapmid_tf")
-class KEDMIPrior(_GANPrior):
+class KEDMIPrior(_LatentPrior):
     """KED-MI's inversion-specific semi-supervised GAN (Chen et al., ICCV 2021; spec §3.1).
 
     The discriminator D outputs K logits over the target's classes; the "fake" class has an
@@ -536,7 +384,7 @@ class KEDMIPrior(_GANPrior):
             **kwargs: `keras.Model.compile` arguments other than losses and metrics
                 (`jit_compile` defaults to False).
         """
-        self._compile_players(generator_optimizer, discriminator_optimizer, **kwargs)
+        super().compile(generator_optimizer, discriminator_optimizer, **kwargs)
 
     @property
     def discriminator_optimizer(self):
@@ -555,39 +403,36 @@ class KEDMIPrior(_GANPrior):
             )
         return tuple(self._checked_images(data[key], key) for key in KEDMI_BATCH_KEYS)
 
-    def _opponent_step(self, images, unlabeled, _):
-        batch = ops.shape(images)[0]
-        fake = ops.stop_gradient(self.generator(self._latents(batch), training=True))
+    def _opponent_losses(self, images, unlabeled, _):
+        fake = ops.stop_gradient(
+            self.generator(self._latents(ops.shape(images)[0]), training=True)
+        )
         target_logits = ops.stop_gradient(self.target(images, training=False))
-        with tf.GradientTape() as tape:
-            logits = self.discriminator(images, training=True)
-            labeled = _soft_cross_entropy(logits, target_logits)
-            unlabeled_loss = _unlabeled_loss(
+        logits = self.discriminator(images, training=True)
+        labeled = global_batch_mean(_soft_cross_entropy(logits, target_logits))
+        unlabeled_loss = global_batch_mean(
+            _unlabeled_loss(
                 self.discriminator(unlabeled, training=True),
                 self.discriminator(fake, training=True),
             )
-            loss = labeled + unlabeled_loss
-        self._descend(self.optimizer, tape, loss, self.discriminator.trainable_variables)
+        )
         agreement = ops.equal(ops.argmax(logits, axis=-1), ops.argmax(target_logits, axis=-1))
         return {
-            "discriminator_loss": loss,
+            "discriminator_loss": labeled + unlabeled_loss,
             "labeled_loss": labeled,
             "unlabeled_loss": unlabeled_loss,
-            "accuracy": ops.mean(ops.cast(agreement, "float32")),
+            "accuracy": global_batch_mean(ops.cast(agreement, "float32")),
         }
 
-    def _generator_step(self, images, unlabeled, matching):
+    def _generator_losses(self, images, unlabeled, matching):
         latents = self._latents(ops.shape(images)[0])
-        real_features, _ = self._features_and_logits(matching, training=True)
-        real_features = ops.stop_gradient(real_features)
-        with tf.GradientTape() as tape:
-            fake = self.generator(latents, training=True)
-            fake_features, fake_logits = self._features_and_logits(fake, training=True)
-            loss = _feature_matching_loss(
-                real_features, fake_features
-            ) + self.entropy_weight * _entropy_sum(fake_logits)
-        self._descend(self.generator_optimizer, tape, loss, self.generator.trainable_variables)
-        self._trackers["generator_loss"].update_state(loss)
+        real_features = ops.stop_gradient(self._features_and_logits(matching, training=True)[0])
+        fake_features, fake_logits = self._features_and_logits(
+            self.generator(latents, training=True), training=True
+        )
+        # The feature matching is one global value on every replica; the entropy is a sum.
+        matching_loss = global_batch_mean(_feature_matching_loss(real_features, fake_features))
+        return {"generator_loss": matching_loss + self.entropy_weight * _entropy_sum(fake_logits)}
 
     def get_config(self):
         return {**super().get_config(), "entropy_weight": self.entropy_weight}

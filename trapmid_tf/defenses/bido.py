@@ -20,7 +20,7 @@ import re
 import keras
 from keras import ops
 
-from trapmid_tf.contract import replica_count
+from trapmid_tf.contract import global_batch_mean
 from trapmid_tf.defenses.mid import RegularizedClassifierModel, non_negative_float
 
 HSIC_EPSILON = 1e-5
@@ -321,8 +321,7 @@ class BiDOModel(RegularizedClassifierModel):
         *hiddens, logits = self.hidden_view(images, training=True)
         onehot = ops.one_hot(labels, self.num_classes)
         hsic_xz, hsic_yz = bido_terms(images, onehot, hiddens, self.kernel_y, self.sigma)
-        replicas = replica_count()
-        hsic_xz, hsic_yz = hsic_xz / replicas, hsic_yz / replicas
+        hsic_xz, hsic_yz = global_batch_mean(hsic_xz), global_batch_mean(hsic_yz)
         regularizer = self.lambda_xz * hsic_xz - self.lambda_yz * hsic_yz
         return logits, regularizer, {"hsic_xz": hsic_xz, "hsic_yz": hsic_yz}
 

@@ -13,7 +13,13 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from trapmid_tf.contract import checked_images, checked_labels, replica_count, replica_slot
+from trapmid_tf.contract import (
+    checked_images,
+    checked_labels,
+    global_batch_mean,
+    global_value,
+    replica_slot,
+)
 from trapmid_tf.files import atomic_path
 from trapmid_tf.saving import SeedStateMixin
 from trapmid_tf.models.common import (
@@ -127,8 +133,9 @@ class RegularizedClassifierModel(SeedStateMixin, keras.Model):
         """Returns `(logits, regularizer, terms)` of a training-mode forward pass.
 
         `regularizer` is added to the main loss and `terms` maps each name of
-        `regularizer_metrics` to its logged value; both are already divided by the number of
-        replicas (as Keras losses are), so that summed replica gradients are global means.
+        `regularizer_metrics` to its value; both are this replica's shares
+        (`contract.global_batch_mean`, as Keras losses are), so that summed replica gradients
+        are those of the global batch.
         """
         raise NotImplementedError
 
@@ -212,13 +219,13 @@ class RegularizedClassifierModel(SeedStateMixin, keras.Model):
                 main_loss = self.loss(labels, logits)
                 loss = main_loss + regularizer
                 if self.losses:
-                    loss += ops.sum(self.losses) / replica_count()
+                    loss += global_batch_mean(ops.sum(self.losses))
                 scaled = self.optimizer.scale_loss(loss)
             gradients = tape.gradient(scaled, variables)
             self.optimizer.apply(gradients, variables)
         self._accuracy.update_state(labels, logits)
         for name, value in {"loss": loss, "main_loss": main_loss, **terms}.items():
-            self._trackers[name].update_state(value * replica_count())
+            self._trackers[name].update_state(global_value(value))
         return {m.name: m.result() for m in self.metrics}
 
     def test_step(self, data):
@@ -234,7 +241,7 @@ class RegularizedClassifierModel(SeedStateMixin, keras.Model):
         with tf.control_dependencies(checks):
             logits = self(images, training=False)
         loss_tracker = self._trackers["loss"]
-        loss_tracker.update_state(self.loss(labels, logits) * replica_count())
+        loss_tracker.update_state(global_value(self.loss(labels, logits)))
         self._accuracy.update_state(labels, logits)
         return {m.name: m.result() for m in (loss_tracker, self._accuracy)}
 
@@ -390,7 +397,7 @@ class MIDModel(RegularizedClassifierModel):
     def _training_forward(self, images, labels):
         mean, std = self.code_distribution(images, training=True)
         logits = self.code_logits(self._sample_code(mean, std))
-        kl = ops.mean(gaussian_kl(mean, std)) / replica_count()
+        kl = global_batch_mean(gaussian_kl(mean, std))
         return logits, self.beta * kl, {"kl": kl}
 
     def _trained_variables(self):
