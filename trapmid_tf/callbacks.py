@@ -252,7 +252,7 @@ class TrapMIDBackup(keras.callbacks.Callback):
 
     Not restored: the data order. Give `fit` data whose epoch `k` is the same whether or not
     the process ran epochs `0..k-1`, e.g. epochs `completed_epochs..epochs-1` each shuffled
-    with a seed made of (seed, epoch), with `steps_per_epoch` (see `recipes/train_target.py`);
+    with a seed made of (seed, epoch), with `steps_per_epoch` (see `trapmid-train`);
     `tf.data`'s `reshuffle_each_iteration` starts its sequence again in a new process. Also
     not restored: random numbers drawn without a seed generator of the model.
 
