@@ -9,9 +9,11 @@ import pytest
 from trapmid_tf.startup import _captured_stderr
 
 
-def _python(code):
-    """Runs `code` in a fresh interpreter without the test session's logging settings."""
+def _python(code, log_level=None):
+    """Runs `code` in a fresh interpreter, with `TF_CPP_MIN_LOG_LEVEL` unset or `log_level`."""
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    if log_level is not None:
+        env["TF_CPP_MIN_LOG_LEVEL"] = log_level
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env=env, timeout=300, check=True)
 
@@ -22,11 +24,18 @@ def _messages(text):
 
 
 def test_importing_the_package_prints_nothing_and_keeps_what_tensorflow_said():
-    plain = _python("import tensorflow as tf; tf.config.list_physical_devices()")
+    plain = _python("import tensorflow as tf; tf.config.list_physical_devices()", "3")
     package = _python("import sys, trapmid_tf as tm; sys.stdout.write(tm.startup_log())")
     assert package.stderr == ""
-    # The same messages as TensorFlow's own start-up wrote to the terminal (times differ).
+    # The same messages as TensorFlow's own start-up wrote to the terminal at the log level
+    # the package sets (times differ).
     assert _messages(package.stdout) == _messages(plain.stderr)
+
+
+@pytest.mark.parametrize("given, kept", [(None, "3"), ("0", "0")])
+def test_the_runtime_log_level_defaults_to_errors_off_unless_set(given, kept):
+    code = "import os, trapmid_tf; print(os.environ['TF_CPP_MIN_LOG_LEVEL'])"
+    assert _python(code, given).stdout.strip() == kept
 
 
 def test_standard_error_comes_back_after_a_failure_inside(tmp_path):

@@ -5,7 +5,10 @@ operations are on", "Could not find cuda drivers", "failed call to cuInit") befo
 setting can silence them (`TF_CPP_MIN_LOG_LEVEL` applies only after absl's logging starts).
 `import_tensorflow` runs both with the process's standard error sent to a temporary file, keeps
 what was written there (`startup_log()`, which the console commands print with `--verbose`), and
-prints it after all if the import fails. Messages written later reach the terminal as usual.
+prints it after all if the import fails. It also sets `TF_CPP_MIN_LOG_LEVEL=3` unless it is
+already set, which keeps the C++ runtime's later messages (e.g. grappler's "remapper failed",
+harmless) out of the terminal; errors still raise Python exceptions with their messages. Set
+`TF_CPP_MIN_LOG_LEVEL=0` before importing trapmid_tf to see every runtime message.
 """
 
 import contextlib
@@ -50,6 +53,7 @@ def import_tensorflow():
     global _startup_log
     if "tensorflow" in sys.modules:
         return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:
         with _captured_stderr() as read:
             try:

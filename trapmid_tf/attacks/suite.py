@@ -141,7 +141,8 @@ def _shuffled_batches(dataset, batch_size, seed):
 def _fit_steps(model, batches, steps, verbose):
     """Runs exactly `steps` training steps of `model` on the endless dataset `batches`."""
     check_positive_int("steps", steps)
-    model.fit(batches, epochs=1, steps_per_epoch=int(steps), verbose=verbose)
+    # shuffle=False: the dataset orders itself (Keras ignores, and warns about, True).
+    model.fit(batches, epochs=1, steps_per_epoch=int(steps), shuffle=False, verbose=verbose)
 
 
 def train_gmi_prior(

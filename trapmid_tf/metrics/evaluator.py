@@ -79,6 +79,7 @@ def train_evaluation_model(
     model.fit(
         train.cache().shuffle(size, seed=seed).batch(batch_size),
         epochs=epochs,
+        shuffle=False,  # the dataset shuffles itself (Keras ignores, and warns about, True)
         verbose=verbose,
     )
     _, accuracy = model.evaluate(test.batch(256), verbose=0)
