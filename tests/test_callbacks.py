@@ -177,18 +177,45 @@ def test_trapdoor_warning_threshold_out_of_range_is_rejected():
         TrapMIDCallback(trapdoor_warning_threshold=-0.1)
 
 
+class ConstantClassWeights(keras.callbacks.Callback):
+    """At each epoch's end, makes the linear classifier predict one scripted class everywhere."""
+
+    def __init__(self, classes_by_epoch):
+        super().__init__()
+        self.classes_by_epoch = classes_by_epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        kernel, _ = self.model.get_layer("logits").get_weights()
+        bias = np.eye(CLASSES, dtype="float32")[self.classes_by_epoch[epoch]]
+        self.model.get_layer("logits").set_weights([np.zeros_like(kernel), bias])
+
+
 def test_plain_classifier_keeps_its_best_epoch(tmp_path):
-    classifier = small_cnn(SHAPE, CLASSES, width=4)
-    classifier.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                       metrics=["accuracy"])
+    # A classifier predicting class c everywhere scores the share of c among the validation
+    # labels; script epochs predicting the rarest, the commonest, then the middle class.
+    validation = data(1, size=30)
+    labels = np.concatenate([y for _, y in validation.as_numpy_iterator()])
+    by_share = np.argsort(np.bincount(labels, minlength=CLASSES))
+    assert len(set(np.bincount(labels, minlength=CLASSES))) == CLASSES  # a unique best
+    rarest, middle, commonest = (int(c) for c in by_share)
+    classifier = keras.Sequential(
+        [keras.Input(SHAPE), keras.layers.Flatten(), keras.layers.Dense(CLASSES, name="logits")]
+    )
+    classifier.compile(optimizer="sgd", metrics=["accuracy"],
+                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     path = tmp_path / "plain.keras"
-    callback = TrapMIDCallback(data(1), best_classifier_path=str(path), trigger_path=str(tmp_path / "t.npz"))
+    callback = TrapMIDCallback(validation, best_classifier_path=str(path),
+                               trigger_path=str(tmp_path / "t.npz"))
+    script = ConstantClassWeights([rarest, commonest, middle])
     with warnings.catch_warnings():
         warnings.simplefilter("error", TrapdoorNotFormedWarning)  # no trapdoor, no warning
-        classifier.fit(data(0), epochs=2, verbose=0, callbacks=[callback])
-    assert path.exists() and not (tmp_path / "t.npz").exists()
-    assert callback.best_epoch in (0, 1)
-    assert callback.trapdoor_formed is None
+        classifier.fit(data(0), epochs=3, verbose=0, callbacks=[script, callback])
+    assert callback.best_epoch == 1
+    np.testing.assert_array_equal(
+        keras.models.load_model(path).get_layer("logits").get_weights()[1],
+        np.eye(CLASSES)[commonest],
+    )
+    assert not (tmp_path / "t.npz").exists() and callback.trapdoor_formed is None
 
 
 def trap_model(optimizer=None, **compile_args):
