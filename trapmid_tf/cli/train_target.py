@@ -25,7 +25,7 @@ Training stops at the first non-finite loss, naming the epoch, batch and loss, b
 overwrites any file.
 
 Several machines: --strategy=multi_worker with TF_CONFIG set on every worker; only the chief
-writes --out and --backup_dir (see README, "Training on several machines").
+writes --out and --backup_dir (see docs/guide.md, "Training on several machines").
 """
 
 import functools
@@ -47,9 +47,9 @@ MODELS = ("small_cnn", "vgg16_bn", "ir18", "facenet64", "ir152", "facenet_eval")
 # by MODEL_PRESETS for its model and then by DEFENSE_PRESETS for its defense (`preset`). The
 # face and MNIST numbers are the reference's (ntuaislab/Trap-MID config/*/*.json, named on each
 # entry; tests/recipes/test_train_target.py checks them); the digits defaults were chosen by
-# measurement (see README, "Choosing the digits defaults"). `lr_decay_epoch`: the epochs at
-# which the learning rate drops tenfold (PyTorch's MultiStepLR, gamma 0.1); digits give a
-# fraction of --epochs instead.
+# measurement (docs/measurements.md, "Choosing the digits defaults"). `lr_decay_epoch`: the
+# epochs at which the learning rate drops tenfold (PyTorch's MultiStepLR, gamma 0.1); digits
+# give a fraction of --epochs instead.
 PRESETS = {
     "digits": dict(
         model="small_cnn", epochs=40, batch_size=64, optimizer="adam", learning_rate=1e-3,
