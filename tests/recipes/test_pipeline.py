@@ -135,6 +135,24 @@ def test_a_copied_run_folder_reuses_every_stage(tiny, tmp_path):
     assert after["defenses"] == before["defenses"]
 
 
+def test_the_library_api_reuses_what_the_command_wrote(tiny, tmp_path):
+    from trapmid_tf.experiments import pipeline
+
+    out, _ = tiny
+    moved = tmp_path / "moved"
+    shutil.copytree(out, moved)
+    stages = sorted(moved.rglob("stage.json"))
+    written = {path: path.stat().st_mtime_ns for path in stages}
+    # The command's defaults are the library's: the same stages, nothing rebuilt.
+    results = pipeline.run_pipeline(
+        pipeline.PipelineRun(out=str(moved), preset="tiny"), pipeline.pipeline_settings("tiny")
+    )
+    assert len(stages) == 2 + 1 + 1 + 6 + 12
+    assert {path: path.stat().st_mtime_ns for path in stages} == written
+    before = json.loads((out / "results.json").read_text())
+    assert results["defenses"] == before["defenses"]
+
+
 def test_single_stage_recipes_chain(tiny, tmp_path):
     out, _ = tiny
     target = out / "targets" / "none" / "seed_0" / "classifier.keras"
@@ -196,7 +214,7 @@ REFERENCE = dict(
 
 
 def test_full_preset_is_the_references_budgets(monkeypatch):
-    from trapmid_tf.cli import pipeline
+    from trapmid_tf.experiments import pipeline
 
     full = pipeline.preset_settings("full")
     assert {key: full[key] for key in REFERENCE} == REFERENCE
@@ -350,17 +368,15 @@ def test_an_option_is_part_of_its_attacks_stage(adaptive):
     assert result.stderr.count("reusing the stored artefacts") == 2 + 1 + 1 + 2 + 2
 
 
-@pytest.mark.parametrize("extra, has_gap", [
-    ([], True), (["--budget_scale=2"], False), (["--iterations=50"], False),
-    (["--dataset=fashion_mnist"], False), (["--preset=tiny"], False),
+@pytest.mark.parametrize("changes, has_gap", [
+    ({}, True), ({"budget_scale": 2}, False), ({"overrides": {"iterations": 50}}, False),
+    ({"dataset": "fashion_mnist"}, False), ({"preset": "tiny"}, False),
 ])
-def test_only_a_run_at_a_presets_own_budgets_carries_its_measured_gap(monkeypatch, extra, has_gap):
-    from trapmid_tf.cli import pipeline
+def test_only_a_run_at_a_presets_own_budgets_carries_its_measured_gap(changes, has_gap):
+    from trapmid_tf.experiments import pipeline
     from trapmid_tf.experiments.measured_convergence import MEASURED_GAPS
 
-    pipeline.FLAGS(["pipeline.py", "--preset=quick", "--out=unused", *extra])
-    try:
-        gap = pipeline.measured_gap(pipeline.pipeline_settings())
-    finally:
-        pipeline.FLAGS.unparse_flags()
+    preset, dataset = changes.pop("preset", "quick"), changes.pop("dataset", "digits")
+    settings = pipeline.pipeline_settings(preset, **changes)
+    gap = pipeline.measured_gap(settings, preset, dataset)
     assert gap == (MEASURED_GAPS["quick"].as_dict() if has_gap else None)

@@ -14,13 +14,14 @@ from PIL import Image
 
 import trapmid_tf as tm
 from trapmid_tf.callbacks import NonFiniteLossError
+from trapmid_tf.experiments.target_config import resolve_config
 
 COMMAND = (sys.executable, "-m", "trapmid_tf.cli.train_target")
 
 
 def load_recipe():
-    """The `trapmid-train` command's module (imported once: it defines absl flags)."""
-    return importlib.import_module("trapmid_tf.cli.train_target")
+    """The library module behind `trapmid-train` (`trapmid_tf.experiments.targets`)."""
+    return importlib.import_module("trapmid_tf.experiments.targets")
 
 
 def config_for(recipe, defense, out, **changes):
@@ -32,7 +33,7 @@ def config_for(recipe, defense, out, **changes):
         strategy="default", out=str(out),
     )
     settings.update(changes)
-    return recipe.resolve_config(settings)
+    return resolve_config(settings)
 
 
 def test_trapmid_negls_run_writes_consistent_artefacts(tmp_path):
@@ -462,3 +463,16 @@ def test_an_unknown_defense_is_named_in_the_error():
     expected = r"`defense` must be one of \['none', 'trapmid'.*received 'fortress'"
     with pytest.raises(ValueError, match=expected):
         get_defense("fortress")
+
+
+def test_the_commands_flags_are_the_librarys_settings_and_defaults():
+    from trapmid_tf.experiments.target_config import DEFAULTS
+
+    command = importlib.import_module("trapmid_tf.cli.train_target")
+    flags = command.FLAGS.get_flags_for_module(command)
+    assert {flag.name: flag.default for flag in flags} == DEFAULTS
+
+
+def test_unknown_settings_are_rejected_by_name(tmp_path):
+    with pytest.raises(ValueError, match=r"Unknown target settings \['epoch'\]"):
+        resolve_config(dict(defense="none", out=str(tmp_path), epoch=3))

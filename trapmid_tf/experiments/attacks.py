@@ -1,0 +1,101 @@
+"""Runs one model-inversion attack against a classifier as a reusable stage, and scores it.
+
+`run_attack` writes reconstructions.npz and stage.json into its folder and reuses a finished
+folder made with the same settings; `trapmid-attack` is its command line.
+"""
+
+import os
+
+from absl import logging
+
+RECONSTRUCTIONS_FILE = "reconstructions.npz"
+MAX_ATTACKED_CLASSES = 300  # the reference attacks identities 0-299
+# The option holding the step budget of the option attacks that do not take theirs from
+# `suite.InversionSettings` (PLG-MI++ does); 0 gives the un-optimised starting samples.
+BUDGET_OPTIONS = {"trigger_recovery": "iterations", "brep_mi": "max_iterations"}
+
+
+def run_attack(name, target, priors, settings, out, overwrite=False, options=None,
+               verbose=0):
+    """Runs (or reuses) one attack and returns its stored arrays.
+
+    Args:
+        name: Attack name (`trapmid_tf.attacks.suite.ATTACKS`).
+        target: The attacked classifier.
+        priors: Dict of the priors it needs (see `suite.build_attack`).
+        settings: Dict with num_classes, per_class, seed, iterations, plgmi_iterations,
+            mi_face_iterations, kedmi_batch_size (and anything else identifying the target,
+            the priors and the options; all of it goes into stage.json).
+        out: The attack's folder.
+        overwrite: Rerun even if `out` holds a finished run with the same settings.
+        options: Keyword options of an attack of `suite.OPTION_ATTACKS` (`suite.build_attack`);
+            arrays among them are not stored, so `settings` must describe them.
+        verbose: 1 shows a progress bar of the inversion, 0 nothing.
+
+    Returns:
+        Dict of numpy arrays: images, labels, latents, initial_images (the same attack at a
+        budget of 0 steps), iterations (the steps it ran).
+    """
+    import numpy as np
+    from trapmid_tf.attacks import suite
+    from trapmid_tf.files import atomic_path, build_or_reuse
+
+    options = options or {}
+    starting_options = dict(options)
+    if name in BUDGET_OPTIONS:
+        starting_options[BUDGET_OPTIONS[name]] = 0
+    path = os.path.join(out, RECONSTRUCTIONS_FILE)
+    budget = dict(kedmi_batch_size=settings["kedmi_batch_size"])
+    steps = suite.InversionSettings(
+        settings["iterations"], settings["plgmi_iterations"], settings["mi_face_iterations"],
+        **budget,
+    )
+    classes = range(settings["num_classes"])
+
+    def invert(attack, verbose):
+        return attack.invert(
+            target, classes, per_class=settings["per_class"], seed=settings["seed"],
+            verbose=verbose,
+        )
+
+    def build():
+        logging.info("attack %s: %d classes x %d", name, len(classes), settings["per_class"])
+        start = suite.InversionSettings(0, 0, 0, **budget)
+        initial = invert(suite.build_attack(name, priors, start, **starting_options), 0)
+        attack = suite.build_attack(name, priors, steps, **options)
+        result = invert(attack, verbose)
+        with atomic_path(path) as temporary:
+            np.savez(
+                temporary, images=result.images, labels=result.labels,
+                latents=result.latents, initial_images=initial.images,
+                iterations=attack.iterations,
+            )
+        return load()
+
+    def load():
+        with np.load(path) as stored:
+            return {key: stored[key] for key in stored.files}
+
+    return build_or_reuse(out, settings, build, load, overwrite, logging.info)
+
+
+def attack_accuracy(judge, stored, batch_size=100):
+    """Top-1 and top-5 attack accuracy of stored reconstructions by an evaluation classifier.
+
+    Args:
+        judge: Classifier images -> logits over the attacked classes (and more).
+        stored: Dict with `images` and `labels` (as `run_attack` returns).
+        batch_size: Images per forward pass.
+
+    Returns:
+        Dict with `aa1` and `aa5` (top-k with k = min(5, classes)), floats in [0, 1].
+    """
+    from trapmid_tf.metrics.accuracy import top_k_accuracy
+    from trapmid_tf.metrics.features import batched_predict
+
+    logits = batched_predict(judge, stored["images"], batch_size)
+    top = min(5, int(logits.shape[-1]))
+    return {
+        "aa1": top_k_accuracy(logits, stored["labels"], 1),
+        "aa5": top_k_accuracy(logits, stored["labels"], top),
+    }

@@ -1,0 +1,182 @@
+"""The evaluation stage: the judging classifier, the evaluator and the scores of stored attacks.
+
+`trapmid-evaluate` is its command line; `trapmid-pipeline` calls the same functions.
+"""
+
+import json
+import os
+
+from absl import logging
+
+EVALUATION_MODEL_FILE = "classifier.keras"
+DETECTOR_CLEAN_IMAGES = 200  # clean private images behind the trapdoor signatures
+
+
+def evaluation_architecture(name):
+    """Returns the builder `(input_shape, num_classes) -> classifier` called `name`.
+
+    "small_cnn_wide" is our small CNN at twice the target's width, a 256-d feature and no
+    batch norm; the others are the zoo models.
+    """
+    import trapmid_tf as tm
+
+    if name == "small_cnn_wide":
+        return lambda shape, classes: tm.models.small_cnn(
+            shape, classes, width=64, feature_dim=256, batch_norm=False, name="evaluator"
+        )
+    return getattr(tm.models, name)
+
+
+def evaluation_model(dataset, data_dir, settings, out, overwrite=False, verbose=0):
+    """Trains (or reuses) the evaluation model in folder `out`.
+
+    Args:
+        dataset: Dataset name; see `trapmid_tf.data.load_evaluation_data`.
+        data_dir: Its folder, or None for digits.
+        settings: Dict with architecture, epochs, seed.
+        out: Folder for classifier.keras and results.json.
+        overwrite: Retrain even if `out` holds a finished model with the same settings.
+        verbose: `keras.Model.fit`'s verbosity.
+
+    Returns:
+        `(model, test_accuracy)`.
+    """
+    import keras
+    import trapmid_tf as tm
+    from trapmid_tf.files import atomic_path, build_or_reuse, write_json
+    from trapmid_tf.metrics.evaluator import train_evaluation_model
+
+    path = os.path.join(out, EVALUATION_MODEL_FILE)
+    results_path = os.path.join(out, "results.json")
+
+    def build():
+        train, test, num_classes = tm.data.load_evaluation_data(
+            dataset, data_dir, seed=settings["seed"]
+        )
+        model, accuracy = train_evaluation_model(
+            train, test, num_classes, build=evaluation_architecture(settings["architecture"]),
+            epochs=settings["epochs"], seed=settings["seed"], verbose=verbose,
+        )
+        with atomic_path(path) as temporary:
+            model.save(temporary)
+        write_json(results_path, {"test_accuracy": accuracy})
+        return model, accuracy
+
+    def load():
+        with open(results_path, encoding="utf-8") as stream:
+            accuracy = json.load(stream)["test_accuracy"]
+        return keras.models.load_model(path), accuracy
+
+    stage_settings = dict(settings, dataset=dataset, data_dir=data_dir)
+    return build_or_reuse(out, stage_settings, build, load, overwrite, logging.info)
+
+
+def load_evaluation_classifier(path, image_shape):
+    """Loads a saved Keras classifier to judge images of `image_shape`.
+
+    A model built for another input size is rebuilt from its configuration with an input of
+    `image_shape` and given the same weights; this works when the model resizes its input
+    inside (as `trapmid_tf.models.facenet_eval`), not when its layers depend on the size.
+
+    Args:
+        path: A `.keras` file.
+        image_shape: `(height, width, channels)` of the images to judge.
+
+    Returns:
+        A `keras.Model` taking images of `image_shape`.
+
+    Raises:
+        FileNotFoundError: if `path` is not a file.
+        ValueError: if the model cannot take images of `image_shape`.
+    """
+    import keras
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--evaluation_model {path!r} is not a saved classifier file.")
+    model = keras.models.load_model(path, compile=False)
+    image_shape = tuple(int(side) for side in image_shape)
+    if tuple(model.input_shape[1:]) == image_shape:
+        return model
+    config = model.get_config()
+    try:
+        (input_layer,) = [layer for layer in config["layers"]
+                          if layer["class_name"] == "InputLayer"]
+        input_layer["config"]["batch_shape"] = [None, *image_shape]
+        rebuilt = model.__class__.from_config(config)
+        rebuilt.set_weights(model.get_weights())
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(
+            f"--evaluation_model {path!r} takes images of shape {model.input_shape[1:]} and "
+            f"cannot be rebuilt for the images' shape {image_shape} ({error}); give a model "
+            "that takes them or resizes its input inside (as trapmid_tf.models.facenet_eval)."
+        ) from error
+    return rebuilt
+
+
+def classifier_accuracy(model, dataset):
+    """Top-1 accuracy of `model` on an unbatched `(image, label)` dataset.
+
+    Args:
+        model: Classifier images -> logits.
+        dataset: Unbatched dataset of `(image, label)`.
+
+    Returns:
+        The accuracy, a float in [0, 1].
+    """
+    import numpy as np
+
+    correct = total = 0
+    for images, labels in dataset.batch(256):
+        predictions = np.argmax(model.predict_on_batch(images), axis=1)
+        correct += int(np.sum(predictions == labels.numpy()))
+        total += len(predictions)
+    return correct / total
+
+
+def private_arrays(dataset):
+    """Returns `(images, labels)` numpy arrays of an unbatched `(image, label)` dataset."""
+    import numpy as np
+
+    images, labels = zip(*dataset.as_numpy_iterator())
+    return np.stack(images), np.asarray(labels, dtype=np.int32)
+
+
+def score_attack(evaluator, stored, detector=None):
+    """Scores one attack's stored reconstructions (as trapmid-attack writes them).
+
+    Args:
+        evaluator: `trapmid_tf.metrics.evaluator.AttackEvaluator`.
+        stored: Dict with images, labels, initial_images.
+        detector: `TrapdoorDetector` of the target, or None.
+
+    Returns:
+        The metrics dict (see the module docstring).
+    """
+    import numpy as np
+
+    scores = evaluator.evaluate(stored["images"], stored["labels"])
+    initial_logits = evaluator.predict(stored["initial_images"])
+    scores["chance_aa1"] = float(np.mean(np.argmax(initial_logits, 1) == stored["labels"]))
+    if detector is not None:
+        scores.update(detector.evaluate(stored["images"]))
+    else:
+        scores.update(trapdoor_similarity=None, trapdoor_detection=None)
+    return scores
+
+
+def make_evaluator(model, private_train, fid_weights=None):
+    """The `AttackEvaluator` of `model` against the private training images."""
+    from trapmid_tf import metrics
+    from trapmid_tf.metrics.evaluator import AttackEvaluator
+
+    images, labels = private_arrays(private_train)
+    fid_model = metrics.inception_feature_extractor(fid_weights) if fid_weights else None
+    return AttackEvaluator(model, images, labels, fid_feature_model=fid_model)
+
+
+def make_detector(target, trigger_path, private_train):
+    """The `TrapdoorDetector` of a Trap-MID target from its trigger file."""
+    from trapmid_tf.metrics.evaluator import TrapdoorDetector
+
+    images, _ = private_arrays(private_train.take(DETECTOR_CLEAN_IMAGES))
+    return TrapdoorDetector.from_file(target, trigger_path, images)

@@ -1,0 +1,651 @@
+"""The privacy-report experiment: targets per defense and seed, priors, attacks, scores, report.
+
+`run_pipeline(run, settings)` goes through the stages and reuses each one that `run.out`
+already holds, finished with the same settings (`trapmid_tf.files.build_or_reuse`): per
+training seed one target per defense, the evaluation model, the shared GMI prior, per target
+the priors that depend on it and every attack, then the scores and the report. A stage's
+identity is what its artefacts depend on, never where they are written, so a run folder can
+be moved and reused. `trapmid-pipeline` is its command line (its help lists the stages and the
+files written).
+"""
+
+import dataclasses
+import json
+import os
+import time
+
+from absl import logging
+
+from trapmid_tf.experiments.attacks import MAX_ATTACKED_CLASSES, run_attack
+from trapmid_tf.experiments.evaluation import (
+    DETECTOR_CLEAN_IMAGES, evaluation_model, load_evaluation_classifier, make_detector,
+    make_evaluator, private_arrays, score_attack,
+)
+from trapmid_tf.experiments.priors import default_public_split, train_prior
+from trapmid_tf.experiments.progress import StageProgress
+from trapmid_tf.experiments.target_config import DEFENSES, identity, resolve_config
+from trapmid_tf.experiments.targets import train
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineRun:
+    """What a pipeline runs on and where it writes, besides its budgets (`pipeline_settings`).
+
+    Attributes:
+        out: Folder of the run (every stage's artefacts, results.json, report.md).
+        dataset: Dataset name (`trapmid_tf.data.load`).
+        data_dir: Its folder (None for the embedded digits).
+        seed: Seed of the private/public split, the evaluation model and the GMI prior.
+        preset: The preset the settings started from (for the measured convergence gap).
+        public_split: Digit datasets' public split, or None for the dataset's default.
+        target_settings: trapmid-train settings shared by every target (`resolve_config`
+            keys; each target sets its own defense, seed and folder).
+        overwrite: Redo every stage even if stored.
+        fid_weights: Local InceptionV3 weights for FID, or None.
+        evaluation_model: A saved evaluation classifier, or None to train one.
+        verbose: Show per-epoch logs and inversion progress bars.
+    """
+
+    out: str
+    dataset: str = "digits"
+    data_dir: str | None = None
+    seed: int = 0
+    preset: str = "quick"
+    public_split: str | None = None
+    target_settings: dict = dataclasses.field(default_factory=dict)
+    overwrite: bool = False
+    fid_weights: str | None = None
+    evaluation_model: str | None = None
+    verbose: bool = False
+
+    @property
+    def fit_verbosity(self):
+        """`keras.Model.fit`'s verbosity: one line per epoch when verbose, else silent."""
+        return 2 if self.verbose else 0
+
+    @property
+    def progress_verbosity(self):
+        """The inversion loops' verbosity: a progress bar when verbose, else silent."""
+        return 1 if self.verbose else 0
+
+
+# The full preset's budgets: these keys of `trapmid_tf.attacks.REFERENCE_BUDGETS`.
+REFERENCE_KEYS = dict(
+    gmi_steps="gmi_generator_steps", kedmi_steps="kedmi_generator_steps",
+    plgmi_steps="plgmi_generator_steps", surrogate_steps="surrogate_steps",
+    kedmi_n_critic="n_critic", kedmi_batch_size="batch_size", top_n="top_n",
+    iterations="iterations", plgmi_iterations="plgmi_iterations",
+)
+# The option attacks' budgets in the full preset, for lack of reference values: the paper runs
+# no trigger recovery (TriggerRecoveryAttack's default), and BREP-MI's authors walk until 1000
+# accepted steps pass without growth, with no cap (BREPMIAttack's default cap).
+FULL_RECOVERY_ITERATIONS = 500
+FULL_BREP_ITERATIONS = 10_000
+PRESETS = {
+    "tiny": dict(
+        defenses=["none", "trapmid"], seeds=[0], target_epochs=2, evaluation_epochs=1,
+        gmi_steps=2, kedmi_steps=4, kedmi_n_critic=1, kedmi_batch_size=32, plgmi_steps=2,
+        surrogate_steps=4, base_channels=8, top_n=4, per_class=2, iterations=4,
+        plgmi_iterations=4, mi_face_iterations=4, recovery_iterations=4, brep_iterations=4,
+        require_trapdoor=False,
+    ),
+    # The session-2 demo budgets, as steps on the digits public split (21 batches of 64).
+    "quick": dict(
+        defenses=["none", "trapmid", "negls", "trapmid_negls"], seeds=[0], target_epochs=None,
+        evaluation_epochs=10, gmi_steps=126, kedmi_steps=336, kedmi_n_critic=1,
+        kedmi_batch_size=32, plgmi_steps=24, surrogate_steps=63, base_channels=16, top_n=30,
+        per_class=5, iterations=100, plgmi_iterations=100, mi_face_iterations=300,
+        recovery_iterations=300, brep_iterations=1000, require_trapdoor=True,
+    ),
+    # The protection claims: the quick preset's prior budgets x4 (the PLG-MI prior's x16: at
+    # x4 its reconstructions were still mode-collapsed blobs) and inversion budgets x2; 3 seeds,
+    # 20 reconstructions per class. recipes/convergence.py checks it (README).
+    "strong": dict(
+        defenses=["none", "trapmid", "trapmid_negls"], seeds=[0, 1, 2], target_epochs=None,
+        evaluation_epochs=10, gmi_steps=504, kedmi_steps=1344, kedmi_n_critic=1,
+        kedmi_batch_size=32, plgmi_steps=400, surrogate_steps=252, base_channels=16, top_n=30,
+        per_class=20, iterations=200, plgmi_iterations=200, mi_face_iterations=600,
+        recovery_iterations=600, brep_iterations=2000, require_trapdoor=True,
+    ),
+    "full": dict(
+        dict.fromkeys(REFERENCE_KEYS), seeds=[0, 1, 2], target_epochs=None,
+        defenses=["none", "trapmid", "negls", "trapmid_negls", "mid", "bido"],
+        evaluation_epochs=20, base_channels=64, per_class=20, mi_face_iterations=1000,
+        recovery_iterations=FULL_RECOVERY_ITERATIONS, brep_iterations=FULL_BREP_ITERATIONS,
+        require_trapdoor=True,
+    ),
+}
+PRESET_KEYS = tuple(PRESETS["quick"])
+STEP_KEYS = ("gmi_steps", "kedmi_steps", "plgmi_steps", "surrogate_steps", "iterations",
+             "plgmi_iterations", "mi_face_iterations", "recovery_iterations", "brep_iterations")
+# The judge trained when --evaluation_model is not given: the reference's FaceNet (IR-50 at
+# 112x112) for faces, a wide CNN without batch norm for the digit datasets.
+EVALUATION_ARCHITECTURES = {"celeba": "facenet_eval"}
+DEFAULT_EVALUATION_ARCHITECTURE = "small_cnn_wide"
+REFERENCE_N_CRITIC = 5
+REFERENCE_BATCH_SIZE = 64
+PRIOR_STEPS = {
+    "gmi": "gmi_steps", "kedmi": "kedmi_steps", "plgmi": "plgmi_steps",
+    "lomma": "surrogate_steps",
+}
+# Why PLG-MI++ with the defender's signatures does not run against a target without triggers.
+NO_TRAPDOOR = "no trapdoor"
+# Pipeline-only defense names: a train_target defense with other settings.
+VARIANTS = {
+    # The paper's blend ratio and the reference's best-epoch rule (clean accuracy only).
+    "trapmid_paper": ("trapmid", dict(alpha=0.02, min_trapdoor_accuracy=0.0)),
+    # Random fixed triggers: never optimised through the classifier, so they carry nothing of
+    # their class (no trigger leakage); they need a larger blend weight to form the trapdoor
+    # (on digits 0.1 does not in 40 epochs, 0.2 does; docs/adaptive_attacks.md).
+    "trapmid_random": ("trapmid", dict(optimize_triggers=False, alpha=0.2)),
+}
+
+
+def preset_settings(name):
+    """The preset `name`, the full preset's budgets read from the reference's."""
+    from trapmid_tf.attacks import suite
+
+    settings = dict(PRESETS[name])
+    for key, reference_key in REFERENCE_KEYS.items():
+        if settings[key] is None:
+            settings[key] = suite.REFERENCE_BUDGETS[reference_key]
+    return settings
+
+
+def pipeline_settings(preset="quick", overrides=None, attacks=None, budget_scale=1,
+                      adaptive_weight=1.0, recovery_alpha=None):
+    """The preset with `overrides` applied, checked, with the budget scale applied.
+
+    Args:
+        preset: A key of `PRESETS`.
+        overrides: `{key: value}` replacing the preset's (keys of `PRESET_KEYS`).
+        attacks: Attack names, or None for every attack but the option attacks.
+        budget_scale: Factor (>= 1) applied to every step budget (`STEP_KEYS`).
+        adaptive_weight: Penalty weight of the adaptive PLG-MI attacks (finite, >= 0).
+        recovery_alpha: Blend weight of trigger recovery in (0, 1), or None for the target's.
+
+    Returns:
+        The settings dict of the run (the preset's keys, `attacks`, `budget_scale`,
+        `adaptive_weight`, `recovery_alpha`).
+
+    Raises:
+        ValueError: for an unknown preset, defense or attack, or a bad number; the message
+            names the flag of `trapmid-pipeline`.
+    """
+    from trapmid_tf.attacks import suite
+
+    if preset not in PRESETS:
+        raise ValueError(f"--preset must be one of {sorted(PRESETS)}; received {preset!r}.")
+    settings = preset_settings(preset)
+    unknown = sorted(set(overrides or {}) - set(PRESET_KEYS))
+    if unknown:
+        raise ValueError(f"`overrides` must have keys among {list(PRESET_KEYS)}; got {unknown}.")
+    settings.update(overrides or {})
+    settings["attacks"] = list(attacks or [
+        name for name in suite.ATTACKS if name not in suite.OPTION_ATTACKS
+    ])
+    defenses = (*DEFENSES, *VARIANTS)
+    for key, allowed in (("defenses", defenses), ("attacks", suite.ATTACKS)):
+        unknown = [name for name in settings[key] if name not in allowed]
+        if unknown or not settings[key]:
+            raise ValueError(
+                f"--{key} must list names among {list(allowed)}; received {settings[key]}."
+            )
+    seeds = settings["seeds"]
+    if not seeds or any(type(seed) is not int or seed < 0 for seed in seeds) or len(
+        set(seeds)
+    ) < len(seeds):
+        raise ValueError(f"--seeds must list distinct integers >= 0; received {seeds}.")
+    if budget_scale < 1:
+        raise ValueError(f"--budget_scale must be >= 1; received {budget_scale}.")
+    if not adaptive_weight >= 0 or adaptive_weight == float("inf"):
+        raise ValueError(
+            f"--adaptive_weight must be a finite number >= 0; received {adaptive_weight}."
+        )
+    if recovery_alpha is not None and not 0 < recovery_alpha < 1:
+        raise ValueError(f"--recovery_alpha must lie in (0, 1); received {recovery_alpha}.")
+    settings.update(adaptive_weight=adaptive_weight, recovery_alpha=recovery_alpha)
+    for key in PRESET_KEYS:
+        value = settings[key]
+        if type(value) is int and value < (0 if "iterations" in key else 1):
+            raise ValueError(f"--{key} must be positive; received {value}.")
+    settings["budget_scale"] = budget_scale
+    for key in STEP_KEYS:
+        settings[key] *= budget_scale
+    return settings
+
+
+def measured_gap(settings, preset, dataset):
+    """The preset's measured distance from convergence (`MEASURED_GAPS`) as a dict, or None.
+
+    Only a run at the preset's own step budgets on the embedded digits has one: the
+    measurement says nothing about other budgets or data.
+
+    Args:
+        settings: The run's `pipeline_settings`.
+        preset: The preset they started from.
+        dataset: The dataset name.
+    """
+    from trapmid_tf.experiments.measured_convergence import MEASURED_GAPS
+
+    gap = MEASURED_GAPS.get(preset)
+    budgets_changed = settings["budget_scale"] != 1 or any(
+        settings[key] != preset_settings(preset)[key] for key in STEP_KEYS
+    )
+    if gap is None or budgets_changed or dataset != "digits":
+        return None
+    return gap.as_dict()
+
+
+def target_dir(run, defense, seed):
+    """The folder of the target of `defense` trained with `seed`, under --out."""
+    return os.path.join(run.out, "targets", defense, f"seed_{seed}")
+
+
+def stage_count(settings):
+    """The number of stages `main` goes through with `settings` (for its progress line)."""
+    from trapmid_tf.attacks import suite
+
+    priors = suite.priors_needed(settings["attacks"])
+    targets = len(settings["seeds"]) * len(settings["defenses"])
+    # Per target: its training, its own priors, each attack, its scores.
+    per_target = 1 + len([name for name in priors if name != "gmi"]) + len(settings["attacks"]) + 1
+    return targets * per_target + 1 + int("gmi" in priors) + 1  # + evaluator, GMI, report
+
+
+def target_configs(run, settings):
+    """The checked trapmid-train settings of every target: `{(defense, seed): config}`.
+
+    Raises:
+        ValueError, FileNotFoundError: as `resolve_config`, for bad target settings.
+    """
+    configs = {}
+    for seed in settings["seeds"]:
+        for defense in settings["defenses"]:
+            base, variant = VARIANTS.get(defense, (defense, {}))
+            # A target without a trapdoor is kept and reported; the pipeline fails at the end.
+            changes = dict(
+                variant, dataset=run.dataset, data_dir=run.data_dir,
+                public_split=run.public_split, defense=base,
+                out=target_dir(run, defense, seed), seed=seed, split_seed=run.seed,
+                require_trapdoor=False,
+            )
+            if settings["target_epochs"] is not None and run.target_settings.get("epochs") is None:
+                changes["epochs"] = settings["target_epochs"]
+            configs[defense, seed] = resolve_config(dict(run.target_settings, **changes))
+    return configs
+
+
+def train_targets(run, settings, configs, progress):
+    """Trains (or reuses) one target per defense and seed.
+
+    Returns:
+        `{(defense, seed): (config, results)}`.
+    """
+    from trapmid_tf.files import build_or_reuse
+
+    targets = {}
+    for seed in settings["seeds"]:
+        for defense in settings["defenses"]:
+            out = target_dir(run, defense, seed)
+            config = configs[defense, seed]
+
+            def load(out=out):
+                with open(os.path.join(out, "results.json"), encoding="utf-8") as stream:
+                    return json.load(stream)
+
+            with progress.stage(f"target {defense}, seed {seed}"):
+                results = build_or_reuse(
+                    out, identity(config),
+                    lambda config=config: train(config, run.fit_verbosity), load,
+                    run.overwrite, logging.info,
+                )
+            targets[defense, seed] = (config, results)
+    return targets
+
+
+def target_priors(run, directory, target, config, seed, public, gmi, settings, progress):
+    """Trains (or reuses) the priors the selected attacks need against one target.
+
+    Args:
+        directory: The target's folder.
+        target, config: The target model and its train_target settings.
+        seed: The target's training seed, also the seed of its priors.
+        public: Unbatched public images.
+        gmi: `(networks, settings)` of the shared GMI prior, or None.
+        settings: The pipeline settings.
+        progress: The run's `StageProgress`.
+
+    Returns:
+        `(priors, prior_settings)`: dicts by prior name of networks and stage settings.
+    """
+    from trapmid_tf.attacks import suite
+
+    priors, prior_settings = {}, {}
+    for name in suite.priors_needed(settings["attacks"]):
+        if name == "gmi":
+            priors[name], prior_settings[name] = gmi
+            continue
+        prior_settings[name] = prior_budget(settings, name, seed, config)
+        with progress.stage(f"{name} prior, {stage_target(directory)}"):
+            priors[name] = train_prior(
+                name, public, target, prior_settings[name],
+                os.path.join(directory, "priors", name), run.overwrite, run.fit_verbosity,
+            )
+    return priors, prior_settings
+
+
+def prior_budget(settings, name, seed, target_config=None):
+    """The settings of the prior `name`'s stage (with the target's, for target priors)."""
+    return dict(
+        steps=settings[PRIOR_STEPS[name]],
+        batch_size=settings["kedmi_batch_size"] if name == "kedmi" else REFERENCE_BATCH_SIZE,
+        base_channels=settings["base_channels"], top_n=settings["top_n"],
+        n_critic=settings["kedmi_n_critic"] if name == "kedmi" else REFERENCE_N_CRITIC,
+        seed=seed, public_split=settings["public_split"],
+        target=target_config and identity(target_config),
+    )
+
+
+def attack_options(name, config, detector, public_images, settings):
+    """The keyword options of one attack against one target, and what identifies them.
+
+    Args:
+        name: Attack name.
+        config: The target's train_target settings.
+        detector: The target's `TrapdoorDetector` (its signatures are the defender's), or None
+            for a target without triggers.
+        public_images: The attacker's public images, float32 NHWC in [0, 1].
+        settings: The pipeline settings.
+
+    Returns:
+        `(options, description)`: the `suite.build_attack` keywords and a JSON-able
+        description of them for the stage's settings (None for the attacks without options);
+        None when the attack does not apply to the target.
+    """
+    weight = settings["adaptive_weight"]
+    if name == "plgmi_adaptive":
+        if detector is None:
+            return None
+        description = dict(
+            penalty_weight=weight,
+            signatures="the defender's: its triggers over the first "
+                       f"{DETECTOR_CLEAN_IMAGES} private training images",
+        )
+        return dict(signatures=detector.signatures, penalty_weight=weight), description
+    if name == "plgmi_adaptive_estimated":
+        return dict(penalty_weight=weight), dict(penalty_weight=weight)
+    if name == "trigger_recovery":
+        alpha = settings["recovery_alpha"] or config["alpha"]
+        options = dict(alpha=alpha, iterations=settings["recovery_iterations"])
+        return (dict(options, public_images=public_images),
+                dict(options, public_split=settings["public_split"]))
+    if name == "brep_mi":
+        options = dict(max_iterations=settings["brep_iterations"])
+        return options, options
+    return {}, None
+
+
+def attack_target(run, directory, target, config, seed, priors, prior_settings, settings, progress,
+                  detector=None, public_images=None):
+    """Runs (or reuses) every selected attack against one target.
+
+    Args:
+        directory: The target's folder.
+        target, config: The target model and its train_target settings.
+        seed: The target's training seed, also the attacks' seed.
+        priors, prior_settings: As `target_priors` returns them.
+        settings: The pipeline settings.
+        progress: The run's `StageProgress`.
+        detector: The target's `TrapdoorDetector`, or None without triggers.
+        public_images: Public images as an array (trigger recovery's), or None if unused.
+
+    Returns:
+        `{attack: stored arrays}`, None for an attack that does not apply to the target.
+    """
+    from trapmid_tf.attacks import suite
+
+    results = {}
+    for name in settings["attacks"]:
+        attack_settings = dict(
+            num_classes=min(int(target.output_shape[-1]), MAX_ATTACKED_CLASSES),
+            per_class=settings["per_class"],
+            seed=seed, iterations=settings["iterations"],
+            plgmi_iterations=settings["plgmi_iterations"],
+            mi_face_iterations=settings["mi_face_iterations"],
+            kedmi_batch_size=settings["kedmi_batch_size"], target=identity(config),
+            priors={p: prior_settings[p] for p in suite.PRIORS_OF_ATTACK[name]},
+        )
+        applicable = attack_options(name, config, detector, public_images, settings)
+        with progress.stage(f"attack {name}, {stage_target(directory)}"):
+            if applicable is None:
+                logging.info("attack %s: not applicable to this target (%s)", name, NO_TRAPDOOR)
+                results[name] = None
+                continue
+            options, description = applicable
+            if description is not None:
+                attack_settings["options"] = description
+            results[name] = run_attack(
+                name, target, priors, attack_settings, os.path.join(directory, "attacks", name),
+                run.overwrite, options, run.progress_verbosity,
+            )
+    return results
+
+
+def stage_target(directory):
+    """"<defense>, seed <s>" of a target folder (targets/<defense>/seed_<s>), for stage names."""
+    defense, seed = os.path.normpath(directory).split(os.sep)[-2:]
+    return f"{defense}, seed {seed.removeprefix('seed_')}"
+
+
+def prior_steps(directory, gmi_directory, attacks):
+    """`{prior: steps.json contents}` of the priors one target's attacks used."""
+    from trapmid_tf.attacks import suite
+
+    return {
+        name: suite.load_training_steps(
+            gmi_directory if name == "gmi" else os.path.join(directory, "priors", name)
+        )
+        for name in suite.priors_needed(attacks)
+    }
+
+
+def attack_seed(evaluator, detector, stored, target_results, steps, evaluation_model=None,
+                triggers=None):
+    """The scores of one target (one defense and seed).
+
+    Args:
+        evaluator: The `AttackEvaluator`.
+        detector: The target's `TrapdoorDetector`, or None.
+        stored: `{attack: stored arrays or None}` (`attack_target`).
+        target_results: The target's train_target results.
+        steps: `prior_steps` of the target.
+        evaluation_model: The evaluation classifier (judges the triggers); needed with
+            `triggers`.
+        triggers: The target's triggers `(classes, H, W, C)`, or None.
+
+    Returns:
+        Dict: accuracies, `trapdoor_formed`, `prior_steps`, `trigger_leakage` (None without
+        triggers) and `attacks`: per attack its scores, `{"not_applicable": reason}` for an
+        attack that did not apply, and for trigger recovery against triggers the comparison
+        of its patterns with them and `trigger_classes`.
+    """
+    from trapmid_tf.attacks.trigger_recovery import compare_with_triggers
+    from trapmid_tf.experiments.summary import NOT_APPLICABLE
+    from trapmid_tf.metrics.leakage import trigger_leakage
+
+    attacks = {}
+    for name, arrays in stored.items():
+        if arrays is None:
+            attacks[name] = {NOT_APPLICABLE: NO_TRAPDOOR}
+            continue
+        attacks[name] = dict(
+            score_attack(evaluator, arrays, detector),
+            inversion_steps=int(arrays["iterations"]),
+        )
+        if name == "trigger_recovery" and triggers is not None:
+            attacks[name].update(
+                compare_with_triggers(arrays["images"], arrays["labels"], triggers),
+                trigger_classes=len(triggers),
+            )
+    leakage = None
+    if triggers is not None:
+        leakage = dict(trigger_leakage(evaluation_model, triggers), triggers=len(triggers))
+    return dict(
+        accuracy=target_results["test_accuracy"],
+        trapdoor_accuracy=target_results["trapdoor_accuracy"],
+        trapdoor_formed=target_results.get("trapdoor_formed"),
+        trigger_leakage=leakage,
+        prior_steps=steps,
+        attacks=attacks,
+    )
+
+
+def judge(run, private_train, settings):
+    """The evaluation model: --evaluation_model as given, else trained (or reused) in evaluator/.
+
+    Returns:
+        `(model, description)`: the description holds architecture (or the file), test
+        accuracy (None for a given file) and classes.
+    """
+    if run.evaluation_model:
+        image_shape = private_train.element_spec[0].shape
+        model = load_evaluation_classifier(run.evaluation_model, image_shape)
+        architecture, accuracy = os.path.abspath(run.evaluation_model), None
+    else:
+        architecture = EVALUATION_ARCHITECTURES.get(run.dataset, DEFAULT_EVALUATION_ARCHITECTURE)
+        model, accuracy = evaluation_model(
+            run.dataset, run.data_dir,
+            dict(architecture=architecture, epochs=settings["evaluation_epochs"], seed=run.seed),
+            os.path.join(run.out, "evaluator"), run.overwrite, run.fit_verbosity,
+        )
+    return model, dict(
+        architecture=architecture, accuracy=accuracy, classes=int(model.output_shape[-1])
+    )
+
+
+
+def run_pipeline(run, settings, configs=None, progress=None):
+    """Runs every stage (reusing the stored ones) and writes results.json and the report.
+
+    Args:
+        run: The `PipelineRun`.
+        settings: The run's `pipeline_settings`.
+        configs: `target_configs(run, settings)`, if already computed.
+        progress: A `StageProgress` over `stage_count(settings)` stages, or None for one on
+            standard error.
+
+    Returns:
+        The results dict written to results.json.
+    """
+    import numpy as np
+
+    import trapmid_tf as tm
+    from trapmid_tf import report
+    from trapmid_tf.attacks import suite
+    from trapmid_tf.experiments import summarize_seeds
+    from trapmid_tf.files import write_json
+
+    start = time.perf_counter()
+    settings = dict(
+        settings, public_split=default_public_split(run.dataset, run.public_split)
+    )
+    configs = configs or target_configs(run, settings)
+    progress = progress or StageProgress(stage_count(settings))
+    write_json(os.path.join(run.out, "flags.json"), dict(
+        settings, dataset=run.dataset, data_dir=run.data_dir, seed=run.seed,
+        preset=run.preset,
+    ))
+    (private_train, _), public = tm.data.load(
+        run.dataset, run.data_dir, seed=run.seed, public_split=settings["public_split"]
+    )
+    targets = train_targets(run, settings, configs, progress)
+    with progress.stage("evaluation model"):
+        evaluation_model, evaluation = judge(run, private_train, settings)
+    evaluator = make_evaluator(evaluation_model, private_train, run.fid_weights)
+    gmi, gmi_directory = None, os.path.join(run.out, "priors", "gmi")
+    if "gmi" in suite.priors_needed(settings["attacks"]):
+        gmi_settings = prior_budget(settings, "gmi", run.seed)
+        with progress.stage("gmi prior (shared)"):
+            gmi = train_prior(
+                "gmi", public, None, gmi_settings, gmi_directory, run.overwrite,
+                run.fit_verbosity,
+            ), gmi_settings
+    public_images = (
+        np.stack(list(public.as_numpy_iterator()))
+        if "trigger_recovery" in settings["attacks"] else None
+    )
+    per_seed, reconstructions = {}, {}
+    for (defense, seed), (config, target_results) in targets.items():
+        directory = target_dir(run, defense, seed)
+        target = tm.models.load_classifier(os.path.join(directory, "classifier.keras"))
+        priors, prior_settings = target_priors(
+            run, directory, target, config, seed, public, gmi, settings, progress
+        )
+        trigger_path = os.path.join(directory, "triggers.npz")
+        detector = (
+            make_detector(target, trigger_path, private_train)
+            if os.path.isfile(trigger_path) else None
+        )
+        stored = attack_target(run, directory, target, config, seed, priors, prior_settings,
+                               settings, progress, detector, public_images)
+        steps = prior_steps(directory, gmi_directory, settings["attacks"])
+        with progress.stage(f"scores, {stage_target(directory)}"):
+            per_seed.setdefault(defense, {})[seed] = attack_seed(
+                evaluator, detector, stored, target_results, steps, evaluation_model,
+                target_triggers(run, defense, seed),
+            )
+        if seed == settings["seeds"][0]:
+            reconstructions[defense] = {k: v for k, v in stored.items() if v is not None}
+    results = dict(
+        dataset=run.dataset, public_split=settings["public_split"], preset=run.preset,
+        settings=settings, evaluation_model=evaluation,
+        fid_features=evaluator.fid_features,
+        defenses={d: summarize_seeds(seeds) for d, seeds in per_seed.items()},
+        seconds=round(time.perf_counter() - start, 1), 
+        convergence_gap=measured_gap(settings, run.preset, run.dataset),
+    )
+    write_json(os.path.join(run.out, "results.json"), results)
+    private_images, private_labels = private_arrays(private_train)
+    with progress.stage("report"):
+        grids = report.write(
+            run.out, results, private_images, private_labels, reconstructions,
+            stored_triggers(run, settings),
+        )
+        log_grids(os.path.join(run.out, "logs"), grids)
+    progress.close("done")
+    return results
+
+
+def failed_trapdoors(results):
+    """The defenses of a pipeline's results whose trapdoor did not form in some seed."""
+    from trapmid_tf import report
+
+    return [d for d, scores in results["defenses"].items() if report.trapdoor_not_formed(scores)]
+
+
+def target_triggers(run, defense, seed):
+    """The triggers `(classes, H, W, C)` of a target from its triggers.npz, or None."""
+    import numpy as np
+
+    path = os.path.join(target_dir(run, defense, seed), "triggers.npz")
+    if not os.path.isfile(path):
+        return None
+    with np.load(path) as stored:
+        return stored["triggers"]
+
+
+def stored_triggers(run, settings):
+    """`{defense: triggers}` of the first seed's targets that have a triggers.npz."""
+    triggers = {d: target_triggers(run, d, settings["seeds"][0]) for d in settings["defenses"]}
+    return {defense: array for defense, array in triggers.items() if array is not None}
+
+
+def log_grids(log_dir, grids):
+    """Writes the report's grids as TensorBoard images, in an owner-only folder (triggers)."""
+    import tensorflow as tf
+    from trapmid_tf.files import secret_folder
+
+    with tf.summary.create_file_writer(secret_folder(log_dir)).as_default():
+        for name, picture in grids.items():
+            tf.summary.image(name, picture[None], step=0)

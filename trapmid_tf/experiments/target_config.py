@@ -1,0 +1,253 @@
+"""What a target's training run is: the presets, the checked settings and their identity.
+
+A run's settings are one dict (`resolve_config` fills it from the dataset, model and defense
+presets and checks it); `trapmid_tf.experiments.targets.train` trains from it, and
+`trapmid-train` builds it from its flags.
+"""
+
+import json
+import os
+
+from trapmid_tf.experiments import defenses as defense_registry
+
+DEFENSES = tuple(defense_registry.DEFENSES)
+MODELS = ("small_cnn", "vgg16_bn", "ir18", "facenet64", "ir152", "facenet_eval")
+
+# Defaults; any flag given on the command line wins. A preset is the dataset's entry, updated
+# by MODEL_PRESETS for its model and then by DEFENSE_PRESETS for its defense (`preset`). The
+# face and MNIST numbers are the reference's (ntuaislab/Trap-MID config/*/*.json, named on each
+# entry; tests/recipes/test_train_target.py checks them); the digits defaults were chosen by
+# measurement (docs/measurements.md, "Choosing the digits defaults"). `lr_decay_epoch`: the
+# epochs at which the learning rate drops tenfold (PyTorch's MultiStepLR, gamma 0.1); digits
+# give a fraction of --epochs instead.
+PRESETS = {
+    "digits": dict(
+        model="small_cnn", epochs=40, batch_size=64, optimizer="adam", learning_rate=1e-3,
+        lr_decay_fraction=0.75, alpha=0.1, beta=0.2, trigger_step_size=0.01, mid_beta=0.01,
+        public_split="samples", min_trapdoor_accuracy=0.9, flip=False, image_size=None,
+    ),
+    # config/mnist/classify.json and classify_trap.json, entry "IR18".
+    "mnist": dict(
+        model="ir18", epochs=10, batch_size=64, optimizer="sgd", learning_rate=1e-2,
+        lr_decay_epoch=(), alpha=0.02, beta=0.2, trigger_step_size=0.01, mid_beta=0.01,
+        public_split="classes", min_trapdoor_accuracy=0.0, flip=False, image_size=None,
+    ),
+    # config/celeba/classify_trap.json, entry "VGG16" (FaceNet64 the same); dataset.py flips
+    # the training images.
+    "celeba": dict(
+        model="vgg16_bn", epochs=50, batch_size=64, optimizer="sgd", learning_rate=1e-2,
+        lr_decay_epoch=(), alpha=0.02, beta=0.2, trigger_step_size=0.01, mid_beta=0.003,
+        public_split="classes", min_trapdoor_accuracy=0.0, flip=True, image_size=None,
+    ),
+}
+PRESETS["fashion_mnist"] = PRESETS["mnist"]
+MODEL_PRESETS = {
+    # config/celeba/classify_trap.json, entry "IR152".
+    ("celeba", "ir152"): dict(epochs=40),
+    # The face evaluation classifier (run with --defense=none): plgmi/baselines/config/
+    # classify.json, entry "FaceNet" (its adjust_lr/adjust_epochs are unused: engine.train_reg
+    # has no scheduler), on 112x112 CelebA crops, flipped (plgmi/baselines/dataloader.py).
+    ("celeba", "facenet_eval"): dict(epochs=30, image_size=112),
+}
+# config/celeba/classify_trap_negls.json, every entry (VGG16, FaceNet64, IR152): Adam,
+# weight decay 0, MultiStepLR [75, 90].
+CELEBA_NEGLS = dict(
+    epochs=100, batch_size=128, optimizer="adam", learning_rate=1e-3, lr_decay_epoch=(75, 90)
+)
+# config/mnist/classify_negls.json, entry "IR18": the SGD entry with MultiStepLR [7, 9]. The
+# reference has no MNIST Trap-MID + NegLS configuration; it gets the same.
+MNIST_NEGLS = dict(lr_decay_epoch=(7, 9))
+NEGLS_DEFENSES = tuple(d.name for d in defense_registry.DEFENSES.values() if d.negls)
+DEFENSE_PRESETS = {
+    **{("celeba", defense): CELEBA_NEGLS for defense in NEGLS_DEFENSES},
+    **{(name, defense): MNIST_NEGLS for name in ("mnist", "fashion_mnist")
+       for defense in NEGLS_DEFENSES},
+}
+
+# Every setting of a run, with the value it takes when not given; None: the preset's (or, for
+# width, split_seed, backup_dir..., the documented fallback). `trapmid-train` has one flag each.
+DEFAULTS = dict(
+    dataset="digits", data_dir=None, public_split=None, skip_unreadable=False, model=None,
+    image_size=None, flip=None, width=None, defense="trapmid", epochs=None, batch_size=None,
+    optimizer=None, learning_rate=None, lr_decay_epoch=None, alpha=None, beta=None,
+    trigger_step_size=None, discriminator=True, augment=True, min_trapdoor_accuracy=None,
+    trapdoor_warning_threshold=None, require_trapdoor=False, optimize_triggers=True,
+    fast_trapmid=False, negls_smoothing=-0.05, mid_beta=None, bido_lambda_xz=0.05,
+    bido_lambda_yz=0.5, seed=0, split_seed=None, strategy="default", out=None, backup_dir=None,
+)
+# Where a target is written, not what it is: left out of its stage identity (`identity`), so
+# that a run folder can be moved and reused.
+LOCATION_KEYS = ("out", "backup_dir")
+# Settings that may change between a run and its resumption from a backup.
+RESUMABLE_CHANGES = ("backup_dir", "strategy", "trapdoor_warning_threshold", "require_trapdoor")
+
+
+def resolve_config(overrides):
+    """Fills unset (None) settings from the preset (`preset`) and checks them.
+
+    Args:
+        overrides: Dict of settings (keys of `DEFAULTS`); a key left out takes its value in
+            `DEFAULTS`, and a None value the preset's. `lr_decay_epoch` is an int or a list
+            of ints (0 or an empty list: no drop).
+
+    Returns:
+        The complete settings dict.
+
+    Raises:
+        ValueError: for contradictory or out-of-range settings.
+        FileNotFoundError: if `data_dir` is not an existing folder.
+    """
+    unknown = sorted(set(overrides) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"Unknown target settings {unknown}; known: {sorted(DEFAULTS)}.")
+    config = dict(DEFAULTS, **overrides)
+    defaults = preset(config["dataset"], config["defense"], config.get("model"))
+    decay_fraction = defaults.pop("lr_decay_fraction", None)
+    for key, value in defaults.items():
+        if config.get(key) is None:
+            config[key] = value
+    if config["lr_decay_epoch"] is None and decay_fraction is not None:
+        config["lr_decay_epoch"] = round(decay_fraction * config["epochs"])
+    config["lr_decay_epoch"] = _decay_epochs(config["lr_decay_epoch"], config["epochs"])
+    _check_data_dir(config)
+    if config["skip_unreadable"] and config["dataset"] != "celeba":
+        raise ValueError(
+            "--skip_unreadable applies to image files (--dataset=celeba); --dataset is "
+            f"{config['dataset']!r}."
+        )
+    if not defense_registry.get_defense(config["defense"]).trapdoor:
+        for key in ("discriminator", "augment", "optimize_triggers"):
+            if overrides.get(key) is False:
+                raise ValueError(
+                    f"--no{key} only applies to the trapmid defenses; --defense is "
+                    f"{config['defense']!r}."
+                )
+        if overrides.get("min_trapdoor_accuracy") is not None:
+            raise ValueError(
+                f"--min_trapdoor_accuracy only applies to the trapmid defenses; --defense is "
+                f"{config['defense']!r}."
+            )
+        if config["fast_trapmid"]:
+            raise ValueError(
+                f"--fast_trapmid only applies to the trapmid defenses; --defense is "
+                f"{config['defense']!r}."
+            )
+    if config["fast_trapmid"] and config["strategy"] != "default":
+        raise ValueError(
+            "--fast_trapmid runs on one replica (its discriminator skips steps); --strategy is "
+            f"{config['strategy']!r}."
+        )
+    for key in ("epochs", "batch_size", "width"):
+        if config[key] is not None and config[key] < 1:
+            raise ValueError(f"--{key} must be >= 1; received {config[key]}.")
+    for key in ("min_trapdoor_accuracy", "trapdoor_warning_threshold"):
+        if config[key] is not None and not 0.0 <= config[key] <= 1.0:
+            raise ValueError(f"--{key} must be in [0, 1]; received {config[key]}.")
+    if config["split_seed"] is None:
+        config["split_seed"] = config["seed"]
+    for key in ("seed", "split_seed"):
+        if config[key] < 0:
+            raise ValueError(f"--{key} must be >= 0; received {config[key]}.")
+    if config["width"] is not None and config["model"] != "small_cnn":
+        raise ValueError(
+            f"--width only applies to --model=small_cnn; --model is {config['model']!r}."
+        )
+    _check_backup_dir(config)
+    if config["strategy"] == "multi_worker":
+        workers = _cluster_size(os.environ.get("TF_CONFIG"))
+        if config["batch_size"] % workers:
+            raise ValueError(
+                f"--batch_size must be a multiple of the {workers} workers in TF_CONFIG; "
+                f"received {config['batch_size']}."
+            )
+    if config["image_size"] is not None and config["image_size"] < 1:
+        raise ValueError(f"--image_size must be >= 1; received {config['image_size']}.")
+    if config["learning_rate"] <= 0:
+        raise ValueError(f"--learning_rate must be > 0; received {config['learning_rate']}.")
+    return config
+
+
+def preset(dataset, defense, model=None):
+    """The default settings of a run: dataset preset, then model and defense overrides.
+
+    Args:
+        dataset: Dataset name (a key of `PRESETS`).
+        defense: Defense name (one of `DEFENSES`).
+        model: Architecture, or None for the dataset preset's.
+
+    Returns:
+        A new dict of settings (digits give `lr_decay_fraction` instead of `lr_decay_epoch`).
+    """
+    settings = dict(PRESETS[dataset])
+    model = model or settings["model"]
+    settings.update(MODEL_PRESETS.get((dataset, model), {}))
+    settings.update(DEFENSE_PRESETS.get((dataset, defense), {}))
+    return settings
+
+
+def _decay_epochs(value, epochs):
+    """The sorted learning-rate drop epochs of an int or list setting, zeros left out."""
+    values = [value] if isinstance(value, int) else list(value)
+    for epoch in values:
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch <= epochs:
+            raise ValueError(
+                f"--lr_decay_epoch must be ints in [0, --epochs={epochs}]; received {value!r}."
+            )
+    return sorted({epoch for epoch in values if epoch})
+
+
+def _check_data_dir(config):
+    data_dir = config.get("data_dir")
+    if config["dataset"] == "digits":
+        if data_dir:
+            raise ValueError(
+                f"--dataset=digits is embedded and reads no --data_dir; received {data_dir!r}."
+            )
+    elif not data_dir:
+        raise ValueError(
+            f"--dataset={config['dataset']} reads its files from --data_dir, which is not set "
+            "(only digits is embedded; nothing is downloaded)."
+        )
+    elif not os.path.isdir(data_dir):
+        raise FileNotFoundError(f"--data_dir {data_dir!r} is not an existing folder.")
+
+
+def _check_backup_dir(config):
+    backup_dir = config["backup_dir"]
+    if backup_dir and config.get("out") and (
+        os.path.realpath(backup_dir) == os.path.realpath(config["out"])
+    ):
+        raise ValueError(
+            f"--backup_dir must differ from --out (e.g. a subfolder); both are {backup_dir!r}."
+        )
+
+
+def _cluster_size(tf_config):
+    """The number of chief and worker tasks in a TF_CONFIG string.
+
+    Raises:
+        ValueError: if `tf_config` is unset or describes no cluster.
+    """
+    if not tf_config:
+        raise ValueError(
+            "--strategy=multi_worker reads the cluster from the TF_CONFIG environment variable, "
+            "which is not set (see README, \"Training on several machines\")."
+        )
+    try:
+        cluster = json.loads(tf_config)["cluster"]
+        size = len(cluster.get("chief", [])) + len(cluster.get("worker", []))
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise ValueError(
+            "TF_CONFIG must be JSON with a \"cluster\" of \"chief\"/\"worker\" addresses and a "
+            f"\"task\"; received {tf_config!r} ({error!r})."
+        ) from error
+    if size < 1:
+        raise ValueError(f"TF_CONFIG lists no chief or worker task; received {tf_config!r}.")
+    return size
+
+
+
+def identity(config):
+    """What a target's artefacts depend on: `config` without where they are written."""
+    return {key: value for key, value in config.items() if key not in LOCATION_KEYS}
+
