@@ -16,6 +16,7 @@ from trapmid_tf.attacks.inversion import (
     latent_variable,
     minimize,
 )
+from tests.numpy_reference import to_numpy
 
 IMAGE_SHAPE = (4, 4, 1)
 PIXELS = 16
@@ -64,10 +65,6 @@ def tiny_conditional_generator(seed=30):
     x = _dense(PIXELS, seed + 1, scale=0.5)(keras.layers.Concatenate()([z, embedding]))
     images = keras.layers.Activation("sigmoid")(keras.layers.Reshape(IMAGE_SHAPE)(x))
     return keras.Model([z, y], images)
-
-
-def to_numpy(x):
-    return ops.convert_to_numpy(x)
 
 
 def softmax_cross_entropy(logits, labels):

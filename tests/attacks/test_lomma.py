@@ -20,6 +20,7 @@ from trapmid_tf.attacks.lomma import (
     SurrogateDistiller,
     compute_p_reg,
 )
+from tests.numpy_reference import softmax
 
 RNG = np.random.default_rng(0)
 IMAGES = RNG.random((5, *IMAGE_SHAPE), dtype=np.float32)
@@ -33,11 +34,6 @@ def numpy_features_and_logits(classifier, images):
     logit_kernel, logit_bias = classifier.get_layer("logits").get_weights()
     features = np.tanh(images.reshape(len(images), -1) @ feature_kernel + feature_bias)
     return features, features @ logit_kernel + logit_bias
-
-
-def softmax(logits):
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
 
 
 def kl_divergence(teacher_logits, student_logits, temperature=1.0):

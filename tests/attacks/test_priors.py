@@ -10,6 +10,7 @@ from trapmid_tf.attacks import priors
 from trapmid_tf.attacks.priors import GMIPrior, KEDMIPrior
 from trapmid_tf.models import gan
 from trapmid_tf.models.small_cnn import small_cnn
+from tests.numpy_reference import log_softmax
 
 SHAPE, Z_DIM, CLASSES = (16, 16, 1), 8, 4
 
@@ -100,11 +101,6 @@ def test_gradient_penalty_is_taken_at_the_interpolated_images():
     x_hat = real + mix * (fake - real)
     expected = (2.0 * np.linalg.norm(x_hat.reshape(3, -1), axis=1) - 1.0) ** 2
     np.testing.assert_allclose(terms, expected, rtol=1e-5)
-
-
-def log_softmax(logits):
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
 def test_kedmi_losses_match_their_formulas():

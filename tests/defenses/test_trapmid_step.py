@@ -12,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from trapmid_tf.defenses.trapmid import TrapMIDModel
+from tests.numpy_reference import softmax
 
 ALPHA, BETA, STEP, LR = 0.3, 0.2, 0.05, 0.1
 SHAPE, CLASSES, BATCH = (2, 2, 1), 3, 6
@@ -21,11 +22,6 @@ def linear_model(outputs, name):
     inputs = keras.Input(SHAPE)
     flat = keras.layers.Flatten()(inputs)
     return keras.Model(inputs, keras.layers.Dense(outputs, name="logits")(flat), name=name)
-
-
-def softmax(z):
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def sigmoid(z):

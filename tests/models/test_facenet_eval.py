@@ -8,10 +8,7 @@ import tensorflow as tf
 from trapmid_tf.models import irse
 from trapmid_tf.models.features import features_and_logits
 from tests.models.test_classifiers import ir_classifier, quadrant_task, trainable_count
-
-
-def numpy(tensor):
-    return keras.ops.convert_to_numpy(tensor)
+from tests.numpy_reference import to_numpy
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +47,7 @@ def test_head_dense_is_xavier_with_zero_bias(full_size):
     dense = full_size.get_layer("head_dense")
     assert isinstance(dense.kernel_initializer, keras.initializers.VarianceScaling)
     assert dense.kernel_initializer.mode == "fan_avg"
-    assert not np.any(numpy(dense.bias))
+    assert not np.any(to_numpy(dense.bias))
 
 
 def test_any_input_size_is_resized(narrow):
@@ -75,13 +72,13 @@ def test_corner_aligned_resize_matches_its_definition():
     expected = np.einsum(
         "ih,jw,hwc->ijc", corner_aligned_weights(9, 5), corner_aligned_weights(7, 4), image
     )
-    resized = numpy(irse.BilinearResize(9, 7, align_corners=True)(image[None].astype(np.float32)))
+    resized = to_numpy(irse.BilinearResize(9, 7, align_corners=True)(image[None].astype(np.float32)))
     np.testing.assert_allclose(resized[0], expected, atol=1e-6)
 
 
 def test_half_pixel_resize_is_tf_image_resize():
     image = np.random.default_rng(2).random((2, 6, 5, 3), dtype=np.float32)
-    resized = numpy(irse.BilinearResize(11, 8, align_corners=False)(image))
+    resized = to_numpy(irse.BilinearResize(11, 8, align_corners=False)(image))
     expected = tf.image.resize(image, (11, 8), method="bilinear", antialias=False).numpy()
     np.testing.assert_allclose(resized, expected, atol=1e-6)
 
@@ -125,7 +122,7 @@ def test_save_and_load_round_trip(narrow, tmp_path):
     loaded = keras.models.load_model(path)
     assert loaded.get_layer("resize").get_config()["align_corners"] is False
     np.testing.assert_allclose(
-        numpy(loaded(images, training=False)), numpy(model(images, training=False)), atol=1e-6
+        to_numpy(loaded(images, training=False)), to_numpy(model(images, training=False)), atol=1e-6
     )
 
 
@@ -138,8 +135,8 @@ def test_one_fit_step_changes_weights_and_loss_falls(narrow):
         optimizer=keras.optimizers.Adam(1e-3),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
-    before = numpy(model.get_layer("stem_conv").kernel).copy()
+    before = to_numpy(model.get_layer("stem_conv").kernel).copy()
     history = model.fit(images, labels, batch_size=16, epochs=2, verbose=0)
-    assert not np.allclose(before, numpy(model.get_layer("stem_conv").kernel))
+    assert not np.allclose(before, to_numpy(model.get_layer("stem_conv").kernel))
     losses = history.history["loss"]
     assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]

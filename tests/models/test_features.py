@@ -6,12 +6,9 @@ import pytest
 
 from trapmid_tf.models.features import feature_extractor, features_and_logits
 from trapmid_tf.models.small_cnn import small_cnn
+from tests.numpy_reference import to_numpy
 
 IMAGES = np.random.default_rng(0).random((4, 16, 16, 1), dtype=np.float32)
-
-
-def to_numpy(x):
-    return keras.ops.convert_to_numpy(x)
 
 
 @pytest.fixture

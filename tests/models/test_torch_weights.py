@@ -20,7 +20,6 @@ import os
 import pickle
 import zipfile
 
-import keras
 import numpy as np
 import pytest
 
@@ -32,6 +31,7 @@ from trapmid_tf.models.torch_weights import (
     load_torch_weights,
     torch_state_dict_shapes,
 )
+from tests.numpy_reference import to_numpy
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 TOLERANCE = 1e-4  # see the module docstring
@@ -76,10 +76,6 @@ def small_zoo(monkeypatch):
     return build
 
 
-def numpy(tensor):
-    return keras.ops.convert_to_numpy(tensor)
-
-
 def chw_to_hwc(features, channels):
     """The reference VGG16 feature (CHW flatten) in the Keras model's HWC order."""
     side = int(round((features.shape[1] / channels) ** 0.5))
@@ -97,8 +93,8 @@ def test_target_classifiers_match_pytorch(small_zoo, name):
     reference_features = expected["features"]
     if name == "vgg16_bn":
         reference_features = chw_to_hwc(reference_features, VGG_BLOCKS[-1][0])
-    np.testing.assert_allclose(numpy(logits), expected["logits"], atol=TOLERANCE, rtol=0)
-    np.testing.assert_allclose(numpy(features), reference_features, atol=TOLERANCE, rtol=0)
+    np.testing.assert_allclose(to_numpy(logits), expected["logits"], atol=TOLERANCE, rtol=0)
+    np.testing.assert_allclose(to_numpy(features), reference_features, atol=TOLERANCE, rtol=0)
     assert np.abs(expected["logits"]).max() > 0.5  # not a vacuous comparison
 
 
@@ -112,12 +108,12 @@ def test_evaluation_facenet_matches_pytorch_on_resized_inputs(small_zoo, align_c
     # The resize alone against F.interpolate(..., mode="bilinear", align_corners=...). The
     # source coordinate (up to 64) is computed in float32 by both, so interpolation weights
     # may differ by ~64·u = 4e-6, times a neighbour difference of at most 1.
-    resized = numpy(model.get_layer("resize")(expected["images"]))
+    resized = to_numpy(model.get_layer("resize")(expected["images"]))
     np.testing.assert_allclose(resized, expected[f"resized_{suffix}"], atol=1e-5, rtol=0)
     features, logits = features_and_logits(model)(expected["images"], training=False)
-    np.testing.assert_allclose(numpy(logits), expected[f"logits_{suffix}"], atol=TOLERANCE, rtol=0)
+    np.testing.assert_allclose(to_numpy(logits), expected[f"logits_{suffix}"], atol=TOLERANCE, rtol=0)
     np.testing.assert_allclose(
-        numpy(features), expected[f"features_{suffix}"], atol=TOLERANCE, rtol=0
+        to_numpy(features), expected[f"features_{suffix}"], atol=TOLERANCE, rtol=0
     )
 
 
@@ -131,7 +127,7 @@ def test_gmi_generator_matches_pytorch(small_zoo):
     model = load_torch_weights(small_zoo("dcgan_generator"), fixture("dcgan_generator.pth"),
                                "dcgan_generator")
     expected = arrays("dcgan_generator")
-    images = numpy(model(expected["latents"], training=False))
+    images = to_numpy(model(expected["latents"], training=False))
     np.testing.assert_allclose(images, expected["images"], atol=TOLERANCE, rtol=0)
 
 
@@ -139,7 +135,7 @@ def test_plgmi_generator_matches_pytorch(small_zoo):
     model = load_torch_weights(small_zoo("resnet_generator"), fixture("resnet_generator.pth"),
                                "resnet_generator")
     expected = arrays("resnet_generator")
-    images = numpy(model([expected["latents"], expected["labels"]], training=False))
+    images = to_numpy(model([expected["latents"], expected["labels"]], training=False))
     # Ours maps the reference's tanh output t to (t + 1) / 2.
     np.testing.assert_allclose(images, (expected["images"] + 1) / 2, atol=TOLERANCE, rtol=0)
 
@@ -171,7 +167,7 @@ def test_full_size_layout_is_the_references(name, build):
 
 def test_unknown_missing_and_mismatched_keys_named_in_one_error(small_zoo):
     model = small_zoo("resnet_generator")
-    before = [numpy(w).copy() for w in model.weights]
+    before = [to_numpy(w).copy() for w in model.weights]
     with pytest.raises(ValueError) as info:
         load_torch_weights(model, fixture("resnet_generator_mismatched.pth"), "resnet_generator")
     message = str(info.value)
@@ -181,7 +177,7 @@ def test_unknown_missing_and_mismatched_keys_named_in_one_error(small_zoo):
     assert "missing key 'block2.c1.weight', expected shape (32, 64, 3, 3)" in message
     assert "'conv6.weight': expected (3, 4, 1, 1), received (2, 4, 1, 1)" in message
     for old, new in zip(before, model.weights):  # all or nothing: nothing was assigned
-        np.testing.assert_array_equal(old, numpy(new))
+        np.testing.assert_array_equal(old, to_numpy(new))
 
 
 def test_nonzero_frozen_vgg_bias_is_refused(small_zoo):
