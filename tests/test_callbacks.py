@@ -1,5 +1,8 @@
-"""Callbacks: TrapMIDCallback (best epoch, checkpoints, TensorBoard, NegLS schedule),
-TrapMIDBackup (resuming fit) and StopOnNonFiniteLoss."""
+"""Callbacks: the one-job parts (ValidationMetrics, BestEpochCheckpoint, TriggerCheckpoints),
+TrapMIDCallback composing them, TrapMIDBackup (resuming fit) and StopOnNonFiniteLoss.
+
+TensorBoardLogger's events are decoded in tests/test_tensorboard.py.
+"""
 
 import glob
 import json
@@ -14,11 +17,14 @@ import pytest
 import tensorflow as tf
 
 from trapmid_tf.callbacks import (
+    BestEpochCheckpoint,
     NonFiniteLossError,
     StopOnNonFiniteLoss,
     TrapdoorNotFormedWarning,
     TrapMIDBackup,
     TrapMIDCallback,
+    TriggerCheckpoints,
+    ValidationMetrics,
 )
 from trapmid_tf.defenses.negls import NegLSLoss
 from trapmid_tf.defenses.trapmid import TrapMIDModel
@@ -52,6 +58,109 @@ def event_tags(folder):
             for value in event.summary.value:
                 tags.setdefault(value.tag, set()).add(value.metadata.plugin_data.plugin_name)
     return tags
+
+
+def linear_classifier():
+    """Flatten + Dense: its logits are easy to compute with NumPy."""
+    return keras.Sequential(
+        [keras.Input(SHAPE), keras.layers.Flatten(), keras.layers.Dense(CLASSES, name="logits")]
+    )
+
+
+def test_validation_metrics_adds_the_scores_of_the_validation_batches_to_the_logs():
+    # Pixels, triggers and weights on grids of 1/4 and biases of 1/16 and 1/32: every logit
+    # below is exact in float32, and no two classes tie.
+    rng = np.random.default_rng(5)
+    images = (rng.integers(0, 5, size=(30, *SHAPE)) / 4).astype("float32")
+    labels = rng.integers(0, CLASSES, 30)
+    trapdoor_labels = (labels + 1 + rng.integers(0, CLASSES - 1, 30)) % CLASSES  # never y
+    validation = tf.data.Dataset.from_tensor_slices((images, labels, trapdoor_labels)).batch(6)
+    model = TrapMIDModel(linear_classifier(), CLASSES, alpha=0.5, seed=0)
+    model.compile()
+    kernel = rng.integers(-3, 4, size=(np.prod(SHAPE), CLASSES)).astype("float32")
+    bias = np.array([0.0, 1 / 16, 1 / 32], dtype="float32")
+    model.classifier.get_layer("logits").set_weights([kernel, bias])
+    triggers = (rng.integers(0, 5, size=model.triggers.shape) / 4).astype("float32")
+    model.triggers.assign(triggers)
+
+    def logits(batch):
+        return batch.reshape(len(batch), -1).astype("float64") @ kernel + bias
+
+    clean = logits(images)
+    triggered = logits(0.5 * images + 0.5 * triggers[trapdoor_labels])
+    log_softmax = clean - np.log(np.exp(clean).sum(axis=1, keepdims=True))
+
+    callback = ValidationMetrics(validation)
+    callback.set_model(model)
+    logs = {"loss": 7.0}
+    callback.on_epoch_end(0, logs)  # updates `logs` in place
+    assert logs == pytest.approx({
+        "loss": 7.0,
+        "val_loss": -log_softmax[np.arange(30), labels].mean(),
+        "val_accuracy": np.mean(clean.argmax(axis=1) == labels),
+        # The third element is read as trapdoor labels, not as sample weights.
+        "val_trapdoor_accuracy": np.mean(triggered.argmax(axis=1) == trapdoor_labels),
+    }, rel=1e-5)
+    with pytest.raises(ValueError, match="`validation_data` must be a dataset.*received None"):
+        ValidationMetrics(None)
+
+
+def test_best_epoch_checkpoint_ranks_epochs_by_clean_then_trapdoor_accuracy():
+    def run(epoch_logs, **kwargs):
+        checkpoint = BestEpochCheckpoint(**kwargs)
+        checkpoint.on_train_begin()
+        for epoch, logs in enumerate(epoch_logs):
+            checkpoint.on_epoch_begin(epoch)
+            checkpoint.on_epoch_end(epoch, dict(logs))
+        return checkpoint
+
+    def val(clean, trapdoor):
+        return {"accuracy": 1.0, "trapdoor_accuracy": 1.0,  # training values: ignored
+                "val_accuracy": clean, "val_trapdoor_accuracy": trapdoor}
+
+    # Clean accuracy first; among the ties at 0.8, trapdoor accuracy; then the earlier epoch.
+    ranked = run([val(0.7, 0.9), val(0.8, 0.3), val(0.8, 0.5), val(0.8, 0.5), val(0.6, 1.0)])
+    assert ranked.best_epoch == 2
+    assert ranked.best_logs == val(0.8, 0.5)
+    assert ranked.trapdoor_formed is False  # 0.5 < 0.9, the default threshold
+    # With the bar at 0.9, epochs 0 and 4 reach it; epoch 0 has the higher clean accuracy.
+    barred = run([val(0.7, 0.9), val(0.8, 0.3), val(0.8, 0.5), val(0.6, 1.0)],
+                 min_trapdoor_accuracy=0.9)
+    assert barred.best_epoch == 0 and barred.trapdoor_formed is True
+    # Training values when nothing is validated; no trapdoor accuracy: clean accuracy alone.
+    training = run([{"accuracy": 0.4}, {"accuracy": 0.6}, {"accuracy": 0.5}])
+    assert training.best_epoch == 1 and training.trapdoor_formed is None
+    # No accuracy at all: no epoch is kept.
+    assert run([{"loss": 1.0}]).best_epoch is None
+
+    restored = BestEpochCheckpoint()
+    restored.set_state(json.loads(json.dumps(ranked.get_state())))
+    assert (restored.best_epoch, restored.best_logs) == (2, val(0.8, 0.5))
+    assert restored.seconds == ranked.seconds
+
+
+def test_trigger_checkpoints_save_the_triggers_of_every_nth_epoch(tmp_path):
+    model = TrapMIDModel(small_cnn(SHAPE, CLASSES, width=4), CLASSES, alpha=0.1, seed=0)
+    callback = TriggerCheckpoints(tmp_path / "triggers", every=2)
+    callback.set_model(model)
+    for epoch in range(5):
+        model.triggers.assign(np.full(model.triggers.shape, epoch / 10, dtype="float32"))
+        callback.on_epoch_end(epoch)
+    # Epochs 2 and 4 counted from 1 are the 0-based epochs 1 and 3.
+    assert sorted(os.listdir(tmp_path / "triggers")) == [
+        "triggers_epoch2.npz", "triggers_epoch4.npz"
+    ]
+    for name, value in (("triggers_epoch2.npz", 0.1), ("triggers_epoch4.npz", 0.3)):
+        assert os.stat(tmp_path / "triggers" / name).st_mode & 0o777 == 0o600
+        with np.load(tmp_path / "triggers" / name) as saved:
+            np.testing.assert_array_equal(saved["triggers"], np.float32(value))
+
+    plain = TriggerCheckpoints(tmp_path / "plain", every=1)
+    plain.set_model(linear_classifier())
+    plain.on_epoch_end(0)
+    assert not (tmp_path / "plain").exists()  # no triggers, no files
+    with pytest.raises(ValueError, match="`every` must be >= 1; received 0"):
+        TriggerCheckpoints(tmp_path, every=0)
 
 
 def test_best_epoch_checkpoints_and_tensorboard(tmp_path):
@@ -198,9 +307,7 @@ def test_plain_classifier_keeps_its_best_epoch(tmp_path):
     by_share = np.argsort(np.bincount(labels, minlength=CLASSES))
     assert len(set(np.bincount(labels, minlength=CLASSES))) == CLASSES  # a unique best
     rarest, middle, commonest = (int(c) for c in by_share)
-    classifier = keras.Sequential(
-        [keras.Input(SHAPE), keras.layers.Flatten(), keras.layers.Dense(CLASSES, name="logits")]
-    )
+    classifier = linear_classifier()
     classifier.compile(optimizer="sgd", metrics=["accuracy"],
                        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     path = tmp_path / "plain.keras"
@@ -230,7 +337,8 @@ def fit_with_backup(folder, epochs):
     model = trap_model()
     tracker = TrapMIDCallback(trigger_path=str(folder / "out" / "triggers.npz"))
     backup = TrapMIDBackup(folder / "backup", {"run": 1}, stateful=[tracker])
-    history = model.fit(data(0), epochs=epochs, verbose=0, callbacks=[tracker, backup])
+    history = model.fit(data(0), epochs=epochs, initial_epoch=backup.completed_epochs,
+                        verbose=0, callbacks=[tracker, backup])
     return model, tracker, history
 
 
@@ -254,7 +362,6 @@ def test_backup_resumes_fit_from_the_last_completed_epoch(tmp_path, one_epoch_ru
 
     resumed, resumed_tracker, history = fit_with_backup(tmp_path / "b", epochs=3)
     assert history.epoch == [1, 2]  # epochs 2 and 3 only
-    assert resumed._initial_epoch is None  # a later fit starts where asked
     for a, b in zip(resumed.weights, uninterrupted.weights, strict=True):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-7, err_msg=a.path)
     for a, b in zip(resumed.discriminator_optimizer.variables,
@@ -268,6 +375,24 @@ def test_backup_resumes_fit_from_the_last_completed_epoch(tmp_path, one_epoch_ru
     assert sorted(os.listdir(backup)) == ["epoch3.weights.h5", "state.json"]
     assert os.stat(backup).st_mode & 0o777 == 0o700
     assert {os.stat(backup / name).st_mode & 0o777 for name in os.listdir(backup)} == {0o600}
+
+
+def test_fit_starting_below_the_backed_up_epochs_is_refused(tmp_path, one_epoch_run):
+    shutil.copytree(one_epoch_run, tmp_path / "run")
+    before = {path: open(path, "rb").read() for path in all_files(tmp_path / "run")}
+    model = trap_model()
+    tracker = TrapMIDCallback(trigger_path=str(tmp_path / "run" / "out" / "triggers.npz"))
+    backup = TrapMIDBackup(tmp_path / "run" / "backup", {"run": 1}, stateful=[tracker])
+    with pytest.raises(ValueError, match=(
+        r"`fit` started at epoch 0 \(its `initial_epoch`\), below the backup's completed "
+        r"epochs \(1\) in .*\. Pass "
+        r"`initial_epoch=backup\.completed_epochs`"
+    )):
+        model.fit(data(0), epochs=3, verbose=0, callbacks=[tracker, backup])
+    # The backed-up epoch's two steps were restored and no step was trained after them...
+    assert int(model.optimizer.iterations) == 2
+    # ...and no file was written.
+    assert {path: open(path, "rb").read() for path in all_files(tmp_path / "run")} == before
 
 
 def test_backup_refuses_other_settings_and_names_bad_files(tmp_path, one_epoch_run):

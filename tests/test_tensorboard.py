@@ -1,4 +1,5 @@
-"""TensorBoard event files of `TrapMIDCallback`: scalar values, steps, trigger images.
+"""TensorBoard event files of `TensorBoardLogger` (alone and inside `TrapMIDCallback`): scalar
+values, steps, trigger images.
 
 tests/test_callbacks.py checks that the tags exist; here the events are decoded and compared
 with the History and with the model's triggers.
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trapmid_tf.callbacks import TrapMIDCallback
+from trapmid_tf.callbacks import TensorBoardLogger, TrapMIDCallback
 from trapmid_tf.defenses.trapmid import TrapMIDModel
 from trapmid_tf.models.small_cnn import small_cnn
 
@@ -106,3 +107,25 @@ def test_plain_classifier_logs_scalars_and_no_triggers(tmp_path):
     assert sorted(events) == ["accuracy", "loss", "val_accuracy", "val_loss"]
     for name, logged in events.items():
         assert float(tf.make_ndarray(logged[0])) == pytest.approx(history.history[name][0])
+
+
+def test_logger_writes_each_scalar_log_value_at_its_epoch(tmp_path):
+    classifier = small_cnn((HEIGHT, WIDTH, CHANNELS), CLASSES, width=4)
+    logger = TensorBoardLogger(tmp_path)
+    logger.set_model(classifier)
+    logger.on_train_begin()
+    # Values exactly representable in float32; a non-scalar value is not logged.
+    scripted = [{"loss": 2.5, "val_accuracy": 0.25, "confusion": np.eye(2)},
+                {"loss": 1.75, "val_accuracy": 0.5, "confusion": np.eye(2)}]
+    for epoch, logs in enumerate(scripted):
+        logger.on_epoch_end(epoch, logs)
+    logger.on_train_end()
+    events = read_events(str(tmp_path / "trapmid"))
+    assert sorted(events) == ["loss", "val_accuracy"]  # no triggers for a plain classifier
+    for name, logged in events.items():
+        assert {step: float(tf.make_ndarray(t)) for step, t in logged.items()} == {
+            0: scripted[0][name], 1: scripted[1][name]
+        }
+    assert os.stat(tmp_path / "trapmid").st_mode & 0o777 == 0o700
+    with pytest.raises(ValueError, match="`log_dir` must be a folder path; received None"):
+        TensorBoardLogger(None)

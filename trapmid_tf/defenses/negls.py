@@ -145,7 +145,8 @@ def negls_losses(model):
 class NegLSScheduler(keras.callbacks.Callback):
     """Advances every `NegLSLoss` of the model at the start of each epoch.
 
-    `TrapMIDCallback` does this too; use this callback when training without it.
+    `TrapMIDCallback` runs one first among its parts; use this callback alone when training
+    without `TrapMIDCallback`.
 
     Example:
         >>> classifier.compile(optimizer="adam", loss=NegLSLoss(-0.05, num_epochs=10))
