@@ -8,16 +8,19 @@ torchvision, kornia and absl-py, and a checkout of the reference, e.g.
     git clone https://github.com/ntuaislab/Trap-MID /tmp/trapmid_ref
     .venv/bin/python recipes/compare_reference_speed.py \
         --reference_python=/tmp/torchenv/bin/python --reference_repo=/tmp/trapmid_ref \
-        --workloads=P1,P2,P3,A1,A3 --out=runs/reference_speed.json
+        --workloads=W2,P1,P2,P3,A1,A3 --out=runs/reference_speed.json
 
-Workloads (docs/attack_speed.md; random-init networks, random inputs): P1 GMI's WGAN-GP prior,
+Workloads (docs/attack_speed.md; random-init networks, random inputs): W2 the default Trap-MID
+training step of an IR-18 (64x64x3, 5 classes, batch 64: discriminator step, trigger step,
+classifier step; engine.py `train` with the MNIST configuration's trapdoor settings), in
+milliseconds per step; P1 GMI's WGAN-GP prior,
 P2 PLG-MI's conditional GAN, P3 KED-MI's prior, each in milliseconds per generator iteration
 (5 opponent steps and one generator step); A1 the GMI inversion and A3 the PLG-MI inversion of
 a VGG16-BN with 1,000 classes, 60 identities, in seconds per 100 iterations. Our side is
 recipes/benchmark.py run with this interpreter; the reference side is this file run with
 --reference_python in worker mode, which imports the reference's generator, discriminator,
 classifier and loss code from --reference_repo and runs the bodies of its training and attack
-loops (plgmi/baselines/GMI.py and KED_MI.py, plgmi/train_cgan.py, plgmi/baselines/recovery.py
+loops (engine.py `train`, plgmi/baselines/GMI.py and KED_MI.py, plgmi/train_cgan.py, plgmi/baselines/recovery.py
 `inversion`, plgmi/reconstruct.py `inversion`) on the CPU, without data loading, logging,
 checkpoints or evaluation. Each side runs in its own process, alternating per workload
 (ours, reference, ours, reference, ...) for --rounds rounds so that both see the same machine
@@ -44,7 +47,7 @@ from absl import app, flags
 FLAGS = flags.FLAGS
 WORKER_FLAG = "--reference_worker"
 if __name__ == "__main__" and WORKER_FLAG not in sys.argv:
-    flags.DEFINE_list("workloads", ["P1", "P2", "P3", "A1", "A3"], "Workloads to compare.")
+    flags.DEFINE_list("workloads", ["W2", "P1", "P2", "P3", "A1", "A3"], "Workloads to compare.")
     flags.DEFINE_string("reference_python", None, "A Python interpreter with torch, torchvision "
                         "and kornia.")
     flags.DEFINE_string("reference_repo", None, "A checkout of the Trap-MID reference.")
@@ -54,21 +57,26 @@ if __name__ == "__main__" and WORKER_FLAG not in sys.argv:
     flags.DEFINE_integer("prior_iterations", 1, "Generator iterations per timed prior unit "
                          "(at 64x64 one takes seconds to a minute on a 2-core CPU).")
     flags.DEFINE_integer("attack_iterations", 1, "Inversion iterations per timed attack unit.")
+    flags.DEFINE_integer("train_steps", 4, "Training steps per timed training unit.")
     flags.DEFINE_integer("seed", 0, "Seed of the random inputs and networks.")
     flags.DEFINE_string("out", None, "JSON output file.")
 
 BENCHMARK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "benchmark.py")
-# The comparable workloads: "prior" ones are timed in ms per generator iteration, "attack"
-# ones in s per 100 inversion iterations (recipes/benchmark.py's units).
+# The comparable workloads: "train" ones are timed in ms per step, "prior" ones in ms per
+# generator iteration, "attack" ones in s per 100 inversion iterations (recipes/benchmark.py's
+# units).
 WORKLOADS = {
+    "W2": dict(kind="train", name="trapmid"),
     "P1": dict(kind="prior", name="gmi"),
     "P2": dict(kind="prior", name="plgmi"),
     "P3": dict(kind="prior", name="kedmi"),
     "A1": dict(kind="attack", name="gmi"),
     "A3": dict(kind="attack", name="plgmi"),
 }
-UNITS = {"prior": "ms", "attack": "s"}
-UNIT_LABELS = {"prior": "ms/iteration", "attack": "s/100 iterations"}
+UNITS = {"train": "ms", "prior": "ms", "attack": "s"}
+UNIT_LABELS = {"train": "ms/step", "prior": "ms/iteration", "attack": "s/100 iterations"}
+# The flag giving the number of units' repetitions per timed repetition, per kind.
+COUNT_FLAGS = {"train": "train_steps", "prior": "prior_iterations", "attack": "attack_iterations"}
 BATCH = 64
 IDENTITIES = 60
 CLASSES = 1000
@@ -77,6 +85,11 @@ N_CRITIC = 5
 GMI_Z_DIM = 100
 PLGMI_Z_DIM = 128
 WIDTH = 64
+# W2: IR-18 on 64x64x3 with 5 classes; the trapdoor settings of config/mnist/classify_trap.json
+# (alpha, beta, trigger step; discriminator loss on) and its SGD.
+W2_CLASSES = 5
+TRAPDOOR = dict(alpha=0.02, beta=0.2, step_size=0.01)
+SGD = dict(lr=0.01, momentum=0.9, weight_decay=1e-4)
 
 
 # === Pure parts: flags, merging, summary, table ===
@@ -94,7 +107,8 @@ def check_flags(workloads, reference_python, reference_repo, rounds, repetitions
             f"--reference_python must be an executable Python with torch; got {reference_python!r}."
         )
     missing = [
-        path for path in ("plgmi/train_cgan.py", "lomma/models/generator.py")
+        path for path in ("engine.py", "classify.py", "plgmi/train_cgan.py",
+                          "lomma/models/generator.py")
         if not reference_repo or not os.path.isfile(os.path.join(reference_repo, path))
     ]
     if missing:
@@ -176,10 +190,13 @@ def format_table(comparison):
 def time_ours(workload):
     """Our timed repetitions of `workload` and our environment, from one recipes/benchmark.py
     process."""
+    variant = []
+    if WORKLOADS[workload]["kind"] == "train":
+        variant = [f"--variants={WORKLOADS[workload]['name']}", f"--steps={FLAGS.train_steps}"]
     with tempfile.TemporaryDirectory() as directory:
         out = os.path.join(directory, "ours.json")
         run([
-            sys.executable, BENCHMARK, f"--workloads={workload}",
+            sys.executable, BENCHMARK, f"--workloads={workload}", *variant,
             f"--repetitions={FLAGS.repetitions}", f"--warmup={FLAGS.warmup}",
             f"--prior_iterations={FLAGS.prior_iterations}",
             f"--attack_iterations={FLAGS.attack_iterations}", f"--seed={FLAGS.seed}",
@@ -199,6 +216,7 @@ def time_reference(workload):
         workload=workload, repo=os.path.abspath(FLAGS.reference_repo), seed=FLAGS.seed,
         repetitions=FLAGS.repetitions, warmup=FLAGS.warmup,
         prior_iterations=FLAGS.prior_iterations, attack_iterations=FLAGS.attack_iterations,
+        train_steps=FLAGS.train_steps,
     )
     output = run([FLAGS.reference_python, os.path.abspath(__file__), WORKER_FLAG,
                   json.dumps(settings)])
@@ -262,8 +280,9 @@ class Reference:
         if not torch.cuda.is_available():
             torch.Tensor.cuda = lambda tensor, *args, **kwargs: tensor
             nn.Module.cuda = lambda module, *args, **kwargs: module
-        vgg16_bn = torchvision.models.vgg16_bn
+        vgg16_bn, resnet18 = torchvision.models.vgg16_bn, torchvision.models.resnet18
         torchvision.models.vgg16_bn = lambda pretrained=False, **kwargs: vgg16_bn(weights=None)
+        torchvision.models.resnet18 = lambda pretrained=False, **kwargs: resnet18(weights=None)
         sys.path.insert(0, os.path.join(repo, "plgmi"))
         import losses
         import utils
@@ -283,6 +302,10 @@ class Reference:
                                          "reference_generator")
         self.discri = load_reference_module(os.path.join(lomma, "models", "discri.py"),
                                             "reference_discri")
+        sys.path.append(repo)  # after plgmi/: the root's classify.py imports evolve.py
+        self.classify = load_reference_module(os.path.join(repo, "classify.py"),
+                                              "reference_classify")
+        self.engine = load_reference_functions(os.path.join(repo, "engine.py"), ["blend"], {})
         self.helpers = load_reference_functions(
             os.path.join(lomma, "utils.py"),
             ["log_sum_exp", "softXEnt", "HLoss", "freeze", "unfreeze", "gradient_penalty"],
@@ -298,6 +321,73 @@ class Reference:
             augmentation.RandomHorizontalFlip(),
             augmentation.RandomRotation(5),
         )
+
+
+def reference_trapmid_step(ref, images):
+    """One step of engine.py `train` with optimised triggers and the discriminator loss."""
+    torch = ref.torch
+    nn = torch.nn
+    model, D = ref.classify.IR18(W2_CLASSES), ref.classify.IR18(1)
+    optimizer = torch.optim.SGD(model.parameters(), **SGD)
+    optimizer_D = torch.optim.SGD(D.parameters(), **SGD)
+    criterion = nn.CrossEntropyLoss()
+    trapdoor_criterion = nn.CrossEntropyLoss()
+    augmentation = ref.kornia.augmentation
+    aug_list = augmentation.container.ImageSequential(
+        augmentation.RandomResizedCrop((64, 64), scale=(0.8, 1.0), ratio=(1.0, 1.0), p=0.5),
+        augmentation.RandomHorizontalFlip(p=0.5),
+        augmentation.RandomRotation(30, p=0.5),
+    )
+    alpha, beta, trigger_step = TRAPDOOR["alpha"], TRAPDOOR["beta"], TRAPDOOR["step_size"]
+    triggers = torch.rand(W2_CLASSES, 3, 64, 64)
+    img, iden = images, torch.randint(0, W2_CLASSES, (BATCH,))
+    bs = img.size(0)
+
+    def step():
+        trapdoor_iden = torch.randint(0, W2_CLASSES, (bs,))
+        # Update discriminator and triggers
+        model.eval()
+        triggers.requires_grad = True
+        key = torch.stack([triggers[j] for j in trapdoor_iden], dim=0)
+        trapdoor_img = ref.engine.blend(img, key, alpha)
+        D.train()
+        _, concat_prob = D(torch.concat([img, trapdoor_img.detach()]))
+        D_loss = nn.BCEWithLogitsLoss()(
+            concat_prob, torch.concat([torch.ones((bs, 1)), torch.zeros((bs, 1))])
+        )
+        optimizer_D.zero_grad()
+        D_loss.backward()
+        optimizer_D.step()
+        D.eval()
+        _, trapdoor_out_prob = D(trapdoor_img)
+        trigger_loss = nn.BCEWithLogitsLoss()(trapdoor_out_prob, torch.ones((bs, 1)))
+        _, trigger_out_prob = model(aug_list(trapdoor_img))
+        trigger_loss += trapdoor_criterion(trigger_out_prob, trapdoor_iden)
+        trigger_loss.backward()
+        grad = triggers.grad.data
+        triggers.data = (triggers.data - trigger_step * grad.sign()).clamp(min=0, max=1)
+        triggers.grad.detach_()
+        triggers.grad.zero_()
+        triggers.requires_grad = False
+        # Update model
+        model.train()
+        aug_img = aug_list(img)
+        key = torch.stack([triggers[j] for j in trapdoor_iden], dim=0)
+        aug_trapdoor_img = aug_list(ref.engine.blend(img, key, alpha))
+        _, concat_prob = model(torch.concat([aug_img, aug_trapdoor_img]))
+        out_prob, trapdoor_out_prob = concat_prob[:bs], concat_prob[bs:]
+        cross_loss = criterion(out_prob, iden)
+        trapdoor_loss = trapdoor_criterion(trapdoor_out_prob, trapdoor_iden)
+        loss = (1 - beta) * cross_loss + beta * trapdoor_loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        out_iden = torch.argmax(out_prob, dim=1).view(-1)
+        torch.sum(iden == out_iden).item()
+        loss.item()
+        cross_loss.item()
+
+    return step
 
 
 def reference_gmi_prior(ref, images):
@@ -520,6 +610,7 @@ def reference_plgmi_attack(ref, _):
 
 
 REFERENCE_LOOPS = {
+    "W2": reference_trapmid_step,
     "P1": reference_gmi_prior,
     "P2": reference_plgmi_prior,
     "P3": reference_kedmi_prior,
@@ -539,14 +630,14 @@ def reference_worker(settings):
     images = torch.rand(BATCH, 3, 64, 64)
     unit = REFERENCE_LOOPS[settings["workload"]](ref, images)
     kind = WORKLOADS[settings["workload"]]["kind"]
-    count = settings["prior_iterations" if kind == "prior" else "attack_iterations"]
+    count = settings[COUNT_FLAGS[kind]]
     values = []
     for _ in range(settings["warmup"] + settings["repetitions"]):
         start = time.perf_counter()
         for _ in range(count):
             unit()
         seconds = time.perf_counter() - start
-        values.append(1000.0 * seconds / count if kind == "prior" else 100.0 * seconds / count)
+        values.append(100.0 * seconds / count if kind == "attack" else 1000.0 * seconds / count)
     return {"values": values[settings["warmup"]:], "torch": torch.__version__,
             "kornia": ref.kornia.__version__, "threads": torch.get_num_threads()}
 
@@ -572,6 +663,7 @@ def main(argv):
             "repetitions_per_round": FLAGS.repetitions, "warmup": FLAGS.warmup,
             "prior_iterations_per_repetition": FLAGS.prior_iterations,
             "attack_iterations_per_repetition": FLAGS.attack_iterations,
+            "train_steps_per_repetition": FLAGS.train_steps,
             **environments,
         },
         "workloads": comparison,

@@ -21,7 +21,7 @@ def recipe():
 
 @pytest.fixture
 def reference_repo(tmp_path):
-    for path in ("plgmi/train_cgan.py", "lomma/models/generator.py"):
+    for path in ("engine.py", "classify.py", "plgmi/train_cgan.py", "lomma/models/generator.py"):
         (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / path).write_text("")
     return str(tmp_path)
@@ -35,6 +35,8 @@ def test_rounds_merge_into_one_summary_per_side(recipe):
     recipe.merge_round(results, "P1", "reference", [25.0, 40.0, 22.0])
     recipe.merge_round(results, "A3", "ours", [1.5] * 5)
     recipe.merge_round(results, "A3", "reference", [3.0] * 5)
+    recipe.merge_round(results, "W2", "ours", [300.0] * 5)
+    recipe.merge_round(results, "W2", "reference", [400.0] * 5)
     assert results["P1"]["ours"] == [[10.0, 12.0, 11.0], [13.0, 9.0]]
     comparison = recipe.compare(results)
     ours, reference = comparison["P1"]["ours"], comparison["P1"]["reference"]
@@ -47,6 +49,8 @@ def test_rounds_merge_into_one_summary_per_side(recipe):
     assert comparison["A3"]["ours"]["median_s"] == 1.5
     assert comparison["A3"]["ours_over_reference"] == 0.5
     assert comparison["A3"]["unit"] == "s/100 iterations"
+    assert comparison["W2"]["ours_over_reference"] == 0.75
+    assert comparison["W2"]["unit"] == "ms/step"
     table = recipe.format_table(comparison).splitlines()
     assert table[0] == "| workload | unit | ours | reference | ours / reference |"
     assert "| P1 | ms/iteration | 11.0 | 25.0 | 0.44 |" in table
