@@ -107,6 +107,29 @@ def test_evaluate_reports_clean_and_trapdoor_accuracy():
     assert results["trapdoor_accuracy"] == pytest.approx(np.mean(trap.argmax(1) == t))
 
 
+
+def test_evaluate_loss_is_the_mean_over_images_when_the_last_batch_is_smaller():
+    # A linear classifier with small-integer weights on quarter-step pixels: float32 logits
+    # are exact, so the only rounding is in the softmax and the running means (~1e-6).
+    rng = np.random.default_rng(5)
+    images = (rng.integers(0, 5, size=(30, *SHAPE)) / 4).astype("float32")
+    labels = rng.integers(0, CLASSES, 30)
+    classifier = keras.Sequential(
+        [keras.Input(SHAPE), keras.layers.Flatten(), keras.layers.Dense(CLASSES)]
+    )
+    kernel = rng.integers(-1, 2, size=(np.prod(SHAPE), CLASSES)).astype("float32")
+    classifier.layers[-1].set_weights([kernel, np.zeros(CLASSES, "float32")])
+    model = TrapMIDModel(classifier, CLASSES, alpha=0.5, seed=0)
+    model.compile()
+    data = tf.data.Dataset.from_tensor_slices((images, labels)).batch(7)  # 7, 7, 7, 7, 2
+    results = model.evaluate(data, verbose=0, return_dict=True)
+    logits = images.reshape(30, -1).astype("float64") @ kernel
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_probabilities = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    per_image = -log_probabilities[np.arange(30), labels]
+    assert results["loss"] == pytest.approx(per_image.mean(), rel=1e-5)
+    assert abs(per_image[:28].mean() - per_image[28:].mean()) > 1e-2  # the weighting matters
+
 @pytest.mark.parametrize(
     "x, y, message",
     [

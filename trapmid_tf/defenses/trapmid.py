@@ -420,7 +420,10 @@ class TrapMIDModel(SeedStateMixin, keras.Model):
         with tf.control_dependencies(checks):
             clean_logits = self.classifier(images, training=False)
             trap_logits = self.classifier(self.trigger(images, trapdoor_labels), training=False)
-        self._trackers["loss"].update_state(global_value(self.loss(labels, clean_logits)))
+        # Weighted by batch size, as Keras' own loss tracker: a smaller last batch counts less.
+        self._trackers["loss"].update_state(
+            global_value(self.loss(labels, clean_logits)), sample_weight=ops.shape(images)[0]
+        )
         self._accuracy.update_state(labels, clean_logits)
         self._trapdoor_accuracy.update_state(trapdoor_labels, trap_logits)
         return {
