@@ -346,28 +346,16 @@ _DATASETS = {
         needs_files=True,
         expected=f"{images.CELEBA_IMAGE_DIR}/ and {sorted(images.CELEBA_SPLIT_FILES.values())}",
     ),
-    "ffhq": _DatasetSpec(
-        _public_only(images.ffhq_images),
-        64,
-        3,
-        needs_files=True,
-        expected=f"{images.FFHQ_IMAGE_DIR}/ and {images.FFHQ_SPLIT_FILE}",
-        labelled=False,
-    ),
-    "facescrub": _DatasetSpec(
-        _public_only(images.facescrub_images),
-        64,
-        3,
-        needs_files=True,
-        expected=f"faceScrub/ and {images.FACESCRUB_SPLIT_FILE}",
-        labelled=False,
-    ),
-    "folder": _DatasetSpec(
-        _public_only(images.folder_images),
-        64,
-        3,
-        needs_files=True,
-        expected=f"image files ({', '.join(images.IMAGE_EXTENSIONS)}), in subfolders or not",
-        labelled=False,
-    ),
+    **{
+        name: _DatasetSpec(
+            _public_only(read_images), 64, 3, needs_files=True, expected=expected,
+            labelled=False,
+        )
+        for name, read_images, expected in (
+            ("ffhq", images.ffhq_images, f"{images.FFHQ_IMAGE_DIR}/ and {images.FFHQ_SPLIT_FILE}"),
+            ("facescrub", images.facescrub_images, f"faceScrub/ and {images.FACESCRUB_SPLIT_FILE}"),
+            ("folder", images.folder_images,
+             f"image files ({', '.join(images.IMAGE_EXTENSIONS)}), in subfolders or not"),
+        )
+    },
 }
