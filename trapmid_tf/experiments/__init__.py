@@ -1,4 +1,10 @@
-"""The privacy-report experiment: results over training seeds, with intervals."""
+"""The experiment library behind the commands: the stages, the pipeline, results over seeds.
+
+Each command of `trapmid_tf.cli` parses its flags and calls these modules, whose functions
+take plain arguments: `target_config` and `targets` (one target), `priors`, `attacks`,
+`evaluation` (one stage each), `pipeline` (the whole privacy report), `summary` (means over
+training seeds with intervals), `defenses` (the registry of defense names).
+"""
 
 from trapmid_tf.experiments.summary import summarize_seeds
 

@@ -1,4 +1,4 @@
-"""Trains a target classifier with a defense (or none) and writes its artefacts.
+"""Target training as a library function: one run's settings in, its artefacts written out.
 
 `train(config)` takes the settings dict of `trapmid_tf.experiments.target_config.resolve_config`
 and writes into `config["out"]`: flags.json, results.json, classifier.keras (the best epoch)
