@@ -39,6 +39,12 @@ gradient, classifier step, augmentation) and the whole and plain steps, each as 
 compiled function on one batch: where the step's time goes. For prior and attack workloads it
 times the parts of one training step or inversion iteration the same way (network forward
 passes, the gradients each player's loss needs, the augmentation).
+
+--precisions times every workload at each listed precision (`trapmid_tf.precision`), the
+precisions alternating within each variant, e.g. `--precisions=float32,mixed_bfloat16`.
+float32 timings keep their plain names ("plain", "gmi"); the others are named "<name>@<precision>"
+(also the phases' workload keys), and "<name>@<precision>_over_<name>" is the ratio of medians
+to the first listed precision, measured in the same run.
 """
 
 import json
@@ -58,6 +64,7 @@ import trapmid_tf as tm
 from trapmid_tf.attacks import inversion
 from trapmid_tf.defenses import FastTrapMIDModel
 from trapmid_tf.files import write_json
+from trapmid_tf.precision import PRECISIONS, bfloat16_hardware, use_precision
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("workloads", ["W2", "W3"], "Workloads to run: W1, W2, W3, A1, A2, A1d, A3, "
@@ -73,6 +80,8 @@ flags.DEFINE_list("variants", ["plain", "trapmid"], "Training variants to time: 
                   "trapmid, trapmid_fast.")
 flags.DEFINE_bool("phases", False, "Also time each phase of the default Trap-MID step of the "
                   "training workloads, each as its own compiled function.")
+flags.DEFINE_list("precisions", ["float32"], "Precisions to time every workload at, "
+                  "alternating: float32, mixed_bfloat16.")
 flags.DEFINE_string("out", None, "JSON output file.")
 flags.DEFINE_integer("seed", 0, "Seed of the random inputs and models.")
 
@@ -319,6 +328,8 @@ def environment():
         "prior_iterations_per_repetition": FLAGS.prior_iterations,
         "gan_width_override": FLAGS.gan_width,
         "trapmid_fast_model": FastTrapMIDModel.__name__,
+        "precisions": FLAGS.precisions,
+        "bfloat16_hardware": bfloat16_hardware(),
     }
 
 
@@ -338,6 +349,12 @@ def check_flags():
         raise app.UsageError(f"--prior_iterations must be >= 1; got {FLAGS.prior_iterations}.")
     if FLAGS.gan_width is not None and FLAGS.gan_width < 1:
         raise app.UsageError(f"--gan_width must be >= 1 when given; got {FLAGS.gan_width}.")
+    precisions = FLAGS.precisions
+    distinct = len(set(precisions)) == len(precisions)
+    if not precisions or set(precisions) - set(PRECISIONS) or not distinct:
+        raise app.UsageError(
+            f"--precisions must be distinct names among {list(PRECISIONS)}; got {precisions}."
+        )
 
 
 def time_phases(workload):
@@ -531,15 +548,61 @@ def attack_phases(workload):
     }
 
 
+def at_precision(name, precision):
+    """The JSON key of `name` (a variant, attack, prior or workload) timed at `precision`."""
+    return name if precision == "float32" else f"{name}@{precision}"
+
+
+def add_ratio(timings, numerator, denominator):
+    """Adds `timings["<numerator>_over_<denominator>"]`, their ratio of medians, if both ran."""
+    if numerator in timings and denominator in timings:
+        unit = "ms" if "median_ms" in timings[numerator] else "s"
+        timings[f"{numerator}_over_{denominator}"] = round(
+            timings[numerator][f"median_{unit}"] / timings[denominator][f"median_{unit}"], 2
+        )
+
+
+def add_precision_ratios(timings, names):
+    """Adds each name's ratio of medians at every other precision to the first listed one."""
+    first, *others = FLAGS.precisions
+    for precision in others:
+        for name in names:
+            add_ratio(timings, at_precision(name, precision), at_precision(name, first))
+
+
 def time_training(workload):
-    """Per-variant step statistics of a training workload, with the ratios to plain."""
-    timings = {v: summarize(time_variant(workload, v)) for v in FLAGS.variants}
-    if "plain" in timings:
+    """Per-variant step statistics of a training workload at each precision, with the ratios
+    to plain (and to the first precision)."""
+    timings = {}
+    for variant in FLAGS.variants:
+        for precision in FLAGS.precisions:
+            use_precision(precision)
+            timings[at_precision(variant, precision)] = summarize(time_variant(workload, variant))
+    for precision in FLAGS.precisions:
         for variant in ("trapmid", "trapmid_fast"):
-            if variant in timings:
-                timings[f"{variant}_over_plain"] = round(
-                    timings[variant]["median_ms"] / timings["plain"]["median_ms"], 2
-                )
+            add_ratio(timings, at_precision(variant, precision), at_precision("plain", precision))
+    add_precision_ratios(timings, FLAGS.variants)
+    return timings
+
+
+def time_attack_side(workload, results):
+    """Statistics of a prior or attack workload at each precision, with the ratios to the
+    first precision; with --phases, adds its phases to `results["attack_phases"]`."""
+    is_attack = workload in ATTACKS
+    name = ATTACKS[workload]["attack"] if is_attack else PRIORS[workload]["prior"]
+    timings = {}
+    for precision in FLAGS.precisions:
+        use_precision(precision)
+        if is_attack:
+            timings[at_precision(name, precision)] = summarize(time_attack(workload), "s")
+        else:
+            timings[at_precision(name, precision)] = summarize(time_prior(workload))
+        if FLAGS.phases and name != "mi_face":
+            phases = attack_phases(workload) if is_attack else prior_phases(workload)
+            results.setdefault("attack_phases", {})[at_precision(workload, precision)] = (
+                time_calls(phases)
+            )
+    add_precision_ratios(timings, [name])
     return timings
 
 
@@ -549,22 +612,16 @@ def main(argv):
     check_flags()
     results = {"environment": environment(), "workloads": {}}
     for workload in FLAGS.workloads:
-        if workload in ATTACKS:
-            timings = {ATTACKS[workload]["attack"]: summarize(time_attack(workload), "s")}
-            if FLAGS.phases and ATTACKS[workload]["attack"] != "mi_face":
-                results.setdefault("attack_phases", {})[workload] = time_calls(
-                    attack_phases(workload)
-                )
-        elif workload in PRIORS:
-            timings = {PRIORS[workload]["prior"]: summarize(time_prior(workload))}
-            if FLAGS.phases:
-                results.setdefault("attack_phases", {})[workload] = time_calls(
-                    prior_phases(workload)
-                )
+        if workload in ATTACKS or workload in PRIORS:
+            timings = time_attack_side(workload, results)
         else:
             timings = time_training(workload)
             if FLAGS.phases:
-                results.setdefault("trapmid_phases", {})[workload] = time_phases(workload)
+                for precision in FLAGS.precisions:
+                    use_precision(precision)
+                    results.setdefault("trapmid_phases", {})[
+                        at_precision(workload, precision)
+                    ] = time_phases(workload)
         results["workloads"][workload] = timings
         print(workload, json.dumps(timings), flush=True)
     if FLAGS.out:
@@ -578,10 +635,12 @@ RATIO_NAMES = {"trapmid_over_plain": "Trap-MID / plain",
 
 
 def unit_label(workload, unit):
-    """The table's unit of a row of `workload` ("P1", "A1 phases", ...) timed in `unit`."""
+    """The table's unit of a row of `workload` ("P1", "A1 phases", "W3@mixed_bfloat16
+    phases", ...) timed in `unit`."""
     if unit == "s":
         return "s/100 iterations"
     name, _, phases = workload.partition(" ")
+    name = name.partition("@")[0]
     if name in PRIORS and not phases:
         return "ms/iteration"
     return "ms/call" if phases and name not in WORKLOADS else "ms/step"
@@ -600,9 +659,10 @@ def format_table(workloads):
                     f"| {workload} | {variant} | {stats[f'median_{unit}']} | "
                     f"{stats[f'min_{unit}']} | {stats[f'max_{unit}']} | {label} |"
                 )
-        for key, name in RATIO_NAMES.items():
-            if key in timings:
-                lines.append(f"| {workload} | {name} | {timings[key]} | | | ratio of medians |")
+        for key, ratio in timings.items():
+            if not isinstance(ratio, dict):
+                name = RATIO_NAMES.get(key, key.replace("_over_", " / "))
+                lines.append(f"| {workload} | {name} | {ratio} | | | ratio of medians |")
     return "\n".join(lines)
 
 

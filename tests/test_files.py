@@ -85,3 +85,27 @@ def test_a_failed_build_leaves_no_stage_marker(tmp_path):
         build_or_reuse(stage.directory, {"epochs": 5}, crash, stage.load, log=lambda m: None)
     assert not (tmp_path / "stage" / STAGE_FILE).exists()
     assert stage.run({"epochs": 3}) == 2  # the old marker is gone too: rebuilt
+
+
+def test_a_stage_built_at_another_precision_is_rebuilt(tmp_path):
+    import keras
+
+    builds = []
+
+    def build():
+        builds.append(keras.config.dtype_policy().name)
+        return len(builds)
+
+    def stage():
+        return build_or_reuse(str(tmp_path), {"a": 1}, build, lambda: len(builds), log=str)
+
+    try:
+        assert stage() == 1 and stage() == 1  # float32: built once, then reused
+        keras.config.set_dtype_policy("mixed_bfloat16")
+        assert stage() == 2 and stage() == 2
+        stored = json.loads((tmp_path / STAGE_FILE).read_text())
+        assert stored == {"a": 1, "precision": "mixed_bfloat16"}
+    finally:
+        keras.config.set_dtype_policy("float32")
+    assert stage() == 3 and builds == ["float32", "mixed_bfloat16", "float32"]
+    assert json.loads((tmp_path / STAGE_FILE).read_text()) == {"a": 1}

@@ -8,6 +8,7 @@ from trapmid_tf import attacks, data, defenses, layers, metrics, models, report
 from trapmid_tf.callbacks import TrapMIDCallback
 from trapmid_tf.defenses import NegLSLoss, TrapMIDModel
 from trapmid_tf.optimizers import TorchSGD
+from trapmid_tf.precision import use_precision
 
 __all__ = [
     "NegLSLoss",
@@ -22,5 +23,6 @@ __all__ = [
     "models",
     "report",
     "startup_log",
+    "use_precision",
 ]
 __version__ = "0.1.0"

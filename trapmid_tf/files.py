@@ -10,6 +10,8 @@ import json
 import os
 import tempfile
 
+import keras
+
 SECRET_MODE = 0o600
 SECRET_FOLDER_MODE = 0o700
 
@@ -86,7 +88,9 @@ def build_or_reuse(directory, settings, build, load, overwrite=False, log=print)
     A finished stage leaves `STAGE_FILE` (its settings) in `directory`, written last and
     atomically, so a stage killed half-way is never trusted. It is reused when that file
     holds the same settings and `load` succeeds; otherwise (or with `overwrite`) the stage
-    marker is removed and `build` runs again.
+    marker is removed and `build` runs again. Under a dtype policy other than float32
+    (`trapmid_tf.use_precision`) the policy's name is part of the settings: a stage built at
+    another precision is another stage.
 
     Args:
         directory: The stage's folder.
@@ -101,6 +105,9 @@ def build_or_reuse(directory, settings, build, load, overwrite=False, log=print)
         The result of `load` or of `build`.
     """
     marker = os.path.join(directory, STAGE_FILE)
+    precision = keras.config.dtype_policy().name
+    if precision != "float32":
+        settings = dict(settings, precision=precision)
     settings = json.loads(json.dumps(settings, sort_keys=True))
     if not overwrite and os.path.exists(marker):
         with open(marker, encoding="utf-8") as stream:

@@ -109,3 +109,35 @@ def test_bad_prior_flags_are_rejected():
             text=True, timeout=300,
         )
         assert result.returncode != 0 and message in result.stderr
+
+
+def test_precisions_are_timed_side_by_side(tmp_path):
+    """Each precision of --precisions is timed, named "<name>@<precision>" (float32 plainly),
+    with its ratio of medians to the first precision."""
+    out = tmp_path / "precisions.json"
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARK), "--workloads=W3,A2", "--variants=plain",
+         "--steps=1", "--warmup=0", "--attack_iterations=1",
+         "--precisions=float32,mixed_bfloat16", f"--out={out}"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["environment"]["precisions"] == ["float32", "mixed_bfloat16"]
+    for workload, name, unit in (("W3", "plain", "ms"), ("A2", "mi_face", "s")):
+        timings = report["workloads"][workload]
+        for key in (name, f"{name}@mixed_bfloat16"):
+            assert timings[key]["repetitions"] == 5
+        assert timings[f"{name}@mixed_bfloat16_over_{name}"] == round(
+            timings[f"{name}@mixed_bfloat16"][f"median_{unit}"] / timings[name][f"median_{unit}"],
+            2,
+        )
+        assert f"| {workload} | {name}@mixed_bfloat16 / {name} |" in result.stdout
+
+
+def test_unknown_precision_is_rejected():
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARK), "--precisions=float32,float16"], capture_output=True,
+        text=True, timeout=300,
+    )
+    assert result.returncode != 0 and "--precisions must be distinct names among" in result.stderr

@@ -111,7 +111,7 @@ class GMIAttack(InversionAttack):
 
         def loss():
             images = self.generator(z, training=False)
-            realness = ops.reshape(self.critic(images, training=False), (-1,))
+            realness = ops.reshape(ops.cast(self.critic(images, training=False), "float32"), (-1,))
             per_image = -realness + self.identity_weight * identity(images, labels)
             return reference_batch_sum(per_image, num_identities, self.identities_per_batch)
 

@@ -217,7 +217,7 @@ def cross_entropy_identity_loss(target):
     """
 
     def loss(images, labels):
-        logits = target(images, training=False)
+        logits = ops.cast(target(images, training=False), "float32")
         return ops.sparse_categorical_crossentropy(labels, logits, from_logits=True)
 
     return loss

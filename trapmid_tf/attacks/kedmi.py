@@ -82,12 +82,12 @@ def grouped_logits(discriminator, images, groups, inverse):
         groups, inverse: What `discriminator_groups` returned for this batch.
 
     Returns:
-        Logits `(num_images, classes)` in the batch's order.
+        float32 logits `(num_images, classes)` in the batch's order.
     """
     outputs = [
         discriminator(ops.take(images, group, axis=0), training=False) for group in groups
     ]
-    return ops.take(ops.concatenate(outputs, axis=0), inverse, axis=0)
+    return ops.cast(ops.take(ops.concatenate(outputs, axis=0), inverse, axis=0), "float32")
 
 
 class KEDMIAttack(InversionAttack):

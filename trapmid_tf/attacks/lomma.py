@@ -37,13 +37,16 @@ def logit_loss(logits_per_model, labels):
         `(batch,)` losses; their batch mean is the reference's `(1/M) sum_m NLL(logits_m, y)`.
     """
     labels = ops.cast(labels, "int32")[:, None]
-    label_logits = [ops.take_along_axis(logits, labels, axis=-1) for logits in logits_per_model]
+    label_logits = [
+        ops.take_along_axis(ops.cast(logits, "float32"), labels, axis=-1)
+        for logits in logits_per_model
+    ]
     return -ops.mean(ops.concatenate(label_logits, axis=-1), axis=-1)
 
 
 def feature_regularizer(features, p_reg):
     """Per-image mean squared distance of `(batch, dim)` features to the `(dim,)` `p_reg`."""
-    return ops.mean(ops.square(features - p_reg), axis=-1)
+    return ops.mean(ops.square(ops.cast(features, "float32") - p_reg), axis=-1)
 
 
 def compute_p_reg(target, public_images, batch_size=50):
@@ -327,6 +330,9 @@ class SurrogateDistiller(keras.Model):
         Returns:
             A scalar tensor.
         """
+        teacher_logits, student_logits = (
+            ops.cast(logits, "float32") for logits in (teacher_logits, student_logits)
+        )
         teacher_log_probs = ops.log_softmax(teacher_logits / self.temperature, axis=-1)
         student_log_probs = ops.log_softmax(student_logits / self.temperature, axis=-1)
         divergence = ops.sum(

@@ -42,6 +42,7 @@ def total_variation(images):
 
 def class_loss(logits, labels, kind):
     """Per-image `1 - softmax(logits)_y` ("probability") or cross-entropy ("cross_entropy")."""
+    logits = ops.cast(logits, "float32")
     if kind == "cross_entropy":
         return ops.sparse_categorical_crossentropy(labels, logits, from_logits=True)
     probabilities = ops.softmax(logits, axis=-1)

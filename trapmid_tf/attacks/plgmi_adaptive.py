@@ -199,7 +199,9 @@ class PLGMIAdaptiveAttack(PLGMIAttack):
 
         def loss(views, labels):
             features, logits = view(views, training=False)
-            cosine = signature_cosine(features, ops.take(signatures, labels, axis=0))
+            cosine = signature_cosine(
+                ops.cast(features, "float32"), ops.take(signatures, labels, axis=0)
+            )
             return margin_loss(logits, labels) + self.penalty_weight * ops.mean(cosine)
 
         return loss

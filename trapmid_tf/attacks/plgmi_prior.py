@@ -98,7 +98,7 @@ def margin_loss(logits, labels):
     Returns:
         The scalar loss (lower is better for the attacker).
     """
-    logits = ops.convert_to_tensor(logits)
+    logits = ops.cast(logits, "float32")
     labels = ops.cast(labels, "int32")
     true_logits = ops.take_along_axis(logits, labels[:, None], axis=1)[:, 0]
     is_true = ops.one_hot(labels, ops.shape(logits)[-1]) > 0
@@ -108,6 +108,7 @@ def margin_loss(logits, labels):
 
 def hinge_discriminator_loss(real_scores, fake_scores):
     """Hinge loss of a discriminator: `mean relu(1 - D(real)) + mean relu(1 + D(fake))`."""
+    real_scores, fake_scores = ops.cast(real_scores, "float32"), ops.cast(fake_scores, "float32")
     return ops.mean(ops.relu(1.0 - real_scores)) + ops.mean(ops.relu(1.0 + fake_scores))
 
 
@@ -339,7 +340,8 @@ class PLGMIPrior(GANPrior):
         batch = ops.shape(images)[0]
         latents, labels = self._replica_rows(self.sample_conditions, batch)
         fakes = self.generator([latents, labels], training=True)
-        adversarial = -global_batch_mean(self.discriminator([fakes, labels], training=True))
+        scores = self.discriminator([fakes, labels], training=True)
+        adversarial = -global_batch_mean(ops.cast(scores, "float32"))
         uniform = self._replica_rows(
             lambda rows: _augment_parameters(rows, self.seed_generator), batch
         )

@@ -50,11 +50,11 @@ def gradient_penalty(critic, real, fake, mix):
     Returns:
         The per-sample penalty terms, shape (N,), differentiable w.r.t. the critic's weights.
     """
-    real, fake, mix = (ops.convert_to_tensor(value) for value in (real, fake, mix))
+    real, fake, mix = (ops.convert_to_tensor(value, "float32") for value in (real, fake, mix))
     interpolated = real + mix * (fake - real)
     with tf.GradientTape() as tape:
         tape.watch(interpolated)
-        scores = critic(interpolated, training=True)
+        scores = ops.cast(critic(interpolated, training=True), "float32")
     gradients = tape.gradient(scores, interpolated)
     squared_norms = ops.sum(ops.square(gradients), axis=(1, 2, 3))
     return ops.square(ops.sqrt(squared_norms + _SQUARED_NORM_FLOOR) - 1.0)
@@ -62,6 +62,7 @@ def gradient_penalty(critic, real, fake, mix):
 
 def _soft_cross_entropy(logits, target_logits):
     """Batch mean of `−Σ softmax(target_logits)·log_softmax(logits)` (the reference softXEnt)."""
+    logits, target_logits = ops.cast(logits, "float32"), ops.cast(target_logits, "float32")
     probabilities = ops.softmax(target_logits, axis=-1)
     return -ops.mean(ops.sum(probabilities * ops.log_softmax(logits, axis=-1), axis=-1))
 
@@ -72,8 +73,8 @@ def _unlabeled_loss(real_logits, fake_logits):
     `p(real | x) = sigmoid(lse)` with `lse = logsumexp(logits)`, so `−log p(real) =
     softplus(lse) − lse` and `−log p(fake) = softplus(lse)`; the reference halves their sum.
     """
-    real_lse = ops.logsumexp(real_logits, axis=-1)
-    fake_lse = ops.logsumexp(fake_logits, axis=-1)
+    real_lse = ops.logsumexp(ops.cast(real_logits, "float32"), axis=-1)
+    fake_lse = ops.logsumexp(ops.cast(fake_logits, "float32"), axis=-1)
     return 0.5 * (
         ops.mean(ops.softplus(real_lse)) - ops.mean(real_lse) + ops.mean(ops.softplus(fake_lse))
     )
@@ -84,6 +85,7 @@ def _global_feature_mean(features):
 
     The all-reduce passes gradients back to every replica's own features.
     """
+    features = ops.cast(features, "float32")
     return tf.distribute.get_replica_context().all_reduce("MEAN", ops.mean(features, axis=0))
 
 
@@ -99,6 +101,7 @@ def _entropy_sum(logits):
     The global batch's sum is the sum of the replicas' sums: each replica's share of it is
     its own sum.
     """
+    logits = ops.cast(logits, "float32")
     return -ops.sum(ops.softmax(logits, axis=-1) * ops.log_softmax(logits, axis=-1))
 
 
@@ -269,9 +272,7 @@ class GMIPrior(_LatentPrior):
         mix = self._replica_rows(
             lambda rows: tf.random.stateless_uniform((rows, 1, 1, 1), seed=self._seed()), batch
         )
-        wasserstein = global_batch_mean(self.critic(images, training=True)) - global_batch_mean(
-            self.critic(fake, training=True)
-        )
+        wasserstein = self._mean_score(images) - self._mean_score(fake)
         penalty = global_batch_mean(gradient_penalty(self.critic, images, fake, mix))
         return {
             "critic_loss": -wasserstein + self.gradient_penalty_weight * penalty,
@@ -281,7 +282,11 @@ class GMIPrior(_LatentPrior):
 
     def _generator_losses(self, images):
         fake = self.generator(self._latents(ops.shape(images)[0]), training=True)
-        return {"generator_loss": -global_batch_mean(self.critic(fake, training=True))}
+        return {"generator_loss": -self._mean_score(fake)}
+
+    def _mean_score(self, images):
+        """This replica's share of the critic's mean score of `images` (float32)."""
+        return global_batch_mean(ops.cast(self.critic(images, training=True), "float32"))
 
     def get_config(self):
         return {**super().get_config(), "gradient_penalty_weight": self.gradient_penalty_weight}

@@ -74,7 +74,7 @@ def recovery_objective(target, patterns, labels, images, alpha, prior="tv", prio
     count, batch = ops.shape(patterns)[0], ops.shape(images)[0]
     blended = (1.0 - alpha) * images[None] + alpha * patterns[:, None]
     blended = ops.reshape(blended, (-1, *images.shape[1:]))
-    logits = target(blended, training=False)
+    logits = ops.cast(target(blended, training=False), "float32")
     repeated = ops.repeat(ops.cast(labels, "int32"), batch, axis=0)
     cross_entropy = ops.sparse_categorical_crossentropy(repeated, logits, from_logits=True)
     mean_cross_entropy = ops.mean(ops.reshape(cross_entropy, (count, batch)), axis=1)

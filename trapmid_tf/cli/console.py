@@ -1,18 +1,24 @@
-"""What every console command shares: the `--verbose` flag and quiet defaults.
+"""What every console command shares: the `--verbose` and `--precision` flags, quiet defaults.
 
 By default a command prints its result and, for the pipeline, one progress line over its
 stages; TensorFlow's start-up messages (`trapmid_tf.startup`), absl INFO logs and Keras'
-per-epoch logs appear only with `--verbose`.
+per-epoch logs appear only with `--verbose`. `--precision=mixed_bfloat16` builds every model
+of the command with float32 variables and bfloat16 computations (`trapmid_tf.precision`).
 """
 
 import sys
 
 from absl import app, flags, logging
 
+from trapmid_tf.precision import PRECISIONS, use_precision
 from trapmid_tf.startup import startup_log
 
 flags.DEFINE_bool("verbose", False, "Show TensorFlow's start-up messages, INFO logs and "
                   "per-epoch training logs.")
+flags.DEFINE_enum("precision", "float32", list(PRECISIONS), "Precision of every model the "
+                  "command builds: float32, or mixed_bfloat16 (float32 variables, bfloat16 "
+                  "computations; fast on GPUs and CPUs with bfloat16 instructions, "
+                  "docs/precision.md).")
 FLAGS = flags.FLAGS
 
 
@@ -41,12 +47,16 @@ def verbose():
 
 
 def start():
-    """Sets the command's logging: at `--verbose` replays the start-up messages and logs INFO."""
+    """Sets the command's logging and precision; every command calls it before building models.
+
+    At `--verbose` replays the start-up messages and logs INFO; applies `--precision`.
+    """
     if verbose():
         sys.stderr.write(startup_log())
         logging.set_verbosity(logging.INFO)
     else:
         logging.set_verbosity(logging.WARNING)
+    use_precision(FLAGS.precision)
 
 
 def fit_verbosity():

@@ -37,8 +37,9 @@ LABEL_KERNELS = ("linear", "gaussian", "imq")
 
 
 def _flat(features):
+    """`(batch, ...)` features as `(batch, size)` rows, at least float32 (kernels need it)."""
     features = ops.convert_to_tensor(features)
-    if not keras.backend.standardize_dtype(features.dtype).startswith("float"):
+    if keras.backend.standardize_dtype(features.dtype) != "float64":
         features = ops.cast(features, "float32")
     sample_size = math.prod(features.shape[1:])
     return ops.reshape(features, (-1, sample_size))

@@ -246,6 +246,9 @@ class TrapdoorAugment(keras.layers.Layer):
     (local batch times replicas) and takes its own slice, so replicas do not repeat each
     other's augmentations.
 
+    The layer computes in float32 unless given another `dtype`, also under a mixed-precision
+    policy: augmented images are float32 images.
+
     Args:
         crop_scale: `(low, high)` range of the crop area as a fraction of the image area,
             with 0 < low <= high <= 1.
@@ -263,6 +266,7 @@ class TrapdoorAugment(keras.layers.Layer):
     def __init__(
         self, crop_scale=(0.8, 1.0), rotation_degrees=30.0, probability=0.5, seed=None, **kwargs
     ):
+        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         crop_scale = tuple(float(s) for s in crop_scale)
         _check_arguments(crop_scale, float(rotation_degrees), float(probability))

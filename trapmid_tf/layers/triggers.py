@@ -16,7 +16,8 @@ class BlendTrigger(keras.layers.Layer):
     `call(images, target_labels)` returns `(1 - alpha) * images + alpha * triggers[labels]`.
     Triggers are initialised from U[0, 1] and kept in [0, 1] by a constraint, which an
     optimiser applies after each update. A trigger with one channel is broadcast over the
-    image channels (the reference's MNIST setting).
+    image channels (the reference's MNIST setting). It computes in float32 unless given
+    another `dtype`, also under a mixed-precision policy: triggered images are float32 images.
 
     Args:
         num_classes: Number of classes, one trigger each.
@@ -33,6 +34,7 @@ class BlendTrigger(keras.layers.Layer):
     """
 
     def __init__(self, num_classes, image_shape, alpha=0.02, channels=None, seed=None, **kwargs):
+        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         if int(num_classes) < 1:
             raise ValueError(f"`num_classes` must be >= 1; received {num_classes!r}.")

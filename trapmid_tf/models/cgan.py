@@ -232,8 +232,9 @@ def _generator_images(latents, labels, stages, channels, num_classes, base_chann
     x = common.batch_norm("final_bn")(x)
     x = keras.layers.ReLU(name="final_relu")(x)
     x = _torch_default_conv(x, channels, 1, "to_image")
-    x = keras.layers.Activation("tanh", name="tanh")(x)
-    return keras.layers.Rescaling(0.5, offset=0.5, name="to_unit_range")(x)
+    # Images are float32 under any dtype policy (bfloat16 mixed precision included).
+    x = keras.layers.Activation("tanh", name="tanh", dtype="float32")(x)
+    return keras.layers.Rescaling(0.5, offset=0.5, name="to_unit_range", dtype="float32")(x)
 
 
 @keras.saving.register_keras_serializable(package="trapmid_tf")

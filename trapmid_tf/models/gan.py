@@ -153,7 +153,8 @@ def dcgan_generator(image_shape, z_dim=100, base_channels=64, name="dcgan_genera
         x = common.batch_norm(f"up{stage}_bn")(x)
         x = keras.layers.ReLU(name=f"up{stage}_relu")(x)
     x = _upsample(x, image_shape[-1], use_bias=True, name=f"up{stages}")
-    images = keras.layers.Activation("sigmoid", name="images")(x)
+    # Images are float32 under any dtype policy (bfloat16 mixed precision included).
+    images = keras.layers.Activation("sigmoid", name="images", dtype="float32")(x)
     return keras.Model(z, images, name=name)
 
 
