@@ -171,6 +171,22 @@ def test_two_replicas_slice_the_global_noise_and_match_one_device(two_replicas):
     assert max(np.abs(a - b).max() for a, b in zip(one, other)) > 1e-3
 
 
+
+def test_evaluate_loss_is_the_mean_over_images_when_the_last_batch_is_smaller():
+    keras.utils.set_random_seed(0)
+    model = tiny_mid()
+    model.compile(optimizer="sgd")
+    x = images(30, seed=4)
+    y = np.arange(30) % CLASSES
+    logits = model.predict(x, verbose=0).astype("float64")  # inference: the code's mean
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_probabilities = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    per_image = -log_probabilities[np.arange(30), y]
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(7)  # 7, 7, 7, 7, 2
+    results = model.evaluate(data, verbose=0, return_dict=True)
+    # float32 logits and running sums over 30 images: relative error well below 1e-5.
+    assert results["loss"] == pytest.approx(per_image.mean(), rel=1e-5)
+
 def test_bad_arguments_are_rejected():
     classifier = small_cnn(SHAPE, CLASSES, width=4)
     for beta in (-0.1, "large", None):

@@ -241,7 +241,10 @@ class RegularizedClassifierModel(SeedStateMixin, keras.Model):
         with tf.control_dependencies(checks):
             logits = self(images, training=False)
         loss_tracker = self._trackers["loss"]
-        loss_tracker.update_state(global_value(self.loss(labels, logits)))
+        # Weighted by batch size, as Keras' own loss tracker: a smaller last batch counts less.
+        loss_tracker.update_state(
+            global_value(self.loss(labels, logits)), sample_weight=ops.shape(images)[0]
+        )
         self._accuracy.update_state(labels, logits)
         return {m.name: m.result() for m in (loss_tracker, self._accuracy)}
 
@@ -397,7 +400,7 @@ class MIDModel(RegularizedClassifierModel):
     def _training_forward(self, images, labels):
         mean, std = self.code_distribution(images, training=True)
         logits = self.code_logits(self._sample_code(mean, std))
-        kl = global_batch_mean(gaussian_kl(mean, std))
+        kl = global_batch_mean(gaussian_kl(ops.cast(mean, "float32"), ops.cast(std, "float32")))
         return logits, self.beta * kl, {"kl": kl}
 
     def _trained_variables(self):
