@@ -1,8 +1,8 @@
 """Classifier zoo (logit outputs), the feature-extractor convention, and GAN networks.
 
 PyTorch checkpoints of the reference's architectures load with `load_torch_weights`.
-Zoo convolutions are `FastGradConv2D`; `plain_keras_copy` makes a deployable copy of
-standard Keras layers and `load_classifier` / `fast_gradient_copy` the reverse, for attacks.
+Zoo convolutions are `FastGradConv2D` and zoo batch norms `FusedBatchNorm`;
+`plain_keras_copy` makes a deployable copy of standard Keras layers and `load_classifier` / `fast_gradient_copy` the reverse, for attacks.
 """
 
 from trapmid_tf.models.cgan import (
@@ -19,6 +19,7 @@ from trapmid_tf.models.common import (
     plain_keras_copy,
 )
 from trapmid_tf.models.features import feature_extractor, features_and_logits
+from trapmid_tf.models.fused_batch_norm import FusedBatchNorm
 from trapmid_tf.models.gan import (
     MinibatchDiscrimination,
     dcgan_generator,
@@ -40,6 +41,7 @@ __all__ = [
     "BilinearResize",
     "ConditionalBatchNorm",
     "FastGradConv2D",
+    "FusedBatchNorm",
     "MinibatchDiscrimination",
     "ResNetGenerator",
     "SNEmbedding",

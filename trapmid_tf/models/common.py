@@ -1,8 +1,8 @@
 """Helpers shared by the classifier zoo.
 
 PyTorch-matching layers (batch norm defaults, PReLU, symmetric padding, default initialisers),
-the conv layer with a fast input gradient and the plain-Keras copy for deployment, argument
-checks, the "logits" head convention and local weight loading.
+the conv layer with a fast input gradient, the plain-Keras copy for deployment and the fast
+copy for attacks, argument checks, the "logits" head convention and local weight loading.
 """
 
 import math
@@ -12,6 +12,8 @@ import os
 import keras
 import tensorflow as tf
 
+from trapmid_tf.models.fused_batch_norm import FusedBatchNorm
+
 BN_MOMENTUM = 0.9  # PyTorch momentum 0.1 expressed the Keras way.
 BN_EPSILON = 1e-5
 PRELU_INIT = 0.25
@@ -20,15 +22,13 @@ WEIGHTS_SUFFIXES = (".weights.h5", ".keras")
 
 
 def batch_norm(name, center=True):
-    """Returns a `BatchNormalization` with PyTorch's defaults (momentum 0.1, epsilon 1e-5).
+    """Returns a `FusedBatchNorm` with PyTorch's defaults (momentum 0.1, epsilon 1e-5).
 
     Args:
         name: Layer name.
         center: Whether the layer has a learned offset (beta); False for a bias frozen at 0.
     """
-    return keras.layers.BatchNormalization(
-        momentum=BN_MOMENTUM, epsilon=BN_EPSILON, center=center, name=name
-    )
+    return FusedBatchNorm(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, center=center, name=name)
 
 
 def prelu(name):
@@ -226,37 +226,49 @@ class FastGradConv2D(keras.layers.Conv2D):
 def plain_keras_copy(model):
     """A copy of `model` made of standard Keras layers, for deployment.
 
-    Every `FastGradConv2D` becomes a `keras.layers.Conv2D` of the same config and weights
-    (its forward pass is the same), so `keras.models.load_model` reads the saved copy without
-    this package. The copy is not compiled.
+    Every `FastGradConv2D` becomes a `keras.layers.Conv2D` and every `FusedBatchNorm` a
+    `keras.layers.BatchNormalization`, of the same config and weights (their forward passes
+    agree up to float32 rounding), so `keras.models.load_model` reads the saved copy without this package.
+    The copy is not compiled.
 
     Args:
         model: A functional or sequential Keras model (nested ones included).
 
     Returns:
-        The copy, or `model` itself when it holds no `FastGradConv2D`.
-    """
-    return _copy_with_convs(
-        model, lambda layer: keras.layers.Conv2D if isinstance(layer, FastGradConv2D) else None
-    )
-
-
-def fast_gradient_copy(model):
-    """A copy of `model` whose convolutions have fast input gradients, for attacking it.
-
-    Every plain `keras.layers.Conv2D` that `FastGradConv2D` supports becomes one, with the same
-    config and weights: outputs and gradients are unchanged, but inversion attacks, which
-    backpropagate to the input at every step, run faster on deep models (e.g. a classifier
-    read from a `.keras` file written by `export_classifier`). The copy is not compiled.
-
-    Args:
-        model: A functional or sequential Keras model (nested ones included).
-
-    Returns:
-        The copy, or `model` itself when none of its convolutions can be replaced.
+        The copy, or `model` itself when it holds neither.
     """
 
     def replacement(layer):
+        for fast, standard in (
+            (FastGradConv2D, keras.layers.Conv2D),
+            (FusedBatchNorm, keras.layers.BatchNormalization),
+        ):
+            if isinstance(layer, fast):
+                return standard
+        return None
+
+    return _copy_with_layers(model, replacement)
+
+
+def fast_gradient_copy(model):
+    """A copy of `model` with fast input gradients, for attacking it.
+
+    Every plain `keras.layers.Conv2D` that `FastGradConv2D` supports becomes one, and every
+    plain `keras.layers.BatchNormalization` a `FusedBatchNorm`, with the same config and
+    weights: outputs and gradients are unchanged, but inversion attacks, which backpropagate
+    to the input at every step, run faster on deep models (e.g. a classifier read from a
+    `.keras` file written by `export_classifier`). The copy is not compiled.
+
+    Args:
+        model: A functional or sequential Keras model (nested ones included).
+
+    Returns:
+        The copy, or `model` itself when none of its layers can be replaced.
+    """
+
+    def replacement(layer):
+        if type(layer) is keras.layers.BatchNormalization:
+            return FusedBatchNorm
         supported = (
             type(layer) is keras.layers.Conv2D
             and layer.data_format == "channels_last"
@@ -265,10 +277,10 @@ def fast_gradient_copy(model):
         )
         return FastGradConv2D if supported else None
 
-    return _copy_with_convs(model, replacement)
+    return _copy_with_layers(model, replacement)
 
 
-def _copy_with_convs(model, replacement):
+def _copy_with_layers(model, replacement):
     """Clones `model`, building each layer as `replacement(layer)` (a class) or its own class."""
     if not any(replacement(layer) for layer in model._flatten_layers()):
         return model
