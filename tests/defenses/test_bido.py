@@ -228,7 +228,9 @@ def test_trains_on_digits_exports_and_round_trips(tmp_path):
     model.export_classifier(str(path))
     exported = keras.models.load_model(path)
     expected = model.predict(x_test, verbose=0)
-    np.testing.assert_array_equal(exported.predict(x_test, verbose=0), expected)
+    # The export's batch norms are Keras's own, which round differently from the fused
+    # kernel in the last bits (a few float32 roundings per layer).
+    np.testing.assert_allclose(exported.predict(x_test, verbose=0), expected, rtol=1e-5, atol=1e-6)
 
     model.save(tmp_path / "bido.keras")
     loaded = keras.models.load_model(tmp_path / "bido.keras")

@@ -123,7 +123,9 @@ def test_export_writes_a_plain_classifier_with_the_inference_predictions(trained
     assert "trapmid_tf" not in config and json.loads(config)["class_name"] == "Functional"
     loaded = keras.models.load_model(path)
     expected = model.predict(x_test, verbose=0)
-    np.testing.assert_array_equal(loaded.predict(x_test, verbose=0), expected)
+    # The export's batch norms are Keras's own, which round differently from the fused
+    # kernel in the last bits (a few float32 roundings per layer).
+    np.testing.assert_allclose(loaded.predict(x_test, verbose=0), expected, rtol=1e-5, atol=1e-6)
     # Its feature (the input of "logits") is the mean code.
     assert feature_extractor(loaded).output_shape == (None, model.code_dim)
 
