@@ -2,7 +2,8 @@
 
 PyTorch checkpoints of the reference's architectures load with `load_torch_weights`.
 Zoo convolutions are `FastGradConv2D` and zoo batch norms `FusedBatchNorm`;
-`plain_keras_copy` makes a deployable copy of standard Keras layers and `load_classifier` / `fast_gradient_copy` the reverse, for attacks.
+`plain_keras_copy` makes a deployable copy of standard Keras layers and `load_classifier` /
+`fast_gradient_copy` the reverse, for attacks.
 """
 
 from trapmid_tf.models.cgan import (

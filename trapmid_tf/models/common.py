@@ -228,8 +228,8 @@ def plain_keras_copy(model):
 
     Every `FastGradConv2D` becomes a `keras.layers.Conv2D` and every `FusedBatchNorm` a
     `keras.layers.BatchNormalization`, of the same config and weights (their forward passes
-    agree up to float32 rounding), so `keras.models.load_model` reads the saved copy without this package.
-    The copy is not compiled.
+    agree up to float32 rounding), so `keras.models.load_model` reads the saved copy without
+    this package. The copy is not compiled.
 
     Args:
         model: A functional or sequential Keras model (nested ones included).
@@ -255,9 +255,10 @@ def fast_gradient_copy(model):
 
     Every plain `keras.layers.Conv2D` that `FastGradConv2D` supports becomes one, and every
     plain `keras.layers.BatchNormalization` a `FusedBatchNorm`, with the same config and
-    weights: outputs and gradients are unchanged, but inversion attacks, which backpropagate
-    to the input at every step, run faster on deep models (e.g. a classifier read from a
-    `.keras` file written by `export_classifier`). The copy is not compiled.
+    weights: outputs and gradients are unchanged up to float32 rounding, but inversion
+    attacks, which backpropagate to the input at every step, run faster on deep models (e.g.
+    a classifier read from a `.keras` file written by `export_classifier`). The copy is not
+    compiled.
 
     Args:
         model: A functional or sequential Keras model (nested ones included).
