@@ -54,13 +54,14 @@ import statistics
 import time
 from unittest import mock
 
+import trapmid_tf as tm  # first: it sets TensorFlow's start-up options (trapmid_tf.startup)
+
 import keras
 import numpy as np
 import tensorflow as tf
 from absl import app, flags
 from keras import ops
 
-import trapmid_tf as tm
 from trapmid_tf.attacks import inversion
 from trapmid_tf.defenses import FastTrapMIDModel
 from trapmid_tf.files import write_json
@@ -319,7 +320,7 @@ def environment():
         "cpu_count": os.cpu_count(),
         "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
         "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
-        "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default"),
+        "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "TensorFlow's default"),
         "xla": False,
         "gpus": len(tf.config.list_physical_devices("GPU")),
         "batch": BATCH,

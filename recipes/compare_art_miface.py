@@ -17,6 +17,8 @@ median over ours.
 import json
 import time
 
+import trapmid_tf  # noqa: F401  first: it sets TensorFlow's start-up options (trapmid_tf.startup)
+
 import keras
 import numpy as np
 from absl import app, flags

@@ -1,4 +1,4 @@
-"""TensorFlow's start-up messages, kept out of the terminal.
+"""TensorFlow's start-up: its messages kept out of the terminal, its fast CPU kernels on.
 
 Importing TensorFlow and finding its devices prints lines from its C++ runtime ("oneDNN custom
 operations are on", "Could not find cuda drivers", "failed call to cuInit") before any Python
@@ -9,10 +9,18 @@ prints it after all if the import fails. It also sets `TF_CPP_MIN_LOG_LEVEL=3` u
 already set, which keeps the C++ runtime's later messages (e.g. grappler's "remapper failed",
 harmless) out of the terminal; errors still raise Python exceptions with their messages. Set
 `TF_CPP_MIN_LOG_LEVEL=0` before importing trapmid_tf to see every runtime message.
+
+On x86-64 it also sets `TF_ENABLE_ONEDNN_OPTS=1` unless it is already set. TensorFlow runs
+its CPU kernels through oneDNN by default on Linux only on CPUs with AVX-512 VNNI or BF16,
+AVX-VNNI or AMX; on others (e.g. AVX2-only CPUs) its own kernels train the zoo's ResNets
+markedly slower (docs/attack_speed.md). Both variables are read when TensorFlow is imported, so
+they apply only when trapmid_tf is imported first; set `TF_ENABLE_ONEDNN_OPTS=0` to keep
+TensorFlow's own kernels.
 """
 
 import contextlib
 import os
+import platform
 import sys
 import tempfile
 
@@ -54,6 +62,8 @@ def import_tensorflow():
     if "tensorflow" in sys.modules:
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
     try:
         with _captured_stderr() as read:
             try:
