@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from trapmid_tf.startup import _captured_stderr
+from trapmid_tf.startup import X86_64_MACHINES, _captured_stderr
 
 
 def _python(code, log_level=None, onednn=None):
@@ -42,7 +42,7 @@ def test_the_runtime_log_level_defaults_to_errors_off_unless_set(given, kept):
 
 
 @pytest.mark.skipif(
-    platform.machine().lower() not in ("x86_64", "amd64"), reason="oneDNN default is x86-64's"
+    platform.machine().lower() not in X86_64_MACHINES, reason="oneDNN default is x86-64's"
 )
 @pytest.mark.parametrize("given, kept, enabled", [(None, "1", "True"), ("0", "0", "False")])
 def test_onednn_kernels_default_to_on_unless_set(given, kept, enabled):

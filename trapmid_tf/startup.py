@@ -25,6 +25,7 @@ import sys
 import tempfile
 
 _startup_log = ""
+X86_64_MACHINES = ("x86_64", "amd64")  # `platform.machine()` of x86-64, lower-cased
 
 
 def startup_log():
@@ -62,7 +63,7 @@ def import_tensorflow():
     if "tensorflow" in sys.modules:
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    if platform.machine().lower() in ("x86_64", "amd64"):
+    if platform.machine().lower() in X86_64_MACHINES:
         os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
     try:
         with _captured_stderr() as read:
