@@ -12,7 +12,9 @@ from trapmid_tf.models.common import FastGradConv2D
 from trapmid_tf.models.fused_batch_norm import FusedBatchNorm
 
 # (height, width, in channels, out channels, kernel, strides, padding): stride 1 and 2, odd
-# and even kernels, 'same' and 'valid', sizes that leave input rows unused by a strided conv.
+# and even kernels, 'same' and 'valid', sizes that leave input rows unused by a strided conv,
+# output maps of at most 4 positions (the kernel gradient as a patch product) and strided convs
+# of 16 input channels (TensorFlow's input gradient under oneDNN).
 CASES = [
     (7, 7, 3, 4, 3, 1, "same"),
     (5, 6, 2, 3, 4, 1, "same"),
@@ -22,6 +24,10 @@ CASES = [
     (6, 6, 2, 2, 1, 2, "valid"),
     (8, 8, 3, 2, 2, 3, "valid"),
     (11, 7, 2, 2, (3, 2), (3, 2), "same"),
+    (2, 2, 3, 4, 3, 1, "same"),
+    (4, 3, 3, 2, (3, 2), (2, 2), "same"),
+    (9, 8, 16, 3, 3, 2, "same"),
+    (5, 5, 16, 3, 3, 2, "valid"),
 ]
 
 
@@ -79,6 +85,22 @@ def test_input_gradient_matches_tensorflow_backprop_input_on_a_wide_small_map():
     )
     actual = common.conv2d_input_gradient(upstream, kernel, shape, (1, 1), "SAME")
     np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_kernel_gradient_matches_tensorflow_backprop_filter_on_wide_small_maps():
+    # 2x2 and 1x1 output maps with many channels take the patch product; a 3x3 map does not.
+    rng = np.random.default_rng(3)
+    for size, strides, padding in ((2, (1, 1), "SAME"), (5, (2, 2), "VALID"), (3, (1, 1), "SAME")):
+        inputs = tf.constant(rng.normal(size=(4, size, size, 64)).astype("float32"))
+        kernel_shape = [3, 3, 64, 32]
+        outputs = tf.nn.conv2d(inputs, tf.zeros(kernel_shape), [1, *strides, 1], padding)
+        upstream = tf.constant(rng.normal(size=outputs.shape).astype("float32"))
+        expected = tf.raw_ops.Conv2DBackpropFilter(
+            input=inputs, filter_sizes=kernel_shape, out_backprop=upstream,
+            strides=[1, *strides, 1], padding=padding,
+        )
+        actual = common.conv2d_kernel_gradient(inputs, upstream, kernel_shape, strides, padding)
+        np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
 
 
 def test_zoo_convs_use_it_and_a_model_round_trips_through_keras_file(tmp_path):

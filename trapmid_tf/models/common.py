@@ -1,16 +1,18 @@
 """Helpers shared by the classifier zoo.
 
 PyTorch-matching layers (batch norm defaults, PReLU, symmetric padding, default initialisers),
-the conv layer with a fast input gradient, the plain-Keras copy for deployment and the fast
+the conv layer with fast gradients, the plain-Keras copy for deployment and the fast
 copy for attacks, argument checks, the "logits" head convention and local weight loading.
 """
 
+import functools
 import math
 import numbers
 import os
 
 import keras
 import tensorflow as tf
+from tensorflow.python.util import _pywrap_util_port
 
 from trapmid_tf.models.fused_batch_norm import FusedBatchNorm
 
@@ -19,6 +21,10 @@ BN_EPSILON = 1e-5
 PRELU_INIT = 0.25
 LOGITS_LAYER_NAME = "logits"
 WEIGHTS_SUFFIXES = (".weights.h5", ".keras")
+# Output positions up to which `conv2d_kernel_gradient` is a matrix product of input patches.
+MATMUL_KERNEL_GRADIENT_MAX_POSITIONS = 4
+# Input channels from which convs take TensorFlow's input gradient under oneDNN.
+NATIVE_INPUT_GRADIENT_MIN_CHANNELS = 16
 
 
 def batch_norm(name, center=True):
@@ -150,21 +156,85 @@ def conv2d_input_gradient(upstream, kernel, input_shape, strides, padding):
     ]
 
 
+def conv2d_kernel_gradient(inputs, upstream, kernel_shape, strides, padding):
+    """Gradient of a 2-D NHWC convolution with respect to its kernel.
+
+    On output maps of at most `MATMUL_KERNEL_GRADIENT_MAX_POSITIONS` positions (the 2x2 and
+    1x1 maps of ResNet's and VGG's last stages on 64x64 images) it is one matrix product,
+    `patches^T @ upstream` over every sample and output position, where `patches` are the
+    input's `(kh, kw, in)` patches (im2col): oneDNN's backward-weights kernel takes 2 to 9
+    times as long there on CPU. Elsewhere, and on maps of unknown size, it is TensorFlow's
+    `Conv2DBackpropFilter`. Both compute the same sums (in a different order).
+
+    Args:
+        inputs: The conv input, NHWC.
+        upstream: Gradient of the loss with respect to the conv output, NHWC.
+        kernel_shape: `(kh, kw, in_channels, out_channels)`, Python ints.
+        strides: `(sh, sw)`, Python ints.
+        padding: "SAME" or "VALID" (TensorFlow's meaning).
+
+    Returns:
+        The kernel gradient, shape `kernel_shape`.
+    """
+    positions = upstream.shape[1:3].num_elements()
+    if positions is None or positions > MATMUL_KERNEL_GRADIENT_MAX_POSITIONS:
+        return tf.raw_ops.Conv2DBackpropFilter(
+            input=inputs,
+            filter_sizes=kernel_shape,
+            out_backprop=upstream,
+            strides=[1, *strides, 1],
+            padding=padding,
+        )
+    kh, kw, in_channels, out_channels = kernel_shape
+    patches = tf.image.extract_patches(
+        inputs, [1, kh, kw, 1], [1, *strides, 1], [1, 1, 1, 1], padding
+    )
+    product = tf.matmul(
+        tf.reshape(patches, [-1, kh * kw * in_channels]),
+        tf.reshape(upstream, [-1, out_channels]),
+        transpose_a=True,
+    )
+    return tf.reshape(product, kernel_shape)
+
+
+@functools.cache
+def _onednn_kernels_on():
+    return bool(_pywrap_util_port.IsMklEnabled())
+
+
+def _input_gradient(upstream, kernel, input_shape, strides, padding):
+    """The conv's input gradient, by whichever of two equal computations is faster here.
+
+    TensorFlow's own CPU kernel for `Conv2DBackpropInput` takes up to 50 times as long as the
+    forward conv on small, wide maps (ResNet's 2x2x512 stage on 64x64 images), so the input
+    gradient is normally `conv2d_input_gradient`, a forward convolution. With oneDNN's CPU
+    kernels (`trapmid_tf.startup`), `Conv2DBackpropInput` is as fast for stride 1 and faster
+    for strided convs, where the forward form multiplies the zero taps of its phase kernels
+    (16 taps for 9 at 3x3 stride 2), once the conv has `NATIVE_INPUT_GRADIENT_MIN_CHANNELS`
+    input channels (not a 3-channel 7x7 stem); those convs take TensorFlow's kernel.
+    """
+    if _onednn_kernels_on() and kernel.shape[2] >= NATIVE_INPUT_GRADIENT_MIN_CHANNELS:
+        return tf.raw_ops.Conv2DBackpropInput(
+            input_sizes=input_shape,
+            filter=kernel,
+            out_backprop=upstream,
+            strides=[1, *strides, 1],
+            padding=padding,
+        )
+    return conv2d_input_gradient(upstream, kernel, input_shape, strides, padding)
+
+
 def _conv2d_fast_grad(inputs, kernel, strides, padding):
-    """`tf.nn.conv2d` whose input gradient is `conv2d_input_gradient` (same values)."""
+    """`tf.nn.conv2d` with `_input_gradient` and `conv2d_kernel_gradient` (same values)."""
 
     @tf.custom_gradient
     def convolve(inputs, kernel):
         def gradient(upstream):
-            input_gradient = conv2d_input_gradient(
+            input_gradient = _input_gradient(
                 upstream, kernel, tf.shape(inputs), strides, padding
             )
-            kernel_gradient = tf.raw_ops.Conv2DBackpropFilter(
-                input=inputs,
-                filter_sizes=tf.shape(kernel),
-                out_backprop=upstream,
-                strides=[1, *strides, 1],
-                padding=padding,
+            kernel_gradient = conv2d_kernel_gradient(
+                inputs, upstream, kernel.shape.as_list(), strides, padding
             )
             return input_gradient, kernel_gradient
 
@@ -177,11 +247,12 @@ def _conv2d_fast_grad(inputs, kernel, strides, padding):
 class FastGradConv2D(keras.layers.Conv2D):
     """`keras.layers.Conv2D` (channels-last, no dilation or groups) with a faster backward pass.
 
-    The forward pass and all gradients are those of `Conv2D`. Only how the input gradient is
-    computed changes: TensorFlow's `Conv2DBackpropInput` takes up to 30 times as long as the
-    forward conv on the small, wide maps of deep networks (e.g. ResNet's 2x2x512 stage on
-    64x64 images) on CPU, so the input gradient is computed as a forward convolution instead
-    (`conv2d_input_gradient`). Weights, names and config are those of `Conv2D`.
+    The forward pass and all gradients are those of `Conv2D`. Only how the gradients are
+    computed changes, for speed on the small, wide maps of deep networks (e.g. ResNet's
+    2x2x512 stage on 64x64 images) on CPU: the input gradient as a forward convolution
+    (`conv2d_input_gradient`) where TensorFlow's `Conv2DBackpropInput` is slower
+    (`_input_gradient`), and the kernel gradient of maps of at most 4 positions as a matrix
+    product (`conv2d_kernel_gradient`). Weights, names and config are those of `Conv2D`.
 
     Args:
         *args: `keras.layers.Conv2D` arguments.
@@ -206,7 +277,7 @@ class FastGradConv2D(keras.layers.Conv2D):
             )
 
     def convolution_op(self, inputs, kernel):
-        """The convolution of `Conv2D`, with `conv2d_input_gradient` as its input gradient.
+        """The convolution of `Conv2D`, with the faster gradients the class describes.
 
         Args:
             inputs: NHWC input tensor.
