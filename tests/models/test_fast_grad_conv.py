@@ -90,7 +90,7 @@ def test_input_gradient_matches_tensorflow_backprop_input_on_a_wide_small_map():
 def test_kernel_gradient_matches_tensorflow_backprop_filter_on_wide_small_maps():
     # 2x2 and 1x1 output maps with many channels take the patch product; a 3x3 map does not.
     rng = np.random.default_rng(3)
-    for size, strides, padding in ((2, (1, 1), "SAME"), (5, (2, 2), "VALID"), (3, (1, 1), "SAME")):
+    for size, strides, padding in ((2, (1, 1), "SAME"), (3, (2, 2), "VALID"), (3, (1, 1), "SAME")):
         inputs = tf.constant(rng.normal(size=(4, size, size, 64)).astype("float32"))
         kernel_shape = [3, 3, 64, 32]
         outputs = tf.nn.conv2d(inputs, tf.zeros(kernel_shape), [1, *strides, 1], padding)
