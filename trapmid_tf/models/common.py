@@ -159,8 +159,8 @@ def conv2d_input_gradient(upstream, kernel, input_shape, strides, padding):
 def conv2d_kernel_gradient(inputs, upstream, kernel_shape, strides, padding):
     """Gradient of a 2-D NHWC convolution with respect to its kernel.
 
-    On output maps of at most `MATMUL_KERNEL_GRADIENT_MAX_POSITIONS` positions (the 2x2 and
-    1x1 maps of ResNet's and VGG's last stages on 64x64 images) it is one matrix product,
+    On output maps of at most `MATMUL_KERNEL_GRADIENT_MAX_POSITIONS` positions (e.g. the 2x2
+    maps of ResNet's last stage on 64x64 images) it is one matrix product,
     `patches^T @ upstream` over every sample and output position, where `patches` are the
     input's `(kh, kw, in)` patches (im2col): oneDNN's backward-weights kernel takes 2 to 9
     times as long there on CPU. Elsewhere, and on maps of unknown size, it is TensorFlow's
