@@ -49,6 +49,7 @@ def this_interpreters_kernel(tmp_path, monkeypatch):
     return KERNEL_NAME
 
 
+@pytest.mark.large  # each notebook trains and attacks (a minute or more)
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.name)
 def test_notebook_runs(path, tmp_path, monkeypatch, this_interpreters_kernel):
     monkeypatch.setenv("MPLBACKEND", "Agg")

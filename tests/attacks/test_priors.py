@@ -11,6 +11,7 @@ from trapmid_tf.attacks.priors import GMIPrior, KEDMIPrior
 from trapmid_tf.models import gan
 from trapmid_tf.models.small_cnn import small_cnn
 from tests.numpy_reference import log_softmax
+from tests.tolerances import assert_float32_close, float32_atol, largest_activation, sum_of_fan_ins
 
 SHAPE, Z_DIM, CLASSES = (16, 16, 1), 8, 4
 
@@ -61,6 +62,15 @@ def frozen():
     return keras.optimizers.SGD(0.0)
 
 
+def LOSS_ATOL(*logits):  # noqa: N802 (reads as the constant it stands for)
+    """Rounding of a float32 loss over rows of CLASSES logits: log-softmax (max, CLASSES exps,
+    a sum, a log, a subtraction), a weighted sum over CLASSES and a mean over the rows, at the
+    magnitude of the logits' log-probabilities."""
+    magnitude = max(np.abs(log_softmax(np.asarray(a, "float64"))).max() + np.abs(a).max()
+                    for a in logits)
+    return float32_atol(magnitude, roundings=3 * CLASSES + 8 + len(logits[0]))
+
+
 def values(variables):
     return [v.numpy().copy() for v in variables]
 
@@ -86,8 +96,13 @@ def test_gradient_penalty_of_a_linear_critic_is_the_norm_of_its_weights():
     terms = priors.gradient_penalty(critic, real, fake, mix).numpy()
     # D(x) = w.x has input gradient w everywhere: every term is (||w|| - 1)^2.
     expected = (np.linalg.norm(w) - 1.0) ** 2
-    np.testing.assert_allclose(terms, np.full(5, expected), rtol=1e-5)
-    np.testing.assert_allclose(10.0 * terms.mean(), 10.0 * expected, rtol=1e-5)
+    # ||w||^2 sums 256 float32 squares; then a square root, a subtraction and a square: the
+    # error of ||w|| (256 roundings of terms <= ||w||^2) is doubled by the final square.
+    norm = np.linalg.norm(w)
+    tolerance = dict(magnitude=2 * abs(norm - 1.0) * norm + norm**2, roundings=256 + 4)
+    assert_float32_close(terms, np.full(5, expected), **tolerance)
+    assert_float32_close(10.0 * terms.mean(), 10.0 * expected, magnitude=10.0 * tolerance[
+        "magnitude"], roundings=tolerance["roundings"] + 5)
 
 
 def test_gradient_penalty_is_taken_at_the_interpolated_images():
@@ -100,7 +115,10 @@ def test_gradient_penalty_is_taken_at_the_interpolated_images():
     terms = priors.gradient_penalty(critic, real, fake, mix).numpy()
     x_hat = real + mix * (fake - real)
     expected = (2.0 * np.linalg.norm(x_hat.reshape(3, -1), axis=1) - 1.0) ** 2
-    np.testing.assert_allclose(terms, expected, rtol=1e-5)
+    # As above: the interpolation (3 roundings per pixel), a sum of 256 squares, and the
+    # final square doubling the norm's error.
+    norm = 2.0 * np.linalg.norm(x_hat.reshape(3, -1), axis=1).max()
+    assert_float32_close(terms, expected, magnitude=2 * norm * (norm + 1), roundings=256 + 8)
 
 
 def test_kedmi_losses_match_their_formulas():
@@ -109,7 +127,7 @@ def test_kedmi_losses_match_their_formulas():
     np.testing.assert_allclose(
         priors._soft_cross_entropy(a, b),
         -np.mean(np.sum(np.exp(log_softmax(b)) * log_softmax(a), axis=1)),
-        rtol=1e-5,
+        rtol=0, atol=LOSS_ATOL(a, b),
     )
     # The semi-supervised loss written with an explicit (K+1)-th "fake" logit fixed at 0.
 
@@ -117,14 +135,16 @@ def test_kedmi_losses_match_their_formulas():
         return np.exp(log_softmax(np.concatenate([logits, np.zeros((6, 1))], axis=1)))[:, -1]
 
     expected = 0.5 * (np.mean(-np.log(1.0 - p_fake(real))) + np.mean(-np.log(p_fake(fake))))
-    np.testing.assert_allclose(priors._unlabeled_loss(real, fake), expected, rtol=1e-5)
+    np.testing.assert_allclose(priors._unlabeled_loss(real, fake), expected, rtol=0,
+                               atol=LOSS_ATOL(real, fake))
     np.testing.assert_allclose(
         priors._feature_matching_loss(real, fake),
         np.mean(np.abs(fake.mean(axis=0) - real.mean(axis=0))),
-        rtol=1e-5,
+        rtol=0, atol=LOSS_ATOL(real, fake),
     )
     p = np.exp(log_softmax(fake))
-    np.testing.assert_allclose(priors._entropy_sum(fake), -np.sum(p * np.log(p)), rtol=1e-5)
+    np.testing.assert_allclose(priors._entropy_sum(fake), -np.sum(p * np.log(p)), rtol=0,
+                               atol=6 * LOSS_ATOL(fake))  # a sum over 6 images, not a mean
 
 
 def test_kedmi_step_uses_the_frozen_target_in_inference_mode():
@@ -142,7 +162,13 @@ def test_kedmi_step_uses_the_frozen_target_in_inference_mode():
     logits = prior.discriminator(x, training=True).numpy()
     logs = prior.fit(x, batch_size=8, epochs=1, verbose=0).history
     expected = -np.mean(np.sum(np.exp(log_softmax(target_logits)) * log_softmax(logits), axis=1))
-    np.testing.assert_allclose(logs["labeled_loss"][0], expected, rtol=1e-5)
+    # Logits of the float32 networks (x64 inputs only change the last rounding) and then
+    # the soft cross-entropy's roundings, as LOSS_ATOL counts them.
+    # A logit error d moves the loss by at most (2 + max |log q|) d.
+    network = float32_atol(largest_activation(target, x), sum_of_fan_ins(target))
+    sensitivity = 2 + np.abs(log_softmax(logits.astype("float64"))).max()
+    np.testing.assert_allclose(logs["labeled_loss"][0], expected, rtol=0,
+                               atol=LOSS_ATOL(logits, target_logits) + sensitivity * network)
     agreement = np.mean(logits.argmax(1) == target_logits.argmax(1))
     np.testing.assert_allclose(logs["accuracy"][0], agreement)
     assert_same(values(target.weights), target_before, rtol=0, atol=0)

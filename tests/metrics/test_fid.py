@@ -127,6 +127,7 @@ def test_inception_preprocessing_channel_check():
         layer(np.zeros((1, 4, 4, 2), "float32"))
 
 
+@pytest.mark.large  # a full InceptionV3 at 299x299
 def test_wrapped_inception_v3_gives_2048_features_for_small_grey_images():
     backbone = keras.applications.InceptionV3(
         include_top=False, weights=None, input_shape=(299, 299, 3), pooling="avg"
