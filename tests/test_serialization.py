@@ -14,6 +14,7 @@ from trapmid_tf.layers.triggers import BlendTrigger
 from trapmid_tf.metrics.fid import InceptionPreprocessing
 from trapmid_tf.models.cgan import ConditionalBatchNorm, ResNetGenerator, SNEmbedding
 from trapmid_tf.models.common import FastGradConv2D
+from trapmid_tf.models.fused_batch_norm import FusedBatchNorm
 from trapmid_tf.models.gan import MinibatchDiscrimination
 from trapmid_tf.models.irse import BilinearResize
 
@@ -54,6 +55,16 @@ CASES = [
         inputs=[RGB],
         output_shape=(4, 4, 2),
         base=keras.layers.Conv2D,
+    ),
+    SerializableCase(
+        name="fused_batch_norm",
+        make=lambda: FusedBatchNorm(
+            momentum=0.9, epsilon=1e-5, torch_running_variance=True, name="bn"
+        ),
+        config=dict(name="bn", momentum=0.9, epsilon=1e-5, torch_running_variance=True),
+        inputs=[RGB],
+        output_shape=(8, 8, 3),
+        base=keras.layers.BatchNormalization,
     ),
     SerializableCase(
         name="bilinear_resize",

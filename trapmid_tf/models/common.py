@@ -27,14 +27,19 @@ MATMUL_KERNEL_GRADIENT_MAX_POSITIONS = 4
 NATIVE_INPUT_GRADIENT_MIN_CHANNELS = 16
 
 
-def batch_norm(name, center=True):
+def batch_norm(name, center=True, torch_running_variance=False):
     """Returns a `FusedBatchNorm` with PyTorch's defaults (momentum 0.1, epsilon 1e-5).
 
     Args:
         name: Layer name.
         center: Whether the layer has a learned offset (beta); False for a bias frozen at 0.
+        torch_running_variance: Whether training updates the moving variance with the
+            unbiased batch variance, as PyTorch does (see `FusedBatchNorm`); else Keras's rule.
     """
-    return FusedBatchNorm(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, center=center, name=name)
+    return FusedBatchNorm(
+        momentum=BN_MOMENTUM, epsilon=BN_EPSILON, center=center, name=name,
+        torch_running_variance=torch_running_variance,
+    )
 
 
 def prelu(name):
@@ -208,10 +213,12 @@ def _input_gradient(upstream, kernel, input_shape, strides, padding):
     TensorFlow's own CPU kernel for `Conv2DBackpropInput` takes up to 50 times as long as the
     forward conv on small, wide maps (ResNet's 2x2x512 stage on 64x64 images), so the input
     gradient is normally `conv2d_input_gradient`, a forward convolution. With oneDNN's CPU
-    kernels (`trapmid_tf.startup`), `Conv2DBackpropInput` is as fast for stride 1 and faster
-    for strided convs, where the forward form multiplies the zero taps of its phase kernels
-    (16 taps for 9 at 3x3 stride 2), once the conv has `NATIVE_INPUT_GRADIENT_MIN_CHANNELS`
-    input channels (not a 3-channel 7x7 stem); those convs take TensorFlow's kernel.
+    kernels (on if TensorFlow was imported with them, by its default or after
+    `trapmid_tf.startup.import_tensorflow`), `Conv2DBackpropInput` is as fast for stride 1
+    and faster for strided convs, where the forward form multiplies the zero taps of its
+    phase kernels (16 taps for 9 at 3x3 stride 2), once the conv has
+    `NATIVE_INPUT_GRADIENT_MIN_CHANNELS` input channels (not a 3-channel 7x7 stem); those
+    convs take TensorFlow's kernel.
     """
     if _onednn_kernels_on() and kernel.shape[2] >= NATIVE_INPUT_GRADIENT_MIN_CHANNELS:
         return tf.raw_ops.Conv2DBackpropInput(
@@ -300,7 +307,10 @@ def plain_keras_copy(model):
     Every `FastGradConv2D` becomes a `keras.layers.Conv2D` and every `FusedBatchNorm` a
     `keras.layers.BatchNormalization`, of the same config and weights (their forward passes
     agree up to float32 rounding), so `keras.models.load_model` reads the saved copy without
-    this package. The copy is not compiled.
+    this package. The copy is not compiled. It is made for inference, which reads the stored
+    moving statistics: a `FusedBatchNorm` with `torch_running_variance=True` becomes a
+    Keras layer that, if the copy is trained, updates its moving variance by Keras's rule
+    (to keep PyTorch's rule, train the original model).
 
     Args:
         model: A functional or sequential Keras model (nested ones included).
@@ -358,7 +368,11 @@ def _copy_with_layers(model, replacement):
         return model
 
     def clone(layer):
-        return (replacement(layer) or type(layer)).from_config(layer.get_config())
+        new_class = replacement(layer) or type(layer)
+        config = layer.get_config()
+        if isinstance(layer, FusedBatchNorm) and not issubclass(new_class, FusedBatchNorm):
+            del config["torch_running_variance"]  # Keras's layer has Keras's rule only
+        return new_class.from_config(config)
 
     copy = keras.models.clone_model(model, clone_function=clone, recursive=True)
     copy.set_weights(model.get_weights())

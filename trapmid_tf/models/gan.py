@@ -115,7 +115,10 @@ def _generator_channels(stages, base_channels):
     ]
 
 
-def dcgan_generator(image_shape, z_dim=100, base_channels=64, name="dcgan_generator"):
+def dcgan_generator(
+    image_shape, z_dim=100, base_channels=64, name="dcgan_generator",
+    torch_running_variance=False,
+):
     """Builds the GMI/KED-MI generator: z -> images in [0, 1].
 
     Reference `Generator(z_dim, dim)`: Dense (no bias) -> BN -> ReLU -> reshape to a 4x4 map,
@@ -129,6 +132,8 @@ def dcgan_generator(image_shape, z_dim=100, base_channels=64, name="dcgan_genera
         z_dim: Latent size, >= 1.
         base_channels: Channels of the last hidden stage, >= 1.
         name: Model name.
+        torch_running_variance: Whether the batch norms update their moving variance as
+            PyTorch does (`FusedBatchNorm`), e.g. to train as the reference; else as Keras.
 
     Returns:
         A functional `keras.Model` with input shape (None, z_dim) and output (None, *image_shape).
@@ -145,12 +150,12 @@ def dcgan_generator(image_shape, z_dim=100, base_channels=64, name="dcgan_genera
         4 * 4 * channels[0], use_bias=False, kernel_initializer=common.torch_default_kernel(),
         name="project",
     )(z)
-    x = common.batch_norm("project_bn")(x)
+    x = common.batch_norm("project_bn", torch_running_variance=torch_running_variance)(x)
     x = keras.layers.ReLU(name="project_relu")(x)
     x = keras.layers.Reshape((4, 4, channels[0]), name="reshape")(x)
     for stage, filters in enumerate(channels[1:], start=1):
         x = _upsample(x, filters, use_bias=False, name=f"up{stage}")
-        x = common.batch_norm(f"up{stage}_bn")(x)
+        x = common.batch_norm(f"up{stage}_bn", torch_running_variance=torch_running_variance)(x)
         x = keras.layers.ReLU(name=f"up{stage}_relu")(x)
     x = _upsample(x, image_shape[-1], use_bias=True, name=f"up{stages}")
     # Images are float32 under any dtype policy (bfloat16 mixed precision included).

@@ -33,7 +33,7 @@ def _conv(x, filters, kernel_size, strides, padding, name):
     )
 
 
-def _bottleneck_ir(x, depth, strides, name):
+def _bottleneck_ir(x, depth, strides, name, torch_running_variance):
     """IR unit: BN -> conv3x3 -> PReLU -> conv3x3 (stride) -> BN, plus a shortcut; no activation.
 
     The shortcut subsamples (a 1x1 max pool) when the channel count is kept, else it is a
@@ -45,40 +45,46 @@ def _bottleneck_ir(x, depth, strides, name):
             shortcut = keras.layers.MaxPooling2D(1, strides=strides, name=f"{name}_subsample")(x)
     else:
         shortcut = _conv(x, depth, 1, strides, 0, f"{name}_shortcut_conv")
-        shortcut = common.batch_norm(f"{name}_shortcut_bn")(shortcut)
-    y = common.batch_norm(f"{name}_bn1")(x)
+        shortcut = common.batch_norm(
+            f"{name}_shortcut_bn", torch_running_variance=torch_running_variance
+        )(shortcut)
+    y = common.batch_norm(f"{name}_bn1", torch_running_variance=torch_running_variance)(x)
     y = _conv(y, depth, 3, 1, 1, f"{name}_conv1")
     y = common.prelu(f"{name}_prelu")(y)
     y = _conv(y, depth, 3, strides, 1, f"{name}_conv2")
-    y = common.batch_norm(f"{name}_bn2")(y)
+    y = common.batch_norm(f"{name}_bn2", torch_running_variance=torch_running_variance)(y)
     return keras.layers.Add(name=f"{name}_add")([y, shortcut])
 
 
-def _ir_body(inputs, units):
+def _ir_body(inputs, units, torch_running_variance):
     """Stem (conv3x3 + BN + PReLU) and four IR stages; the first unit of each stage has stride 2."""
     x = _conv(inputs, STAGE_DEPTHS[0], 3, 1, 1, "stem_conv")
-    x = common.batch_norm("stem_bn")(x)
+    x = common.batch_norm("stem_bn", torch_running_variance=torch_running_variance)(x)
     x = common.prelu("stem_prelu")(x)
     for stage, (depth, count) in enumerate(zip(STAGE_DEPTHS, units), start=1):
         for unit in range(count):
-            x = _bottleneck_ir(x, depth, 2 if unit == 0 else 1, f"stage{stage}_unit{unit}")
+            x = _bottleneck_ir(
+                x, depth, 2 if unit == 0 else 1, f"stage{stage}_unit{unit}",
+                torch_running_variance,
+            )
     return x
 
 
 def _ir_classifier(
     arch, units, input_shape, num_classes, weights, name, dropout_seed, resize=None,
-    min_size=MIN_SIZE, head_dense_xavier=False
+    min_size=MIN_SIZE, head_dense_xavier=False, torch_running_variance=False
 ):
     """IR body and feature head; `resize` (a layer) maps the input to the body's size first.
 
     The head Dense uses PyTorch's `nn.Linear` default init, or Xavier-uniform weights and
     zero bias when `head_dense_xavier` (the head inside face.evoLVe's 112x112 backbone).
+    `torch_running_variance` goes to every batch norm (`common.batch_norm`).
     """
     input_shape = common.check_input_shape(input_shape, min_size, arch)
     common.check_positive_int("num_classes", num_classes)
     inputs = keras.Input(input_shape, name="image")
-    x = _ir_body(inputs if resize is None else resize(inputs), units)
-    x = common.batch_norm("head_bn2d")(x)
+    x = _ir_body(inputs if resize is None else resize(inputs), units, torch_running_variance)
+    x = common.batch_norm("head_bn2d", torch_running_variance=torch_running_variance)(x)
     x = keras.layers.Dropout(DROPOUT_RATE, seed=dropout_seed, name="head_dropout")(x)
     x = keras.layers.Flatten(name="head_flatten")(x)
     if head_dense_xavier:
@@ -87,7 +93,9 @@ def _ir_classifier(
         )
     else:
         dense = common.torch_default_dense(FEATURE_DIM, x.shape[-1], "head_dense")
-    features = common.batch_norm("feature_bn")(dense(x))
+    features = common.batch_norm(
+        "feature_bn", torch_running_variance=torch_running_variance
+    )(dense(x))
     return common.classifier_model(inputs, features, num_classes, weights, name)
 
 
@@ -140,7 +148,10 @@ class BilinearResize(keras.layers.Layer):
         return config
 
 
-def facenet64(input_shape, num_classes, weights=None, name="facenet64", dropout_seed=None):
+def facenet64(
+    input_shape, num_classes, weights=None, name="facenet64", dropout_seed=None,
+    torch_running_variance=False,
+):
     """Builds FaceNet64: an IR-50 body (units 3, 4, 14, 3) and the 512-d BN feature head.
 
     Body convs use Xavier-uniform initialisation (as face.evoLVe); the head Dense layers use
@@ -152,6 +163,8 @@ def facenet64(input_shape, num_classes, weights=None, name="facenet64", dropout_
         weights: None, or a local `.weights.h5` / `.keras` file to load after building.
         name: Model name.
         dropout_seed: Optional int seed of the head dropout, for reproducible training.
+        torch_running_variance: Whether the batch norms update their moving variance as
+            PyTorch does (`FusedBatchNorm`), e.g. to train as the reference; else as Keras.
 
     Returns:
         A functional `keras.Model` mapping float32 images in [0, 1] to logits; the final Dense is
@@ -162,15 +175,20 @@ def facenet64(input_shape, num_classes, weights=None, name="facenet64", dropout_
         FileNotFoundError: If `weights` names a missing file.
     """
     return _ir_classifier(
-        "facenet64", IR50_UNITS, input_shape, num_classes, weights, name, dropout_seed
+        "facenet64", IR50_UNITS, input_shape, num_classes, weights, name, dropout_seed,
+        torch_running_variance=torch_running_variance,
     )
 
 
-def ir152(input_shape, num_classes, weights=None, name="ir152", dropout_seed=None):
+def ir152(
+    input_shape, num_classes, weights=None, name="ir152", dropout_seed=None,
+    torch_running_variance=False,
+):
     """Builds IR152: `facenet64` with an IR-152 body (units 3, 8, 36, 3).
 
     Args:
-        input_shape, num_classes, weights, name, dropout_seed: As `facenet64`.
+        input_shape, num_classes, weights, name, dropout_seed, torch_running_variance: As
+            `facenet64`.
 
     Returns:
         The model, as `facenet64` describes it.
@@ -179,13 +197,14 @@ def ir152(input_shape, num_classes, weights=None, name="ir152", dropout_seed=Non
         ValueError, FileNotFoundError: As `facenet64`.
     """
     return _ir_classifier(
-        "ir152", IR152_UNITS, input_shape, num_classes, weights, name, dropout_seed
+        "ir152", IR152_UNITS, input_shape, num_classes, weights, name, dropout_seed,
+        torch_running_variance=torch_running_variance,
     )
 
 
 def facenet_eval(
     input_shape, num_classes, weights=None, name="facenet_eval", dropout_seed=None,
-    align_corners=True,
+    align_corners=True, torch_running_variance=False,
 ):
     """Builds the reference's face evaluation classifier ("FaceNet": IR-50 at 112x112).
 
@@ -210,6 +229,7 @@ def facenet_eval(
         name: Model name.
         dropout_seed: Optional int seed of the head dropout, for reproducible training.
         align_corners: The resize's corner convention; see above.
+        torch_running_variance: As `facenet64`.
 
     Returns:
         A functional `keras.Model` mapping float32 images in [0, 1] to logits; the final Dense is
@@ -223,4 +243,5 @@ def facenet_eval(
     return _ir_classifier(
         "facenet_eval", IR50_UNITS, input_shape, num_classes, weights, name, dropout_seed,
         resize=resize, min_size=1, head_dense_xavier=True,
+        torch_running_variance=torch_running_variance,
     )

@@ -8,8 +8,10 @@ WIDTH_MULTIPLIERS = (1, 2, 4)  # channels of the conv blocks, in units of `width
 MIN_SIZE = 2 ** len(WIDTH_MULTIPLIERS)
 
 
-def _maybe_batch_norm(x, batch_norm, name):
-    return common.batch_norm(name)(x) if batch_norm else x
+def _maybe_batch_norm(x, batch_norm, name, torch_running_variance):
+    if not batch_norm:
+        return x
+    return common.batch_norm(name, torch_running_variance=torch_running_variance)(x)
 
 
 def small_cnn(
@@ -21,6 +23,7 @@ def small_cnn(
     width=32,
     feature_dim=128,
     batch_norm=True,
+    torch_running_variance=False,
 ):
     """Builds a small CNN: 3 x [conv3x3 + BN + ReLU + 2x2 max pool] -> Dense feature -> logits.
 
@@ -37,6 +40,8 @@ def small_cnn(
         width: Channels of the first conv block, >= 1.
         feature_dim: Size of the penultimate feature, >= 1.
         batch_norm: Whether to normalise after every conv and the feature Dense.
+        torch_running_variance: Whether the batch norms update their moving variance as
+            PyTorch does (`FusedBatchNorm`), as the reference's presets train; else as Keras.
 
     Returns:
         A functional `keras.Model` mapping float32 images in [0, 1] to logits; the final Dense is
@@ -67,7 +72,7 @@ def small_cnn(
             kernel_initializer=common.kaiming_normal_fan_out(),
             name=f"block{block}_conv",
         )
-        x = _maybe_batch_norm(x, batch_norm, f"block{block}_bn")
+        x = _maybe_batch_norm(x, batch_norm, f"block{block}_bn", torch_running_variance)
         x = keras.layers.ReLU(name=f"block{block}_relu")(x)
         x = keras.layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
     x = keras.layers.Flatten(name="flatten")(x)
@@ -77,6 +82,6 @@ def small_cnn(
         kernel_initializer=keras.initializers.HeNormal(),
         name="feature_dense",
     )(x)
-    x = _maybe_batch_norm(x, batch_norm, "feature_bn")
+    x = _maybe_batch_norm(x, batch_norm, "feature_bn", torch_running_variance)
     features = keras.layers.ReLU(name="feature_relu")(x)
     return common.classifier_model(inputs, features, num_classes, weights, name)

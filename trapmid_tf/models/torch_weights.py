@@ -346,6 +346,11 @@ def load_torch_weights(model, path, architecture, key=None):
     `model = facenet_eval((64, 64, 3), 1000)` then
     `load_torch_weights(model, "FaceNet_95.88.tar", "facenet_eval")`.
 
+    BatchNorm running statistics are copied as stored, so inference is the reference's under
+    any build. How further training updates them is the model's choice, made when it is
+    built: to fine-tune as PyTorch does, build it with `torch_running_variance=True`
+    (`FusedBatchNorm`); this function leaves the layers as they are.
+
     Args:
         model: A zoo model built for `architecture` with the checkpoint's sizes (classes,
             input side, widths).

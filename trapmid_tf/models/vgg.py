@@ -9,7 +9,9 @@ VGG16_BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
 MIN_SIZE = 2 ** len(VGG16_BLOCKS)
 
 
-def vgg16_bn(input_shape, num_classes, weights=None, name="vgg16_bn"):
+def vgg16_bn(
+    input_shape, num_classes, weights=None, name="vgg16_bn", torch_running_variance=False
+):
     """Builds VGG16-BN: 13 conv3x3+BN+ReLU layers in 5 pooled blocks, then a BN feature and logits.
 
     The feature is the flattened last block (512·(H/32)·(W/32); 2048 at 64x64, 512 at 32x32)
@@ -21,6 +23,8 @@ def vgg16_bn(input_shape, num_classes, weights=None, name="vgg16_bn"):
         num_classes: Number of logits, >= 1.
         weights: None, or a local `.weights.h5` / `.keras` file to load after building.
         name: Model name.
+        torch_running_variance: Whether the batch norms update their moving variance as
+            PyTorch does (`FusedBatchNorm`), e.g. to train as the reference; else as Keras.
 
     Returns:
         A functional `keras.Model` mapping float32 images in [0, 1] to logits; the final Dense is
@@ -46,9 +50,11 @@ def vgg16_bn(input_shape, num_classes, weights=None, name="vgg16_bn"):
                 kernel_initializer=common.kaiming_normal_fan_out(),
                 name=prefix,
             )
-            x = common.batch_norm(f"{prefix}_bn")(x)
+            x = common.batch_norm(f"{prefix}_bn", torch_running_variance=torch_running_variance)(x)
             x = keras.layers.ReLU(name=f"{prefix}_relu")(x)
         x = keras.layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
     x = keras.layers.Flatten(name="flatten")(x)
-    features = common.batch_norm("feature_bn", center=False)(x)
+    features = common.batch_norm(
+        "feature_bn", center=False, torch_running_variance=torch_running_variance
+    )(x)
     return common.classifier_model(inputs, features, num_classes, weights, name)
