@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from trapmid_tf.data.idx import read_idx
+from trapmid_tf.data import loaders
 from trapmid_tf.data.loaders import load, load_evaluation_data
 
 _TYPE_CODES = {np.dtype("uint8"): 0x08, np.dtype("int32"): 0x0C, np.dtype("float32"): 0x0D}
@@ -169,3 +170,31 @@ def test_mnist_evaluation_data_is_all_ten_classes(tmp_path):
     assert num_classes == 10
     np.testing.assert_array_equal(_arrays(train)[1], arrays["train-labels-idx1-ubyte"])
     np.testing.assert_array_equal(_arrays(test)[1], arrays["t10k-labels-idx1-ubyte"])
+
+
+def test_fashion_mnist_without_data_dir_is_read_from_the_first_default_folder(
+        tmp_path, monkeypatch):
+    empty, partial, complete, later = (tmp_path / name for name in ("a", "b", "c", "d"))
+    for folder in (empty, partial, complete, later):
+        folder.mkdir()
+    _write_mnist(partial)
+    os.remove(partial / "t10k-labels-idx1-ubyte")  # three of four files: not a dataset
+    arrays = _write_mnist(complete, gz_names=("train-images-idx3-ubyte",))
+    _write_mnist(later)
+    folders = tuple(str(folder) for folder in (empty, partial, complete, later))
+    monkeypatch.setitem(loaders.DEFAULT_FOLDERS, "fashion_mnist", folders)
+    assert loaders.default_data_dir("fashion_mnist") == str(complete)
+    assert loaders.default_data_dir("mnist") is None  # no default folders
+    (train, _), _ = load("fashion_mnist", image_size=4)
+    labels = arrays["train-labels-idx1-ubyte"]
+    np.testing.assert_array_equal(_arrays(train)[1], labels[labels < 5])
+
+
+def test_fashion_mnist_found_nowhere_says_where_it_looked_and_how_to_supply_it(
+        tmp_path, monkeypatch):
+    monkeypatch.setitem(loaders.DEFAULT_FOLDERS, "fashion_mnist", (str(tmp_path),))
+    with pytest.raises(FileNotFoundError, match="dataset-fashion-mnist") as error:
+        load("fashion_mnist")
+    assert str(tmp_path) in str(error.value) and "data_dir" in str(error.value)
+    with pytest.raises(FileNotFoundError, match="needs data_dir"):
+        load("mnist")

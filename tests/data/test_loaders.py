@@ -7,14 +7,16 @@ from trapmid_tf.data.loaders import DatasetSplits, load
 
 def test_unknown_name_lists_known_names():
     known = (
-        r"\['celeba', 'digits', 'facescrub', 'fashion_mnist', 'ffhq', 'folder', 'mnist'\]"
+        r"\['celeba', 'class_folder', 'digits', 'facescrub', 'fashion_mnist', 'ffhq', 'folder', "
+        r"'mnist'\]"
     )
     with pytest.raises(ValueError, match=f"name must be one of {known}, got 'cifar'"):
         load("cifar")
 
 
+# fashion_mnist has default folders: tests/data/test_idx.py.
 @pytest.mark.parametrize(
-    "name", ["mnist", "fashion_mnist", "celeba", "ffhq", "facescrub", "folder"]
+    "name", ["mnist", "celeba", "ffhq", "facescrub", "folder", "class_folder"]
 )
 def test_missing_data_dir_says_what_to_put_there(name):
     with pytest.raises(FileNotFoundError, match=f"{name}' needs data_dir.*Nothing is downloaded"):

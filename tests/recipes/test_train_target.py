@@ -15,6 +15,7 @@ from PIL import Image
 import trapmid_tf as tm
 from trapmid_tf.callbacks import NonFiniteLossError
 from trapmid_tf.experiments.target_config import resolve_config
+from tests.cli_cases import command_outcomes
 
 COMMAND = (sys.executable, "-m", "trapmid_tf.cli.train_target")
 
@@ -77,51 +78,55 @@ def test_runs_without_triggers_export_a_plain_classifier(tmp_path, defense):
     assert accuracy == pytest.approx(results["test_accuracy"], abs=1e-6)
 
 
-@pytest.mark.parametrize(
-    "flags, message",
-    [
-        (["--defense=none", "--nodiscriminator"], "only applies to the trapmid"),
-        (["--epochs=0"], "--epochs must be >= 1"),
-        (["--dataset=cifar"], "dataset"),
-        (["--dataset=mnist"], "--data_dir, which is not set"),
-        (["--dataset=mnist", "--data_dir={tmp}/missing"], "--data_dir '{tmp}/missing' is not an "),
-        (["--data_dir={tmp}"], "--dataset=digits is embedded and reads no --data_dir"),
-        (["--model=ir18", "--width=8"], "--width only applies to --model=small_cnn"),
-        (["--width=0"], "--width must be >= 1"),
-        (["--seed=-1"], "--seed must be >= 0"),
-        (["--backup_dir={tmp}/run"], "--backup_dir must differ from --out"),
-        (["--strategy=multi_worker"], "TF_CONFIG environment variable, which is not set"),
-        (["--strategy=multi_worker", "TF_CONFIG=[]"], "TF_CONFIG must be JSON with a"),
-        (["--strategy=multi_worker", "--batch_size=63",
-          'TF_CONFIG={"cluster": {"worker": ["a:1", "b:2"]}, "task": {}}'],
-         "--batch_size must be a multiple of the 2 workers"),
-        (["--skip_unreadable"], "--skip_unreadable applies to image files"),
-        (["--defense=none", "--min_trapdoor_accuracy=0.5"],
-         "--min_trapdoor_accuracy only applies to the trapmid"),
-        (["--min_trapdoor_accuracy=1.5"], "--min_trapdoor_accuracy must be in [0, 1]"),
-        (["--trapdoor_warning_threshold=-0.5"],
-         "--trapdoor_warning_threshold must be in [0, 1]; received -0.5"),
-        (["--defense=none", "--fast_trapmid"], "--fast_trapmid only applies to the trapmid"),
-        (["--fast_trapmid", "--strategy=mirrored"], "--fast_trapmid runs on one replica"),
-        (["--bogus=1"], "Unknown command line flag 'bogus'"),
-    ],
-)
-def test_bad_flags_are_rejected_before_any_work(tmp_path, flags, message):
-    out = tmp_path / "run"
-    environment = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
-    arguments = []
-    for flag in flags:
-        if flag.startswith("TF_CONFIG="):
-            environment["TF_CONFIG"] = flag.partition("=")[2]
-        else:
-            arguments.append(flag.format(tmp=tmp_path))
-    result = subprocess.run(
-        [*COMMAND, f"--out={out}", *arguments],
-        capture_output=True, text=True, timeout=300, env=environment,
-    )
-    assert result.returncode != 0
-    assert message.format(tmp=tmp_path) in result.stderr
-    assert not out.exists()
+BAD_FLAGS = [
+    (["--defense=none", "--nodiscriminator"], "only applies to the trapmid"),
+    (["--epochs=0"], "--epochs must be >= 1"),
+    (["--dataset=cifar"], "dataset"),
+    (["--dataset=mnist"], "--data_dir, which is not set"),
+    (["--dataset=mnist", "--data_dir={tmp}/missing"], "--data_dir '{tmp}/missing' is not an "),
+    (["--data_dir={tmp}"], "--dataset=digits is embedded and reads no --data_dir"),
+    (["--model=ir18", "--width=8"], "--width only applies to --model=small_cnn"),
+    (["--width=0"], "--width must be >= 1"),
+    (["--seed=-1"], "--seed must be >= 0"),
+    (["--backup_dir={tmp}/run"], "--backup_dir must differ from --out"),
+    (["--strategy=multi_worker"], "TF_CONFIG environment variable, which is not set"),
+    (["--strategy=multi_worker", "TF_CONFIG=[]"], "TF_CONFIG must be JSON with a"),
+    (["--strategy=multi_worker", "--batch_size=63",
+      'TF_CONFIG={"cluster": {"worker": ["a:1", "b:2"]}, "task": {}}'],
+     "--batch_size must be a multiple of the 2 workers"),
+    (["--skip_unreadable"], "--skip_unreadable applies to image files"),
+    (["--defense=none", "--min_trapdoor_accuracy=0.5"],
+     "--min_trapdoor_accuracy only applies to the trapmid"),
+    (["--min_trapdoor_accuracy=1.5"], "--min_trapdoor_accuracy must be in [0, 1]"),
+    (["--trapdoor_warning_threshold=-0.5"],
+     "--trapdoor_warning_threshold must be in [0, 1]; received -0.5"),
+    (["--defense=none", "--fast_trapmid"], "--fast_trapmid only applies to the trapmid"),
+    (["--fast_trapmid", "--strategy=mirrored"], "--fast_trapmid runs on one replica"),
+    (["--bogus=1"], "Unknown command line flag 'bogus'"),
+]
+
+
+@pytest.fixture(scope="module")
+def bad_flag_outcomes(tmp_path_factory):
+    """Every `BAD_FLAGS` command line run in one interpreter, each with its own folder."""
+    cases = []
+    for index, (flags, _) in enumerate(BAD_FLAGS):
+        tmp = tmp_path_factory.mktemp(f"case{index}")
+        argv = [flag.format(tmp=tmp) for flag in flags if not flag.startswith("TF_CONFIG=")]
+        environment = dict(flag.partition("=")[::2] for flag in flags
+                           if flag.startswith("TF_CONFIG="))
+        cases.append({"argv": [f"--out={tmp}/run", *argv], "environment": environment,
+                      "paths": [f"{tmp}/run"], "tmp": str(tmp)})
+    return cases, command_outcomes("trapmid_tf.cli.train_target", cases)
+
+
+@pytest.mark.parametrize("index", range(len(BAD_FLAGS)), ids=[" ".join(f) for f, _ in BAD_FLAGS])
+def test_bad_flags_are_rejected_before_any_work(bad_flag_outcomes, index):
+    cases, outcomes = bad_flag_outcomes
+    outcome = outcomes[index]
+    assert not outcome["started"]
+    assert BAD_FLAGS[index][1].format(tmp=cases[index]["tmp"]) in outcome["message"]
+    assert outcome["written"] == []
 
 
 def test_missing_dataset_file_is_named_and_nothing_is_written(tmp_path):
@@ -479,3 +484,25 @@ def test_the_commands_flags_are_the_librarys_settings_and_defaults():
 def test_unknown_settings_are_rejected_by_name(tmp_path):
     with pytest.raises(ValueError, match=r"Unknown target settings \['epoch'\]"):
         resolve_config(dict(defense="none", out=str(tmp_path), epoch=3))
+
+
+@pytest.mark.parametrize("dataset, expected", [
+    ("digits", False), ("mnist", True), ("fashion_mnist", True), ("celeba", True),
+])
+def test_presets_copied_from_the_reference_use_pytorchs_running_variance(
+    tmp_path, dataset, expected
+):
+    """The reference's presets train every batch norm, the discriminator's too, by PyTorch's
+    moving-variance rule; the digits preset (ours) by Keras's."""
+    recipe = load_recipe()
+    changes = {} if dataset == "digits" else dict(data_dir=str(tmp_path))
+    config = config_for(recipe, "trapmid", tmp_path / "run", dataset=dataset, **changes)
+    assert config["torch_running_variance"] is expected
+    model = recipe.build_model(config, (32, 32, 1), 5, steps_per_epoch=3)
+    for network in (model.classifier, model.discriminator):
+        rules = [
+            layer.torch_running_variance
+            for layer in network._flatten_layers()
+            if isinstance(layer, tm.models.FusedBatchNorm)
+        ]
+        assert rules and set(rules) == {expected}

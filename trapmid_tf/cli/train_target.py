@@ -42,15 +42,24 @@ from trapmid_tf.experiments.targets import TrapdoorNotFormedError, train, trapdo
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("dataset", DEFAULTS["dataset"], sorted(PRESETS),
                   "Dataset name (trapmid_tf.data.load).")
-flags.DEFINE_string("data_dir", None, "Folder with the dataset files (not needed for digits).")
+flags.DEFINE_string("data_dir", None, "Folder with the dataset files (not needed for digits); "
+                    "class_folder: one subfolder of images per class (the training images "
+                    "when --test_dir is given).")
+flags.DEFINE_string("test_dir", None, "class_folder: folder of the test images, with the same "
+                    "class subfolders as --data_dir (default: hold out --test_fraction).")
+flags.DEFINE_float("test_fraction", None, "class_folder without --test_dir: fraction of each "
+                   "class held out for testing, drawn with --split_seed (default 0.2).")
 flags.DEFINE_enum("public_split", None, ["classes", "samples"],
                   "Digit datasets: public data = classes 5-9 (reference) or also a disjoint half "
                   "of the private classes' images (default: dataset preset; see README).")
 flags.DEFINE_bool("skip_unreadable", DEFAULTS["skip_unreadable"],
-                  "CelebA: leave out missing or undecodable images "
+                  "CelebA, class_folder: leave out missing or undecodable images "
                   "(counted in results.json) instead of stopping at the first, named.")
-flags.DEFINE_enum("model", None, MODELS, "Classifier architecture (default: dataset preset); "
-                  "facenet_eval with --defense=none trains the face evaluation classifier.")
+flags.DEFINE_string("model", None, f"Classifier architecture, one of {', '.join(MODELS)} "
+                    "(default: dataset preset; facenet_eval with --defense=none trains the face "
+                    "evaluation classifier), or package.module:function, your own: it gets "
+                    "(input_shape, num_classes) and returns an uncompiled keras.Model mapping "
+                    "images in [0, 1] to logits (mid and bido: its last layer a Dense).")
 flags.DEFINE_integer("image_size", None, "Side of the training images (default: the dataset's, "
                      "112 for facenet_eval on CelebA).")
 flags.DEFINE_bool("flip", None, "Flip training images left-right at random, a new draw each "
@@ -141,7 +150,7 @@ def main(argv):
 
     try:
         results = train(config, verbose=console.fit_verbosity())
-    except (FileNotFoundError, NonFiniteLossError) as error:
+    except (FileNotFoundError, ValueError, NonFiniteLossError) as error:
         raise SystemExit(f"train_target: {error}") from error
     except TrapdoorNotFormedError as error:
         print(json.dumps(error.results, indent=2))

@@ -106,11 +106,19 @@ def read_mnist_family(data_dir):
     return tuple(splits)
 
 
-def _find_idx_file(data_dir, stem):
+def find_idx_file(data_dir, stem):
+    """The IDX file `stem` (or `stem.gz`) in `data_dir`, or None if neither exists."""
     for name in (stem, stem + ".gz"):
         path = os.path.join(data_dir, name)
         if os.path.isfile(path):
             return path
+    return None
+
+
+def _find_idx_file(data_dir, stem):
+    path = find_idx_file(data_dir, stem)
+    if path:
+        return path
     raise FileNotFoundError(
         f"{os.path.join(data_dir, stem)!r} (or its .gz) not found: the MNIST-family loader "
         f"expects the four IDX files {sorted(MNIST_FILES.values())} in data_dir "

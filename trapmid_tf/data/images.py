@@ -1,4 +1,4 @@
-"""Image-file datasets (CelebA, FFHQ, FaceScrub, any image folder) decoded lazily in `tf.data`.
+"""Image-file datasets (CelebA, FFHQ, FaceScrub, image and class folders), decoded lazily.
 
 Each face dataset is prepared as the reference prepares it (Trap-MID `dataset.py`, PLG-MI
 `plgmi/baselines/dataloader.py`, `utils.load_image_list`): CelebA is cropped to its 108x108
@@ -20,6 +20,8 @@ import os
 import numpy as np
 import tensorflow as tf
 from PIL import Image
+
+from trapmid_tf.data import digits
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 CELEBA_IMAGE_DIR = "img_align_celeba"
@@ -43,6 +45,8 @@ FACESCRUB_SPLIT_FILE = "facescrub_ganset.txt"
 FACESCRUB_SOURCE_SIZE = 64
 
 _PIL_MODES = {1: "L", 3: "RGB"}
+# PIL modes without colour: a class folder of only these is read with one channel.
+GRAYSCALE_MODES = ("1", "L", "LA", "I", "I;16", "F")
 
 
 def prepare_image(image, image_size, channels):
@@ -51,14 +55,16 @@ def prepare_image(image, image_size, channels):
     Args:
         image: HxWxC tensor, uint8 (0..255) or float in [0, 1], with C equal to 1 or
             `channels`.
-        image_size: side of the output, in pixels.
+        image_size: side of the square output, in pixels, or its `(height, width)`.
         channels: output channels; a 1-channel image is repeated to fill them.
 
     Returns:
-        A float32 tensor of shape (image_size, image_size, channels).
+        A float32 tensor of shape (image_size, image_size, channels) (or (height,
+        width, channels)).
     """
+    size = (image_size, image_size) if np.ndim(image_size) == 0 else tuple(image_size)
     image = tf.image.convert_image_dtype(image, tf.float32)
-    image = tf.image.resize(image, (image_size, image_size), method="bilinear", antialias=True)
+    image = tf.image.resize(image, size, method="bilinear", antialias=True)
     image = tf.clip_by_value(image, 0.0, 1.0)
     if image.shape[-1] != channels:
         image = tf.repeat(image, channels, axis=-1)
@@ -285,12 +291,7 @@ def folder_images(data_dir, image_size, channels, skip_unreadable):
     Raises:
         FileNotFoundError: if the folder holds no image file.
     """
-    paths = sorted(
-        os.path.join(root, name)
-        for root, _, names in os.walk(data_dir)
-        for name in names
-        if name.lower().endswith(IMAGE_EXTENSIONS)
-    )
+    paths = _image_files(data_dir)
     if not paths:
         raise FileNotFoundError(
             f"no image files ({', '.join(IMAGE_EXTENSIONS)}) found under data_dir "
@@ -299,6 +300,163 @@ def folder_images(data_dir, image_size, channels, skip_unreadable):
     keep, skipped = _readable(paths, channels, {}, skip_unreadable)
     dataset = _image_dataset([paths[i] for i in keep], None, image_size, channels, {})
     return dataset, tuple(skipped)
+
+
+def class_folder_splits(
+    data_dir, test_dir, test_fraction, image_size, channels, seed, skip_unreadable
+):
+    """Builds labelled train/test sets from class folders, as Keras lays them out.
+
+    The layout of `keras.utils.image_dataset_from_directory`: one subfolder of `data_dir`
+    per class, class index = position of its name in sorted order; a class's images are
+    the files ending in .png, .jpg, .jpeg or .bmp (any case) below its subfolder, at any
+    depth. Files directly in `data_dir` are not used. The test set is `test_dir` (same
+    class subfolders) or, without it, `round(n * test_fraction)` images of each class of
+    n, drawn with `seed`.
+
+    Image headers are read when the datasets are built (sizes and colour modes); pixels
+    are decoded lazily. Channels: with `channels` None, 1 when every image is grayscale,
+    else 3; PIL converts each image to that (a grayscale image repeated to RGB, a colour
+    one to its luminance). Size: with `image_size` None, every image must have one
+    (height, width), which the output keeps; else all are resized to
+    `image_size`x`image_size`.
+
+    Args:
+        data_dir: the class folders (the training set when `test_dir` is given).
+        test_dir: None, or a folder with the same class subfolders: the test set.
+        test_fraction: fraction of each class held out for testing when `test_dir` is
+            None, in (0, 1); ignored otherwise.
+        image_size: None (keep the common size) or the side of the output images.
+        channels: None (from the files, as above), 1 or 3.
+        seed: int seed of the held-out draw.
+        skip_unreadable: leave out missing or undecodable images instead of failing.
+
+    Returns:
+        `(train, test, class_names, skipped_files)`: datasets of `(image, label)`, the
+        tuple of class names (index = label) and a tuple of the paths left out.
+
+    Raises:
+        FileNotFoundError: if a folder has no class subfolder, or a class subfolder no
+            (readable) image file; the message names it.
+        ValueError: if the two folders' classes differ, if images differ in size and
+            `image_size` is None, if a class has too few images for `test_fraction`, or
+            (without `skip_unreadable`) if an image header cannot be read; each names
+            what is wrong.
+    """
+    class_names, paths, labels = _class_folder_files(data_dir)
+    folders = [data_dir] * len(paths)
+    if test_dir is not None:
+        test_names, test_paths, test_labels = _class_folder_files(test_dir)
+        if test_names != class_names:
+            raise ValueError(
+                f"test_dir {test_dir!r} must hold the same class subfolders as data_dir "
+                f"{data_dir!r}; data_dir has {list(class_names)}, test_dir has "
+                f"{list(test_names)}."
+            )
+        paths, labels = paths + test_paths, np.concatenate([labels, test_labels])
+        folders += [test_dir] * len(test_paths)
+    keep, skipped = _readable(paths, channels or 3, {}, skip_unreadable)
+    for folder in dict.fromkeys(folders):
+        kept = np.asarray([labels[i] for i in keep if folders[i] == folder], np.int64)
+        empty = np.flatnonzero(np.bincount(kept, minlength=len(class_names)) == 0)
+        if empty.size:
+            empty = os.path.join(folder, class_names[empty[0]])
+            raise FileNotFoundError(f"class folder {empty!r} holds no readable image file.")
+    is_test = np.asarray([folders[i] != data_dir for i in keep])
+    paths, labels = [paths[i] for i in keep], labels[keep]
+    headers = image_headers(paths)
+    if channels is None:
+        channels = 1 if all(mode in GRAYSCALE_MODES for _, mode in headers) else 3
+    size = image_size or _common_size(paths, headers)
+    if test_dir is None:
+        train, test = digits.stratified_split(labels, test_fraction, seed)
+        untrained = np.flatnonzero(np.bincount(labels[train], minlength=len(class_names)) == 0)
+        if untrained.size:
+            label = untrained[0]
+            raise ValueError(
+                f"test_fraction {test_fraction} leaves class {class_names[label]!r} "
+                f"({int(np.sum(labels == label))} images) no training image; add images or "
+                "lower test_fraction."
+            )
+    else:
+        train, test = np.flatnonzero(~is_test), np.flatnonzero(is_test)
+    datasets = (
+        _image_dataset([paths[i] for i in part], labels[part], size, channels, {})
+        for part in (train, test)
+    )
+    return (*datasets, class_names, tuple(skipped))
+
+
+def image_headers(paths):
+    """Reads the size and colour mode of image files without decoding their pixels.
+
+    Args:
+        paths: image files.
+
+    Returns:
+        A list of `((width, height), mode)`, one per path, `mode` being PIL's ("L",
+        "RGB", ...).
+
+    Raises:
+        ValueError: if a file cannot be opened as an image; the message names it.
+    """
+
+    def header(path):
+        try:
+            with Image.open(path) as image:
+                return image.size, image.mode
+        except Exception as error:  # PIL raises many types (OSError, SyntaxError, ...).
+            raise ValueError(f"cannot read image {path!r}: {error}") from error
+
+    with concurrent.futures.ThreadPoolExecutor() as pool:
+        return list(pool.map(header, paths))
+
+
+def _class_folder_files(folder):
+    """`(class_names, paths, labels)` of a folder of class subfolders (see
+    `class_folder_splits`), raising FileNotFoundError naming an empty class folder."""
+    class_names = tuple(
+        sorted(entry.name for entry in os.scandir(folder) if entry.is_dir())
+    )
+    if not class_names:
+        raise FileNotFoundError(
+            f"folder {folder!r} has no class subfolder; it must hold one subfolder of "
+            "image files per class."
+        )
+    paths, labels = [], []
+    for label, name in enumerate(class_names):
+        files = _image_files(os.path.join(folder, name))
+        if not files:
+            raise FileNotFoundError(
+                f"class folder {os.path.join(folder, name)!r} holds no image file "
+                f"({', '.join(IMAGE_EXTENSIONS)})."
+            )
+        paths += files
+        labels += [label] * len(files)
+    return class_names, paths, np.asarray(labels, np.int32)
+
+
+def _common_size(paths, headers):
+    """The `(height, width)` every image has, or a ValueError naming two that differ."""
+    first_size = headers[0][0]
+    for path, (size, _) in zip(paths, headers):
+        if size != first_size:
+            raise ValueError(
+                f"images differ in size, e.g. {paths[0]!r} is {first_size[0]}x"
+                f"{first_size[1]} and {path!r} is {size[0]}x{size[1]} (width x height); "
+                "pass image_size to resize every image to one square side."
+            )
+    return first_size[1], first_size[0]
+
+
+def _image_files(folder):
+    """The image files below `folder`, at any depth, in sorted path order."""
+    return sorted(
+        os.path.join(root, name)
+        for root, _, names in os.walk(folder)
+        for name in names
+        if name.lower().endswith(IMAGE_EXTENSIONS)
+    )
 
 
 def read_split_file(path, labelled):

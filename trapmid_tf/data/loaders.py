@@ -5,7 +5,9 @@
 Private splits yield `(image, label)` with float32 HxWxC images in [0, 1] and int32
 labels; the public split (the attacker's prior data) yields images only. All splits
 are unbatched and have a known cardinality. Nothing is ever downloaded: datasets other
-than "digits" are read from `data_dir`.
+than "digits" are read from `data_dir`; without one, Fashion-MNIST is also looked for where
+Debian's `dataset-fashion-mnist` package and Keras's own download
+(`keras.datasets.fashion_mnist.load_data()`) put it (`default_data_dir`).
 """
 
 import collections
@@ -27,8 +29,24 @@ PUBLIC_SPLITS = ("classes", "samples")
 PUBLIC_SAMPLE_FRACTION = 0.5
 # The reference's CelebA private set: 1,000 identities, labels 0..999.
 CELEBA_PRIVATE_IDENTITIES = 1000
+# "class_folder" without test_dir: the fraction of each class held out for testing.
+CLASS_FOLDER_TEST_FRACTION = 0.2
 
 _logger = logging.getLogger(__name__)
+
+
+def _keras_dataset_folders(subfolder):
+    """Where Keras's dataset download stores `subfolder`: its home, or /tmp/.keras."""
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    return tuple(os.path.join(base, "datasets", subfolder) for base in (home, "/tmp/.keras"))
+
+
+# Folders searched, in order, for a dataset's files when no data_dir is given.
+DEFAULT_FOLDERS = {
+    "fashion_mnist": (
+        *_keras_dataset_folders("fashion-mnist"), "/usr/share/datasets/fashion-mnist",
+    ),
+}
 
 
 class DatasetSplits(collections.namedtuple("DatasetSplits", ["private", "public"])):
@@ -37,16 +55,21 @@ class DatasetSplits(collections.namedtuple("DatasetSplits", ["private", "public"
     Attributes:
         private: `(train, test)` datasets of `(image, label)`, or None for a dataset
             with public data only ("folder").
-        public: dataset of images.
+        public: dataset of images, or None for a dataset with private data only
+            ("class_folder").
         skipped_files: tuple of the image paths that `skip_unreadable=True` left out
             (not part of the tuple itself).
+        class_names: tuple of the class names, index = label ("class_folder"; else
+            empty; not part of the tuple itself).
     """
 
     skipped_files = ()
+    class_names = ()
 
-    def __new__(cls, private, public, skipped_files=()):
+    def __new__(cls, private, public, skipped_files=(), class_names=()):
         splits = super().__new__(cls, private, public)
         splits.skipped_files = tuple(skipped_files)
+        splits.class_names = tuple(class_names)
         return splits
 
     @property
@@ -57,8 +80,11 @@ class DatasetSplits(collections.namedtuple("DatasetSplits", ["private", "public"
 
 _DatasetSpec = collections.namedtuple(
     "_DatasetSpec",
-    ["build", "image_size", "channels", "needs_files", "expected", "digit_classes", "labelled"],
-    defaults=[False, True],
+    [
+        "build", "image_size", "channels", "needs_files", "expected", "digit_classes",
+        "labelled", "held_out",
+    ],
+    defaults=[False, True, False],
 )
 
 
@@ -71,6 +97,8 @@ def load(
     seed=0,
     skip_unreadable=False,
     public_split="classes",
+    test_dir=None,
+    test_fraction=None,
 ):
     """Loads a dataset as private train/test splits and a public split.
 
@@ -93,6 +121,15 @@ def load(
         reference's `facescrub_ganset.txt` (paths relative to `data_dir`); faces brought
         to 64x64 (PIL antialiasing).
       - "folder" (64, 3): every image below `data_dir`, as public data; `private` is None.
+      - "class_folder" (the files' size and channels): labelled images in the layout of
+        `keras.utils.image_dataset_from_directory`, one subfolder of `data_dir` per class,
+        label = index of the subfolder name in sorted order; `public` is None. The test
+        split is `test_dir` (the same class subfolders) or else `test_fraction` (default
+        `CLASS_FOLDER_TEST_FRACTION`) of each class, drawn with `seed`. Without
+        `image_size` every image must have one size, which is kept (not necessarily
+        square); without `channels`, 1 if every image is grayscale, else 3 (grayscale
+        files then repeated to RGB). `class_names` of the result names the labels. See
+        `trapmid_tf.data.images.class_folder_splits`.
     Images are resized bilinearly with antialiasing; one channel is repeated to 3 when
     `channels=3`. File images are decoded lazily; see `trapmid_tf.data.images`. No split
     is augmented: the reference's random flip of CelebA's training images is
@@ -103,7 +140,7 @@ def load(
         data_dir: folder with the dataset files; must be None for "digits".
         image_size: side of the square output images; None for the dataset default.
         channels: 1 or 3; None for the dataset default.
-        seed: int seed of the random splits ("digits"); other datasets ignore it.
+        seed: int seed of the random splits ("digits", "class_folder"); others ignore it.
         public_split: "classes" (the reference's split, above) or "samples"; only the
             digit datasets accept "samples".
         skip_unreadable: for image-file datasets, decode every image once now and
@@ -111,6 +148,9 @@ def load(
             the result's `skipped_files` (and `skipped` counts them) and a warning is
             logged. Without it a missing image raises now and an undecodable one
             raises when iterated, both naming the file.
+        test_dir: "class_folder" only: folder of the test images, same class subfolders.
+        test_fraction: "class_folder" only, without `test_dir`: fraction of each class
+            held out for testing, in (0, 1).
 
     Returns:
         A `DatasetSplits(private, public)`.
@@ -133,16 +173,17 @@ def load(
     channels = spec.channels if channels is None else channels
     _check_arguments(image_size, channels, seed)
     _check_public_split(name, public_split)
-    _check_data_dir(name, spec, data_dir)
+    data_dir = _checked_data_dir(name, spec, data_dir)
     build_options = dict(
         data_dir=data_dir,
-        image_size=int(image_size),
-        channels=int(channels),
+        image_size=None if image_size is None else int(image_size),
+        channels=None if channels is None else int(channels),
         seed=int(seed),
         skip_unreadable=bool(skip_unreadable),
     )
     if spec.digit_classes:
         build_options["public_split"] = public_split
+    build_options.update(_held_out_options(name, data_dir, test_dir, test_fraction))
     splits = spec.build(**build_options)
     if splits.skipped:
         _logger.warning(
@@ -154,18 +195,22 @@ def load(
     return splits
 
 
-def load_evaluation_data(name, data_dir=None, *, image_size=None, channels=None, seed=0):
+def load_evaluation_data(
+    name, data_dir=None, *, image_size=None, channels=None, seed=0, test_dir=None,
+    test_fraction=None,
+):
     """Labelled train/test splits for the attack evaluation model of a dataset.
 
     The evaluation model judges reconstructions, as a human would; like the reference it
     may see the private training images. "digits": all ten classes, 80/20 per class
     (random, from `seed`); "mnist", "fashion_mnist": all ten classes of the train and
     test files (the reference's MNIST evaluator); "celeba": the private identities'
-    train/test splits. "ffhq", "facescrub" and "folder" have no labels and raise.
+    train/test splits; "class_folder": its splits, as `load` makes them. "ffhq",
+    "facescrub" and "folder" have no labels and raise.
 
     Args:
-        name, data_dir, image_size, channels: as in `load`.
-        seed: int seed of the digits split.
+        name, data_dir, image_size, channels, test_dir, test_fraction: as in `load`.
+        seed: int seed of the digits and class-folder splits.
 
     Returns:
         `(train, test, num_classes)`: unbatched datasets of `(image, label)` and the
@@ -182,10 +227,17 @@ def load_evaluation_data(name, data_dir=None, *, image_size=None, channels=None,
     image_size = spec.image_size if image_size is None else image_size
     channels = spec.channels if channels is None else channels
     _check_arguments(image_size, channels, seed)
-    _check_data_dir(name, spec, data_dir)
+    data_dir = _checked_data_dir(name, spec, data_dir)
+    _held_out_options(name, data_dir, test_dir, test_fraction)
     if name == "celeba":
         (train, test), _ = load(name, data_dir, image_size=image_size, channels=channels)
         return train, test, CELEBA_PRIVATE_IDENTITIES
+    if spec.held_out:
+        splits = load(
+            name, data_dir, image_size=image_size, channels=channels, seed=seed,
+            test_dir=test_dir, test_fraction=test_fraction,
+        )
+        return (*splits.private, len(splits.class_names))
     if name == "digits":
         all_images, all_labels = digits.load_digits_arrays()
         train, test = digits.stratified_split(all_labels, DIGITS_TEST_FRACTION, seed)
@@ -202,9 +254,10 @@ def load_evaluation_data(name, data_dir=None, *, image_size=None, channels=None,
 
 
 def _check_arguments(image_size, channels, seed):
-    if not _is_int(image_size) or image_size < 1:
+    # None stays only for "class_folder", whose defaults come from its files.
+    if image_size is not None and (not _is_int(image_size) or image_size < 1):
         raise ValueError(f"image_size must be None or an int >= 1, got {image_size!r}.")
-    if not _is_int(channels) or channels not in (1, 3):
+    if channels is not None and (not _is_int(channels) or channels not in (1, 3)):
         raise ValueError(f"channels must be None, 1 or 3, got {channels!r}.")
     if not _is_int(seed):
         raise ValueError(f"seed must be an int, got {seed!r}.")
@@ -223,19 +276,81 @@ def _is_int(value):
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def _check_data_dir(name, spec, data_dir):
+def default_data_dir(name):
+    """The first of a dataset's `DEFAULT_FOLDERS` that holds its files.
+
+    Args:
+        name: A dataset name of `load`.
+
+    Returns:
+        The folder, or None when no default folder holds the files (or the dataset has none).
+    """
+    for folder in DEFAULT_FOLDERS.get(name, ()):
+        if all(idx.find_idx_file(folder, stem) for stem in idx.MNIST_FILES.values()):
+            return folder
+    return None
+
+
+def _checked_data_dir(name, spec, data_dir):
+    """`data_dir`, or the dataset's default folder when it is None; raises if unusable."""
     if not spec.needs_files:
         if data_dir is not None:
             raise ValueError(
                 f"dataset {name!r} is embedded: data_dir must be None, got {data_dir!r}."
             )
-        return
+        return None
+    data_dir = default_data_dir(name) if data_dir is None else data_dir
+    if data_dir is None and name in DEFAULT_FOLDERS:
+        raise FileNotFoundError(
+            f"dataset {name!r} found in none of {list(DEFAULT_FOLDERS[name])}: pass data_dir, a "
+            f"folder holding {spec.expected}, or install Debian's dataset-fashion-mnist "
+            "package, or (with network) fill Keras's cache with "
+            "keras.datasets.fashion_mnist.load_data()."
+        )
     if data_dir is None or not os.path.isdir(data_dir):
         problem = "needs data_dir" if data_dir is None else f"data_dir {data_dir!r} does not exist"
         raise FileNotFoundError(
             f"dataset {name!r} {problem}: a folder holding {spec.expected}. "
             "Nothing is downloaded; put the files there and pass its path."
         )
+    return data_dir
+
+
+def _held_out_options(name, data_dir, test_dir, test_fraction):
+    """Checked `test_dir` and `test_fraction` build arguments ({} for fixed splits)."""
+    if not _DATASETS[name].held_out:
+        if test_dir is not None or test_fraction is not None:
+            raise ValueError(
+                f"test_dir and test_fraction apply to dataset 'class_folder' only; dataset "
+                f"{name!r} has fixed splits, got test_dir={test_dir!r}, "
+                f"test_fraction={test_fraction!r}."
+            )
+        return {}
+    if test_dir is not None:
+        if test_fraction is not None:
+            raise ValueError(
+                f"give test_dir or test_fraction, not both; got test_dir={test_dir!r}, "
+                f"test_fraction={test_fraction!r}."
+            )
+        if not os.path.isdir(test_dir):
+            raise FileNotFoundError(f"test_dir {test_dir!r} does not exist.")
+        if os.path.realpath(test_dir) == os.path.realpath(data_dir):
+            raise ValueError(f"test_dir must differ from data_dir; both are {test_dir!r}.")
+        return dict(test_dir=test_dir, test_fraction=None)
+    if test_fraction is None:
+        test_fraction = CLASS_FOLDER_TEST_FRACTION
+    if not isinstance(test_fraction, numbers.Real) or not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}.")
+    return dict(test_dir=None, test_fraction=float(test_fraction))
+
+
+def _load_class_folder(
+    data_dir, image_size, channels, seed, skip_unreadable, test_dir, test_fraction
+):
+    train, test, class_names, skipped_files = images.class_folder_splits(
+        data_dir, test_dir, test_fraction, image_size, channels, seed, skip_unreadable
+    )
+    return DatasetSplits((train, test), None, skipped_files, class_names)
 
 
 def _load_digits(data_dir, image_size, channels, seed, skip_unreadable, public_split):
@@ -358,4 +473,8 @@ _DATASETS = {
              f"image files ({', '.join(images.IMAGE_EXTENSIONS)}), in subfolders or not"),
         )
     },
+    "class_folder": _DatasetSpec(
+        _load_class_folder, None, None, needs_files=True, held_out=True,
+        expected="one subfolder of image files per class (label: sorted subfolder order)",
+    ),
 }

@@ -5,13 +5,18 @@ presets and checks it); `trapmid_tf.experiments.targets.train` trains from it, a
 `trapmid-train` builds it from its flags.
 """
 
+import importlib
 import json
 import os
+import re
 
 from trapmid_tf.experiments import defenses as defense_registry
+from trapmid_tf.data.loaders import DEFAULT_FOLDERS, default_data_dir
 
 DEFENSES = tuple(defense_registry.DEFENSES)
 MODELS = ("small_cnn", "vgg16_bn", "ir18", "facenet64", "ir152", "facenet_eval")
+# A model of one's own: "package.module:function" (see `model_function`).
+MODEL_SPEC = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
 
 # Defaults; any flag given on the command line wins. A preset is the dataset's entry, updated
 # by MODEL_PRESETS for its model and then by DEFENSE_PRESETS for its defense (`preset`). The
@@ -19,18 +24,25 @@ MODELS = ("small_cnn", "vgg16_bn", "ir18", "facenet64", "ir152", "facenet_eval")
 # entry; tests/recipes/test_train_target.py checks them); the digits defaults were chosen by
 # measurement (docs/measurements.md, "Choosing the digits defaults"). `lr_decay_epoch`: the
 # epochs at which the learning rate drops tenfold (PyTorch's MultiStepLR, gamma 0.1); digits
-# give a fraction of --epochs instead.
+# give a fraction of --epochs instead. `torch_running_variance` (a preset setting without a
+# flag): the model's batch norms update their moving variance as PyTorch does (unbiased batch
+# variance, `trapmid_tf.models.FusedBatchNorm`) in the presets that copy the reference, whose
+# training reads those statistics (Trap-MID's trigger step runs the classifier in inference
+# mode); the digits preset is ours and keeps Keras's rule, under which it was measured. It
+# applies to the zoo's models (a model of one's own builds its own batch norms).
 PRESETS = {
     "digits": dict(
         model="small_cnn", epochs=40, batch_size=64, optimizer="adam", learning_rate=1e-3,
         lr_decay_fraction=0.75, alpha=0.1, beta=0.2, trigger_step_size=0.01, mid_beta=0.01,
         public_split="samples", min_trapdoor_accuracy=0.9, flip=False, image_size=None,
+        torch_running_variance=False,
     ),
     # config/mnist/classify.json and classify_trap.json, entry "IR18".
     "mnist": dict(
         model="ir18", epochs=10, batch_size=64, optimizer="sgd", learning_rate=1e-2,
         lr_decay_epoch=(), alpha=0.02, beta=0.2, trigger_step_size=0.01, mid_beta=0.01,
         public_split="classes", min_trapdoor_accuracy=0.0, flip=False, image_size=None,
+        torch_running_variance=True,
     ),
     # config/celeba/classify_trap.json, entry "VGG16" (FaceNet64 the same); dataset.py flips
     # the training images.
@@ -38,9 +50,15 @@ PRESETS = {
         model="vgg16_bn", epochs=50, batch_size=64, optimizer="sgd", learning_rate=1e-2,
         lr_decay_epoch=(), alpha=0.02, beta=0.2, trigger_step_size=0.01, mid_beta=0.003,
         public_split="classes", min_trapdoor_accuracy=0.0, flip=True, image_size=None,
+        torch_running_variance=True,
     ),
 }
 PRESETS["fashion_mnist"] = PRESETS["mnist"]
+# Labelled image folders: the digits recipe (constant-rate Adam, then 10x lower) at the files'
+# image size, with the reference's trapdoor rule (no minimum trapdoor accuracy).
+PRESETS["class_folder"] = dict(
+    PRESETS["digits"], public_split="classes", min_trapdoor_accuracy=0.0
+)
 MODEL_PRESETS = {
     # config/celeba/classify_trap.json, entry "IR152".
     ("celeba", "ir152"): dict(epochs=40),
@@ -67,7 +85,8 @@ DEFENSE_PRESETS = {
 # Every setting of a run, with the value it takes when not given; None: the preset's (or, for
 # width, split_seed, backup_dir..., the documented fallback). `trapmid-train` has one flag each.
 DEFAULTS = dict(
-    dataset="digits", data_dir=None, public_split=None, skip_unreadable=False, model=None,
+    dataset="digits", data_dir=None, test_dir=None, test_fraction=None, public_split=None,
+    skip_unreadable=False, model=None,
     image_size=None, flip=None, width=None, defense="trapmid", epochs=None, batch_size=None,
     optimizer=None, learning_rate=None, lr_decay_epoch=None, alpha=None, beta=None,
     trigger_step_size=None, discriminator=True, augment=True, min_trapdoor_accuracy=None,
@@ -110,11 +129,13 @@ def resolve_config(overrides):
         config["lr_decay_epoch"] = round(decay_fraction * config["epochs"])
     config["lr_decay_epoch"] = _decay_epochs(config["lr_decay_epoch"], config["epochs"])
     _check_data_dir(config)
-    if config["skip_unreadable"] and config["dataset"] != "celeba":
+    if config["skip_unreadable"] and config["dataset"] not in ("celeba", "class_folder"):
         raise ValueError(
-            "--skip_unreadable applies to image files (--dataset=celeba); --dataset is "
-            f"{config['dataset']!r}."
+            "--skip_unreadable applies to image files (--dataset=celeba or class_folder); "
+            f"--dataset is {config['dataset']!r}."
         )
+    if config["model"] not in MODELS:
+        model_function(config["model"])
     if not defense_registry.get_defense(config["defense"]).trapdoor:
         for key in ("discriminator", "augment", "optimize_triggers"):
             if overrides.get(key) is False:
@@ -185,6 +206,46 @@ def preset(dataset, defense, model=None):
     return settings
 
 
+def model_function(spec):
+    """Imports the builder of a model of one's own.
+
+    Args:
+        spec: "package.module:function", a function that takes `(input_shape,
+            num_classes)` and returns an uncompiled `keras.Model` mapping float32 NHWC
+            images in [0, 1] to `num_classes` logits (checked when it is built).
+
+    Returns:
+        The function.
+
+    Raises:
+        ValueError: if `spec` is malformed, its module cannot be imported, or it names no
+            callable; the message names `spec` and what was expected.
+    """
+    expected = f"--model must be one of {list(MODELS)} or 'package.module:function'"
+    if not isinstance(spec, str) or not MODEL_SPEC.fullmatch(spec):
+        raise ValueError(f"{expected}; received {spec!r}.")
+    module_name, function_name = spec.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ValueError(
+            f"{expected}; received {spec!r}, whose module {module_name!r} cannot be imported "
+            f"({type(error).__name__}: {error}); put its folder on sys.path, e.g. PYTHONPATH=."
+        ) from error
+    function = getattr(module, function_name, None)
+    if function is None:
+        raise ValueError(
+            f"{expected}; received {spec!r}, but module {module_name!r} has no attribute "
+            f"{function_name!r}."
+        )
+    if not callable(function):
+        raise ValueError(
+            f"{expected}; received {spec!r}, whose {function_name!r} is a "
+            f"{type(function).__name__}, not callable."
+        )
+    return function
+
+
 def _decay_epochs(value, epochs):
     """The sorted learning-rate drop epochs of an int or list setting, zeros left out."""
     values = [value] if isinstance(value, int) else list(value)
@@ -203,13 +264,22 @@ def _check_data_dir(config):
             raise ValueError(
                 f"--dataset=digits is embedded and reads no --data_dir; received {data_dir!r}."
             )
-    elif not data_dir:
+    elif not data_dir and default_data_dir(config["dataset"]) is None:
+        searched = DEFAULT_FOLDERS.get(config["dataset"])
         raise ValueError(
             f"--dataset={config['dataset']} reads its files from --data_dir, which is not set "
-            "(only digits is embedded; nothing is downloaded)."
+            f"(only digits is embedded; nothing is downloaded"
+            + (f"; none of {list(searched)} holds it" if searched else "") + ")."
         )
     elif not os.path.isdir(data_dir):
         raise FileNotFoundError(f"--data_dir {data_dir!r} is not an existing folder.")
+    for key in ("test_dir", "test_fraction"):
+        if config[key] is not None and config["dataset"] != "class_folder":
+            raise ValueError(
+                f"--{key} applies to --dataset=class_folder; --dataset is {config['dataset']!r}."
+            )
+    if config["test_dir"] is not None and not os.path.isdir(config["test_dir"]):
+        raise FileNotFoundError(f"--test_dir {config['test_dir']!r} is not an existing folder.")
 
 
 def _check_backup_dir(config):

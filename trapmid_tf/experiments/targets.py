@@ -11,7 +11,7 @@ import shutil
 import tempfile
 
 from trapmid_tf.experiments import defenses as defense_registry
-from trapmid_tf.experiments.target_config import RESUMABLE_CHANGES
+from trapmid_tf.experiments.target_config import MODELS, RESUMABLE_CHANGES, model_function
 
 # The reference's optimiser constants (utils.init_optimizer and every config entry): SGD with
 # momentum 0.9 and weight decay 1e-4 as PyTorch applies it (trapmid_tf.TorchSGD); Adam with
@@ -114,27 +114,94 @@ def make_loss(config):
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
+def custom_classifier(spec, input_shape, num_classes):
+    """Builds a classifier of one's own and checks it.
+
+    Args:
+        spec: "package.module:function" (see `target_config.model_function`).
+        input_shape: `(height, width, channels)` of the images.
+        num_classes: Number of logits.
+
+    Returns:
+        The uncompiled `keras.Model` the function returned: input shape
+        `(None, *input_shape)`, output shape `(None, num_classes)`.
+
+    Raises:
+        ValueError: If the function returns anything else; the message names `spec`, what
+            was expected and what was received.
+    """
+    import keras
+
+    input_shape = tuple(input_shape)
+    model = model_function(spec)(input_shape, num_classes)
+    expected = (
+        f"--model {spec!r} must return an uncompiled keras.Model of input shape "
+        f"{(None, *input_shape)} and output shape {(None, num_classes)} (logits)"
+    )
+    if not isinstance(model, keras.Model):
+        raise ValueError(f"{expected}; it returned a {type(model).__name__}.")
+    if model.compiled:
+        raise ValueError(f"{expected}; it returned a compiled one (the defense compiles it).")
+    try:
+        shapes = tuple(model.input_shape), tuple(model.output_shape)
+    except (AttributeError, ValueError, TypeError) as error:
+        raise ValueError(
+            f"{expected}; its model has no single fixed input and output ({error}). Build "
+            "it from a keras.Input, functionally or as a Sequential."
+        ) from error
+    if shapes != ((None, *input_shape), (None, num_classes)):
+        raise ValueError(
+            f"{expected}; it returned one of input shape {shapes[0]} and output shape "
+            f"{shapes[1]}."
+        )
+    return model
+
+
 def build_model(config, input_shape, num_classes, steps_per_epoch):
     """Builds and compiles the target for `config["defense"]` in the current strategy scope.
 
     Returns a plain Keras classifier (none, negls) or a wrapper with `export_classifier`
-    (`TrapMIDModel`, `MIDModel`, `BiDOModel`).
+    (`TrapMIDModel`, `MIDModel`, `BiDOModel`). A model of one's own (`custom_classifier`)
+    serves MID and BiDO through the convention of `trapmid_tf.models.features`: its last
+    layer (or a layer named "logits") is the Dense that maps the feature to the logits;
+    BiDO constrains that feature (in the zoo's models, their blocks' outputs too).
+
+    Raises:
+        ValueError: As `custom_classifier`, or if a model of one's own cannot serve MID or
+            BiDO, naming what they need.
     """
     import trapmid_tf as tm
+    from trapmid_tf.models.features import feature_layer
 
     options = {} if config.get("width") is None else {"width": config["width"]}
-    classifier = getattr(tm.models, config["model"])(input_shape, num_classes, **options)
+    zoo = config["model"] in MODELS
+    if zoo:  # the zoo's builders; a model of one's own builds its own batch norms
+        options["torch_running_variance"] = config["torch_running_variance"]
+    classifier = (
+        getattr(tm.models, config["model"])(input_shape, num_classes, **options) if zoo
+        else custom_classifier(config["model"], input_shape, num_classes)
+    )
     regularized = {
         "mid": lambda: tm.defenses.MIDModel(
             classifier, beta=config["mid_beta"], seed=config["seed"]
         ),
         "bido": lambda: tm.defenses.BiDOModel(
-            classifier, lambda_xz=config["bido_lambda_xz"], lambda_yz=config["bido_lambda_yz"]
+            classifier, hidden_layers=None if zoo else [feature_layer(classifier).name],
+            lambda_xz=config["bido_lambda_xz"], lambda_yz=config["bido_lambda_yz"],
         ),
     }
     defense = defense_registry.get_defense(config["defense"])
     if defense.regularizer:
-        model = regularized[defense.regularizer]()
+        try:
+            model = regularized[defense.regularizer]()
+        except ValueError as error:
+            if zoo:
+                raise
+            raise ValueError(
+                f"--defense={defense.name} needs --model {config['model']!r} to be a "
+                "functional keras.Model whose last layer (or a layer named 'logits') is the "
+                f"Dense that maps the penultimate feature to the logits: {error}"
+            ) from error
         model.compile(optimizer=make_optimizer(config, steps_per_epoch), loss=make_loss(config))
         return model
     if not defense.trapdoor:
@@ -241,6 +308,7 @@ def train(config, verbose=0):
         config["dataset"], config["data_dir"], seed=config["split_seed"],
         image_size=config.get("image_size"),
         public_split=config["public_split"], skip_unreadable=config["skip_unreadable"],
+        test_dir=config.get("test_dir"), test_fraction=config.get("test_fraction"),
     )
     (train_set, test_set), _ = splits
     num_classes = int(train_set.reduce(0, lambda m, item: tf.maximum(m, item[1])).numpy()) + 1

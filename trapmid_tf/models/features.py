@@ -64,6 +64,22 @@ def feature_extractor(model):
     return keras.Model(inputs, features, name=f"{model.name}_features")
 
 
+def feature_layer(model):
+    """Returns the layer whose output is `model`'s penultimate feature.
+
+    Args:
+        model: A functional (or built Sequential) classifier; see the module convention.
+
+    Returns:
+        The layer of `model` whose output is the input of its logits Dense.
+
+    Raises:
+        ValueError: If `model` does not follow the convention or is not functional.
+    """
+    _, (features, _) = _feature_and_logits_tensors(model)
+    return next(layer for layer in model.layers if layer.output is features)
+
+
 def features_and_logits(model):
     """Returns a model mapping `model`'s inputs to `(features, logits)`.
 
