@@ -1,16 +1,21 @@
-"""One defense's pipeline results over its training seeds: means with bootstrap intervals.
+"""One defense's pipeline results over its training seeds: means with intervals over seeds.
 
 The pipeline scores every target (one defense, one training seed) separately; this module
-pools the seeds. Per-reconstruction outcomes (top-1 and top-5 success, KNN distance) keep one
-group per seed, so their intervals come from the two-level bootstrap of
-`trapmid_tf.metrics.intervals` (seeds, then reconstructions); metrics with one value per
-target (accuracies, FID, PRDC, chance levels) are bootstrapped over seeds.
+pools the seeds with `trapmid_tf.metrics.intervals.seed_mean`: the mean of the per-seed means
+with a Student t interval over the seeds. Per-reconstruction outcomes (top-1 and top-5
+success, KNN distance) keep one group per seed; top-1 and top-5 are 0/1 outcomes, so their
+interval is exact (Clopper-Pearson) where every outcome is 0 or every one is 1, and with one
+seed it is over that seed's reconstructions. Metrics with one value per target (accuracies,
+FID, PRDC, chance levels) have an interval over seeds only; with one seed, none (its low and
+high are the value).
 """
 
-from trapmid_tf.metrics.intervals import bootstrap_mean
+from trapmid_tf.metrics.intervals import seed_mean
 
 # Per-reconstruction outcomes, as `AttackEvaluator.evaluate` lists them, and their names here.
 PER_IMAGE_METRICS = {"top1": "aa1", "top5": "aa5", "knn": "knn"}
+# Those of them that are 0/1 outcomes.
+BINARY_METRICS = ("top1", "top5")
 # Metrics with one value per target and attack (None where a target has too few samples).
 PER_TARGET_METRICS = (
     "fid", "fid_all", "precision", "recall", "density", "coverage", "precision_all",
@@ -29,10 +34,10 @@ NOT_APPLICABLE = "not_applicable"
 
 
 def _over_seeds(values):
-    """`bootstrap_mean` of one value per seed as a dict; None if any seed has no value."""
+    """`seed_mean` of one value per seed as a dict; None if any seed has no value."""
     if not values or any(value is None for value in values):
         return None
-    return bootstrap_mean([[value] for value in values]).as_dict()
+    return seed_mean([[value] for value in values]).as_dict()
 
 
 def summarize_attack(runs):
@@ -61,8 +66,8 @@ def summarize_attack(runs):
             )
         return dict(skipped[0])
     groups = {key: [run["per_image"][key] for run in runs] for key in PER_IMAGE_METRICS}
-    summary = {name: bootstrap_mean(groups[key]).as_dict() for key, name in
-               PER_IMAGE_METRICS.items()}
+    summary = {name: seed_mean(groups[key], binary=key in BINARY_METRICS).as_dict()
+               for key, name in PER_IMAGE_METRICS.items()}
     summary.update({key: _over_seeds([run.get(key) for run in runs])
                     for key in PER_TARGET_METRICS})
     summary["fid_samples"] = [run["fid_samples"] for run in runs]

@@ -1,19 +1,23 @@
 """Evaluation metrics: attack accuracy, KNN distance, FID, PRDC, trapdoor signatures, and the
-evaluation protocol that applies them (`AttackEvaluator`, `TrapdoorDetector`), with bootstrap
-intervals and verdicts over seeds and reconstructions (`bootstrap_mean`, `verdict`)."""
+evaluation protocol that applies them (`AttackEvaluator`, `TrapdoorDetector`), with
+intervals over training seeds and paired, Holm-corrected verdicts (`seed_mean`, `compare`,
+`decide`)."""
 
 from trapmid_tf.metrics.accuracy import top_k_accuracy
-from trapmid_tf.metrics.distance import knn_distance, min_squared_distances
+from trapmid_tf.metrics.distance import knn_distance
 from trapmid_tf.metrics.evaluator import AttackEvaluator, TrapdoorDetector, train_evaluation_model
 from trapmid_tf.metrics.features import batched_predict
 from trapmid_tf.metrics.fid import fid, frechet_distance, inception_feature_extractor
 from trapmid_tf.metrics.intervals import (
+    Comparison,
     Estimate,
     Verdict,
     bootstrap_difference,
-    bootstrap_mean,
-    bootstrap_ratio,
-    verdict,
+    clopper_pearson,
+    compare,
+    decide,
+    holm,
+    seed_mean,
 )
 from trapmid_tf.metrics.leakage import class_specific_part, trigger_leakage
 from trapmid_tf.metrics.prdc import prdc
@@ -27,27 +31,29 @@ from trapmid_tf.metrics.trapdoor import (
 
 __all__ = [
     "AttackEvaluator",
+    "Comparison",
     "Estimate",
     "TrapdoorDetector",
     "Verdict",
     "batched_predict",
     "bootstrap_difference",
-    "bootstrap_mean",
-    "bootstrap_ratio",
     "class_signatures",
     "class_specific_part",
+    "clopper_pearson",
+    "compare",
+    "decide",
     "detection_rate",
     "detection_threshold",
     "fid",
     "frechet_distance",
+    "holm",
     "inception_feature_extractor",
     "knn_distance",
-    "min_squared_distances",
     "prdc",
+    "seed_mean",
     "signature_similarity",
     "top_k_accuracy",
     "train_evaluation_model",
     "trapdoor_signatures",
     "trigger_leakage",
-    "verdict",
 ]

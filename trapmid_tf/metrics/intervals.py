@@ -1,28 +1,46 @@
-"""Confidence intervals over training seeds and reconstructions, and the report's verdicts.
+"""Confidence intervals over training seeds, and the report's verdicts.
 
-A privacy metric is measured per reconstruction (top-1 success 0/1, KNN distance, ...) for
-each target trained with a different seed. The estimate is the mean of the per-seed means, so
-every seed weighs the same however many reconstructions it has; its interval comes from a
-two-level percentile bootstrap: draw the seeds with replacement, then each drawn seed's
-reconstructions with replacement, and take the mean of the drawn seeds' means.
+The training seed is the unit. A privacy metric is measured per reconstruction (top-1
+success 0/1, KNN distance, ...) for each target trained with a different seed; the estimate is
+the mean of the per-seed means, so every seed weighs the same however many reconstructions
+it has. The same training seed gives every defense the same data order, attack latents and
+prior, so a defense and the unprotected target of the same seed form a pair.
 
-How far to trust it: with many seeds the two-level bootstrap is a standard choice (Davison &
-Hinkley 1997, sec. 3.8). With the three seeds a report uses, it errs both ways. When the seeds
-agree (all variation is within a seed), the within-seed noise is counted twice, once through
-the spread of the seed means and once through the inner draws, and the interval is too wide
-(variance 5/3 of the true one for three seeds). When the seeds disagree far more than their
-reconstructions do, only the seed draw matters, and the spread of three seed means under
-resampling understates their variance by a factor 2/3 (and takes only 10 distinct values), so
-the interval is too narrow. Measured coverage of 95% intervals for a Bernoulli mean of 0.3,
-1000 simulated data sets each: 3 seeds x 100 that agree 0.98, one group of 300 0.96, 3 seeds
-x 100 whose success rates are 0.1, 0.3 or 0.5 at random 0.77 (10 seeds: 0.99 and 0.92). So
-with three seeds that disagree, a verdict is less certain than its 95% suggests; more seeds
-are the remedy. `verdict` speaks only when an interval is clear of the threshold it tests.
+* One arm (`seed_mean`): a Student t interval on S - 1 degrees of freedom over the S seed
+  means. For 0/1 outcomes (`binary=True`) the variance of a seed mean is taken as at least
+  its binomial variance within the seed (so that seeds which happen to agree do not give a
+  zero-width interval), the interval is clipped to [0, 1], and where every outcome is 0 or
+  every one is 1 it is the exact Clopper-Pearson interval over the pooled reconstructions.
+  With one seed there is no seed-level interval: 0/1 outcomes get Clopper-Pearson, other
+  values a t interval, over the reconstructions within that seed (`method` says so), which
+  leave the training's variation out.
+* Pairs (`compare`), seeds matched by number: per seed the difference of top-1 rates
+  (defended - baseline) and the log-ratio log(defended rate / baseline rate), each rate with
+  Haldane's correction (k + 0.5) / (n + 1) so that a seed with 0 successes has a finite log;
+  a Student t interval on S - 1 degrees of freedom over the S per-seed values, the ratio
+  reported as exp of the log-ratio interval. As for one arm, the variance of a per-seed value
+  is taken as at least its binomial (delta-method, for the log) variance within the seed.
+* Verdicts (`decide`): each comparison's three claims are one-sided t tests on the same
+  statistics (see `decide`); Holm's step-down correction runs over every test of every
+  comparison given to it (all the verdicts of one report), and a claim is made only where
+  its Holm-adjusted p-value is below the level. The intervals shown stay unadjusted 95%.
+
+Coverage of the 95% intervals, measured by tests/metrics/test_intervals.py (2000 simulated
+data sets each, 100 reconstructions per seed and arm, seed success rates spread by about 0.1
+around 0.5 and 0.28, the seed effect shared by the two arms or each arm's own): difference
+and ratio 0.985-0.994 with 3 seeds, 0.953-0.971 with 5. With 3 seeds they are conservative:
+the t quantile on 2 degrees of freedom (4.30) pays for a seed variance estimated from three
+values even where the binomial floor already holds most of it. The two-level percentile
+bootstrap the report used before (`bootstrap_difference`: each arm resampled on its own,
+seeds then reconstructions; still used by recipes/convergence.py) covers the difference only
+0.87 of the time with 3 seeds whose rates vary on their own (the review measured 0.86): three
+seed means under resampling understate their spread by a factor 2/3 in variance.
 """
 
 import dataclasses
 
 import numpy as np
+from scipy import special, stats
 
 from trapmid_tf.attacks.inversion import check_non_negative_float, check_non_negative_int
 from trapmid_tf.metrics._checks import as_positive_int, as_score_vector
@@ -32,6 +50,18 @@ LOWER = "lower"
 NOT_LOWER = "not lower"
 INCONCLUSIVE = "inconclusive"
 VERDICT_WORDS = (AT_MOST_HALF, LOWER, NOT_LOWER, INCONCLUSIVE)
+# The word of a comparison with one training seed: no seed-level interval, no verdict.
+NEEDS_SEEDS = "needs 2+ seeds"
+
+# How an interval was computed (`Estimate.method`).
+T_OVER_SEEDS = "t over seeds"
+PAIRED_T = "paired t over seeds"
+PAIRED_T_LOG_RATIO = "paired t over seeds, exp of the log-ratio's"
+CLOPPER_PEARSON_POOLED = "Clopper-Pearson over the pooled reconstructions"
+CLOPPER_PEARSON_ONE_SEED = "Clopper-Pearson within one training seed"
+T_ONE_SEED = "t within one training seed"
+ONE_VALUE = "one value: no interval"
+BOOTSTRAP = "two-level percentile bootstrap"
 
 # Bound on the random indices drawn at once when resampling one seed's reconstructions
 # (8 bytes each: 32 MiB), so that many resamples of a large group do not exhaust memory.
@@ -40,20 +70,17 @@ _MAX_INDICES_PER_CHUNK = 2**22
 
 @dataclasses.dataclass(frozen=True)
 class Estimate:
-    """A point estimate with its bootstrap confidence interval.
+    """A point estimate with its confidence interval.
 
     Attributes:
-        mean: The point estimate (mean of per-seed means, or their ratio or difference).
+        mean: The point estimate (mean of per-seed means, or their difference or ratio).
         low: Lower end of the interval.
-        high: Upper end of the interval (+inf when a ratio is unbounded, see
-            `bootstrap_ratio`).
-        seeds: Number of seed groups the estimate rests on (both sides summed for a ratio
-            or a difference).
-        samples: Number of per-reconstruction values it rests on (both sides summed for a
-            ratio or a difference).
+        high: Upper end of the interval.
+        seeds: Number of training seeds it rests on (pairs, for a comparison).
+        samples: Number of per-reconstruction values it rests on (both arms summed for a
+            comparison).
         confidence: Confidence level of the interval, in (0, 1).
-        zero_denominators: For a ratio, how many resamples had a denominator mean of 0 and
-            were counted as +inf; 0 otherwise.
+        method: How the interval was computed, one of this module's method names.
     """
 
     mean: float
@@ -62,136 +89,291 @@ class Estimate:
     seeds: int
     samples: int
     confidence: float = 0.95
-    zero_denominators: int = 0
+    method: str = T_OVER_SEEDS
 
     def __str__(self):
         return f"{self.mean:.2f} [{self.low:.2f}, {self.high:.2f}]"
 
     def as_dict(self):
-        """The fields as a dict of python numbers, for `json.dump`.
+        """The fields as a dict of python values, for `json.dump`.
 
         Returns:
-            `{field name: value}`; an unbounded end is `float("inf")`, which python's `json`
-            writes as `Infinity`.
+            `{field name: value}`.
         """
         return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass(frozen=True)
-class Verdict:
-    """The verdict word on a defended metric against its baseline, with its evidence.
+class Comparison:
+    """A defended top-1 rate against its baseline's, paired by training seed.
 
     Attributes:
-        word: One of `VERDICT_WORDS`; see `verdict` for the rules.
-        defended: `bootstrap_mean` of the defended target's values.
-        baseline: `bootstrap_mean` of the baseline (e.g. unprotected) target's values.
-        ratio: `bootstrap_ratio` defended / baseline.
-        difference: `bootstrap_difference` defended - baseline.
-        margin: The reduction the "not lower" rule treats as negligible.
+        defended: `seed_mean` of the defended outcomes over the paired seeds.
+        baseline: `seed_mean` of the baseline outcomes over the paired seeds.
+        difference: Defended - baseline rate (paired t), or None with one seed.
+        ratio: Defended / baseline rate (exp of the paired log-ratio's t interval), or None
+            with one seed.
+        p_values: `{claim word: unadjusted one-sided p-value}` for `AT_MOST_HALF`, `LOWER`
+            and `NOT_LOWER`; empty with one seed.
+        seeds: The paired seeds, in the baseline's order (positions when no seed numbers
+            were given).
+        margin: The reduction the "not lower" test treats as negligible.
+    """
+
+    defended: Estimate
+    baseline: Estimate
+    difference: Estimate | None
+    ratio: Estimate | None
+    p_values: dict
+    seeds: tuple
+    margin: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """The verdict word on one comparison, with the evidence it rests on.
+
+    Attributes:
+        word: One of `VERDICT_WORDS`, or `NEEDS_SEEDS`; see `decide`.
+        comparison: The `Comparison` judged.
+        adjusted_p_values: `{claim word: Holm-adjusted p-value}`; empty with one seed.
+        tests: Number of one-sided tests in the Holm family.
     """
 
     word: str
-    defended: Estimate
-    baseline: Estimate
-    ratio: Estimate
-    difference: Estimate
-    margin: float = 0.0
+    comparison: Comparison
+    adjusted_p_values: dict
+    tests: int
 
     def __str__(self):
         return self.word
 
     def as_dict(self):
-        """The verdict and its estimates as nested dicts, for `json.dump`.
+        """The verdict and its evidence as nested dicts, for `json.dump`.
 
         Returns:
-            `{"word": ..., "defended": {...}, "baseline": {...}, "ratio": {...},
-            "difference": {...}, "margin": ...}`.
+            `{"word": ..., "comparison": {...}, "adjusted_p_values": {...}, "tests": ...}`.
         """
         return dataclasses.asdict(self)
 
 
-def bootstrap_mean(groups, confidence=0.95, resamples=2000, seed=0):
-    """Mean of per-seed means with a two-level percentile bootstrap interval.
+def clopper_pearson(successes, trials, confidence=0.95):
+    """Exact (Clopper-Pearson) interval of a binomial rate.
+
+    Args:
+        successes: Integer in [0, `trials`].
+        trials: Integer >= 1.
+        confidence: Confidence level, in (0, 1).
+
+    Returns:
+        `(low, high)`: the `(1 - confidence) / 2` quantile of Beta(k, n - k + 1) (0 when
+        k = 0) and the `(1 + confidence) / 2` quantile of Beta(k + 1, n - k) (1 when k = n).
+
+    Raises:
+        ValueError: If an argument is out of range.
+    """
+    trials = as_positive_int(trials, "trials")
+    check_non_negative_int("successes", successes)
+    if successes > trials:
+        raise ValueError(
+            f"`successes` must be at most `trials` ({trials}); received {successes!r}."
+        )
+    tail = (1.0 - _checked_confidence(confidence)) / 2.0
+    low = 0.0 if successes == 0 else stats.beta.ppf(tail, successes, trials - successes + 1)
+    high = 1.0 if successes == trials else stats.beta.ppf(1 - tail, successes + 1,
+                                                          trials - successes)
+    return float(low), float(high)
+
+
+def seed_mean(groups, confidence=0.95, binary=False):
+    """Mean of per-seed means with its interval over training seeds (see the module doc).
 
     Args:
         groups: One 1-D array of per-reconstruction values per training seed (a list of
             arrays of any lengths, or a 2-D array with one row per seed); finite values.
         confidence: Confidence level of the interval, in (0, 1).
-        resamples: Number of bootstrap resamples.
-        seed: Integer >= 0; the same inputs and seed give the same interval.
+        binary: Whether the values are 0/1 outcomes (e.g. top-1 success): then the
+            interval is clipped to [0, 1], a seed mean's variance is at least its binomial
+            variance, and Clopper-Pearson is used where all outcomes are equal or there is
+            one seed.
 
     Returns:
-        An `Estimate`. With one group, the interval is the ordinary percentile bootstrap
-        over that group's values.
+        An `Estimate`; its `method` says which interval it is.
 
     Raises:
         ValueError: If `groups` is empty, a group is not a non-empty 1-D array of finite
-            values, `confidence` is not in (0, 1), `resamples` is not an integer >= 1 or
-            `seed` not an integer >= 0.
+            values (of 0s and 1s when `binary`), or `confidence` is not in (0, 1).
 
     Example:
-        Three seeds whose reconstructions all agree: only the seed draw varies, and each
-        extreme (the same seed drawn three times) has bootstrap probability 1/27 > 2.5%.
+        Three seeds of 100 outcomes with 20, 30 and 40 successes: seed means 0.2, 0.3, 0.4,
+        standard error 0.1 / sqrt(3), t quantile 4.303 on 2 degrees of freedom.
 
-        >>> groups = [np.zeros(50), np.full(50, 0.5), np.ones(50)]
-        >>> print(bootstrap_mean(groups))
-        0.50 [0.00, 1.00]
+        >>> groups = [np.arange(100) < k for k in (20, 30, 40)]
+        >>> print(seed_mean(groups, binary=True))
+        0.30 [0.05, 0.55]
     """
-    groups = _checked_groups(groups, "groups")
-    confidence, resamples = _checked_settings(confidence, resamples, seed)
-    draws = _resampled_means(groups, resamples, np.random.default_rng([seed, 0]))
-    low, high = _percentile_interval(draws, confidence)
-    return Estimate(
-        mean=_mean_of_means(groups),
-        low=low,
-        high=high,
-        seeds=len(groups),
-        samples=_sample_count(groups),
-        confidence=confidence,
-    )
+    groups = _checked_groups(groups, "groups", binary)
+    confidence = _checked_confidence(confidence)
+    means = np.array([values.mean() for values in groups])
+    count, samples = len(groups), _sample_count(groups)
+    pooled = float(sum(values.sum() for values in groups))
+    if binary and (count == 1 or pooled in (0.0, samples)):
+        low, high = clopper_pearson(int(round(pooled)), samples, confidence)
+        method = CLOPPER_PEARSON_ONE_SEED if count == 1 else CLOPPER_PEARSON_POOLED
+        mean = float(means.mean())
+    elif count == 1 and groups[0].size == 1:
+        mean = low = high = float(means[0])
+        method = ONE_VALUE
+    else:
+        values, method = (groups[0], T_ONE_SEED) if count == 1 else (means, T_OVER_SEEDS)
+        floor = float(np.mean(_binomial_variance(groups))) if binary else 0.0
+        mean, low, high, _ = _t_interval(values, floor, confidence)
+        if binary:
+            low, high = max(low, 0.0), min(high, 1.0)
+    return Estimate(mean=mean, low=low, high=high, seeds=count, samples=samples,
+                    confidence=confidence, method=method)
 
 
-def bootstrap_ratio(numerator_groups, denominator_groups, confidence=0.95, resamples=2000, seed=0):
-    """Ratio of two means of per-seed means (e.g. defended / unprotected top-1), with interval.
+def compare(defended_groups, baseline_groups, defended_seeds=None, baseline_seeds=None,
+            confidence=0.95, margin=0.0):
+    """A defended top-1 rate against its baseline's, paired by training seed.
 
-    Both sides are resampled independently, each as in `bootstrap_mean` (with the same
-    `seed`, the numerator's draws are those of `bootstrap_mean(numerator_groups, seed=seed)`).
-    Values must be >= 0, so a ratio is >= 0. A zero denominator mean (in the data or in a
-    resample) makes the ratio unbounded: it is set to +inf, whatever the numerator. Such
-    resamples are kept, not dropped, since dropping them would keep only the resamples where
-    the baseline did better; they sort above every finite ratio, so they can only raise the
-    interval (its upper end is +inf once they exceed the upper tail), and their number is
-    reported in `Estimate.zero_denominators`.
+    The seeds both arms have are paired (in the baseline's order); a seed only one arm has
+    is left out. Per pair, the difference of the rates and the log-ratio of the
+    Haldane-corrected rates (k + 0.5) / (n + 1); their intervals are Student t on S - 1
+    degrees of freedom, each per-seed value's variance taken as at least its within-seed
+    binomial (for the log, delta-method (1 - p) / (n p)) variance at the corrected rates.
+
+    The one-sided tests, on the same t statistics: `AT_MOST_HALF` rejects a ratio >= 0.5,
+    `LOWER` a difference >= 0, `NOT_LOWER` a difference <= -`margin` (a reduction larger
+    than `margin`).
 
     Args:
-        numerator_groups: Per-seed 1-D arrays of values >= 0 for the numerator.
-        denominator_groups: Per-seed 1-D arrays of values >= 0 for the denominator.
-        confidence: Confidence level of the interval, in (0, 1).
-        resamples: Number of bootstrap resamples.
-        seed: Integer >= 0; the same inputs and seed give the same interval.
+        defended_groups: Per-seed 1-D arrays of 0/1 outcomes of the defended target.
+        baseline_groups: Per-seed 1-D arrays of 0/1 outcomes of the baseline target.
+        defended_seeds: The defended groups' seed numbers, in order; None pairs the groups
+            by position (then both need the same number of groups).
+        baseline_seeds: The baseline groups' seed numbers, in order; None as above.
+        confidence: Confidence level of the intervals, in (0, 1).
+        margin: Reduction (in top-1) below which "not lower" may still be said, >= 0.
 
     Returns:
-        An `Estimate` of the ratio (`seeds` and `samples` count both sides).
+        A `Comparison`; with one paired seed it has no difference, ratio or p-values.
 
     Raises:
-        ValueError: As `bootstrap_mean`, or if a value is negative.
+        ValueError: If a group is not a non-empty 1-D array of 0s and 1s, the seed numbers
+            do not match their groups, no seed is shared, `confidence` is not in (0, 1) or
+            `margin` is not a finite number >= 0.
     """
-    return _two_sample_estimate(
-        numerator_groups,
-        denominator_groups,
-        ("numerator_groups", "denominator_groups"),
-        confidence,
-        resamples,
-        seed,
-        ratio=True,
+    check_non_negative_float("margin", margin)
+    confidence = _checked_confidence(confidence)
+    defended_groups = _checked_groups(defended_groups, "defended_groups", binary=True)
+    baseline_groups = _checked_groups(baseline_groups, "baseline_groups", binary=True)
+    seeds, defended_groups, baseline_groups = _paired(
+        defended_groups, baseline_groups, defended_seeds, baseline_seeds
     )
+    defended = seed_mean(defended_groups, confidence, binary=True)
+    baseline = seed_mean(baseline_groups, confidence, binary=True)
+    if len(seeds) == 1:
+        return Comparison(defended, baseline, None, None, {}, seeds, float(margin))
+    rates = [np.array([values.mean() for values in groups])
+             for groups in (defended_groups, baseline_groups)]
+    corrected = [_haldane(groups) for groups in (defended_groups, baseline_groups)]
+    sizes = [np.array([values.size for values in groups], np.float64)
+             for groups in (defended_groups, baseline_groups)]
+    differences = rates[0] - rates[1]
+    difference_floor = np.mean(_binomial_variance(defended_groups)
+                               + _binomial_variance(baseline_groups))
+    log_ratios = np.log(corrected[0]) - np.log(corrected[1])
+    log_floor = np.mean(sum((1 - p) / (n * p) for p, n in zip(corrected, sizes)))
+    settings = dict(seeds=len(seeds), samples=defended.samples + baseline.samples,
+                    confidence=confidence)
+    mean, low, high, difference_se = _t_interval(differences, difference_floor, confidence)
+    difference = Estimate(mean=mean, low=max(low, -1.0), high=min(high, 1.0),
+                          method=PAIRED_T, **settings)
+    mean, low, high, log_se = _t_interval(log_ratios, log_floor, confidence)
+    ratio = Estimate(mean=float(np.exp(mean)), low=float(np.exp(low)), high=float(np.exp(high)),
+                     method=PAIRED_T_LOG_RATIO, **settings)
+    freedom = len(seeds) - 1  # special.stdtr(df, t): Student t's CDF, as stats.t.cdf
+    p_values = {
+        AT_MOST_HALF: float(special.stdtr(freedom, (mean - np.log(0.5)) / log_se)),
+        LOWER: float(special.stdtr(freedom, difference.mean / difference_se)),
+        NOT_LOWER: float(special.stdtr(freedom, -(difference.mean + margin) / difference_se)),
+    }
+    return Comparison(defended, baseline, difference, ratio, p_values, seeds, float(margin))
+
+
+def holm(p_values):
+    """Holm's step-down adjusted p-values.
+
+    The i-th smallest of m p-values becomes the running maximum of (m - j + 1) p_(j) over
+    j <= i, capped at 1; rejecting where the adjusted value is below a level controls the
+    chance of any false rejection at that level, whatever the tests' dependence.
+
+    Args:
+        p_values: 1-D sequence of p-values in [0, 1].
+
+    Returns:
+        A float64 array of the adjusted p-values, in the order given.
+
+    Raises:
+        ValueError: If a p-value is not in [0, 1].
+    """
+    p_values = np.asarray(p_values, np.float64).reshape(-1)
+    if np.any(~(p_values >= 0) | ~(p_values <= 1)):
+        raise ValueError(f"`p_values` must lie in [0, 1]; received {p_values.tolist()!r}.")
+    order = np.argsort(p_values, kind="stable")
+    scaled = (p_values.size - np.arange(p_values.size)) * p_values[order]
+    adjusted = np.empty_like(p_values)
+    adjusted[order] = np.minimum(np.maximum.accumulate(scaled), 1.0)
+    return adjusted
+
+
+def decide(comparisons, level=0.05):
+    """The verdict words of one report's comparisons, Holm-corrected over all of them.
+
+    Every comparison with two or more seeds contributes its three one-sided tests
+    (`Comparison.p_values`) to one Holm family. The word of a comparison is, in this order:
+    "at most half" if its `AT_MOST_HALF` test is rejected, "lower" if its `LOWER` test is,
+    "not lower" if its `NOT_LOWER` test is (the data rule out a reduction larger than the
+    margin), else "inconclusive"; a test is rejected where its Holm-adjusted p-value is
+    below `level`. A comparison with one seed gets `NEEDS_SEEDS` and no test.
+
+    Args:
+        comparisons: `Comparison`s from `compare`, all the verdicts of one report.
+        level: Family-wise error rate, in (0, 1).
+
+    Returns:
+        A list of `Verdict`, one per comparison, in order.
+
+    Raises:
+        ValueError: If `level` is not in (0, 1).
+    """
+    level = _checked_confidence(level, "level")
+    claims = (AT_MOST_HALF, LOWER, NOT_LOWER)
+    tested = [index for index, found in enumerate(comparisons) if found.p_values]
+    adjusted = holm([comparisons[index].p_values[claim] for index in tested for claim in claims])
+    adjusted_by_index = {
+        index: dict(zip(claims, adjusted[position * 3 : position * 3 + 3].tolist()))
+        for position, index in enumerate(tested)
+    }
+    verdicts = []
+    for index, found in enumerate(comparisons):
+        adjusted_p = adjusted_by_index.get(index, {})
+        word = NEEDS_SEEDS if not adjusted_p else next(
+            (claim for claim in claims if adjusted_p[claim] < level), INCONCLUSIVE
+        )
+        verdicts.append(Verdict(word, found, adjusted_p, int(adjusted.size)))
+    return verdicts
 
 
 def bootstrap_difference(a_groups, b_groups, confidence=0.95, resamples=2000, seed=0):
-    """Difference a - b of two means of per-seed means, with interval.
+    """Difference a - b of two means of per-seed means, with a two-level bootstrap interval.
 
-    Both sides are resampled independently, each as in `bootstrap_mean`, with the same
-    draws as `bootstrap_ratio(a_groups, b_groups, seed=seed)`.
+    Each side is resampled on its own: its seeds with replacement, then each drawn seed's
+    values with replacement; the interval is the percentile interval of the difference of
+    the resampled means. It ignores any pairing of the seeds and, with a few seeds, covers
+    less often than its confidence (see the module doc); `compare` is the paired procedure.
 
     Args:
         a_groups: Per-seed 1-D arrays of finite values for the first mean.
@@ -204,99 +386,85 @@ def bootstrap_difference(a_groups, b_groups, confidence=0.95, resamples=2000, se
         An `Estimate` of the difference (`seeds` and `samples` count both sides).
 
     Raises:
-        ValueError: As `bootstrap_mean`.
+        ValueError: If a group is not a non-empty 1-D array of finite values, `confidence`
+            is not in (0, 1), `resamples` is not an integer >= 1 or `seed` not an integer
+            >= 0.
     """
-    return _two_sample_estimate(
-        a_groups, b_groups, ("a_groups", "b_groups"), confidence, resamples, seed, ratio=False
-    )
-
-
-def verdict(defended_groups, baseline_groups, confidence=0.95, resamples=2000, seed=0, margin=0.0):
-    """Whether a defended metric (e.g. attack top-1) is lower than its baseline, and by how much.
-
-    The rules, tried in this order, each on the two-sided `confidence` interval (so each
-    claim is a one-sided test at level (1 - confidence) / 2):
-
-    * "at most half": the ratio's upper end is <= 0.5: the data rule out a defended value
-      above half the baseline. (It comes first because it is the stronger claim: the
-      ratio and the difference come from the same resamples, so in practice it implies
-      "lower".)
-    * "lower": the difference's upper end is < 0: the data rule out no reduction at all.
-    * "not lower": the difference's lower end is >= -`margin`: the data rule out a reduction
-      larger than `margin`. With the default `margin=0` this asks for evidence that the
-      defended value is at least the baseline; an absence of evidence of a reduction is not
-      enough.
-    * "inconclusive": otherwise (the interval is compatible with a reduction and with
-      none). With a few seeds and close values this is the honest answer.
-
-    Several verdicts in one report are separate tests: no correction for multiple
-    comparisons is applied.
-
-    Args:
-        defended_groups: Per-seed 1-D arrays of values >= 0 for the defended target.
-        baseline_groups: Per-seed 1-D arrays of values >= 0 for the baseline target.
-        confidence: Confidence level of the intervals, in (0, 1).
-        resamples: Number of bootstrap resamples.
-        seed: Integer >= 0; the same inputs and seed give the same verdict.
-        margin: Reduction (in the metric's units) below which "not lower" may still be
-            said, >= 0.
-
-    Returns:
-        A `Verdict` with the word and the four estimates it was based on.
-
-    Raises:
-        ValueError: As `bootstrap_ratio`, or if `margin` is not a finite number >= 0.
-    """
-    check_non_negative_float("margin", margin)
-    settings = {"confidence": confidence, "resamples": resamples, "seed": seed}
-    ratio = bootstrap_ratio(defended_groups, baseline_groups, **settings)
-    difference = bootstrap_difference(defended_groups, baseline_groups, **settings)
-    if ratio.high <= 0.5:
-        word = AT_MOST_HALF
-    elif difference.high < 0:
-        word = LOWER
-    elif difference.low >= -margin:
-        word = NOT_LOWER
-    else:
-        word = INCONCLUSIVE
-    return Verdict(
-        word=word,
-        defended=bootstrap_mean(defended_groups, **settings),
-        baseline=bootstrap_mean(baseline_groups, **settings),
-        ratio=ratio,
-        difference=difference,
-        margin=float(margin),
-    )
-
-
-def _two_sample_estimate(first_groups, second_groups, names, confidence, resamples, seed, ratio):
-    """First mean / second mean if `ratio` else their difference, sides resampled independently."""
-    combine = _ratio if ratio else np.subtract
-    first_groups = _checked_groups(first_groups, names[0], non_negative=ratio)
-    second_groups = _checked_groups(second_groups, names[1], non_negative=ratio)
-    confidence, resamples = _checked_settings(confidence, resamples, seed)
-    first_draws = _resampled_means(first_groups, resamples, np.random.default_rng([seed, 0]))
-    second_draws = _resampled_means(second_groups, resamples, np.random.default_rng([seed, 1]))
-    draws = combine(first_draws, second_draws)
-    low, high = _percentile_interval(draws, confidence)
+    a_groups = _checked_groups(a_groups, "a_groups")
+    b_groups = _checked_groups(b_groups, "b_groups")
+    confidence = _checked_confidence(confidence)
+    resamples = as_positive_int(resamples, "resamples")
+    check_non_negative_int("seed", seed)
+    draws = (_resampled_means(a_groups, resamples, np.random.default_rng([seed, 0]))
+             - _resampled_means(b_groups, resamples, np.random.default_rng([seed, 1])))
+    tail = (1.0 - confidence) / 2.0
+    low, high = np.quantile(draws, [tail, 1.0 - tail])
     return Estimate(
-        mean=float(combine(_mean_of_means(first_groups), _mean_of_means(second_groups))),
-        low=low,
-        high=high,
-        seeds=len(first_groups) + len(second_groups),
-        samples=_sample_count(first_groups) + _sample_count(second_groups),
+        mean=float(np.mean([v.mean() for v in a_groups]) - np.mean([v.mean() for v in b_groups])),
+        low=float(low),
+        high=float(high),
+        seeds=len(a_groups) + len(b_groups),
+        samples=_sample_count(a_groups) + _sample_count(b_groups),
         confidence=confidence,
-        zero_denominators=int(np.sum(second_draws == 0)) if ratio else 0,
+        method=BOOTSTRAP,
     )
 
 
-def _ratio(numerator, denominator):
-    """`numerator / denominator` for means >= 0, +inf where the denominator is 0."""
-    safe = np.where(denominator > 0, denominator, 1.0)
-    return np.where(denominator > 0, numerator / safe, np.inf)
+def _t_interval(values, variance_floor, confidence):
+    """`(mean, low, high, standard error)`: Student t on `len(values) - 1` df over `values`.
+
+    The sample variance is raised to `variance_floor` where it is below it.
+    """
+    variance = max(float(np.var(values, ddof=1)), variance_floor)
+    standard_error = np.sqrt(variance / values.size)
+    # special.stdtrit(df, q): Student t's quantile, as stats.t.ppf (a fraction of its cost).
+    half_width = special.stdtrit(values.size - 1, 0.5 + confidence / 2.0) * standard_error
+    mean = float(np.mean(values))
+    return mean, float(mean - half_width), float(mean + half_width), float(standard_error)
 
 
-def _checked_groups(groups, name, non_negative=False):
+def _haldane(groups):
+    """Per-seed success rates with Haldane's correction, (k + 0.5) / (n + 1)."""
+    return np.array([(values.sum() + 0.5) / (values.size + 1) for values in groups])
+
+
+def _binomial_variance(groups):
+    """Per-seed binomial variance of a seed's rate, p (1 - p) / n at the corrected rate."""
+    corrected = _haldane(groups)
+    return corrected * (1 - corrected) / np.array([values.size for values in groups])
+
+
+def _paired(defended_groups, baseline_groups, defended_seeds, baseline_seeds):
+    """`(seeds, defended groups, baseline groups)` of the seeds both arms have."""
+    if defended_seeds is None and baseline_seeds is None:
+        if len(defended_groups) != len(baseline_groups):
+            raise ValueError(
+                f"`defended_groups` and `baseline_groups` must have one group per seed each "
+                f"when no seed numbers are given; received {len(defended_groups)} and "
+                f"{len(baseline_groups)} groups."
+            )
+        positions = tuple(range(len(baseline_groups)))
+        return positions, defended_groups, baseline_groups
+    named = {}
+    for name, seeds, groups in (("defended_seeds", defended_seeds, defended_groups),
+                                ("baseline_seeds", baseline_seeds, baseline_groups)):
+        if seeds is None or len(seeds) != len(groups) or len(set(seeds)) != len(seeds):
+            raise ValueError(
+                f"`{name}` must list {len(groups)} distinct seed numbers, one per group; "
+                f"received {seeds!r}."
+            )
+        named[name] = dict(zip(seeds, groups))
+    common = tuple(seed for seed in baseline_seeds if seed in named["defended_seeds"])
+    if not common:
+        raise ValueError(
+            f"`defended_seeds` and `baseline_seeds` must share a seed; received "
+            f"{list(defended_seeds)!r} and {list(baseline_seeds)!r}."
+        )
+    return (common, [named["defended_seeds"][seed] for seed in common],
+            [named["baseline_seeds"][seed] for seed in common])
+
+
+def _checked_groups(groups, name, binary=False):
     """`groups` as a non-empty list of finite float64 vectors (one per seed)."""
     if isinstance(groups, (str, bytes)) or not hasattr(groups, "__iter__"):
         raise ValueError(
@@ -307,31 +475,25 @@ def _checked_groups(groups, name, non_negative=False):
         raise ValueError(
             f"`{name}` must hold at least one group (one per training seed); received none."
         )
-    if non_negative:
+    if binary:
         for index, values in enumerate(checked):
-            if np.any(values < 0):
+            if np.any((values != 0) & (values != 1)):
                 raise ValueError(
-                    f"`{name}[{index}]` must hold values >= 0 for a ratio; received minimum "
-                    f"{values.min()!r}."
+                    f"`{name}[{index}]` must hold 0/1 outcomes; received values "
+                    f"{np.unique(values)[:5].tolist()!r}..."
                 )
     return checked
 
 
-def _checked_settings(confidence, resamples, seed):
-    """Validated `(confidence, resamples)`; also checks `seed`."""
+def _checked_confidence(confidence, name="confidence"):
+    """`confidence` as a float in (0, 1)."""
     if (
         isinstance(confidence, bool)
         or not isinstance(confidence, (int, float, np.integer, np.floating))
         or not 0 < confidence < 1
     ):
-        raise ValueError(f"`confidence` must be a number in (0, 1); received {confidence!r}.")
-    check_non_negative_int("seed", seed)
-    return float(confidence), as_positive_int(resamples, "resamples")
-
-
-def _mean_of_means(groups):
-    """The point estimate: each seed's mean, averaged with equal weights."""
-    return float(np.mean([values.mean() for values in groups]))
+        raise ValueError(f"`{name}` must be a number in (0, 1); received {confidence!r}.")
+    return float(confidence)
 
 
 def _sample_count(groups):
@@ -362,25 +524,3 @@ def _resampled_group_means(values, count, rng):
         for start in range(0, count, rows_per_chunk)
     ]
     return np.concatenate(chunks) if chunks else np.empty(0)
-
-
-def _percentile_interval(draws, confidence):
-    """`(low, high)`: the draws' (1 -/+ confidence) / 2 quantiles, as python floats.
-
-    Linear interpolation between order statistics, as `np.quantile`'s default (and
-    `scipy.stats.bootstrap`'s percentile method), except that an end whose interpolation
-    touches a +inf draw is +inf (`np.quantile` returns NaN there).
-    """
-    ordered = np.sort(draws)
-    tail = (1.0 - confidence) / 2.0
-    positions = np.array([tail, 1.0 - tail]) * (ordered.size - 1)
-    below = np.floor(positions).astype(np.int64)
-    above = np.minimum(below + 1, ordered.size - 1)
-    weight = positions - below
-    with np.errstate(invalid="ignore"):
-        ends = ordered[below] + weight * (ordered[above] - ordered[below])
-    unbounded = np.isposinf(ordered[below]) | (np.isposinf(ordered[above]) & (weight > 0))
-    ends = np.where(unbounded, np.inf, ends)
-    return float(ends[0]), float(ends[1])
-
-
