@@ -39,30 +39,35 @@ def test_markdown_table_formats_cells():
         report.markdown_table(["a", "b", "c"], [["x"]])
 
 
-def _target(aa1, chance, accuracy, trapdoor_accuracy, seed):
-    """One seed's scores with exactly `aa1` of 100 reconstructions successful."""
-    hits = round(100 * aa1)
-    top1 = np.random.default_rng(seed).permutation([1] * hits + [0] * (100 - hits)).tolist()
-    scores = {
-        "per_image": {"top1": top1, "top5": top1, "knn": [1.0] * 100},
-        "chance_aa1": chance, "fid_samples": hits, "fid_samples_all": 100,
-        "feature_dims": 8, "inversion_steps": 3,
-    }
-    return {"accuracy": accuracy, "trapdoor_accuracy": trapdoor_accuracy,
-            "prior_steps": {}, "attacks": {"gmi": scores}}
+def _target(aa1, chance, accuracy, trapdoor_accuracy, seed, lookup=0.0):
+    """One seed's scores: exactly `aa1` of 100 GMI reconstructions successful (starting
+    samples `chance`), and `lookup` of the lookup baseline's 100 public images."""
+    def scores(rate, chance, steps):
+        hits = round(100 * rate)
+        top1 = np.random.default_rng(seed).permutation([1] * hits + [0] * (100 - hits)).tolist()
+        return {
+            "per_image": {"top1": top1, "top5": top1, "knn": [1.0] * 100},
+            "chance_aa1": chance, "fid_samples": hits, "fid_samples_all": 100,
+            "feature_dims": 8, "inversion_steps": steps,
+        }
+
+    return {"accuracy": accuracy, "trapdoor_accuracy": trapdoor_accuracy, "prior_steps": {},
+            "attacks": {"lookup": scores(lookup, lookup, 0), "gmi": scores(aa1, chance, 3)}}
 
 
-def _results(none_aa1, chance, defended):
-    """Pipeline results of 3 seeds x 100 reconstructions, pooled by `summarize_seeds`."""
+def _results(none_aa1, chance, defended, lookup=0.0):
+    """Pipeline results of 3 seeds x 100 reconstructions of 10 attacked classes, pooled by
+    `summarize_seeds`; every target's lookup baseline scores `lookup`."""
     def defense(aa1, accuracy, trapdoor_accuracy):
         return summarize_seeds(
-            {seed: _target(aa1, chance, accuracy, trapdoor_accuracy, seed) for seed in range(3)}
+            {seed: _target(aa1, chance, accuracy, trapdoor_accuracy, seed, lookup)
+             for seed in range(3)}
         )
 
     defenses = {"none": defense(none_aa1, 1.0, None)}
     for name, aa1 in defended.items():
         defenses[name] = defense(aa1, 0.99, 1.0)
-    return {"defenses": defenses, "evaluation_model": {"classes": 10}}
+    return {"defenses": defenses, "evaluation_model": {"classes": 10}, "attacked_classes": 10}
 
 
 def _words(rows):
@@ -79,23 +84,30 @@ def _words(rows):
         (0.8, 0.1, 0.8, "inconclusive"),
         # 0.1 is uniform chance (10 classes): the attack does not work.
         (0.1, 0.05, 0.0, "attack fails on the baseline"),
-        # Above uniform chance but not above its own starting samples' hit rate.
-        (0.6, 0.6, 0.1, "attack fails on the baseline"),
+        # Starting samples as good as the attack are a diagnostic, no floor.
+        (0.6, 0.6, 0.1, "at most half"),
     ],
 )
 def test_verdicts(none_aa1, chance, aa1, verdict):
     rows = report.verdicts(_results(none_aa1, chance, {"trapmid": aa1}))
     assert _words(rows) == [("gmi", "trapmid", verdict)]
-    # The ratio column is the defended / undefended mean, with its interval around it.
+    # The ratio column is exp of the mean per-seed log-ratio of Haldane's rates
+    # (k + 0.5) / (n + 1), the same in every seed here, with its interval around it.
     ratio = rows[0][4]
-    assert ratio.startswith(f"{aa1 / none_aa1:.3f} [")
+    assert ratio.startswith(f"{(100 * aa1 + 0.5) / (100 * none_aa1 + 0.5):.3f} [")
 
 
 def test_paper_comparison_places_the_papers_ratio_against_our_interval():
-    # The paper's Trap-MID / unprotected GMI ratio is 0.5 / 14 = 0.036.
-    results = _results(0.8, 0.1, {"trapmid": 0.0, "negls": 0.8})
+    # Our ratios: exp of the paired log-ratio's t interval (2 df, quantile 4.303); every seed
+    # has the same counts, so the standard error is the delta-method floor
+    # sqrt(sum over arms of (1 - p) / (100 p) / 3) at p = (k + 0.5) / 101.
+    # Trap-MID 0 of 100 vs 80: ratio 0.5 / 80.5 = 0.006, se 0.82: [0.0002, 0.21] holds the
+    # paper's 0.5 / 14 = 0.036. MID 20 vs 80: 0.255, se 0.118: [0.15, 0.42], below the
+    # paper's 10 / 14 = 0.71. NegLS 80 vs 80: 1, se 0.041: [0.84, 1.19], above its 8 / 14.
+    results = _results(0.8, 0.1, {"trapmid": 0.0, "negls": 0.8, "mid": 0.2})
     rows = {defense: row for _, defense, *row in report.paper_comparison(results)}
-    assert rows["trapmid"][1:] == [round(0.5 / 14, 3), "ours lower"]
+    assert rows["trapmid"][1:] == [round(0.5 / 14, 3), "inside our interval"]
+    assert rows["mid"][1:] == [round(10 / 14, 3), "ours lower"]
     assert rows["negls"][1:] == [round(8 / 14, 3), "ours higher"]
 
 
@@ -161,6 +173,7 @@ def _adaptive_results():
             recovery.update(trigger_cosine=0.1 * seed, other_trigger_cosine=0.0,
                             trigger_match=0.2, trigger_classes=5)
         target["attacks"] = {
+            "lookup": target["attacks"]["lookup"],
             "plgmi": plgmi,
             "plgmi_adaptive": dict(plgmi) if trapdoor else {"not_applicable": "no trapdoor"},
             "trigger_recovery": recovery,
@@ -177,6 +190,7 @@ def _adaptive_results():
             for name in ("none", "trapmid")
         },
         "evaluation_model": {"classes": 10, "architecture": "cnn", "accuracy": 0.99},
+        "attacked_classes": 5,
         "dataset": "digits", "public_split": "samples", "preset": "tiny", "seconds": 1.0,
         "fid_features": "evaluator", "settings": {"seeds": [0, 1, 2], "per_class": 100},
     }
@@ -186,11 +200,14 @@ def test_trigger_leakage_is_pooled_over_seeds_and_tabulated_with_chance():
     results = _adaptive_results()
     assert results["defenses"]["none"]["trigger_leakage"] is None
     leakage = results["defenses"]["trapmid"]["trigger_leakage"]
-    # The mean of the three seeds' top-1 (0.6, 0.8, 0.4); the bootstrap over seeds stays
-    # within the smallest and largest seed (up to float64 rounding of a mean of three).
+    # The mean of the three seeds' top-1 (0.6, 0.8, 0.4) with its t interval: sample sd
+    # 0.2, 2 df, quantile (0.95) / sqrt(2 x 0.975 x 0.025) = 4.303 (closed form for 2 df).
+    # Float64 arithmetic on O(1) numbers: 1e-12.
     top1 = leakage["trigger_top1"]
-    assert top1["mean"] == pytest.approx(0.6)
-    assert 0.4 - 1e-12 <= top1["low"] <= 0.6 <= top1["high"] <= 0.8 + 1e-12
+    half = 0.95 / np.sqrt(2 * 0.975 * 0.025) * 0.2 / np.sqrt(3)
+    assert (top1["mean"], top1["low"], top1["high"]) == pytest.approx(
+        (0.6, 0.6 - half, 0.6 + half), abs=1e-12
+    )
     part = leakage["class_part_top1"]
     assert part["low"] == pytest.approx(0.2) and part["high"] == pytest.approx(0.2)
     assert (leakage["chance"], leakage["triggers"]) == (0.1, 5)
@@ -215,7 +232,10 @@ def test_an_attack_that_does_not_apply_is_said_so_and_compared_with_its_base():
     assert rows["plgmi_adaptive vs plgmi"][0] == report.estimate_text(none["plgmi"]["aa1"])
     defended = report.estimate_text(trapmid["plgmi_adaptive"]["aa1"])
     assert rows["plgmi_adaptive vs plgmi"][1] == defended
-    assert rows["plgmi_adaptive vs plgmi"][3] == "at most half"  # 0.2 against 0.8
+    # 0.2 against 0.8 in every seed, as are the other two comparisons here (PLG-MI and
+    # trigger recovery on Trap-MID): Holm over their 9 tests. Each lower test has p 0.0015
+    # (at most x 9 = 0.013: rejected); each at-most-half test p 0.0146, times 6 = 0.088.
+    assert rows["plgmi_adaptive vs plgmi"][3] == "lower"
     assert "| none | attack plgmi_adaptive | not applicable: no trapdoor |" in (
         report.steps_table(results)
     )
@@ -251,3 +271,85 @@ def test_steps_table_notes_rounds_and_early_stops():
     table = report.steps_table(results)
     assert "| none | attack plgmi_adaptive_estimated | 3 iterations per round; two rounds" in table
     assert "| none | attack brep_mi | 3 iterations run (walks also stop" in table
+
+
+def test_works_needs_top1_above_chance_and_the_lookup_floor():
+    def top1(low, high, chance_aa1=0.0):
+        return {"aa1": {"mean": (low + high) / 2, "low": low, "high": high},
+                "chance_aa1": {"mean": chance_aa1, "low": chance_aa1, "high": chance_aa1}}
+
+    lookup = top1(0.3, 0.4)
+    assert report.works(top1(0.5, 0.7), 0.1, lookup)
+    # The lower end must clear the lookup's upper end, not only its mean.
+    assert not report.works(top1(0.38, 0.7), 0.1, lookup)
+    assert not report.works(top1(0.4, 0.7), 0.1, lookup)  # equal is not above
+    # Above a weak lookup but not above chance (1/K).
+    assert not report.works(top1(0.15, 0.3), 0.2, top1(0.0, 0.05))
+    # Starting samples better than the attack do not gate it any more.
+    assert report.works(top1(0.5, 0.7, chance_aa1=0.9), 0.1, lookup)
+    # The lookup never shows leakage against itself.
+    assert not report.works(lookup, 0.1, lookup)
+    # Chance is over the attacked classes, not the judge's.
+    assert report.uniform_chance({"attacked_classes": 4, "evaluation_model": {"classes": 10}}) \
+        == 0.25
+
+
+def test_tables_mark_attacks_at_or_below_the_lookup_floor():
+    # Every target's lookup scores 0.5: GMI's 0.8 on the undefended model is above it, its
+    # 0.1 on Trap-MID is not; the lookup column itself carries no mark.
+    results = _results(0.8, 0.1, {"trapmid": 0.1}, lookup=0.5)
+    rows = [row.strip("| ").split(" | ") for row in report.summary_table(results).splitlines()]
+    assert rows[0][-2:] == ["lookup aa1", "gmi aa1"]
+    (none_lookup, none_gmi), (trapmid_lookup, trapmid_gmi) = rows[2][-2:], rows[3][-2:]
+    assert none_lookup.startswith("0.500 [") and not none_lookup.endswith(report.AT_FLOOR)
+    assert none_gmi.startswith("0.800 [") and not none_gmi.endswith(report.AT_FLOOR.strip())
+    assert trapmid_gmi.startswith("0.100 [") and trapmid_gmi.endswith(report.AT_FLOOR.strip())
+    assert not trapmid_lookup.endswith(report.AT_FLOOR.strip())
+
+
+def test_the_report_shows_the_lookup_row_and_states_the_rule():
+    results = _adaptive_results()
+    attacks = ["lookup", "plgmi", "plgmi_adaptive", "trigger_recovery"]
+    text = report.report_markdown(results, ["none", "trapmid"], attacks, {})
+    lines = text.splitlines()
+    assert report.LEAKAGE_RULE in lines
+    # The rule sits right above the top-1 table, whose first attack column is the lookup.
+    rule = lines.index(report.LEAKAGE_RULE)
+    assert lines[rule + 2].startswith("| defense | seeds | accuracy | trapdoor acc. | lookup aa1 |")
+    assert "uniform guessing among the 5 attacked classes scores top-1 0.200" in text
+    assert "## lookup\n" in text and "![lookup](grids/lookup.png)" in text
+    assert "| none | attack lookup | 0 iterations (no optimisation" in text
+    # The lookup is the floor, not an attack a defense is compared under.
+    assert all(row[0] != "lookup" for row in report.verdicts(results))
+
+
+def test_an_attack_not_above_the_lookup_fails_on_the_baseline():
+    # GMI's 0.6 on the undefended model is far above chance (0.1) but not above its lookup.
+    results = _results(0.6, 0.1, {"trapmid": 0.1}, lookup=0.6)
+    assert _words(report.verdicts(results)) == [("gmi", "trapmid", report.WORKS_ON_BASELINE)]
+
+
+def test_the_statistics_line_says_what_is_modelled():
+    results = _adaptive_results()
+    line = report.statistics_line(results, report.verdicts(results))
+    assert "Student t on 2 df over the 3 seeds' values" in line
+    assert "Holm-corrected over 9 one-sided tests (3 for each of 3 comparisons)" in line
+    assert "unadjusted" in line and "Clopper-Pearson" in line
+    assert line in report.report_markdown(results, ["none", "trapmid"], ["plgmi"], {})
+
+
+def test_one_seed_gives_no_verdict_and_says_so():
+    results = {
+        "defenses": {name: summarize_seeds({0: _target(aa1, 0.1, 1.0, None, 0)})
+                     for name, aa1 in (("none", 0.8), ("trapmid", 0.1))},
+        "evaluation_model": {"classes": 10}, "attacked_classes": 10,
+        "settings": {"seeds": [0]},
+    }
+    rows = report.verdicts(results)
+    assert _words(rows) == [("gmi", "trapmid", "needs 2+ seeds")]
+    assert rows[0][4] is None  # no ratio interval
+    # The top-1 interval is exact over the 100 reconstructions of the one seed.
+    aa1 = results["defenses"]["trapmid"]["attacks"]["gmi"]["aa1"]
+    assert aa1["method"] == "Clopper-Pearson within one training seed"
+    line = report.statistics_line(results, rows)
+    assert "within that one training seed" in line and "needs 2+ seeds" in line

@@ -3,6 +3,7 @@
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from trapmid_tf.attacks.suite import LOOKUP
 from trapmid_tf.files import atomic_path
 
 GRID_PADDING = 2
@@ -152,9 +153,18 @@ ATTACK_COLUMNS = (
     "aa1", "aa5", "knn", "fid", "fid_all", "precision_all", "recall_all", "density_all",
     "coverage_all", "trapdoor_similarity", "trapdoor_detection", "chance_aa1",
 )
-# An attack "works" against a model when its top-1 interval lies above both of its chance
-# levels (uniform guessing; the un-optimised starting samples).
+# An attack "works" (shows leakage) against a model when its top-1 interval lies above both
+# floors: uniform chance over the attacked classes and the lookup baseline's top-1 (`works`).
 WORKS_ON_BASELINE = "attack fails on the baseline"
+# The rule, as the report states it next to its tables.
+LEAKAGE_RULE = (
+    "An attack shows leakage only where its top-1 is above chance (1/K, K the attacked "
+    "classes) and above the lookup baseline's top-1 on the same target (the public images "
+    "the target is surest of): the lower end of its interval above 1/K and above the upper "
+    "end of the lookup's interval. Top-1 marked *≤ floor* is not."
+)
+# How a top-1 at or below the floors is marked in the tables.
+AT_FLOOR = " *≤ floor*"
 # The paper's top-1 attack accuracy in percent (VGG-16 on CelebA, read off the official
 # repository's charts; ../shared/docs/paper_results.md), by defense and attack.
 PAPER_TOP1 = {
@@ -173,6 +183,7 @@ NOT_FORMED = "trapdoor not formed: no protection expected"
 BASELINE_ATTACKS = {"plgmi_adaptive": "plgmi"}
 # The steps an attack ran, where the recorded iterations need a word.
 STEP_NOTES = {
+    LOOKUP: "(no optimisation: a lookup of the public images)",
     "plgmi_adaptive_estimated": "per round; two rounds (plain PLG-MI estimates the signatures)",
     "brep_mi": "run (walks also stop after their patience)",
 }
@@ -245,37 +256,65 @@ def attack_names(results):
 
 
 def uniform_chance(results):
-    """Top-1 accuracy of uniform guessing by the evaluation model.
+    """Top-1 accuracy of guessing uniformly among the attacked classes.
+
+    Every attack is scored on the same attacked classes, so this is every attack's chance,
+    whatever the number of classes the evaluation model knows.
 
     Args:
-        results: The pipeline's results dict.
+        results: The pipeline's results dict (`attacked_classes`).
 
     Returns:
-        1 / the evaluation model's number of classes.
+        1 / the number of attacked classes.
     """
-    return 1.0 / results["evaluation_model"]["classes"]
+    return 1.0 / results["attacked_classes"]
 
 
-def works(scores, uniform):
-    """Whether an attack's top-1 accuracy is above both of its chance levels.
+def works(scores, chance, lookup):
+    """Whether an attack shows leakage: its top-1 is above chance and above the lookup floor.
+
+    "Above" is read conservatively, interval against interval: the lower end of the attack's
+    top-1 interval must exceed both uniform chance and the upper end of the lookup baseline's
+    top-1 interval on the same target. The top-1 of the attack's un-optimised starting
+    samples (`chance_aa1`) is no gate, only a diagnostic column. The lookup never passes
+    against itself.
 
     Args:
-        scores: One attack's summary against one model (`aa1` and `chance_aa1` as
-            `Estimate.as_dict()`).
-        uniform: Uniform chance, see `uniform_chance`.
+        scores: One attack's summary against one model (`aa1` as `Estimate.as_dict()`).
+        chance: Uniform chance among the attacked classes, see `uniform_chance`.
+        lookup: The lookup baseline's summary against the same model (`aa1` likewise).
 
     Returns:
-        True when the lower end of the top-1 interval exceeds both uniform chance and the
-        upper end of the starting samples' top-1 interval.
+        True when `scores["aa1"]["low"] > max(chance, lookup["aa1"]["high"])`.
     """
-    return scores["aa1"]["low"] > max(uniform, scores["chance_aa1"]["high"])
+    return scores["aa1"]["low"] > max(chance, lookup["aa1"]["high"])
+
+
+def floor_mark(scores, chance, lookup):
+    """`AT_FLOOR` for a top-1 at or below the floors of `works`, else an empty string.
+
+    Args:
+        scores: One attack's summary against one model.
+        chance: Uniform chance among the attacked classes.
+        lookup: The lookup baseline's summary against the same model.
+
+    Returns:
+        `AT_FLOOR`, or "" for an attack above the floors, one that did not run, or the
+        lookup itself (the floor).
+    """
+    if scores is lookup or not_applicable(scores) or works(scores, chance, lookup):
+        return ""
+    return AT_FLOOR
 
 
 def verdicts(results, baseline="none"):
     """Compares each defense's top-1 attack accuracy with the undefended model's.
 
-    The verdict words come from `trapmid_tf.metrics.intervals.verdict` on the per-seed,
-    per-reconstruction top-1 outcomes: a word is given only where the interval supports it.
+    The verdict words come from `trapmid_tf.metrics.intervals.compare` on the per-seed,
+    per-reconstruction top-1 outcomes (defense and baseline paired by training seed) and
+    `intervals.decide`, Holm-corrected over every comparison that gets a verdict word here
+    (those not gated by `NOT_FORMED` or `WORKS_ON_BASELINE`): a word is given only where the
+    corrected test supports it, and with one seed there is none (`intervals.NEEDS_SEEDS`).
 
     Args:
         results: The pipeline's results dict.
@@ -287,17 +326,19 @@ def verdicts(results, baseline="none"):
 
     Returns:
         A list of `(attack, defense, baseline aa1, defended aa1, ratio, verdict)`, the
-        accuracies and the ratio defended / baseline as "mean [low, high]" text, verdict one
-        of `WORKS_ON_BASELINE`, `NOT_FORMED`, `intervals.VERDICT_WORDS` or a
-        "not applicable" text.
+        accuracies and the ratio defended / baseline as "mean [low, high]" text (the ratio
+        None with one seed), verdict one of `WORKS_ON_BASELINE`, `NOT_FORMED`,
+        `intervals.VERDICT_WORDS`, `intervals.NEEDS_SEEDS` or a "not applicable" text.
     """
-    from trapmid_tf.metrics.intervals import verdict
+    from trapmid_tf.metrics.intervals import compare, decide
 
     defenses = results["defenses"]
     if baseline not in defenses:
         return []
-    rows = []
+    rows, tested = [], []
     for attack in attack_names(results):
+        if attack == LOOKUP:  # the floor itself, not an attack to defend against
+            continue
         label, reference = attack, defenses[baseline]["attacks"][attack]
         base = BASELINE_ATTACKS.get(attack)
         if not_applicable(reference) and base in defenses[baseline]["attacks"]:
@@ -311,17 +352,21 @@ def verdicts(results, baseline="none"):
                 rows.append((label, defense, top1_text(reference), top1_text(defended), None,
                              skipped))
                 continue
-            found = verdict(defended["groups"]["top1"], reference["groups"]["top1"])
+            found = compare(defended["groups"]["top1"], reference["groups"]["top1"],
+                            scores["seeds"], defenses[baseline]["seeds"])
             if trapdoor_not_formed(scores):
                 word = NOT_FORMED
-            elif not works(reference, uniform_chance(results)):
+            elif not works(reference, uniform_chance(results),
+                           defenses[baseline]["attacks"][LOOKUP]):
                 word = WORKS_ON_BASELINE
             else:
-                word = found.word
+                word, tested = None, tested + [(len(rows), found)]
             rows.append((
                 label, defense, estimate_text(reference["aa1"]), estimate_text(defended["aa1"]),
-                estimate_text(found.ratio.as_dict()), word,
+                None if found.ratio is None else estimate_text(found.ratio.as_dict()), word,
             ))
+    for (index, _), decided in zip(tested, decide([found for _, found in tested])):
+        rows[index] = rows[index][:-1] + (decided.word,)
     return rows
 
 
@@ -334,10 +379,12 @@ def paper_comparison(results, baseline="none"):
 
     Returns:
         Rows `(attack, defense, our ratio "mean [low, high]", paper ratio, agreement)` for
-        the defenses and attacks the paper reports; agreement says whether the paper's ratio
-        lies inside our interval, below it or above it.
+        the defenses and attacks the paper reports; our ratio is `intervals.compare`'s
+        (paired by training seed); agreement says whether the paper's ratio lies inside our
+        interval, below it or above it. With one seed there is no interval: our ratio is
+        None and agreement `intervals.NEEDS_SEEDS`.
     """
-    from trapmid_tf.metrics.intervals import bootstrap_ratio
+    from trapmid_tf.metrics.intervals import NEEDS_SEEDS, compare
 
     defenses = results["defenses"]
     if baseline not in defenses:
@@ -350,8 +397,12 @@ def paper_comparison(results, baseline="none"):
         for defense, scores in defenses.items():
             if defense == baseline or defense not in PAPER_TOP1:
                 continue
-            ours = bootstrap_ratio(scores["attacks"][attack]["groups"]["top1"], reference)
+            ours = compare(scores["attacks"][attack]["groups"]["top1"], reference,
+                           scores["seeds"], defenses[baseline]["seeds"]).ratio
             paper = PAPER_TOP1[defense][attack] / PAPER_TOP1[baseline][attack]
+            if ours is None:
+                rows.append((attack, defense, None, round(paper, 3), NEEDS_SEEDS))
+                continue
             if ours.low <= paper <= ours.high:
                 agreement = "inside our interval"
             else:
@@ -364,8 +415,9 @@ def paper_comparison(results, baseline="none"):
 def summary_table(results):
     """Markdown table: per defense natural/trapdoor accuracy and each attack's top-1.
 
-    Every value is "mean [low, high]" (95% bootstrap interval over seeds and
-    reconstructions). A defense whose trapdoor did not form is named with `NOT_FORMED`.
+    Every value is "mean [low, high]" (95% interval over seeds, `intervals.seed_mean`),
+    marked `AT_FLOOR` where the attack shows no leakage (`works`). A defense whose trapdoor
+    did not form is named with `NOT_FORMED`.
 
     Args:
         results: The pipeline's results dict.
@@ -373,12 +425,14 @@ def summary_table(results):
     Returns:
         The table as a string.
     """
-    attacks = attack_names(results)
+    attacks, chance = attack_names(results), uniform_chance(results)
     rows = [
         [f"{defense} ({NOT_FORMED})" if trapdoor_not_formed(scores) else defense,
          len(scores["seeds"]), estimate_text(scores["accuracy"]),
          estimate_text(scores["trapdoor_accuracy"])]
-        + [top1_text(scores["attacks"][attack]) for attack in attacks]
+        + [top1_text(scores["attacks"][attack])
+           + floor_mark(scores["attacks"][attack], chance, scores["attacks"][LOOKUP])
+           for attack in attacks]
         for defense, scores in results["defenses"].items()
     ]
     header = ["defense", "seeds", "accuracy", "trapdoor acc."] + [f"{a} aa1" for a in attacks]
@@ -521,12 +575,53 @@ def write(out, results, private_images, private_labels, reconstructions, trigger
     return grids
 
 
+def _attack_cells(scores, chance, lookup):
+    """The `ATTACK_COLUMNS` cells of one attack against one model, top-1 marked `AT_FLOOR`."""
+    cells = [estimate_text(scores[column]) for column in ATTACK_COLUMNS]
+    cells[ATTACK_COLUMNS.index("aa1")] += floor_mark(scores, chance, lookup)
+    return cells
+
+
 def _convergence_lines(results):
     """The measured-convergence paragraph and a blank line, or nothing without a measurement."""
     from trapmid_tf.experiments.measured_convergence import gap_paragraph
 
     gap = results.get("convergence_gap")
     return [gap_paragraph(gap), ""] if gap else []
+
+
+def statistics_line(results, verdict_rows):
+    """The report's one paragraph on what its intervals and verdicts model.
+
+    Args:
+        results: The pipeline's results dict (`settings["seeds"]`).
+        verdict_rows: The rows of `verdicts(results)`.
+
+    Returns:
+        The paragraph as one string.
+    """
+    from trapmid_tf.metrics.intervals import VERDICT_WORDS
+
+    seeds = len(results["settings"]["seeds"])
+    if seeds == 1:
+        return (
+            "Statistics: every value is `mean [low, high]` with a 95% interval. With one "
+            "training seed there is no interval over seeds: a top-1 interval is exact "
+            "(Clopper-Pearson) over the reconstructions within that one training seed, so it "
+            "leaves out the training's variation; a value measured once per target has no "
+            "interval; no verdict is given (needs 2+ seeds)."
+        )
+    comparisons = sum(row[-1] in VERDICT_WORDS for row in verdict_rows)
+    return (
+        f"Statistics: every value is `mean [low, high]`, the mean over training seeds and "
+        f"its unadjusted 95% interval. Intervals: Student t on {seeds - 1} df over the "
+        f"{seeds} seeds' values; comparisons paired by training seed, over per-seed "
+        "differences and log-ratios of top-1 (rates with Haldane's +0.5, the ratio as exp of "
+        "the log-ratio's interval), each seed's variance at least its binomial variance; "
+        "exact Clopper-Pearson where a top-1 is 0 or 1 in every reconstruction; verdicts "
+        f"Holm-corrected over {3 * comparisons} one-sided tests (3 for each of "
+        f"{comparisons} comparisons), the intervals shown unadjusted."
+    )
 
 
 def report_markdown(results, defenses, attacks, triggers):
@@ -545,6 +640,7 @@ def report_markdown(results, defenses, attacks, triggers):
     uniform = uniform_chance(results)
     settings = results["settings"]
     scored = results["defenses"]
+    verdict_rows = verdicts(results)
     lines = [
         "# Model-inversion privacy report",
         "",
@@ -556,28 +652,29 @@ def report_markdown(results, defenses, attacks, triggers):
         f"{_cell(evaluation['accuracy'])}. FID and PRDC features: `{results['fid_features']}`.",
         "",
         *_convergence_lines(results),
-        "Every value is `mean [low, high]`: the mean over training seeds and its 95% "
-        "bootstrap interval (seeds resampled, then reconstructions within each seed). With "
-        "one seed the interval covers the reconstructions' variation only, not the "
-        "training's.",
+        statistics_line(results, verdict_rows),
         "",
-        "Chance levels: uniform guessing scores top-1 "
-        f"{uniform:.3f} (1/{evaluation['classes']}); `chance_aa1` is the evaluation model's "
-        "top-1 on each attack's un-optimised starting samples. An attack *works* on the "
-        "undefended model when its top-1 interval lies above both.",
+        f"Floors: uniform guessing among the {results['attacked_classes']} attacked classes "
+        f"scores top-1 {uniform:.3f}; `{LOOKUP}` is the zero-effort baseline, per class the "
+        "public images the target is surest of, scored like reconstructions (no prior, no "
+        "optimisation). `chance_aa1`, the evaluation model's top-1 on an attack's "
+        "un-optimised starting samples, is a diagnostic, not a floor.",
         "",
         "## Top-1 attack accuracy",
+        "",
+        LEAKAGE_RULE,
         "",
         summary_table(results),
         "## Defenses against the undefended model",
         "",
-        "Verdicts only where the intervals support them: *at most half* when the ratio's "
-        "upper end is at most 0.5, *lower* when the difference's upper end is below 0, "
-        "*not lower* when the difference's lower end is at least 0, else *inconclusive*.",
+        "Verdicts only where a one-sided t test on the seed-paired values rejects, "
+        "Holm-corrected over the report: *at most half* when a ratio of 0.5 or more is "
+        "rejected, *lower* when a difference of 0 or more is, *not lower* when a reduction "
+        "is (a difference of 0 or less), else *inconclusive*; *needs 2+ seeds* with one seed.",
         "",
         markdown_table(
             ["attack", "defense", "undefended aa1", "defended aa1", "ratio", "verdict"],
-            verdicts(results),
+            verdict_rows,
         ),
         "## Our ratios beside the paper's",
         "",
@@ -632,7 +729,8 @@ def report_markdown(results, defenses, attacks, triggers):
             "",
             markdown_table(
                 ["defense"] + list(ATTACK_COLUMNS),
-                [[d] + ([estimate_text(entries[d][c]) for c in ATTACK_COLUMNS] if d in ran
+                [[d] + (_attack_cells(entries[d], uniform, scored[d]["attacks"][LOOKUP])
+                        if d in ran
                         else [not_applicable(entries[d])] + [None] * (len(ATTACK_COLUMNS) - 1))
                  for d in defenses],
             ),

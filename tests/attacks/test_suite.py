@@ -106,6 +106,7 @@ def tiny_options(name, public):
     """What the attacks of `suite.OPTION_ATTACKS` need, at a tiny budget."""
     images = np.stack(list(public.as_numpy_iterator()))
     return {
+        "lookup": dict(public_images=images),
         "plgmi_adaptive": dict(signatures=np.random.default_rng(0).normal(size=(3, 8))),
         "trigger_recovery": dict(public_images=images, iterations=2),
         "brep_mi": dict(max_iterations=2, initial_batch=16, max_initial_batches=2),

@@ -11,8 +11,11 @@ import sys
 import numpy as np
 import pytest
 
+from tests.cli_cases import command_outcomes
+
 RECIPES = pathlib.Path(__file__).resolve().parents[2] / "recipes"
-ATTACKS = ("gmi", "kedmi", "lomma_gmi", "lomma_kedmi", "plgmi", "mi_face")
+# The lookup baseline runs first in every pipeline, whatever --attacks says.
+ATTACKS = ("lookup", "gmi", "kedmi", "lomma_gmi", "lomma_kedmi", "plgmi", "mi_face")
 METRICS = ("aa1", "aa5", "knn", "fid", "fid_all", "trapdoor_similarity", "chance_aa1")
 
 
@@ -32,13 +35,16 @@ def tiny(tmp_path_factory):
     return out, result
 
 
+@pytest.mark.large  # shares a tiny pipeline run (minutes)
 def test_results_hold_every_defense_and_attack(tiny):
     out, result = tiny
     results = json.loads((out / "results.json").read_text())
     assert set(results["defenses"]) == {"none", "trapmid"}
     assert results["evaluation_model"]["classes"] == 10
+    assert results["attacked_classes"] == 5  # the digits' private classes, not the judge's 10
     for defense, scores in results["defenses"].items():
         assert scores["seeds"] == [0]
+        assert set(scores["attacks"]) == set(ATTACKS)  # results.json sorts its keys
         assert 0.0 <= scores["accuracy"]["low"] <= scores["accuracy"]["high"] <= 1.0
         for attack in ATTACKS:
             summary = scores["attacks"][attack]
@@ -60,6 +66,9 @@ def test_results_hold_every_defense_and_attack(tiny):
     assert f"{results['defenses']['trapmid']['attacks']['gmi']['aa1']['mean']:.3f}" in row
     report = (out / "report.md").read_text()
     assert "## Trigger leakage" in report
+    from trapmid_tf.report import LEAKAGE_RULE
+
+    assert LEAKAGE_RULE in report.splitlines()
     for attack in ATTACKS:
         assert f"![{attack}](grids/{attack}.png)" in report
         assert (out / "grids" / f"{attack}.png").stat().st_size > 0
@@ -70,12 +79,14 @@ def test_results_hold_every_defense_and_attack(tiny):
     assert json.loads((out / "flags.json").read_text())["preset"] == "tiny"
 
 
+@pytest.mark.large  # shares a tiny pipeline run (minutes)
 def test_a_default_run_is_quiet_and_shows_its_stages(tiny):
     _, result = tiny
     for noise in ("cuInit", "oneDNN", "absl::InitializeLog", "Epoch 1/"):
         assert noise not in result.stderr and noise not in result.stdout
-    # tiny: 2 targets, evaluator, GMI, 3 target priors x 2, 6 attacks x 2, 2 scores, report.
-    total = 2 + 1 + 1 + 6 + 12 + 2 + 1
+    # tiny: 2 targets, evaluator, GMI, 3 target priors x 2, 7 attacks (the lookup and six)
+    # x 2, 2 scores, report.
+    total = 2 + 1 + 1 + 6 + 14 + 2 + 1
     lines = result.stderr.splitlines()
     progress = [line for line in lines if line.startswith("[")]
     assert re.fullmatch(rf"\[-{{20}}\] 0/{total} stages, \d+s spent: target none, seed 0",
@@ -84,6 +95,7 @@ def test_a_default_run_is_quiet_and_shows_its_stages(tiny):
     assert len(progress) == total + 1  # one line as each stage starts, one at the end
 
 
+@pytest.mark.large  # shares a tiny pipeline run (minutes)
 def test_results_record_the_steps_each_stage_ran(tiny):
     out, _ = tiny
     results = json.loads((out / "results.json").read_text())
@@ -96,9 +108,11 @@ def test_results_record_the_steps_each_stage_ran(tiny):
         assert steps["plgmi"] == {"generator_steps": 2, "opponent_steps": 10}
         assert steps["lomma"] == {"distillation_steps": [4, 4, 4]}
         for attack in ATTACKS:
-            assert scores["attacks"][attack]["inversion_steps"] == 4
+            expected = 0 if attack == "lookup" else 4  # the lookup optimises nothing
+            assert scores["attacks"][attack]["inversion_steps"] == expected
 
 
+@pytest.mark.large  # shares a tiny pipeline run (minutes)
 def test_reconstructions_are_stored_per_target_and_attack(tiny):
     out, _ = tiny
     stored_path = out / "targets" / "none" / "seed_0" / "attacks" / "gmi" / "reconstructions.npz"
@@ -106,8 +120,23 @@ def test_reconstructions_are_stored_per_target_and_attack(tiny):
         assert stored["images"].shape == (10, 32, 32, 1)  # 5 classes x 2
         assert stored["initial_images"].shape == (10, 32, 32, 1)
         np.testing.assert_array_equal(np.bincount(stored["labels"]), [2] * 5)
+    lookup = out / "targets" / "none" / "seed_0" / "attacks" / "lookup" / "reconstructions.npz"
+    with np.load(lookup) as stored:
+        # Public images picked, not optimised: its 0-step start is the same pick.
+        np.testing.assert_array_equal(stored["images"], stored["initial_images"])
+        assert stored["latents"].shape == (10,) and int(stored["iterations"]) == 0
 
 
+def test_the_lookup_baseline_runs_first_in_every_preset():
+    from trapmid_tf.experiments import pipeline
+
+    for preset in pipeline.PRESETS:
+        assert pipeline.pipeline_settings(preset)["attacks"][0] == "lookup"
+    chosen = pipeline.pipeline_settings("tiny", attacks=["gmi", "lookup", "brep_mi"])
+    assert chosen["attacks"] == ["lookup", "gmi", "brep_mi"]
+
+
+@pytest.mark.large  # shares a tiny pipeline run (minutes)
 def test_tensorboard_logs_hold_the_grids(tiny):
     import tensorflow as tf
 
@@ -120,6 +149,7 @@ def test_tensorboard_logs_hold_the_grids(tiny):
     assert {"gmi", "plgmi", "triggers_trapmid"} <= tags
 
 
+@pytest.mark.large  # shares a tiny pipeline run (minutes)
 def test_a_copied_run_folder_reuses_every_stage(tiny, tmp_path):
     out, _ = tiny
     before = json.loads((out / "results.json").read_text())
@@ -129,12 +159,13 @@ def test_a_copied_run_folder_reuses_every_stage(tiny, tmp_path):
     result = run("pipeline", "--preset=tiny", f"--out={moved}", "--verbose")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "rebuilding" not in result.stderr
-    # targets (2) + evaluator + gmi + 3 target priors x 2 + 6 attacks x 2
-    assert result.stderr.count("reusing the stored artefacts") == 2 + 1 + 1 + 6 + 12
+    # targets (2) + evaluator + gmi + 3 target priors x 2 + 7 attacks x 2
+    assert result.stderr.count("reusing the stored artefacts") == 2 + 1 + 1 + 6 + 14
     after = json.loads((moved / "results.json").read_text())
     assert after["defenses"] == before["defenses"]
 
 
+@pytest.mark.large  # shares a tiny pipeline run (minutes)
 def test_the_library_api_reuses_what_the_command_wrote(tiny, tmp_path):
     from trapmid_tf.experiments import pipeline
 
@@ -147,12 +178,13 @@ def test_the_library_api_reuses_what_the_command_wrote(tiny, tmp_path):
     results = pipeline.run_pipeline(
         pipeline.PipelineRun(out=str(moved), preset="tiny"), pipeline.pipeline_settings("tiny")
     )
-    assert len(stages) == 2 + 1 + 1 + 6 + 12
+    assert len(stages) == 2 + 1 + 1 + 6 + 14
     assert {path: path.stat().st_mtime_ns for path in stages} == written
     before = json.loads((out / "results.json").read_text())
     assert results["defenses"] == before["defenses"]
 
 
+@pytest.mark.large  # shares a tiny pipeline run (minutes)
 def test_single_stage_recipes_chain(tiny, tmp_path):
     out, _ = tiny
     target = out / "targets" / "none" / "seed_0" / "classifier.keras"
@@ -174,30 +206,42 @@ def test_single_stage_recipes_chain(tiny, tmp_path):
     assert evaluation["gmi"]["trapdoor_similarity"] is None
 
 
-@pytest.mark.parametrize(
-    "recipe, flags, message",
-    [
-        ("pipeline", ["--defenses=none,fortress", "--out=x"], "--defenses must list names"),
-        ("pipeline", ["--attacks=gmi,fgsm", "--out=x"], "--attacks must list names"),
-        ("pipeline", ["--defense=none", "--out=x"], "use --defenses here"),
-        ("train_prior", ["--prior=plgmi", "--out=x"], "set --target"),
-        ("train_prior", ["--prior=gmi", "--steps=0", "--out=x"], "--steps must be >= 1"),
-        ("pipeline", ["--seeds=0,0", "--out=x"], "--seeds must list distinct"),
-        ("pipeline", ["--budget_scale=0", "--out=x"], "--budget_scale must be >= 1"),
-        ("pipeline", ["--adaptive_weight=-1", "--out=x"], "--adaptive_weight must be a"),
-        ("pipeline", ["--recovery_alpha=1.5", "--out=x"], "--recovery_alpha must lie in"),
-        ("pipeline", ["--brep_iterations=-1", "--out=x"], "--brep_iterations must be"),
-        ("attack", ["--attacks=brep_mi", "--target=t.keras", "--out=x"], "take options"),
-        ("attack", ["--attacks=plgmi", "--target=t.keras", "--out=x"], "needs --plgmi_prior"),
-        ("evaluate", ["--evaluation_model=e", "--target=missing.keras", "--attacks_dir=a",
-                         "--out=x"], "--target 'missing.keras' does not exist"),
-    ],
-)
-def test_bad_flags_are_rejected_before_any_work(tmp_path, recipe, flags, message):
-    result = run(recipe, *flags, timeout=120)
-    assert result.returncode != 0
-    assert message in result.stderr
-    assert not (tmp_path / "x").exists() and not pathlib.Path("x").exists()
+BAD_FLAGS = [
+    ("pipeline", ["--defenses=none,fortress", "--out=x"], "--defenses must list names"),
+    ("pipeline", ["--attacks=gmi,fgsm", "--out=x"], "--attacks must list names"),
+    ("pipeline", ["--defense=none", "--out=x"], "use --defenses here"),
+    ("train_prior", ["--prior=plgmi", "--out=x"], "set --target"),
+    ("train_prior", ["--prior=gmi", "--steps=0", "--out=x"], "--steps must be >= 1"),
+    ("pipeline", ["--seeds=0,0", "--out=x"], "--seeds must list distinct"),
+    ("pipeline", ["--budget_scale=0", "--out=x"], "--budget_scale must be >= 1"),
+    ("pipeline", ["--adaptive_weight=-1", "--out=x"], "--adaptive_weight must be a"),
+    ("pipeline", ["--recovery_alpha=1.5", "--out=x"], "--recovery_alpha must lie in"),
+    ("pipeline", ["--brep_iterations=-1", "--out=x"], "--brep_iterations must be"),
+    ("attack", ["--attacks=brep_mi", "--target=t.keras", "--out=x"], "take options"),
+    ("attack", ["--attacks=plgmi", "--target=t.keras", "--out=x"], "needs --plgmi_prior"),
+    ("evaluate", ["--evaluation_model=e", "--target=missing.keras", "--attacks_dir=a",
+                  "--out=x"], "--target 'missing.keras' does not exist"),
+]
+
+
+@pytest.fixture(scope="module")
+def bad_flag_outcomes():
+    """Every `BAD_FLAGS` command line, one interpreter per command: {index: outcome}."""
+    outcomes = {}
+    for recipe in sorted({recipe for recipe, _, _ in BAD_FLAGS}):
+        indices = [i for i, (name, _, _) in enumerate(BAD_FLAGS) if name == recipe]
+        cases = [{"argv": BAD_FLAGS[i][1], "paths": ["x"]} for i in indices]
+        outcomes.update(zip(indices, command_outcomes(f"trapmid_tf.cli.{recipe}", cases)))
+    return outcomes
+
+
+@pytest.mark.parametrize("index", range(len(BAD_FLAGS)),
+                         ids=[f"{r} {' '.join(f)}" for r, f, _ in BAD_FLAGS])
+def test_bad_flags_are_rejected_before_any_work(bad_flag_outcomes, index):
+    outcome = bad_flag_outcomes[index]
+    assert not outcome["started"]
+    assert BAD_FLAGS[index][2] in outcome["message"]
+    assert outcome["written"] == []
 
 
 # The reference's budgets, read from its code (ntuaislab/Trap-MID), written out here by hand:
@@ -281,6 +325,7 @@ def centred_cosine(a, b):
     return a @ b / np.sqrt((a @ a) * (b @ b))
 
 
+@pytest.mark.large  # shares a tiny pipeline run (minutes)
 def test_option_attacks_run_with_their_options_and_budgets(adaptive):
     out = adaptive
     results = json.loads((out / "results.json").read_text())
@@ -306,6 +351,7 @@ def test_option_attacks_run_with_their_options_and_budgets(adaptive):
         "max_iterations": 4}
 
 
+@pytest.mark.large  # shares a tiny pipeline run (minutes)
 def test_recovered_patterns_are_compared_with_the_true_triggers(adaptive):
     out = adaptive
     results = json.loads((out / "results.json").read_text())
@@ -325,9 +371,10 @@ def test_recovered_patterns_are_compared_with_the_true_triggers(adaptive):
     assert "trigger_cosine" not in results["defenses"]["none"]["attacks"]["trigger_recovery"]
 
 
+@pytest.mark.large  # shares a tiny pipeline run (minutes)
 def test_trigger_leakage_is_the_evaluation_models_top1_on_the_triggers(adaptive):
     import keras
-    import trapmid_tf  # noqa: F401  (registers the layers the evaluation model is made of)
+    import trapmid_tf.models  # noqa: F401  (registers the layers the evaluation model is made of)
 
     out = adaptive
     leakage = json.loads((out / "results.json").read_text())["defenses"]["trapmid"][
@@ -345,6 +392,7 @@ def test_trigger_leakage_is_the_evaluation_models_top1_on_the_triggers(adaptive)
     assert leakage["chance"] == pytest.approx(0.1)
 
 
+@pytest.mark.large  # shares a tiny pipeline run (minutes)
 def test_option_attacks_in_the_report(adaptive):
     out = adaptive
     report = (out / "report.md").read_text()
@@ -357,6 +405,7 @@ def test_option_attacks_in_the_report(adaptive):
         assert (out / "grids" / f"{attack}.png").stat().st_size > 0
 
 
+@pytest.mark.large  # shares a tiny pipeline run (minutes)
 def test_an_option_is_part_of_its_attacks_stage(adaptive):
     # Runs last among the tests of `adaptive`: it rewrites its results.json.
     result = run("pipeline", "--preset=tiny", "--attacks=plgmi_adaptive,brep_mi",
@@ -364,8 +413,8 @@ def test_an_option_is_part_of_its_attacks_stage(adaptive):
     assert result.returncode == 0, result.stderr[-3000:]
     rebuilt = [line for line in result.stderr.splitlines() if "rebuilding" in line]
     assert len(rebuilt) == 1 and "attacks/plgmi_adaptive:" in rebuilt[0]
-    # targets (2) + evaluator + gmi + PLG-MI priors (2) + brep_mi (2)
-    assert result.stderr.count("reusing the stored artefacts") == 2 + 1 + 1 + 2 + 2
+    # targets (2) + evaluator + gmi + PLG-MI priors (2) + lookup (2) + brep_mi (2)
+    assert result.stderr.count("reusing the stored artefacts") == 2 + 1 + 1 + 2 + 2 + 2
 
 
 @pytest.mark.parametrize("changes, has_gap", [

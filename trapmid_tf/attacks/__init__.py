@@ -5,6 +5,7 @@ from trapmid_tf.attacks.gmi import GMIAttack
 from trapmid_tf.attacks.inversion import AttackResult, minimize
 from trapmid_tf.attacks.kedmi import KEDMIAttack
 from trapmid_tf.attacks.lomma import LOMMAAttack, SurrogateDistiller, compute_p_reg
+from trapmid_tf.attacks.lookup import LookupAttack
 from trapmid_tf.attacks.mi_face import MIFaceAttack
 from trapmid_tf.attacks.plgmi import PLGMIAttack
 from trapmid_tf.attacks.plgmi_adaptive import (
@@ -12,8 +13,8 @@ from trapmid_tf.attacks.plgmi_adaptive import (
     defender_signatures,
     estimate_signatures,
 )
-from trapmid_tf.attacks.plgmi_prior import PLGMIPrior, margin_loss, plgmi_augment, select_top_n
-from trapmid_tf.attacks.priors import GMIPrior, KEDMIPrior, kedmi_batches
+from trapmid_tf.attacks.plgmi_prior import PLGMIPrior, select_top_n
+from trapmid_tf.attacks.priors import GMIPrior, KEDMIPrior
 from trapmid_tf.attacks.suite import (
     ATTACKS,
     REFERENCE_BUDGETS,
@@ -42,6 +43,7 @@ __all__ = [
     "KEDMIAttack",
     "KEDMIPrior",
     "LOMMAAttack",
+    "LookupAttack",
     "MIFaceAttack",
     "PLGMIAdaptiveAttack",
     "PLGMIAttack",
@@ -53,11 +55,8 @@ __all__ = [
     "compute_p_reg",
     "defender_signatures",
     "estimate_signatures",
-    "kedmi_batches",
     "load_prior",
-    "margin_loss",
     "minimize",
-    "plgmi_augment",
     "priors_needed",
     "save_prior",
     "select_top_n",

@@ -38,6 +38,26 @@ def _softmax(logits):
     return exponentials / exponentials.sum(axis=1, keepdims=True)
 
 
+def most_confident(target, images, n, batch_size=350):
+    """The indices of the `n` images the target gives the highest softmax probability, per class.
+
+    Ties are broken by the lower index; an image may rank for several classes.
+
+    Args:
+        target: Keras classifier mapping float32 NHWC images in [0, 1] to logits (run in
+            inference mode, `batch_size` images at a time).
+        images: Float32 array `(samples, height, width, channels)` in [0, 1].
+        n: Images per class, at most `samples` (the callers check it).
+        batch_size: Images per forward pass of the target.
+
+    Returns:
+        int64 array `(classes, n)`: row c holds class c's image indices, most probable first.
+    """
+    probabilities = _softmax(batched_predict(target, images, batch_size))
+    # A stable sort of the negated probabilities keeps equal ones in index order.
+    return np.argsort(-probabilities, axis=0, kind="stable")[:n].T
+
+
 def select_top_n(target, public_images, num_classes, n=30, batch_size=350):
     """Pseudo-labels public images with the target: the `n` most confident images per class.
 
@@ -77,10 +97,7 @@ def select_top_n(target, public_images, num_classes, n=30, batch_size=350):
             f"`n` must be at most the number of public images, {len(public_images)}; "
             f"received {n}."
         )
-    probabilities = _softmax(batched_predict(target, public_images, batch_size))
-    # A stable sort of the negated probabilities keeps equal ones in index order.
-    best = np.argsort(-probabilities, axis=0, kind="stable")[:n]  # (n, num_classes)
-    indices = best.T.reshape(-1)
+    indices = most_confident(target, public_images, n, batch_size).reshape(-1)
     labels = np.repeat(np.arange(num_classes, dtype=np.int32), n)
     return public_images[indices], labels
 

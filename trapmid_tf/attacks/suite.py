@@ -7,8 +7,9 @@
 Attacks: `gmi`, `kedmi`, `lomma_gmi`, `lomma_kedmi` (LOMMA's logit loss, feature
 regulariser and distilled surrogates on the GMI / KED-MI priors), `plgmi`, the prior-free
 `mi_face`, and the attacks that take keyword options in `build_attack` (`OPTION_ATTACKS`):
-`plgmi_adaptive` / `plgmi_adaptive_estimated` (PLG-MI++ with the defender's / its own estimated
-trapdoor signatures), `trigger_recovery` (Neural-Cleanse-style blend patterns on public
+the `lookup` baseline (no prior, no optimisation: the public images the target is surest
+of), `plgmi_adaptive` / `plgmi_adaptive_estimated` (PLG-MI++ with the defender's / its own
+estimated trapdoor signatures), `trigger_recovery` (Neural-Cleanse-style blend patterns on public
 images) and the label-only `brep_mi` (on the GMI prior). Priors: `gmi` (shared by every
 target), and per target `kedmi`, `plgmi` and `lomma` (surrogates plus the target's mean public
 feature).
@@ -31,6 +32,7 @@ from trapmid_tf.attacks.brep_mi import BREPMIAttack
 from trapmid_tf.attacks.gmi import GMIAttack
 from trapmid_tf.attacks.kedmi import REFERENCE_BATCH_SIZE, KEDMIAttack
 from trapmid_tf.attacks.lomma import LOMMAAttack, SurrogateDistiller, compute_p_reg
+from trapmid_tf.attacks.lookup import LookupAttack
 from trapmid_tf.attacks.mi_face import MIFaceAttack
 from trapmid_tf.attacks.plgmi import PLGMIAttack
 from trapmid_tf.attacks.plgmi_adaptive import PLGMIAdaptiveAttack
@@ -43,8 +45,12 @@ from trapmid_tf.models.cgan import resnet_generator, sn_projection_discriminator
 from trapmid_tf.models.gan import dcgan_generator, minibatch_discriminator, wgan_critic
 from trapmid_tf.models.small_cnn import small_cnn
 
+# The zero-effort lookup baseline, the floor every other attack must beat to show leakage.
+LOOKUP = "lookup"
 # Attacks that take keyword options in `build_attack` (what the attacker knows, its settings).
-OPTION_ATTACKS = ("plgmi_adaptive", "plgmi_adaptive_estimated", "trigger_recovery", "brep_mi")
+OPTION_ATTACKS = (
+    LOOKUP, "plgmi_adaptive", "plgmi_adaptive_estimated", "trigger_recovery", "brep_mi"
+)
 ATTACKS = ("gmi", "kedmi", "lomma_gmi", "lomma_kedmi", "plgmi", "mi_face", *OPTION_ATTACKS)
 PRIORS_OF_ATTACK = {
     "gmi": ("gmi",),
@@ -53,6 +59,7 @@ PRIORS_OF_ATTACK = {
     "lomma_kedmi": ("kedmi", "lomma"),
     "plgmi": ("plgmi",),
     "mi_face": (),
+    LOOKUP: (),
     "plgmi_adaptive": ("plgmi",),
     "plgmi_adaptive_estimated": ("plgmi",),
     "trigger_recovery": (),
@@ -410,7 +417,8 @@ def build_attack(name, priors, settings=InversionSettings(), **options):
             `plgmi_adaptive` needs `signatures`, the defender's trapdoor signatures
             (`defender_signatures(target, triggers, alpha, images)`), and takes
             `penalty_weight`; `plgmi_adaptive_estimated` takes `penalty_weight` and estimates
-            the signatures from a first plain PLG-MI round; `trigger_recovery` needs
+            the signatures from a first plain PLG-MI round; `lookup` needs `public_images`
+            and takes `LookupAttack`'s `batch_size`; `trigger_recovery` needs
             `public_images` and takes `TriggerRecoveryAttack`'s `alpha`, `prior`,
             `prior_weight`, `iterations`, ...; `brep_mi` takes `BREPMIAttack`'s settings
             (e.g. `patience`, `max_iterations`) and sees only the target's labels.
@@ -457,9 +465,11 @@ def build_attack(name, priors, settings=InversionSettings(), **options):
         if name == "plgmi":
             return PLGMIAttack(priors["plgmi"].generator, **budget)
         return _plgmi_adaptive(name, priors["plgmi"].generator, budget, options)
+    if name in (LOOKUP, "trigger_recovery") and "public_images" not in options:
+        raise ValueError(f"attack {name!r} needs the option `public_images`.")
+    if name == LOOKUP:
+        return LookupAttack(**options)
     if name == "trigger_recovery":
-        if "public_images" not in options:
-            raise ValueError("attack 'trigger_recovery' needs the option `public_images`.")
         return TriggerRecoveryAttack(**options)
     if name == "brep_mi":
         return BREPMIAttack(priors["gmi"].generator, **options)

@@ -16,6 +16,10 @@ Budgets are optimiser steps: generator steps of the GAN priors, distillation ste
 surrogates, inversion iterations; results.json records the steps every stage ran.
 --budget_scale multiplies all of them (recipes/convergence.py compares 1x, 2x, 4x).
 
+Every target is also attacked by the lookup baseline (always, whatever --attacks says): per
+class the public images the target is surest of, no prior and no optimisation. The report
+credits an attack with leakage only above it and above chance (1 / attacked classes).
+
 Attackers who know the defense (not run by default; name them in --attacks, see
 docs/adaptive_attacks.md): plgmi_adaptive (PLG-MI++ with the signatures of the target's own
 triggers, computed as the defender computes them; "not applicable: no trapdoor" against a
@@ -54,7 +58,8 @@ flags.DEFINE_list("defenses", None,
                   f"{sorted(VARIANTS)}.")
 flags.DEFINE_list("attacks", None,
                   "Attacks to run (default: the six that need no knowledge of the defense; "
-                  "also plgmi_adaptive, plgmi_adaptive_estimated, trigger_recovery, brep_mi).")
+                  "also plgmi_adaptive, plgmi_adaptive_estimated, trigger_recovery, brep_mi). "
+                  "The lookup baseline always runs too.")
 flags.DEFINE_list("seeds", None, "Target training seeds (default: preset).")
 flags.DEFINE_integer("budget_scale", 1,
                      "Multiplies every prior and inversion step budget (convergence checks).")

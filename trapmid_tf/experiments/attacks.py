@@ -15,6 +15,18 @@ MAX_ATTACKED_CLASSES = 300  # the reference attacks identities 0-299
 BUDGET_OPTIONS = {"trigger_recovery": "iterations", "brep_mi": "max_iterations"}
 
 
+def attacked_classes(target):
+    """The number of classes attacked in a target: its classes, at most `MAX_ATTACKED_CLASSES`.
+
+    Args:
+        target: The attacked classifier (logits).
+
+    Returns:
+        N, the attacks' classes being 0, ..., N - 1.
+    """
+    return min(int(target.output_shape[-1]), MAX_ATTACKED_CLASSES)
+
+
 def run_attack(name, target, priors, settings, out, overwrite=False, options=None,
                verbose=0):
     """Runs (or reuses) one attack and returns its stored arrays.

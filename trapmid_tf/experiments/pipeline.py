@@ -3,7 +3,8 @@
 `run_pipeline(run, settings)` goes through the stages and reuses each one that `run.out`
 already holds, finished with the same settings (`trapmid_tf.files.build_or_reuse`): per
 training seed one target per defense, the evaluation model, the shared GMI prior, per target
-the priors that depend on it and every attack, then the scores and the report. A stage's
+the priors that depend on it and every attack (always with the lookup baseline, the floor of
+the report's verdicts), then the scores and the report. A stage's
 identity is what its artefacts depend on, never where they are written, so a run folder can
 be moved and reused. `trapmid-pipeline` is its command line (its help lists the stages and the
 files written).
@@ -16,7 +17,7 @@ import time
 
 from absl import logging
 
-from trapmid_tf.experiments.attacks import MAX_ATTACKED_CLASSES, run_attack
+from trapmid_tf.experiments.attacks import attacked_classes, run_attack
 from trapmid_tf.experiments.evaluation import (
     DETECTOR_CLEAN_IMAGES, evaluation_model, load_evaluation_classifier, make_detector,
     make_evaluator, private_arrays, score_attack,
@@ -159,7 +160,9 @@ def pipeline_settings(preset="quick", overrides=None, attacks=None, budget_scale
     Args:
         preset: A key of `PRESETS`.
         overrides: `{key: value}` replacing the preset's (keys of `PRESET_KEYS`).
-        attacks: Attack names, or None for every attack but the option attacks.
+        attacks: Attack names, or None for every attack but the option attacks; the lookup
+            baseline (`suite.LOOKUP`, the floor of the report's verdicts) is always run,
+            first.
         budget_scale: Factor (>= 1) applied to every step budget (`STEP_KEYS`).
         adaptive_weight: Penalty weight of the adaptive PLG-MI attacks (finite, >= 0).
         recovery_alpha: Blend weight of trigger recovery in (0, 1), or None for the target's.
@@ -181,9 +184,10 @@ def pipeline_settings(preset="quick", overrides=None, attacks=None, budget_scale
     if unknown:
         raise ValueError(f"`overrides` must have keys among {list(PRESET_KEYS)}; got {unknown}.")
     settings.update(overrides or {})
-    settings["attacks"] = list(attacks or [
+    chosen = list(attacks or [
         name for name in suite.ATTACKS if name not in suite.OPTION_ATTACKS
     ])
+    settings["attacks"] = [suite.LOOKUP] + [name for name in chosen if name != suite.LOOKUP]
     defenses = (*DEFENSES, *VARIANTS)
     for key, allowed in (("defenses", defenses), ("attacks", suite.ATTACKS)):
         unknown = [name for name in settings[key] if name not in allowed]
@@ -257,8 +261,14 @@ def target_configs(run, settings):
     """The checked trapmid-train settings of every target: `{(defense, seed): config}`.
 
     Raises:
-        ValueError, FileNotFoundError: as `resolve_config`, for bad target settings.
+        ValueError, FileNotFoundError: as `resolve_config`, for bad target settings, or
+            for a dataset without public data ("class_folder").
     """
+    if run.dataset == "class_folder":
+        raise ValueError(
+            "--dataset=class_folder has no public images for the attacks; the pipeline needs "
+            "a dataset with a public split (train targets on it with trapmid-train)."
+        )
     configs = {}
     for seed in settings["seeds"]:
         for defense in settings["defenses"]:
@@ -363,7 +373,11 @@ def attack_options(name, config, detector, public_images, settings):
         description of them for the stage's settings (None for the attacks without options);
         None when the attack does not apply to the target.
     """
+    from trapmid_tf.attacks import suite
+
     weight = settings["adaptive_weight"]
+    if name == suite.LOOKUP:
+        return dict(public_images=public_images), dict(public_split=settings["public_split"])
     if name == "plgmi_adaptive":
         if detector is None:
             return None
@@ -398,7 +412,8 @@ def attack_target(run, directory, target, config, seed, priors, prior_settings, 
         settings: The pipeline settings.
         progress: The run's `StageProgress`.
         detector: The target's `TrapdoorDetector`, or None without triggers.
-        public_images: Public images as an array (trigger recovery's), or None if unused.
+        public_images: Public images as an array (the lookup's and trigger recovery's), or
+            None when neither runs.
 
     Returns:
         `{attack: stored arrays}`, None for an attack that does not apply to the target.
@@ -408,7 +423,7 @@ def attack_target(run, directory, target, config, seed, priors, prior_settings, 
     results = {}
     for name in settings["attacks"]:
         attack_settings = dict(
-            num_classes=min(int(target.output_shape[-1]), MAX_ATTACKED_CLASSES),
+            num_classes=attacked_classes(target),
             per_class=settings["per_class"],
             seed=seed, iterations=settings["iterations"],
             plgmi_iterations=settings["plgmi_iterations"],
@@ -571,10 +586,7 @@ def run_pipeline(run, settings, configs=None, progress=None):
                 "gmi", public, None, gmi_settings, gmi_directory, run.overwrite,
                 run.fit_verbosity,
             ), gmi_settings
-    public_images = (
-        np.stack(list(public.as_numpy_iterator()))
-        if "trigger_recovery" in settings["attacks"] else None
-    )
+    public_images = np.stack(list(public.as_numpy_iterator()))
     per_seed, reconstructions = {}, {}
     for (defense, seed), (config, target_results) in targets.items():
         directory = target_dir(run, defense, seed)
@@ -589,6 +601,7 @@ def run_pipeline(run, settings, configs=None, progress=None):
         )
         stored = attack_target(run, directory, target, config, seed, priors, prior_settings,
                                settings, progress, detector, public_images)
+        attacked = attacked_classes(target)  # the same for every target: one dataset
         steps = prior_steps(directory, gmi_directory, settings["attacks"])
         with progress.stage(f"scores, {stage_target(directory)}"):
             per_seed.setdefault(defense, {})[seed] = attack_seed(
@@ -599,7 +612,7 @@ def run_pipeline(run, settings, configs=None, progress=None):
             reconstructions[defense] = {k: v for k, v in stored.items() if v is not None}
     results = dict(
         dataset=run.dataset, public_split=settings["public_split"], preset=run.preset,
-        settings=settings, evaluation_model=evaluation,
+        settings=settings, evaluation_model=evaluation, attacked_classes=attacked,
         fid_features=evaluator.fid_features,
         defenses={d: summarize_seeds(seeds) for d, seeds in per_seed.items()},
         seconds=round(time.perf_counter() - start, 1), 
