@@ -54,7 +54,9 @@ import statistics
 import time
 from unittest import mock
 
-import trapmid_tf as tm  # first: it sets TensorFlow's start-up options (trapmid_tf.startup)
+from trapmid_tf.startup import import_tensorflow
+
+import_tensorflow()  # first: TensorFlow's quiet start-up and oneDNN (trapmid_tf.startup)
 
 import keras
 import numpy as np
@@ -62,7 +64,9 @@ import tensorflow as tf
 from absl import app, flags
 from keras import ops
 
+import trapmid_tf as tm
 from trapmid_tf.attacks import inversion
+from trapmid_tf.attacks.plgmi_prior import margin_loss, plgmi_augment
 from trapmid_tf.defenses import FastTrapMIDModel
 from trapmid_tf.files import write_json
 from trapmid_tf.precision import PRECISIONS, bfloat16_hardware, use_precision
@@ -424,7 +428,7 @@ def gradient_penalty_loss(critic, real, fake):
 
 def two_views(images, seed_generator):
     """PLG-MI's inversion input: two independently augmented copies of `images`, stacked."""
-    views = [tm.attacks.plgmi_augment(images, seed_generator, jitter_probability=1.0)
+    views = [plgmi_augment(images, seed_generator, jitter_probability=1.0)
              for _ in range(2)]
     return ops.concatenate(views, axis=0)
 
@@ -455,7 +459,7 @@ def prior_phases(workload):
         fake = generate()
         return {
             "generator_forward": generate,
-            "augmentation": lambda: tm.attacks.plgmi_augment(fake, seed_generator),
+            "augmentation": lambda: plgmi_augment(fake, seed_generator),
             "target_forward": lambda: target(fake, training=False),
             "opponent_gradient": gradient_of(
                 lambda: ops.mean(score(ops.concatenate([images, fake]),
@@ -463,9 +467,8 @@ def prior_phases(workload):
                 opponent_variables,
             ),
             "generator_gradient": gradient_of(
-                lambda: -ops.mean(score(generate(), labels)) + tm.attacks.margin_loss(
-                    target(tm.attacks.plgmi_augment(generate(), seed_generator),
-                           training=False),
+                lambda: -ops.mean(score(generate(), labels)) + margin_loss(
+                    target(plgmi_augment(generate(), seed_generator), training=False),
                     labels,
                 ),
                 generator_variables,
@@ -540,7 +543,7 @@ def attack_phases(workload):
         "augmentation": lambda: two_views(fake, seed_generator),
         "target_forward": lambda: target(views, training=False),
         "iteration_gradient": gradient_of(
-            lambda: tm.attacks.margin_loss(
+            lambda: margin_loss(
                 target(two_views(generate(), seed_generator), training=False),
                 ops.tile(labels, [2]),
             ),

@@ -17,7 +17,9 @@ median over ours.
 import json
 import time
 
-import trapmid_tf  # noqa: F401  first: it sets TensorFlow's start-up options (trapmid_tf.startup)
+from trapmid_tf.startup import import_tensorflow
+
+import_tensorflow()  # first: TensorFlow's quiet start-up and oneDNN (trapmid_tf.startup)
 
 import keras
 import numpy as np

@@ -1,5 +1,7 @@
-"""TensorFlow's start-up messages are kept (`trapmid_tf.startup_log`), not printed."""
+"""Importing trapmid_tf changes nothing; `import_tensorflow` keeps TensorFlow's start-up
+messages (`trapmid_tf.startup_log`) out of the terminal and sets its options."""
 
+import json
 import os
 import platform
 import subprocess
@@ -8,6 +10,19 @@ import sys
 import pytest
 
 from trapmid_tf.startup import X86_64_MACHINES, _captured_stderr
+
+X86_64 = platform.machine().lower() in X86_64_MACHINES
+PLAIN_START = "import tensorflow as tf; tf.config.list_physical_devices()"
+# Prints the two variables, whether oneDNN is on and the start-up log, after the call.
+STARTED = (
+    "import json, os\n"
+    "from trapmid_tf.startup import import_tensorflow, startup_log\n"
+    "import_tensorflow()\n"
+    "from tensorflow.python.util import _pywrap_util_port\n"
+    "print(json.dumps([os.environ.get('TF_CPP_MIN_LOG_LEVEL'),\n"
+    "                  os.environ.get('TF_ENABLE_ONEDNN_OPTS'),\n"
+    "                  _pywrap_util_port.IsMklEnabled(), startup_log()]))\n"
+)
 
 
 def _python(code, log_level=None, onednn=None):
@@ -25,33 +40,45 @@ def _messages(text):
     return sorted(line.split("] ", 1)[1] for line in text.splitlines() if "] " in line)
 
 
-def test_importing_the_package_prints_nothing_and_keeps_what_tensorflow_said():
-    plain = _python("import tensorflow as tf; tf.config.list_physical_devices()", "3", "1")
-    package = _python("import sys, trapmid_tf as tm; sys.stdout.write(tm.startup_log())",
-                      onednn="1")
-    assert package.stderr == ""
-    # The same messages as TensorFlow's own start-up wrote to the terminal at the log level
-    # the package sets (times differ).
-    assert _messages(package.stdout) == _messages(plain.stderr)
-
-
-@pytest.mark.parametrize("given, kept", [(None, "3"), ("0", "0")])
-def test_the_runtime_log_level_defaults_to_errors_off_unless_set(given, kept):
-    code = "import os, trapmid_tf; print(os.environ['TF_CPP_MIN_LOG_LEVEL'])"
-    assert _python(code, given).stdout.strip() == kept
-
-
-@pytest.mark.skipif(
-    platform.machine().lower() not in X86_64_MACHINES, reason="oneDNN default is x86-64's"
-)
-@pytest.mark.parametrize("given, kept, enabled", [(None, "1", "True"), ("0", "0", "False")])
-def test_onednn_kernels_default_to_on_unless_set(given, kept, enabled):
+@pytest.mark.large  # two fresh TensorFlow start-ups: about 30 s
+def test_importing_the_package_changes_nothing_in_the_process():
     code = (
-        "import os, trapmid_tf\n"
-        "from tensorflow.python.util import _pywrap_util_port\n"
-        "print(os.environ['TF_ENABLE_ONEDNN_OPTS'], _pywrap_util_port.IsMklEnabled())"
+        "import os, sys\n"
+        "environ, stderr = dict(os.environ), os.fstat(2)\n"
+        "import trapmid_tf as tm\n"
+        "print('tensorflow' in sys.modules)\n"
+        "tm.TrapMIDModel  # the first use of a name imports the API, TensorFlow with it\n"
+        "import tensorflow as tf\n"
+        "tf.config.list_physical_devices()\n"
+        "print(dict(os.environ) == environ, os.path.samestat(os.fstat(2), stderr))\n"
     )
-    assert _python(code, onednn=given).stdout.split() == [kept, enabled]
+    package = _python(code)
+    assert package.stdout.split() == ["False", "True", "True"]
+    # TensorFlow's own start-up lines reach the terminal, as without the package.
+    assert set(_messages(_python(PLAIN_START).stderr)) <= set(_messages(package.stderr))
+
+
+@pytest.mark.large  # two fresh TensorFlow start-ups: about 30 s
+def test_the_start_up_call_prints_nothing_keeps_what_tensorflow_said_and_sets_its_options():
+    plain = _python(PLAIN_START, "3", "1" if X86_64 else None)
+    started = _python(STARTED)
+    log_level, onednn, onednn_on, log = json.loads(started.stdout)
+    assert started.stderr == ""
+    # The same messages as TensorFlow's own start-up wrote to the terminal with the options
+    # the call sets (times differ).
+    assert _messages(log) == _messages(plain.stderr)
+    assert log_level == "3"  # the C++ runtime's messages after start-up: errors off
+    if X86_64:
+        assert (onednn, onednn_on) == ("1", True)
+    else:
+        assert onednn is None
+
+
+def test_the_start_up_call_keeps_the_options_the_user_set():
+    log_level, onednn, onednn_on, _ = json.loads(_python(STARTED, "0", "0").stdout)
+    assert (log_level, onednn) == ("0", "0")
+    if X86_64:
+        assert not onednn_on
 
 
 def test_standard_error_comes_back_after_a_failure_inside(tmp_path):

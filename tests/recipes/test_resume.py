@@ -18,7 +18,7 @@ import keras
 import numpy as np
 import pytest
 
-import trapmid_tf  # noqa: F401  (registers the layers that load_model needs)
+import trapmid_tf.models  # noqa: F401  (registers the layers that load_model needs)
 
 from tests.recipes.test_train_target import COMMAND, load_recipe
 

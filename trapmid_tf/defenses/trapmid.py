@@ -309,7 +309,8 @@ class TrapMIDModel(SeedStateMixin, keras.Model):
     def train_step(self, data):
         """One reference Trap-MID step: discriminator, triggers, then classifier.
 
-        Each phase updates its part and records its losses in the metrics.
+        Each phase updates its part; the discriminator phase records its loss in the metrics,
+        and the step records the classifier phase's losses and accuracies.
 
         Args:
             data: A batch `(images, labels)` or `(images, labels, trapdoor_labels)`.
@@ -325,7 +326,11 @@ class TrapMIDModel(SeedStateMixin, keras.Model):
                 self._discriminator_phase(images, trapdoor_labels)
             if self.optimize_triggers:
                 self._trigger_phase(images, trapdoor_labels)
-            self._classifier_phase(images, labels, trapdoor_labels)
+            terms = self._classifier_phase(images, labels, trapdoor_labels)
+        for name in ("loss", "main_loss", "trapdoor_loss"):
+            self._trackers[name].update_state(global_value(terms[name]))
+        self._accuracy.update_state(labels, terms["clean_logits"])
+        self._trapdoor_accuracy.update_state(trapdoor_labels, terms["trap_logits"])
         return {metric.name: metric.result() for metric in self.metrics}
 
     def _discriminator_phase(self, images, trapdoor_labels):
@@ -358,20 +363,28 @@ class TrapMIDModel(SeedStateMixin, keras.Model):
         self._step_triggers(tape.gradient(loss, self.triggers))
 
     def _classifier_phase(self, images, labels, trapdoor_labels):
-        """Classifier step on `[aug(x); aug(x~)]` with the triggers held fixed."""
+        """Classifier step on `[aug(x); aug(x~)]` with the triggers held fixed.
+
+        Returns:
+            The `_classifier_loss` terms, for the metrics.
+        """
         triggered = ops.stop_gradient(self.trigger(images, trapdoor_labels))
         variables = self.classifier.trainable_variables
         with tf.GradientTape() as tape:
-            loss = self._classifier_loss(images, triggered, labels, trapdoor_labels)
-            scaled = self.optimizer.scale_loss(loss)
+            terms = self._classifier_loss(images, triggered, labels, trapdoor_labels)
+            scaled = self.optimizer.scale_loss(terms["loss"])
         self.optimizer.apply(tape.gradient(scaled, variables), variables)
+        return terms
 
     def _classifier_loss(self, images, triggered, labels, trapdoor_labels):
         """`(1 - beta) * main_loss + beta * trapdoor_loss` on one concatenated batch.
 
         The classifier runs in training mode on `[aug(x); aug(x~)]` (batch statistics over
         both halves, independent augmentations); its own regularisation losses are added.
-        Records the losses and both accuracies.
+
+        Returns:
+            A dict of `loss`, `main_loss`, `trapdoor_loss` and the logits of both halves,
+            `clean_logits` and `trap_logits`.
         """
         batch = ops.shape(images)[0]
         inputs = self._augment(ops.concatenate([images, triggered], axis=0))
@@ -382,13 +395,8 @@ class TrapMIDModel(SeedStateMixin, keras.Model):
         loss = (1.0 - self.beta) * main_loss + self.beta * trapdoor_loss
         if self.classifier.losses:
             loss += global_batch_mean(ops.sum(self.classifier.losses))
-        for name, value in (
-            ("loss", loss), ("main_loss", main_loss), ("trapdoor_loss", trapdoor_loss)
-        ):
-            self._trackers[name].update_state(global_value(value))
-        self._accuracy.update_state(labels, clean_logits)
-        self._trapdoor_accuracy.update_state(trapdoor_labels, trap_logits)
-        return loss
+        return {"loss": loss, "main_loss": main_loss, "trapdoor_loss": trapdoor_loss,
+                "clean_logits": clean_logits, "trap_logits": trap_logits}
 
     def _naturalness_loss(self, triggered):
         """How far the discriminator (inference mode) is from calling `triggered` real."""
@@ -536,7 +544,7 @@ class TrapMIDModel(SeedStateMixin, keras.Model):
 
     @classmethod
     def from_config(cls, config):
-        config = _without_reference_speed_options(dict(config))
+        config = dict(config)
         for key in ("classifier", "discriminator", "augment"):
             if isinstance(config.get(key), dict):
                 config[key] = _deserialize(config[key])
@@ -546,23 +554,3 @@ class TrapMIDModel(SeedStateMixin, keras.Model):
 def _check_suffix(path, suffix, name):
     if not str(path).endswith(suffix):
         raise ValueError(f"`{name}` must end with {suffix!r}; received {str(path)!r}.")
-
-
-def _without_reference_speed_options(config):
-    """Drops the speed options that configs saved before `FastTrapMIDModel` existed carry.
-
-    Raises:
-        ValueError: if they select the fast variant, which `TrapMIDModel` no longer runs.
-    """
-    if "shared_trigger_gradient" not in config:
-        return config
-    shared = config.pop("shared_trigger_gradient")
-    interval = config.pop("discriminator_interval", 1)
-    if shared or interval != 1:
-        raise ValueError(
-            "This TrapMIDModel was saved with the speed options shared_trigger_gradient="
-            f"{shared!r}, discriminator_interval={interval!r}; they are now "
-            "`FastTrapMIDModel(..., discriminator_interval=k)`: build that model and load "
-            "the weights into it."
-        )
-    return config

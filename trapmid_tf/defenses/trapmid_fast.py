@@ -6,7 +6,6 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from trapmid_tf.contract import replica_count
 from trapmid_tf.defenses.trapmid import TrapMIDModel
 
 
@@ -25,8 +24,9 @@ class FastTrapMIDModel(TrapMIDModel):
     Args:
         *args: `TrapMIDModel` arguments; `beta` must be > 0 (the triggers' gradient is read
             from the classifier loss, where the trapdoor loss has weight `beta`).
-        discriminator_interval: k, an integer >= 1. Above 1, training needs a single replica
-            (a conditional update cannot synchronise replicas).
+        discriminator_interval: k, an integer >= 1. Above 1, with a discriminator, training
+            needs a single replica (a conditional update cannot synchronise replicas), which
+            `compile` checks.
         **kwargs: `TrapMIDModel` arguments.
     """
 
@@ -48,6 +48,26 @@ class FastTrapMIDModel(TrapMIDModel):
             )
         self.discriminator_interval = int(discriminator_interval)
 
+    def compile(self, *args, **kwargs):
+        """`TrapMIDModel.compile`, refusing several replicas when k > 1.
+
+        Args:
+            *args: `TrapMIDModel.compile` arguments.
+            **kwargs: `TrapMIDModel.compile` arguments.
+
+        Raises:
+            ValueError: If the model has a discriminator, `discriminator_interval` > 1 and
+                it was built under a `tf.distribute` strategy of several replicas.
+        """
+        replicas = self.distribute_strategy.num_replicas_in_sync
+        if self.discriminator is not None and self.discriminator_interval > 1 and replicas > 1:
+            raise ValueError(
+                f"`discriminator_interval`={self.discriminator_interval} needs a single replica "
+                f"(a conditional update cannot synchronise replicas); the model was built "
+                f"under a strategy of {replicas} replicas."
+            )
+        super().compile(*args, **kwargs)
+
     def _discriminator_phase(self, images, trapdoor_labels):
         """The reference discriminator phase, on every k-th step only."""
         reference_phase = super()._discriminator_phase
@@ -64,14 +84,17 @@ class FastTrapMIDModel(TrapMIDModel):
         The objective is the classifier loss plus `beta * naturalness`, so its gradient with
         respect to the triggers is `beta` times that of effectiveness plus naturalness (times
         the optimiser's loss scale): a positive factor, which the sign step ignores.
+
+        Returns:
+            The `_classifier_loss` terms, for the metrics (the naturalness term apart).
         """
         if not self.optimize_triggers:
-            super()._classifier_phase(images, labels, trapdoor_labels)
-            return
+            return super()._classifier_phase(images, labels, trapdoor_labels)
         variables = self.classifier.trainable_variables
         with tf.GradientTape() as tape:
             triggered = self.trigger(images, trapdoor_labels)
-            objective = self._classifier_loss(images, triggered, labels, trapdoor_labels)
+            terms = self._classifier_loss(images, triggered, labels, trapdoor_labels)
+            objective = terms["loss"]
             if self.discriminator is not None:
                 objective += self.beta * self._on_discriminator_turn(
                     lambda: self._naturalness_loss(triggered), lambda: ops.zeros(())
@@ -80,17 +103,12 @@ class FastTrapMIDModel(TrapMIDModel):
         *gradients, trigger_gradient = tape.gradient(scaled, [*variables, self.triggers])
         self.optimizer.apply(gradients, variables)
         self._step_triggers(trigger_gradient)
+        return terms
 
     def _on_discriminator_turn(self, run, skip):
         """`run()` on every `discriminator_interval`-th step (the first included), else `skip()`."""
         if self.discriminator_interval == 1:
             return run()
-        if replica_count() > 1:
-            raise ValueError(
-                f"`discriminator_interval`={self.discriminator_interval} needs a single replica "
-                f"(a conditional update cannot synchronise replicas); training runs on "
-                f"{replica_count()}."
-            )
         turn = ops.equal(self.optimizer.iterations % self.discriminator_interval, 0)
         return tf.cond(turn, run, skip)
 

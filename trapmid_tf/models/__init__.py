@@ -30,12 +30,7 @@ from trapmid_tf.models.gan import (
 from trapmid_tf.models.irse import BilinearResize, facenet64, facenet_eval, ir152
 from trapmid_tf.models.resnet import ir18
 from trapmid_tf.models.small_cnn import small_cnn
-from trapmid_tf.models.torch_checkpoint import read_torch_checkpoint, state_dict_from_checkpoint
-from trapmid_tf.models.torch_weights import (
-    assign_torch_state_dict,
-    load_torch_weights,
-    torch_state_dict_shapes,
-)
+from trapmid_tf.models.torch_weights import load_torch_weights
 from trapmid_tf.models.vgg import vgg16_bn
 
 __all__ = [
@@ -54,7 +49,6 @@ __all__ = [
     "resnet_generator",
     "sn_projection_discriminator",
     "wgan_critic",
-    "assign_torch_state_dict",
     "facenet64",
     "facenet_eval",
     "feature_extractor",
@@ -62,9 +56,6 @@ __all__ = [
     "ir152",
     "ir18",
     "load_torch_weights",
-    "read_torch_checkpoint",
     "small_cnn",
-    "state_dict_from_checkpoint",
-    "torch_state_dict_shapes",
     "vgg16_bn",
 ]
