@@ -353,3 +353,16 @@ def test_one_seed_gives_no_verdict_and_says_so():
     assert aa1["method"] == "Clopper-Pearson within one training seed"
     line = report.statistics_line(results, rows)
     assert "within that one training seed" in line and "needs 2+ seeds" in line
+
+
+@pytest.mark.parametrize("split, says_it_cannot", [("samples", True), ("classes", False)])
+def test_the_report_opens_with_the_lookup_floors_and_what_the_setting_can_show(
+        split, says_it_cannot):
+    results = dict(_results(0.8, 0.1, {"trapmid": 0.2}, lookup=0.9), public_split=split)
+    (paragraph, blank) = report.threat_model_lines(results)
+    assert blank == ""
+    # Each target's lookup top-1 (90 of 100 in every seed), as the tables write it.
+    floor = report.estimate_text(results["defenses"]["none"]["attacks"]["lookup"]["aa1"])
+    assert floor.startswith("0.900 [")
+    assert f"none {floor}, trapmid {floor}." in paragraph
+    assert ("cannot show protection" in paragraph) is says_it_cannot

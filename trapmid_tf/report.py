@@ -590,6 +590,38 @@ def _convergence_lines(results):
     return [gap_paragraph(gap), ""] if gap else []
 
 
+def threat_model_lines(results):
+    """The report's opening paragraph: the lookup floor per target, and what the setting can show.
+
+    Args:
+        results: The pipeline's results dict (`public_split`, each defense's `lookup` top-1).
+
+    Returns:
+        A list of lines. With public split "samples" the attacker's public images hold
+        unlabelled images of the private classes, and the paragraph says plainly that such a
+        run cannot show protection of what the private classes look like.
+    """
+    floors = ", ".join(
+        f"{defense} {top1_text(scores['attacks'][LOOKUP])}"
+        for defense, scores in results["defenses"].items() if LOOKUP in scores["attacks"]
+    )
+    if results.get("public_split") == "samples":
+        setting = (
+            "**This setting cannot show protection of what the private classes look like.** "
+            "Its public split `samples` gives the attacker unlabelled images of the private "
+            "classes themselves, so their look is public already: the attacks below are "
+            "measured for whether a defense misleads their optimisers, not for a loss of "
+            "privacy. For that, run class-disjoint public data (`--public_split=classes`)."
+        )
+    else:
+        setting = "The attacker's public images hold none of the private classes."
+    return [
+        f"Threat model. {setting} The lookup floor (top-1 of the public images each target "
+        f"is surest of, no attack at all): {floors}.",
+        "",
+    ]
+
+
 def statistics_line(results, verdict_rows):
     """The report's one paragraph on what its intervals and verdicts model.
 
@@ -651,6 +683,7 @@ def report_markdown(results, defenses, attacks, triggers):
         f"{evaluation['classes']} classes, test accuracy "
         f"{_cell(evaluation['accuracy'])}. FID and PRDC features: `{results['fid_features']}`.",
         "",
+        *threat_model_lines(results),
         *_convergence_lines(results),
         statistics_line(results, verdict_rows),
         "",
