@@ -10,11 +10,11 @@ import pytest
 
 from tests.serialization_case import SerializableCase, check_serializable
 from trapmid_tf.layers.augment import TrapdoorAugment
+from trapmid_tf.layers.fast_grad_conv import FastGradConv2D
+from trapmid_tf.layers.fused_batch_norm import FusedBatchNorm
 from trapmid_tf.layers.triggers import BlendTrigger
 from trapmid_tf.metrics.fid import InceptionPreprocessing
 from trapmid_tf.models.cgan import ConditionalBatchNorm, ResNetGenerator, SNEmbedding
-from trapmid_tf.models.common import FastGradConv2D
-from trapmid_tf.models.fused_batch_norm import FusedBatchNorm
 from trapmid_tf.models.gan import MinibatchDiscrimination
 from trapmid_tf.models.irse import BilinearResize
 

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from trapmid_tf.models import common
+from trapmid_tf.models import torch_layers
 from trapmid_tf.models.features import features_and_logits
 from trapmid_tf.models.irse import facenet64, ir152
 from trapmid_tf.models.resnet import ir18
@@ -245,7 +245,7 @@ def test_conv2d_matches_pytorch_symmetric_padding(size, kernel_size, stride, pad
     x = rng.normal(size=(2, size, size, 3)).astype(np.float32)
     kernel = rng.normal(size=(kernel_size, kernel_size, 3, 4)).astype(np.float32)
     inputs = keras.Input((size, size, 3))
-    outputs = common.conv2d(
+    outputs = torch_layers.conv2d(
         inputs,
         4,
         kernel_size,
@@ -279,7 +279,7 @@ def test_keras_same_padding_differs_at_stride_2(size, kernel_size):
 def test_max_pool_matches_pytorch_on_non_negative_input(size):
     x = np.abs(np.random.default_rng(3).normal(size=(2, size, size, 3))).astype(np.float32)
     inputs = keras.Input((size, size, 3))
-    model = keras.Model(inputs, common.max_pool_non_negative(inputs, 3, 2, 1, "pool"))
+    model = keras.Model(inputs, torch_layers.max_pool_non_negative(inputs, 3, 2, 1, "pool"))
     np.testing.assert_allclose(
         keras.ops.convert_to_numpy(model(x)), torch_max_pool_reference(x, 3, 2, 1), atol=1e-6
     )

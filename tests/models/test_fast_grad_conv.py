@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trapmid_tf.models import common
-from trapmid_tf.models.common import FastGradConv2D
-from trapmid_tf.models.fused_batch_norm import FusedBatchNorm
+from trapmid_tf.layers import fast_grad_conv
+from trapmid_tf.layers.fast_grad_conv import FastGradConv2D
+from trapmid_tf.layers.fused_batch_norm import FusedBatchNorm
+from trapmid_tf.models import copies, torch_layers
 
 # (height, width, in channels, out channels, kernel, strides, padding): stride 1 and 2, odd
 # and even kernels, 'same' and 'valid', sizes that leave input rows unused by a strided conv,
@@ -83,7 +84,7 @@ def test_input_gradient_matches_tensorflow_backprop_input_on_a_wide_small_map():
         input_sizes=shape, filter=kernel, out_backprop=upstream, strides=[1, 1, 1, 1],
         padding="SAME",
     )
-    actual = common.conv2d_input_gradient(upstream, kernel, shape, (1, 1), "SAME")
+    actual = fast_grad_conv.conv2d_input_gradient(upstream, kernel, shape, (1, 1), "SAME")
     np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4)
 
 
@@ -99,15 +100,17 @@ def test_kernel_gradient_matches_tensorflow_backprop_filter_on_wide_small_maps()
             input=inputs, filter_sizes=kernel_shape, out_backprop=upstream,
             strides=[1, *strides, 1], padding=padding,
         )
-        actual = common.conv2d_kernel_gradient(inputs, upstream, kernel_shape, strides, padding)
+        actual = fast_grad_conv.conv2d_kernel_gradient(
+            inputs, upstream, kernel_shape, strides, padding
+        )
         np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
 
 
 def test_zoo_convs_use_it_and_a_model_round_trips_through_keras_file(tmp_path):
     inputs = keras.Input((9, 9, 2))
-    x = common.conv2d(inputs, 3, 3, strides=2, padding=1, use_bias=True,
+    x = torch_layers.conv2d(inputs, 3, 3, strides=2, padding=1, use_bias=True,
                       kernel_initializer="glorot_uniform", name="strided")
-    x = common.conv2d(x, 2, 3, padding=1, use_bias=False, kernel_initializer="glorot_uniform",
+    x = torch_layers.conv2d(x, 2, 3, padding=1, use_bias=False, kernel_initializer="glorot_uniform",
                       name="same")
     model = keras.Model(inputs, x)
     assert all(isinstance(model.get_layer(n), FastGradConv2D) for n in ("strided", "same"))
@@ -122,17 +125,17 @@ def test_zoo_convs_use_it_and_a_model_round_trips_through_keras_file(tmp_path):
 
 def test_plain_keras_copy_has_standard_convs_and_the_same_predictions(tmp_path):
     inner_inputs = keras.Input((9, 9, 2))
-    inner = keras.Model(inner_inputs, common.conv2d(
+    inner = keras.Model(inner_inputs, torch_layers.conv2d(
         inner_inputs, 3, 3, strides=2, padding=1, use_bias=True,
         kernel_initializer="glorot_uniform", name="nested_conv"), name="inner")
     inputs = keras.Input((9, 9, 2))
-    x = common.batch_norm("bn")(inner(inputs))
-    x = common.conv2d(x, 2, 3, padding=1, use_bias=False, kernel_initializer="glorot_uniform",
+    x = torch_layers.batch_norm("bn")(inner(inputs))
+    x = torch_layers.conv2d(x, 2, 3, padding=1, use_bias=False, kernel_initializer="glorot_uniform",
                       name="top_conv")
     model = keras.Model(inputs, x)
     model.get_layer("bn").set_weights([np.full(3, v, "float32") for v in (2.0, 0.5, 0.3, 4.0)])
 
-    copy = common.plain_keras_copy(model)
+    copy = copies.plain_keras_copy(model)
     kinds = {type(layer) for layer in copy._flatten_layers()}
     assert keras.layers.Conv2D in kinds and FastGradConv2D not in kinds
     assert keras.layers.BatchNormalization in kinds and FusedBatchNorm not in kinds
@@ -148,7 +151,7 @@ def test_plain_keras_copy_has_standard_convs_and_the_same_predictions(tmp_path):
         atol=1e-6 * np.abs(expected).max(),
     )
     plain = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Conv2D(1, 3)])
-    assert common.plain_keras_copy(plain) is plain
+    assert copies.plain_keras_copy(plain) is plain
 
 
 def test_fast_gradient_copy_of_a_loaded_plain_model_keeps_outputs_and_input_gradients(tmp_path):
@@ -164,7 +167,7 @@ def test_fast_gradient_copy_of_a_loaded_plain_model_keeps_outputs_and_input_grad
     path = tmp_path / "plain.keras"
     model.save(path)
 
-    loaded = common.load_classifier(path)
+    loaded = copies.load_classifier(path)
     assert type(loaded.get_layer("strided")) is FastGradConv2D
     assert type(loaded.get_layer("dilated")) is keras.layers.Conv2D
     assert type(loaded.get_layer("bn")) is FusedBatchNorm
@@ -177,9 +180,9 @@ def test_fast_gradient_copy_of_a_loaded_plain_model_keeps_outputs_and_input_grad
             loss = tf.reduce_sum(network(images) ** 2)
         gradients.append(tape.gradient(loss, images).numpy())
     np.testing.assert_allclose(gradients[1], gradients[0], rtol=1e-4, atol=1e-5)
-    assert common.fast_gradient_copy(loaded) is loaded  # nothing left to replace
+    assert copies.fast_gradient_copy(loaded) is loaded  # nothing left to replace
     with pytest.raises(FileNotFoundError, match="missing.keras"):
-        common.load_classifier(tmp_path / "missing.keras")
+        copies.load_classifier(tmp_path / "missing.keras")
 
 
 def test_gradients_under_mirrored_strategy_equal_one_device(two_replicas):

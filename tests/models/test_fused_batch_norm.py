@@ -6,14 +6,15 @@ import pytest
 import tensorflow as tf
 
 from tests.tolerances import assert_float32_close
+from trapmid_tf.layers import fused_batch_norm
+from trapmid_tf.layers.fused_batch_norm import FusedBatchNorm
 from trapmid_tf.models import (
-    common, dcgan_generator, facenet64, facenet_eval, ir18, ir152, small_cnn, vgg16_bn,
+    copies, dcgan_generator, facenet64, facenet_eval, ir18, ir152, small_cnn, torch_layers,
+    vgg16_bn,
 )
-from trapmid_tf.models import fused_batch_norm
-from trapmid_tf.models.fused_batch_norm import FusedBatchNorm
 
-MOMENTUM = common.BN_MOMENTUM
-EPSILON = common.BN_EPSILON
+MOMENTUM = torch_layers.BN_MOMENTUM
+EPSILON = torch_layers.BN_EPSILON
 
 
 def twin_layers(rng, input_shape, **kwargs):
@@ -145,7 +146,7 @@ def test_mixed_bfloat16_computes_in_float32_and_returns_bfloat16():
 def test_zoo_models_use_it_and_round_trip_through_a_keras_file(tmp_path):
     assert any(type(layer) is FusedBatchNorm for layer in ir18((32, 32, 3), 2).layers)
     inputs = keras.Input((3, 3, 2))
-    model = keras.Model(inputs, common.batch_norm("bn")(inputs))
+    model = keras.Model(inputs, torch_layers.batch_norm("bn")(inputs))
     assert type(model.get_layer("bn")) is FusedBatchNorm
     model.get_layer("bn").set_weights([np.full(2, v, "float32") for v in (2.0, 0.5, 0.3, 4.0)])
     path = tmp_path / "model.keras"
@@ -247,7 +248,7 @@ def test_one_value_per_channel_updates_with_variance_zero_under_either_rule(
 def test_torch_running_variance_is_in_the_config_and_survives_a_keras_file(tmp_path):
     assert FusedBatchNorm().get_config()["torch_running_variance"] is False
     inputs = keras.Input(KNOWN_BATCH.shape[1:])
-    model = keras.Model(inputs, common.batch_norm("bn", torch_running_variance=True)(inputs))
+    model = keras.Model(inputs, torch_layers.batch_norm("bn", torch_running_variance=True)(inputs))
     config = model.get_layer("bn").get_config()
     assert config["torch_running_variance"] is True
     assert FusedBatchNorm.from_config(config).get_config() == config
@@ -301,11 +302,11 @@ def test_zoo_builders_pass_the_rule_to_every_batch_norm(builder, input_shape):
 
 def test_plain_keras_copy_keeps_inference_and_drops_the_rule():
     inputs = keras.Input(KNOWN_BATCH.shape[1:])
-    model = keras.Model(inputs, common.batch_norm("bn", torch_running_variance=True)(inputs))
+    model = keras.Model(inputs, torch_layers.batch_norm("bn", torch_running_variance=True)(inputs))
     model.get_layer("bn").set_weights(
         [np.full(2, 2.0, "float32"), np.full(2, 0.5, "float32"), OLD_MEAN, OLD_VARIANCE]
     )
-    copy = common.plain_keras_copy(model)
+    copy = copies.plain_keras_copy(model)
     assert type(copy.get_layer("bn")) is keras.layers.BatchNormalization
     # The same stored statistics, in two float32 graphs of a few operations each on values
     # below 14 (2 * (10 + 1) / sqrt(3) + 0.5).

@@ -33,7 +33,6 @@ the suite's uniform call.
 """
 
 import math
-import numbers
 import warnings
 from typing import NamedTuple
 
@@ -45,12 +44,14 @@ from keras import ops
 from trapmid_tf.attacks.inversion import (
     AttackResult,
     check_generator,
-    check_network,
-    check_non_negative_int,
-    check_positive_float,
     identity_labels,
 )
-from trapmid_tf.models.common import check_positive_int
+from trapmid_tf.validation import (
+    check_model,
+    check_non_negative_int,
+    check_positive_float,
+    check_positive_int,
+)
 
 REFERENCE_Z_DIM = 100
 REFERENCE_RADIUS = 2.0
@@ -71,7 +72,7 @@ class HardLabelOracle:
     """
 
     def __init__(self, classifier, batch_size=1024):
-        check_network("classifier", classifier)
+        check_model("classifier", classifier)
         check_positive_int("batch_size", batch_size)
         spec = tf.TensorSpec((None, *classifier.input_shape[1:]), tf.float32)
         self._labels = tf.function(
@@ -376,8 +377,7 @@ class BREPMIAttack:
         """
         check_label_oracle(label_oracle)
         labels = identity_labels(classes, per_class, num_classes)
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-            raise ValueError(f"`seed` must be an integer >= 0; received {seed!r}.")
+        check_non_negative_int("seed", seed)
         rng = np.random.default_rng(int(seed))
         latents, found, initial_queries = self.initial_latents(label_oracle, labels, rng)
         if not found.all():
@@ -427,7 +427,7 @@ class BREPMIAttack:
         Raises:
             ValueError: If `target` does not take the generator's images.
         """
-        check_network("target", target)
+        check_model("target", target)
         image_shape = tuple(self.generator.output_shape[1:])
         if tuple(target.input_shape[1:]) != image_shape:
             raise ValueError(

@@ -19,8 +19,8 @@ import tensorflow as tf
 from keras import ops
 
 from trapmid_tf.contract import checked_images, global_value, replica_slot
-from trapmid_tf.models import common
 from trapmid_tf.saving import SeedStateMixin
+from trapmid_tf.validation import check_positive_int
 
 _serialize = keras.saving.serialize_keras_object
 _deserialize = keras.saving.deserialize_keras_object
@@ -51,12 +51,6 @@ def _run_if(predicate, step, *args):
         return tf.cond(predicate(), lambda: run(on_replicas, step, replica_args), skip)
 
     tf.distribute.get_replica_context().merge_call(cross_replica, args=args)
-
-
-def check_model(name, model):
-    """Raises a `ValueError` naming `name` unless `model` is a `keras.Model`."""
-    if not isinstance(model, keras.Model):
-        raise ValueError(f"`{name}` must be a keras.Model; received {type(model).__name__}.")
 
 
 class GANPrior(SeedStateMixin, keras.Model):
@@ -90,7 +84,7 @@ class GANPrior(SeedStateMixin, keras.Model):
     _ADAM_BETAS = (0.5, 0.999)
 
     def __init__(self, generator, opponent, interval, seed, **kwargs):
-        common.check_positive_int(self._INTERVAL, interval)
+        check_positive_int(self._INTERVAL, interval)
         super().__init__(**kwargs)
         self.generator = generator
         setattr(self, self._OPPONENT, opponent)

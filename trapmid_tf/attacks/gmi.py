@@ -13,14 +13,12 @@ from trapmid_tf.attacks.inversion import (
     InversionAttack,
     InversionProblem,
     check_generator,
-    check_network,
-    check_non_negative_float,
-    check_positive_float,
     cross_entropy_identity_loss,
     latent_variable,
     REFERENCE_IDENTITIES_PER_BATCH,
     reference_batch_sum,
 )
+from trapmid_tf.validation import check_model, check_non_negative_float, check_positive_float
 
 LATENT_BOUND = 1.0
 
@@ -91,7 +89,7 @@ class GMIAttack(InversionAttack):
     ):
         super().__init__(iterations, chunk_size, jit_compile, identities_per_batch)
         self.z_dim = check_generator(generator)
-        check_network("critic", critic)
+        check_model("critic", critic)
         check_positive_float("learning_rate", learning_rate)
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"`momentum` must be in [0, 1); received {momentum!r}.")

@@ -10,7 +10,6 @@ builds the labels, calls the attack's `build_problem` and `minimize`, and packs 
 Batch layout: identity-major. `classes=[3, 7]` with `per_class=2` gives labels `[3, 3, 7, 7]`.
 """
 
-import numbers
 from typing import Callable, NamedTuple
 
 import keras
@@ -18,7 +17,12 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from trapmid_tf.models.common import check_positive_int
+from trapmid_tf.validation import (
+    check_model,
+    check_non_negative_int,
+    check_positive_int,
+    is_integer,
+)
 
 
 class AttackResult(NamedTuple):
@@ -54,34 +58,6 @@ class InversionProblem(NamedTuple):
     finish: Callable
 
 
-def check_non_negative_int(name, value):
-    """Raises ValueError unless `value` is an integer >= 0 (booleans are rejected)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-        raise ValueError(f"`{name}` must be an integer >= 0; received {value!r}.")
-
-
-def check_positive_float(name, value):
-    """Raises ValueError unless `value` is a finite real number > 0."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or not np.isfinite(value)
-        or value <= 0
-    ):
-        raise ValueError(f"`{name}` must be a finite number > 0; received {value!r}.")
-
-
-def check_non_negative_float(name, value):
-    """Raises ValueError unless `value` is a finite real number >= 0."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or not np.isfinite(value)
-        or value < 0
-    ):
-        raise ValueError(f"`{name}` must be a finite number >= 0; received {value!r}.")
-
-
 def check_generator(generator):
     """Returns the latent size of an unconditional generator `(batch, z_dim) -> images`.
 
@@ -89,10 +65,7 @@ def check_generator(generator):
         ValueError: If `generator` is not a keras.Model taking `(batch, z_dim)` latents and
             returning NHWC images.
     """
-    if not isinstance(generator, keras.Model):
-        raise ValueError(
-            f"`generator` must be a keras.Model; received {type(generator).__name__}."
-        )
+    check_model("generator", generator)
     input_shape, output_shape = generator.input_shape, generator.output_shape
     if not isinstance(input_shape, tuple) or len(input_shape) != 2 or input_shape[1] is None:
         raise ValueError(
@@ -104,12 +77,6 @@ def check_generator(generator):
             f"`generator` must output NHWC images; its output shape is {output_shape}."
         )
     return int(input_shape[1])
-
-
-def check_network(name, network):
-    """Raises ValueError unless `network` is a keras.Model."""
-    if not isinstance(network, keras.Model):
-        raise ValueError(f"`{name}` must be a keras.Model; received {type(network).__name__}.")
 
 
 def latent_variable(initial_value, name, constraint=None):
@@ -197,8 +164,7 @@ def identity_labels(classes, per_class, num_classes):
     """
     check_positive_int("per_class", per_class)
     ids = list(classes)
-    integral = all(isinstance(c, numbers.Integral) and not isinstance(c, bool) for c in ids)
-    if not ids or not integral or min(ids) < 0 or max(ids) >= num_classes:
+    if not ids or not all(map(is_integer, ids)) or min(ids) < 0 or max(ids) >= num_classes:
         raise ValueError(
             f"`classes` must be a non-empty iterable of integer class ids in [0, {num_classes}); "
             f"received {ids!r}."
@@ -364,8 +330,7 @@ class InversionAttack:
 
     def _check_target(self, target):
         """Returns the target's number of classes after checking it takes our images."""
-        if not isinstance(target, keras.Model):
-            raise ValueError(f"`target` must be a keras.Model; received {type(target).__name__}.")
+        check_model("target", target)
         output_shape = target.output_shape
         if not isinstance(output_shape, tuple) or len(output_shape) != 2:
             raise ValueError(

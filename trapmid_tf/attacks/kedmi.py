@@ -15,15 +15,17 @@ from trapmid_tf.attacks.inversion import (
     InversionAttack,
     InversionProblem,
     check_generator,
-    check_network,
-    check_non_negative_float,
-    check_positive_float,
     cross_entropy_identity_loss,
     latent_variable,
     REFERENCE_IDENTITIES_PER_BATCH,
     reference_batch_sum,
 )
-from trapmid_tf.models.common import check_positive_int
+from trapmid_tf.validation import (
+    check_model,
+    check_non_negative_float,
+    check_positive_float,
+    check_positive_int,
+)
 
 REFERENCE_BATCH_SIZE = 64  # the batch the reference trains KED-MI's discriminator with
 INITIAL_LOG_VARIANCE = 1.0  # The reference initialises log sigma^2 to 1 (not 0).
@@ -149,7 +151,7 @@ class KEDMIAttack(InversionAttack):
         check_positive_int("discriminator_batch_size", discriminator_batch_size)
         self.discriminator_batch_size = int(discriminator_batch_size)
         self.z_dim = check_generator(generator)
-        check_network("discriminator", discriminator)
+        check_model("discriminator", discriminator)
         check_positive_float("learning_rate", learning_rate)
         check_non_negative_float("identity_weight", identity_weight)
         check_positive_int("samples_per_distribution", samples_per_distribution)

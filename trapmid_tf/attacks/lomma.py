@@ -13,12 +13,16 @@ import tensorflow as tf
 from keras import ops
 
 from trapmid_tf.attacks.gmi import GMIAttack
-from trapmid_tf.attacks.inversion import check_non_negative_float, check_positive_float
 from trapmid_tf.attacks.kedmi import KEDMIAttack
 from trapmid_tf.contract import global_batch_mean, global_value
 from trapmid_tf.metrics.features import batched_predict
-from trapmid_tf.models.common import check_positive_int
 from trapmid_tf.models.features import feature_extractor, features_and_logits
+from trapmid_tf.validation import (
+    check_model,
+    check_non_negative_float,
+    check_positive_float,
+    check_positive_int,
+)
 
 _serialize = keras.saving.serialize_keras_object
 _deserialize = keras.saving.deserialize_keras_object
@@ -256,10 +260,7 @@ class SurrogateDistiller(keras.Model):
     def __init__(self, student, teacher, temperature=1.0, **kwargs):
         super().__init__(**kwargs)
         for name, network in (("student", student), ("teacher", teacher)):
-            if not isinstance(network, keras.Model):
-                raise ValueError(
-                    f"`{name}` must be a keras.Model; received {type(network).__name__}."
-                )
+            check_model(name, network)
         if student.output_shape[-1] != teacher.output_shape[-1]:
             raise ValueError(
                 f"`student` must output the teacher's {teacher.output_shape[-1]} logits; it "

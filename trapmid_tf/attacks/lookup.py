@@ -9,9 +9,9 @@ credits an attack with leakage only above it (`trapmid_tf.report.works`).
 
 import numpy as np
 
-from trapmid_tf.attacks.inversion import AttackResult, check_network, identity_labels
+from trapmid_tf.attacks.inversion import AttackResult, identity_labels
 from trapmid_tf.attacks.plgmi_prior import most_confident
-from trapmid_tf.models.common import check_positive_int
+from trapmid_tf.validation import check_model, check_positive_int
 
 
 class LookupAttack:
@@ -72,7 +72,7 @@ class LookupAttack:
             ValueError: On a bad argument, a target that does not take the public images,
                 or `per_class` above the number of public images.
         """
-        check_network("target", target)
+        check_model("target", target)
         image_shape = tuple(self.public_images.shape[1:])
         if tuple(target.input_shape[1:]) != image_shape:
             raise ValueError(

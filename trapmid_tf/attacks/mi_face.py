@@ -17,13 +17,8 @@ or 1; `loss="cross_entropy"` keeps a strong gradient in the first case.
 import keras
 from keras import ops
 
-from trapmid_tf.attacks.inversion import (
-    InversionAttack,
-    InversionProblem,
-    check_non_negative_float,
-    check_positive_float,
-    latent_variable,
-)
+from trapmid_tf.attacks.inversion import InversionAttack, InversionProblem, latent_variable
+from trapmid_tf.validation import check_non_negative_float, check_positive_float
 
 LOSSES = ("probability", "cross_entropy")
 

@@ -12,10 +12,10 @@ from keras import ops
 from trapmid_tf.attacks.inversion import (
     InversionAttack,
     InversionProblem,
-    check_positive_float,
     latent_variable,
 )
 from trapmid_tf.attacks.plgmi_prior import margin_loss, plgmi_augment
+from trapmid_tf.validation import check_model, check_positive_float
 
 ADAM_EPSILON = 1e-8  # PyTorch's Adam default.
 
@@ -27,10 +27,7 @@ def reconstruction_augment(images, seed_generator):
 
 def _conditional_latent_size(generator):
     """Returns z_dim of a conditional generator `[z, labels] -> images`."""
-    if not isinstance(generator, keras.Model):
-        raise ValueError(
-            f"`generator` must be a keras.Model; received {type(generator).__name__}."
-        )
+    check_model("generator", generator)
     input_shape = generator.input_shape
     if not isinstance(input_shape, list) or len(input_shape) != 2 or len(input_shape[0]) != 2:
         raise ValueError(

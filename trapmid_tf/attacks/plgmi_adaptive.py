@@ -20,14 +20,13 @@ Two knowledge levels:
 import numpy as np
 from keras import ops
 
-from trapmid_tf.attacks.inversion import check_non_negative_float
 from trapmid_tf.attacks.plgmi import PLGMIAttack
 from trapmid_tf.attacks.plgmi_prior import margin_loss
-from trapmid_tf.metrics._checks import as_feature_matrix
 from trapmid_tf.metrics.evaluator import TrapdoorDetector
 from trapmid_tf.metrics.features import batched_predict
 from trapmid_tf.metrics.trapdoor import class_signatures
 from trapmid_tf.models.features import feature_extractor, features_and_logits
+from trapmid_tf.validation import as_feature_matrix, check_non_negative_float
 
 COSINE_EPSILON = 1e-12  # Norm product below which the cosine is taken as 0 (zero vectors).
 

@@ -19,7 +19,7 @@ from trapmid_tf.attacks.gan_prior import GANPrior
 from trapmid_tf.contract import checked_labels, global_batch_mean
 from trapmid_tf.layers.augment import augment_with_parameters
 from trapmid_tf.metrics.features import batched_predict
-from trapmid_tf.models import common
+from trapmid_tf.validation import check_positive_int
 
 CROP_SCALE = (0.8, 1.0)  # area fraction of the random resized crop
 JITTER_STRENGTH = 0.2  # brightness and contrast factors are drawn from U[1 - s, 1 + s]
@@ -81,8 +81,8 @@ def select_top_n(target, public_images, num_classes, n=30, batch_size=350):
     Raises:
         ValueError: On a bad argument or a target with another number of logits.
     """
-    common.check_positive_int("num_classes", num_classes)
-    common.check_positive_int("n", n)
+    check_positive_int("num_classes", num_classes)
+    check_positive_int("n", n)
     outputs = target.output_shape[-1]
     if outputs != num_classes:
         raise ValueError(

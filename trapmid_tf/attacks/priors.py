@@ -22,11 +22,11 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from trapmid_tf.attacks.gan_prior import GANPrior, check_model
+from trapmid_tf.attacks.gan_prior import GANPrior
 from trapmid_tf.contract import global_batch_mean
-from trapmid_tf.models import common
 from trapmid_tf.models.features import features_and_logits
 from trapmid_tf.models.gan import FEATURES_LAYER_NAME
+from trapmid_tf.validation import check_model, check_positive_int
 
 KEDMI_BATCH_KEYS = ("images", "unlabeled", "matching")
 _SQUARED_NORM_FLOOR = 1e-12  # keeps the gradient of the norm finite where the gradient is 0
@@ -140,8 +140,8 @@ def kedmi_batches(public, batch_size, seed=None, shuffle_buffer=10_000):
         A dataset of dicts `{"images": x, "unlabeled": x_u, "matching": x_u2}`; one pass of it
         is one pass over `public`.
     """
-    common.check_positive_int("batch_size", batch_size)
-    common.check_positive_int("shuffle_buffer", shuffle_buffer)
+    check_positive_int("batch_size", batch_size)
+    check_positive_int("shuffle_buffer", shuffle_buffer)
     if isinstance(public.element_spec, tuple):
         public = public.map(lambda image, *_: image)
     copies = [

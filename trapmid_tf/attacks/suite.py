@@ -10,9 +10,9 @@ regulariser and distilled surrogates on the GMI / KED-MI priors), `plgmi`, the p
 the `lookup` baseline (no prior, no optimisation: the public images the target is surest
 of), `plgmi_adaptive` / `plgmi_adaptive_estimated` (PLG-MI++ with the defender's / its own
 estimated trapdoor signatures), `trigger_recovery` (Neural-Cleanse-style blend patterns on public
-images) and the label-only `brep_mi` (on the GMI prior). Priors: `gmi` (shared by every
-target), and per target `kedmi`, `plgmi` and `lomma` (surrogates plus the target's mean public
-feature).
+images) and the label-only `brep_mi` (on the GMI prior). Priors: `gmi` (independent of the
+target: the pipeline trains one per training seed, shared by that seed's targets), and per
+target `kedmi`, `plgmi` and `lomma` (surrogates plus the target's mean public feature).
 
 Budgets are optimiser steps, as the reference counts them where it can: generator steps of
 the GAN priors (each preceded by `n_critic` opponent steps), distillation steps of LOMMA's
@@ -40,10 +40,10 @@ from trapmid_tf.attacks.plgmi_prior import PLGMIPrior, select_top_n
 from trapmid_tf.attacks.priors import GMIPrior, KEDMIPrior, kedmi_batches
 from trapmid_tf.attacks.trigger_recovery import TriggerRecoveryAttack
 from trapmid_tf.files import atomic_path, write_json
-from trapmid_tf.models.common import check_positive_int
 from trapmid_tf.models.cgan import resnet_generator, sn_projection_discriminator
 from trapmid_tf.models.gan import dcgan_generator, minibatch_discriminator, wgan_critic
 from trapmid_tf.models.small_cnn import small_cnn
+from trapmid_tf.validation import check_positive_int
 
 # The zero-effort lookup baseline, the floor every other attack must beat to show leakage.
 LOOKUP = "lookup"

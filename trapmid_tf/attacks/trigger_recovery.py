@@ -24,19 +24,17 @@ from keras import ops
 from trapmid_tf.attacks.inversion import (
     InversionAttack,
     InversionProblem,
-    check_non_negative_float,
-    check_positive_float,
     latent_variable,
 )
 from trapmid_tf.attacks.mi_face import total_variation
-from trapmid_tf.models.common import check_positive_int
+from trapmid_tf.validation import (
+    check_non_negative_float,
+    check_open_unit_interval,
+    check_positive_float,
+    check_positive_int,
+)
 
 PRIORS = ("tv", "l1")
-
-
-def _check_alpha(alpha):
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 < alpha < 1.0:
-        raise ValueError(f"`alpha` must be a number in (0, 1); received {alpha!r}.")
 
 
 def pattern_prior(patterns, prior):
@@ -130,7 +128,7 @@ class TriggerRecoveryAttack(InversionAttack):
                 "`public_images` must lie in [0, 1]; received values in "
                 f"[{public_images.min()}, {public_images.max()}]."
             )
-        _check_alpha(alpha)
+        check_open_unit_interval("alpha", alpha)
         if prior not in PRIORS:
             raise ValueError(f"`prior` must be one of {PRIORS}; received {prior!r}.")
         check_non_negative_float("prior_weight", prior_weight)

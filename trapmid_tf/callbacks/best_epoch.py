@@ -9,7 +9,7 @@ import numpy as np
 
 from trapmid_tf.defenses.trapmid import TrapMIDModel
 from trapmid_tf.files import atomic_path
-from trapmid_tf.models.common import plain_keras_copy
+from trapmid_tf.models.copies import plain_keras_copy
 
 _logger = logging.getLogger(__name__)
 

@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from trapmid_tf.data import digits, idx, images
+from trapmid_tf.validation import is_integer
 
 # Classes 0..NUM_PRIVATE_CLASSES-1 are private; the others feed the public set.
 NUM_PRIVATE_CLASSES = 5
@@ -255,11 +256,11 @@ def load_evaluation_data(
 
 def _check_arguments(image_size, channels, seed):
     # None stays only for "class_folder", whose defaults come from its files.
-    if image_size is not None and (not _is_int(image_size) or image_size < 1):
+    if image_size is not None and (not is_integer(image_size) or image_size < 1):
         raise ValueError(f"image_size must be None or an int >= 1, got {image_size!r}.")
-    if channels is not None and (not _is_int(channels) or channels not in (1, 3)):
+    if channels is not None and (not is_integer(channels) or channels not in (1, 3)):
         raise ValueError(f"channels must be None, 1 or 3, got {channels!r}.")
-    if not _is_int(seed):
+    if not is_integer(seed):
         raise ValueError(f"seed must be an int, got {seed!r}.")
 
 
@@ -270,10 +271,6 @@ def _check_public_split(name, public_split):
             f"public_split must be one of {list(allowed)} for dataset {name!r}, "
             f"got {public_split!r}."
         )
-
-
-def _is_int(value):
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def default_data_dir(name):

@@ -1,8 +1,8 @@
 """Pairs a dataset with trapdoor target labels that are balanced in every epoch."""
 
-import numbers
-
 import tensorflow as tf
+
+from trapmid_tf.validation import is_integer
 
 
 def with_trapdoor_labels(dataset, num_classes, seed=None, reshuffle_each_iteration=True):
@@ -37,9 +37,9 @@ def with_trapdoor_labels(dataset, num_classes, seed=None, reshuffle_each_iterati
         >>> images.shape, labels.shape, trapdoor_labels.shape
         (TensorShape([64, 32, 32, 1]), TensorShape([64]), TensorShape([64]))
     """
-    if not _is_int(num_classes) or num_classes < 1:
+    if not is_integer(num_classes) or num_classes < 1:
         raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}.")
-    if seed is not None and not _is_int(seed):
+    if seed is not None and not is_integer(seed):
         raise ValueError(f"seed must be None or an int, got {seed!r}.")
     if not isinstance(dataset.element_spec, tuple) or len(dataset.element_spec) != 2:
         raise ValueError(
@@ -53,10 +53,6 @@ def with_trapdoor_labels(dataset, num_classes, seed=None, reshuffle_each_iterati
         lambda pair, trapdoor_label: (*pair, trapdoor_label)
     )
     return paired.apply(tf.data.experimental.assert_cardinality(num_elements))
-
-
-def _is_int(value):
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _balanced_labels(num_elements, num_classes, seed, reshuffle_each_iteration):

@@ -22,10 +22,11 @@ from trapmid_tf.contract import (
 )
 from trapmid_tf.files import atomic_path
 from trapmid_tf.saving import SeedStateMixin
-from trapmid_tf.models.common import (
-    LOGITS_LAYER_NAME, check_positive_int, plain_keras_copy, torch_default_dense,
-)
+from trapmid_tf.models.common import LOGITS_LAYER_NAME
+from trapmid_tf.models.copies import plain_keras_copy
 from trapmid_tf.models.features import feature_extractor
+from trapmid_tf.models.torch_layers import torch_default_dense
+from trapmid_tf.validation import check_model, check_positive_int
 
 _serialize = keras.saving.serialize_keras_object
 _deserialize = keras.saving.deserialize_keras_object
@@ -73,10 +74,7 @@ def non_negative_float(name, value, allow_zero=True):
 
 
 def _check_classifier(classifier):
-    if not isinstance(classifier, keras.Model):
-        raise ValueError(
-            f"`classifier` must be a keras.Model; received {type(classifier).__name__}."
-        )
+    check_model("classifier", classifier)
     try:
         inputs, outputs = classifier.inputs, classifier.outputs
         input_shape, output_shape = classifier.input_shape, classifier.output_shape

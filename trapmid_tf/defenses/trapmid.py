@@ -17,9 +17,10 @@ from trapmid_tf.defenses.sign_step import SignedGradientStep
 from trapmid_tf.files import atomic_path
 from trapmid_tf.layers.augment import TrapdoorAugment
 from trapmid_tf.layers.triggers import BlendTrigger
-from trapmid_tf.models.common import plain_keras_copy
+from trapmid_tf.models.copies import plain_keras_copy
 from trapmid_tf.models.features import feature_extractor
 from trapmid_tf.saving import SeedStateMixin
+from trapmid_tf.validation import check_model
 
 _serialize = keras.saving.serialize_keras_object
 _deserialize = keras.saving.deserialize_keras_object
@@ -146,10 +147,7 @@ class TrapMIDModel(SeedStateMixin, keras.Model):
 
     @staticmethod
     def _check_arguments(classifier, num_classes, beta, trigger_step_size):
-        if not isinstance(classifier, keras.Model):
-            raise ValueError(
-                f"`classifier` must be a keras.Model; received {type(classifier).__name__}."
-            )
+        check_model("classifier", classifier)
         if len(classifier.input_shape) != 4 or None in classifier.input_shape[1:]:
             raise ValueError(
                 "`classifier` must take images of a fixed (height, width, channels); its input "

@@ -1,12 +1,11 @@
 """`FastTrapMIDModel`: Trap-MID at a lower cost per step, an algorithm of its own."""
 
-import numbers
-
 import keras
 import tensorflow as tf
 from keras import ops
 
 from trapmid_tf.defenses.trapmid import TrapMIDModel
+from trapmid_tf.validation import check_positive_int
 
 
 @keras.saving.register_keras_serializable(package="trapmid_tf")
@@ -37,16 +36,9 @@ class FastTrapMIDModel(TrapMIDModel):
                 "FastTrapMIDModel reads the triggers' gradient from the classifier loss, so "
                 "`beta` must be > 0; received beta=0."
             )
-        if (
-            isinstance(discriminator_interval, bool)
-            or not isinstance(discriminator_interval, numbers.Integral)
-            or discriminator_interval < 1
-        ):
-            raise ValueError(
-                "`discriminator_interval` must be an integer >= 1; received "
-                f"{discriminator_interval!r}."
-            )
-        self.discriminator_interval = int(discriminator_interval)
+        self.discriminator_interval = check_positive_int(
+            "discriminator_interval", discriminator_interval
+        )
 
     def compile(self, *args, **kwargs):
         """`TrapMIDModel.compile`, refusing several replicas when k > 1.

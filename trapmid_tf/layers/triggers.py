@@ -3,10 +3,7 @@
 import keras
 from keras import ops
 
-
-def _check_alpha(alpha):
-    if not 0.0 < float(alpha) < 1.0:
-        raise ValueError(f"`alpha` must be in (0, 1); received {alpha!r}.")
+from trapmid_tf.validation import check_open_unit_interval
 
 
 @keras.saving.register_keras_serializable(package="trapmid_tf")
@@ -49,7 +46,7 @@ class BlendTrigger(keras.layers.Layer):
                 f"`channels` must be 1 or the image channels ({image_shape[-1]}); "
                 f"received {channels!r}."
             )
-        _check_alpha(alpha)
+        check_open_unit_interval("alpha", alpha)
         self.num_classes = int(num_classes)
         self.image_shape = image_shape
         self.alpha = float(alpha)

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from trapmid_tf.metrics._checks import as_feature_matrix, as_labels, as_positive_int
+from trapmid_tf.validation import as_feature_matrix, as_labels, check_positive_int
 
 
 def top_k_accuracy(scores, labels, k=1):
@@ -28,7 +28,7 @@ def top_k_accuracy(scores, labels, k=1):
     scores = as_feature_matrix(scores, "scores")
     num_samples, num_classes = scores.shape
     labels = as_labels(labels, "labels", num_samples, num_classes)
-    k = as_positive_int(k, "k")
+    k = check_positive_int("k", k)
     if k > num_classes:
         raise ValueError(f"`k` must be <= the number of classes ({num_classes}); received {k}.")
     label_scores = scores[np.arange(num_samples), labels]

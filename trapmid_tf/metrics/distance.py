@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from trapmid_tf.metrics._checks import as_feature_matrix, as_labels, check_same_dims
+from trapmid_tf.validation import as_feature_matrix, as_labels, check_same_dims
 
 # Largest distance block held in memory at once (float64 entries, 32 MiB).
 _MAX_BLOCK_ENTRIES = 1 << 22

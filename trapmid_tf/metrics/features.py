@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from trapmid_tf.metrics._checks import as_positive_int
+from trapmid_tf.validation import check_positive_int
 
 
 def batched_predict(model, images, batch_size=100):
@@ -23,7 +23,7 @@ def batched_predict(model, images, batch_size=100):
         ValueError: If `images` is not a non-empty 4-D array, `batch_size` is not a positive
             integer, or the model has more than one output.
     """
-    batch_size = as_positive_int(batch_size, "batch_size")
+    batch_size = check_positive_int("batch_size", batch_size)
     images = np.asarray(images, dtype=np.float32)
     if images.ndim != 4 or images.shape[0] < 1:
         raise ValueError(

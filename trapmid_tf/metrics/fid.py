@@ -7,7 +7,7 @@ import numpy as np
 import scipy.linalg
 from keras import ops
 
-from trapmid_tf.metrics._checks import as_feature_matrix, check_same_dims
+from trapmid_tf.validation import as_feature_matrix, check_same_dims
 from trapmid_tf.metrics.features import batched_predict
 
 INCEPTION_IMAGE_SIZE = 299

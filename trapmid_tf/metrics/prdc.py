@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from trapmid_tf.metrics._checks import as_feature_matrix, as_positive_int, check_same_dims
+from trapmid_tf.validation import as_feature_matrix, check_positive_int, check_same_dims
 from trapmid_tf.metrics.distance import squared_distance_blocks
 
 
@@ -40,7 +40,7 @@ def prdc(real_features, fake_features, nearest_k=5):
         ValueError: If `nearest_k` is not a positive integer, a set has at most
             `nearest_k` samples, or the feature dims differ.
     """
-    nearest_k = as_positive_int(nearest_k, "nearest_k")
+    nearest_k = check_positive_int("nearest_k", nearest_k)
     real = as_feature_matrix(real_features, "real_features", min_rows=nearest_k + 1)
     fake = as_feature_matrix(fake_features, "fake_features", min_rows=nearest_k + 1)
     check_same_dims(real, "real_features", fake, "fake_features")

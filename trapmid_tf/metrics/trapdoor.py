@@ -14,14 +14,14 @@ triggers. Typical use:
 
 import numpy as np
 
-from trapmid_tf.metrics._checks import (
+from trapmid_tf.metrics.features import batched_predict
+from trapmid_tf.validation import (
     as_feature_matrix,
     as_labels,
-    as_positive_int,
     as_score_vector,
+    check_positive_int,
     check_same_dims,
 )
-from trapmid_tf.metrics.features import batched_predict
 
 
 def class_signatures(features, labels, num_classes):
@@ -39,7 +39,7 @@ def class_signatures(features, labels, num_classes):
         ValueError: If shapes disagree, a label is out of range, or a class has no sample.
     """
     features = as_feature_matrix(features, "features")
-    num_classes = as_positive_int(num_classes, "num_classes")
+    num_classes = check_positive_int("num_classes", num_classes)
     labels = as_labels(labels, "labels", features.shape[0], num_classes)
     counts = np.bincount(labels, minlength=num_classes)
     if np.any(counts == 0):

@@ -1,7 +1,8 @@
 """Classifier zoo (logit outputs), the feature-extractor convention, and GAN networks.
 
 PyTorch checkpoints of the reference's architectures load with `load_torch_weights`.
-Zoo convolutions are `FastGradConv2D` and zoo batch norms `FusedBatchNorm`;
+Zoo convolutions are `FastGradConv2D` and zoo batch norms `FusedBatchNorm` (layers of
+`trapmid_tf.layers`, also exported here);
 `plain_keras_copy` makes a deployable copy of standard Keras layers and `load_classifier` /
 `fast_gradient_copy` the reverse, for attacks.
 """
@@ -13,14 +14,10 @@ from trapmid_tf.models.cgan import (
     resnet_generator,
     sn_projection_discriminator,
 )
-from trapmid_tf.models.common import (
-    FastGradConv2D,
-    fast_gradient_copy,
-    load_classifier,
-    plain_keras_copy,
-)
+from trapmid_tf.layers.fast_grad_conv import FastGradConv2D
+from trapmid_tf.layers.fused_batch_norm import FusedBatchNorm
+from trapmid_tf.models.copies import fast_gradient_copy, load_classifier, plain_keras_copy
 from trapmid_tf.models.features import feature_extractor, features_and_logits
-from trapmid_tf.models.fused_batch_norm import FusedBatchNorm
 from trapmid_tf.models.gan import (
     MinibatchDiscrimination,
     dcgan_generator,

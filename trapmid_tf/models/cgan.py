@@ -14,8 +14,9 @@ import math
 import keras
 from keras import ops
 
-from trapmid_tf.models import common
+from trapmid_tf.models import torch_layers
 from trapmid_tf.models.gan import sampling_stages
+from trapmid_tf.validation import check_positive_int
 
 BOTTOM_SIDE = 4  # generator starting map and smallest step of the image side
 FINAL_SIDE = 2  # side of the discriminator's last feature map
@@ -46,13 +47,13 @@ class ConditionalBatchNorm(keras.layers.Layer):
 
     def __init__(self, num_classes, **kwargs):
         super().__init__(**kwargs)
-        common.check_positive_int("num_classes", num_classes)
+        check_positive_int("num_classes", num_classes)
         self.num_classes = int(num_classes)
         self.batch_norm = keras.layers.BatchNormalization(
             center=False,
             scale=False,
-            momentum=common.BN_MOMENTUM,
-            epsilon=common.BN_EPSILON,
+            momentum=torch_layers.BN_MOMENTUM,
+            epsilon=torch_layers.BN_EPSILON,
             name="batch_norm",
         )
 
@@ -123,8 +124,8 @@ class SNEmbedding(keras.layers.Layer):
 
     def __init__(self, num_classes, output_dim, embeddings_initializer="glorot_uniform", **kwargs):
         super().__init__(**kwargs)
-        common.check_positive_int("num_classes", num_classes)
-        common.check_positive_int("output_dim", output_dim)
+        check_positive_int("num_classes", num_classes)
+        check_positive_int("output_dim", output_dim)
         self.num_classes = int(num_classes)
         self.output_dim = int(output_dim)
         self.embeddings_initializer = keras.initializers.get(embeddings_initializer)
@@ -189,7 +190,7 @@ def _conv(filters, kernel_size, in_channels, kernel_initializer, name):
         kernel_size,
         padding="same",
         kernel_initializer=kernel_initializer,
-        bias_initializer=common.torch_default_bias(in_channels * kernel_size**2),
+        bias_initializer=torch_layers.torch_default_bias(in_channels * kernel_size**2),
         name=name,
     )
 
@@ -201,7 +202,7 @@ def _conv(filters, kernel_size, in_channels, kernel_initializer, name):
 
 def _torch_default_conv(x, filters, kernel_size, name):
     """PyTorch-initialised conv (U(±1/√fan_in) weights and bias), as the reference generator."""
-    return _conv(filters, kernel_size, x.shape[-1], common.torch_default_kernel(), name)(x)
+    return _conv(filters, kernel_size, x.shape[-1], torch_layers.torch_default_kernel(), name)(x)
 
 
 def _upsample(x, name):
@@ -224,12 +225,15 @@ def _up_block(x, labels, filters, num_classes, name):
 
 def _generator_images(latents, labels, stages, channels, num_classes, base_channels):
     width = _width(stages, base_channels)
-    x = common.torch_default_dense(BOTTOM_SIDE**2 * width, latents.shape[-1], "linear")(latents)
+    linear = torch_layers.torch_default_dense(
+        BOTTOM_SIDE**2 * width, latents.shape[-1], "linear"
+    )
+    x = linear(latents)
     x = keras.layers.Reshape((BOTTOM_SIDE, BOTTOM_SIDE, width), name="reshape")(x)
     for block in range(1, stages + 1):
         filters = _width(stages - block, base_channels)
         x = _up_block(x, labels, filters, num_classes, f"block{block}")
-    x = common.batch_norm("final_bn")(x)
+    x = torch_layers.batch_norm("final_bn")(x)
     x = keras.layers.ReLU(name="final_relu")(x)
     x = _torch_default_conv(x, channels, 1, "to_image")
     # Images are float32 under any dtype policy (bfloat16 mixed precision included).
@@ -286,7 +290,7 @@ class ResNetGenerator(keras.Model):
             ("z_dim", z_dim),
             ("base_channels", base_channels),
         ):
-            common.check_positive_int(argument, value)
+            check_positive_int(argument, value)
         latents = keras.Input((z_dim,), name="latent")
         labels = keras.Input((), dtype="int32", name="label")
         images = _generator_images(
@@ -333,7 +337,8 @@ def resnet_generator(image_shape, num_classes, z_dim=128, base_channels=64):
 
 def _sn_conv(x, filters, kernel_size, gain, name):
     """Spectrally normalised conv, Xavier-uniform weights of the given gain."""
-    conv = _conv(filters, kernel_size, x.shape[-1], common.xavier_uniform(gain), f"{name}_conv")
+    initializer = torch_layers.xavier_uniform(gain)
+    conv = _conv(filters, kernel_size, x.shape[-1], initializer, f"{name}_conv")
     return keras.layers.SpectralNormalization(conv, power_iterations=1, name=name)(x)
 
 
@@ -392,8 +397,8 @@ def sn_projection_discriminator(
         ValueError: On a bad argument.
     """
     stages, image_shape = sampling_stages(image_shape, "sn_projection_discriminator")
-    common.check_positive_int("num_classes", num_classes)
-    common.check_positive_int("base_channels", base_channels)
+    check_positive_int("num_classes", num_classes)
+    check_positive_int("base_channels", base_channels)
     images = keras.Input(image_shape, name="image")
     labels = keras.Input((), dtype="int32", name="label")
     x = _optimized_block(images, _width(0, base_channels), "block1")
@@ -405,8 +410,8 @@ def sn_projection_discriminator(
     width = features.shape[-1]
     linear = keras.layers.Dense(
         1,
-        kernel_initializer=common.xavier_uniform(1.0),
-        bias_initializer=common.torch_default_bias(width),
+        kernel_initializer=torch_layers.xavier_uniform(1.0),
+        bias_initializer=torch_layers.torch_default_bias(width),
         name="linear_dense",
     )
     unconditional = keras.layers.SpectralNormalization(linear, power_iterations=1, name="linear")(

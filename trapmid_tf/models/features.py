@@ -8,6 +8,7 @@ layer is a Dense. The views share the classifier's layers and weights; nothing i
 import keras
 
 from trapmid_tf.models.common import LOGITS_LAYER_NAME
+from trapmid_tf.validation import check_model
 
 
 def _logits_layer(model):
@@ -35,8 +36,7 @@ def _not_functional_error(model, reason):
 
 def _feature_and_logits_tensors(model):
     """Returns `(inputs, (features, logits))` symbolic tensors of `model`."""
-    if not isinstance(model, keras.Model):
-        raise ValueError(f"`model` must be a keras.Model; received {type(model).__name__}.")
+    check_model("model", model)
     layer = _logits_layer(model)
     try:
         inputs = model.inputs

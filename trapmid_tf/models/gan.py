@@ -18,7 +18,8 @@ discriminator's flattened feature is HWC-ordered).
 import keras
 from keras import ops
 
-from trapmid_tf.models import common
+from trapmid_tf.models import common, torch_layers
+from trapmid_tf.validation import check_input_shape, check_positive_int
 
 MIN_SIDE = 8  # 4 * 2^1: one sampling stage
 LEAKY_SLOPE = 0.2
@@ -48,7 +49,7 @@ def sampling_stages(image_shape, model_name):
         f"{image_shape!r}."
     )
     try:
-        shape = common.check_input_shape(image_shape, MIN_SIDE, model_name)
+        shape = check_input_shape(image_shape, MIN_SIDE, model_name)
     except ValueError:
         raise error from None
     side = shape[0]
@@ -142,20 +143,22 @@ def dcgan_generator(
         ValueError: On a bad `image_shape`, `z_dim` or `base_channels`.
     """
     stages, image_shape = sampling_stages(image_shape, "dcgan_generator")
-    common.check_positive_int("z_dim", z_dim)
-    common.check_positive_int("base_channels", base_channels)
+    check_positive_int("z_dim", z_dim)
+    check_positive_int("base_channels", base_channels)
     channels = _generator_channels(stages, base_channels)
     z = keras.Input((z_dim,), name="z")
     x = keras.layers.Dense(
-        4 * 4 * channels[0], use_bias=False, kernel_initializer=common.torch_default_kernel(),
+        4 * 4 * channels[0], use_bias=False, kernel_initializer=torch_layers.torch_default_kernel(),
         name="project",
     )(z)
-    x = common.batch_norm("project_bn", torch_running_variance=torch_running_variance)(x)
+    x = torch_layers.batch_norm("project_bn", torch_running_variance=torch_running_variance)(x)
     x = keras.layers.ReLU(name="project_relu")(x)
     x = keras.layers.Reshape((4, 4, channels[0]), name="reshape")(x)
     for stage, filters in enumerate(channels[1:], start=1):
         x = _upsample(x, filters, use_bias=False, name=f"up{stage}")
-        x = common.batch_norm(f"up{stage}_bn", torch_running_variance=torch_running_variance)(x)
+        x = torch_layers.batch_norm(
+            f"up{stage}_bn", torch_running_variance=torch_running_variance
+        )(x)
         x = keras.layers.ReLU(name=f"up{stage}_relu")(x)
     x = _upsample(x, image_shape[-1], use_bias=True, name=f"up{stages}")
     # Images are float32 under any dtype policy (bfloat16 mixed precision included).
@@ -173,8 +176,8 @@ def _upsample(x, filters, use_bias, name):
         padding=2,
         output_padding=1,
         use_bias=use_bias,
-        kernel_initializer=common.torch_default_kernel(),
-        bias_initializer=common.torch_default_bias(filters * 25),
+        kernel_initializer=torch_layers.torch_default_kernel(),
+        bias_initializer=torch_layers.torch_default_bias(filters * 25),
         name=name,
     )
 
@@ -186,14 +189,14 @@ def _instance_norm(name):
 
 def _down_block(x, filters, kernel_size, padding, instance_norm, name):
     """Conv(k, s2, p) [-> InstanceNorm] -> LeakyReLU(0.2): halves the side."""
-    x = common.conv2d(
+    x = torch_layers.conv2d(
         x,
         filters,
         kernel_size,
         strides=2,
         padding=padding,
         use_bias=True,
-        kernel_initializer=common.torch_default_kernel(),
+        kernel_initializer=torch_layers.torch_default_kernel(),
         name=f"{name}_conv",
     )
     if instance_norm:
@@ -221,14 +224,19 @@ def wgan_critic(image_shape, base_channels=64, name="wgan_critic"):
         ValueError: On a bad `image_shape` or `base_channels`.
     """
     stages, image_shape = sampling_stages(image_shape, "wgan_critic")
-    common.check_positive_int("base_channels", base_channels)
+    check_positive_int("base_channels", base_channels)
     images = keras.Input(image_shape, name="image")
     x = images
     for stage in range(stages):
         filters = base_channels * min(2**stage, MAX_CHANNEL_MULTIPLIER)
         x = _down_block(x, filters, 5, 2, instance_norm=stage > 0, name=f"down{stage + 1}")
-    x = common.conv2d(
-        x, 1, 4, use_bias=True, kernel_initializer=common.torch_default_kernel(), name="score_conv"
+    x = torch_layers.conv2d(
+        x,
+        1,
+        4,
+        use_bias=True,
+        kernel_initializer=torch_layers.torch_default_kernel(),
+        name="score_conv",
     )
     scores = keras.layers.Flatten(name="score")(x)
     return keras.Model(images, scores, name=name)
@@ -250,8 +258,8 @@ class MinibatchDiscrimination(keras.layers.Layer):
 
     def __init__(self, kernels=64, kernel_dim=50, **kwargs):
         super().__init__(**kwargs)
-        common.check_positive_int("kernels", kernels)
-        common.check_positive_int("kernel_dim", kernel_dim)
+        check_positive_int("kernels", kernels)
+        check_positive_int("kernel_dim", kernel_dim)
         self.kernels = int(kernels)
         self.kernel_dim = int(kernel_dim)
 
@@ -318,8 +326,8 @@ def minibatch_discriminator(
         ValueError: On a bad `image_shape` or a non-positive size argument.
     """
     stages, image_shape = sampling_stages(image_shape, "minibatch_discriminator")
-    common.check_positive_int("num_classes", num_classes)
-    common.check_positive_int("base_channels", base_channels)
+    check_positive_int("num_classes", num_classes)
+    check_positive_int("base_channels", base_channels)
     images = keras.Input(image_shape, name="image")
     x = images
     filters = base_channels
@@ -330,5 +338,5 @@ def minibatch_discriminator(
     features = keras.layers.Flatten(name=FEATURES_LAYER_NAME)(x)
     similarity = MinibatchDiscrimination(kernels, kernel_dim, name="minibatch")(features)
     x = keras.layers.Concatenate(name="features_and_minibatch")([features, similarity])
-    logits = common.torch_default_dense(num_classes, x.shape[-1], common.LOGITS_LAYER_NAME)(x)
+    logits = torch_layers.torch_default_dense(num_classes, x.shape[-1], common.LOGITS_LAYER_NAME)(x)
     return keras.Model(images, logits, name=name)

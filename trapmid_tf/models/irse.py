@@ -9,7 +9,8 @@ BN2d -> Dropout(0.5) -> Flatten -> Dense(512) -> BN1d (the 512-d feature) -> Den
 import keras
 import tensorflow as tf
 
-from trapmid_tf.models import common
+from trapmid_tf.models import common, torch_layers
+from trapmid_tf.validation import check_input_shape, check_positive_int
 
 STAGE_DEPTHS = (64, 128, 256, 512)
 IR50_UNITS = (3, 4, 14, 3)
@@ -21,7 +22,7 @@ EVALUATION_SIDE = 112  # input side of the reference's FaceNet evaluation model
 
 
 def _conv(x, filters, kernel_size, strides, padding, name):
-    return common.conv2d(
+    return torch_layers.conv2d(
         x,
         filters,
         kernel_size,
@@ -45,22 +46,22 @@ def _bottleneck_ir(x, depth, strides, name, torch_running_variance):
             shortcut = keras.layers.MaxPooling2D(1, strides=strides, name=f"{name}_subsample")(x)
     else:
         shortcut = _conv(x, depth, 1, strides, 0, f"{name}_shortcut_conv")
-        shortcut = common.batch_norm(
+        shortcut = torch_layers.batch_norm(
             f"{name}_shortcut_bn", torch_running_variance=torch_running_variance
         )(shortcut)
-    y = common.batch_norm(f"{name}_bn1", torch_running_variance=torch_running_variance)(x)
+    y = torch_layers.batch_norm(f"{name}_bn1", torch_running_variance=torch_running_variance)(x)
     y = _conv(y, depth, 3, 1, 1, f"{name}_conv1")
-    y = common.prelu(f"{name}_prelu")(y)
+    y = torch_layers.prelu(f"{name}_prelu")(y)
     y = _conv(y, depth, 3, strides, 1, f"{name}_conv2")
-    y = common.batch_norm(f"{name}_bn2", torch_running_variance=torch_running_variance)(y)
+    y = torch_layers.batch_norm(f"{name}_bn2", torch_running_variance=torch_running_variance)(y)
     return keras.layers.Add(name=f"{name}_add")([y, shortcut])
 
 
 def _ir_body(inputs, units, torch_running_variance):
     """Stem (conv3x3 + BN + PReLU) and four IR stages; the first unit of each stage has stride 2."""
     x = _conv(inputs, STAGE_DEPTHS[0], 3, 1, 1, "stem_conv")
-    x = common.batch_norm("stem_bn", torch_running_variance=torch_running_variance)(x)
-    x = common.prelu("stem_prelu")(x)
+    x = torch_layers.batch_norm("stem_bn", torch_running_variance=torch_running_variance)(x)
+    x = torch_layers.prelu("stem_prelu")(x)
     for stage, (depth, count) in enumerate(zip(STAGE_DEPTHS, units), start=1):
         for unit in range(count):
             x = _bottleneck_ir(
@@ -78,22 +79,22 @@ def _ir_classifier(
 
     The head Dense uses PyTorch's `nn.Linear` default init, or Xavier-uniform weights and
     zero bias when `head_dense_xavier` (the head inside face.evoLVe's 112x112 backbone).
-    `torch_running_variance` goes to every batch norm (`common.batch_norm`).
+    `torch_running_variance` goes to every batch norm (`torch_layers.batch_norm`).
     """
-    input_shape = common.check_input_shape(input_shape, min_size, arch)
-    common.check_positive_int("num_classes", num_classes)
+    input_shape = check_input_shape(input_shape, min_size, arch)
+    check_positive_int("num_classes", num_classes)
     inputs = keras.Input(input_shape, name="image")
     x = _ir_body(inputs if resize is None else resize(inputs), units, torch_running_variance)
-    x = common.batch_norm("head_bn2d", torch_running_variance=torch_running_variance)(x)
+    x = torch_layers.batch_norm("head_bn2d", torch_running_variance=torch_running_variance)(x)
     x = keras.layers.Dropout(DROPOUT_RATE, seed=dropout_seed, name="head_dropout")(x)
     x = keras.layers.Flatten(name="head_flatten")(x)
     if head_dense_xavier:
         dense = keras.layers.Dense(
-            FEATURE_DIM, kernel_initializer=common.xavier_uniform(), name="head_dense"
+            FEATURE_DIM, kernel_initializer=torch_layers.xavier_uniform(), name="head_dense"
         )
     else:
-        dense = common.torch_default_dense(FEATURE_DIM, x.shape[-1], "head_dense")
-    features = common.batch_norm(
+        dense = torch_layers.torch_default_dense(FEATURE_DIM, x.shape[-1], "head_dense")
+    features = torch_layers.batch_norm(
         "feature_bn", torch_running_variance=torch_running_variance
     )(dense(x))
     return common.classifier_model(inputs, features, num_classes, weights, name)
@@ -117,8 +118,8 @@ class BilinearResize(keras.layers.Layer):
 
     def __init__(self, height, width, align_corners, **kwargs):
         super().__init__(**kwargs)
-        common.check_positive_int("height", height)
-        common.check_positive_int("width", width)
+        check_positive_int("height", height)
+        check_positive_int("width", width)
         if not isinstance(align_corners, bool):
             raise ValueError(f"`align_corners` must be True or False; received {align_corners!r}.")
         self.height, self.width, self.align_corners = int(height), int(width), align_corners

@@ -2,7 +2,8 @@
 
 import keras
 
-from trapmid_tf.models import common
+from trapmid_tf.models import common, torch_layers
+from trapmid_tf.validation import check_input_shape, check_positive_int
 
 STAGE_FILTERS = (64, 128, 256, 512)
 BLOCKS_PER_STAGE = 2
@@ -10,14 +11,14 @@ MIN_SIZE = 32  # stem stride 2, max pool stride 2, three stride-2 stages
 
 
 def _conv(x, filters, kernel_size, strides, padding, name):
-    return common.conv2d(
+    return torch_layers.conv2d(
         x,
         filters,
         kernel_size,
         strides=strides,
         padding=padding,
         use_bias=False,
-        kernel_initializer=common.kaiming_normal_fan_out(),
+        kernel_initializer=torch_layers.kaiming_normal_fan_out(),
         name=name,
     )
 
@@ -25,14 +26,14 @@ def _conv(x, filters, kernel_size, strides, padding, name):
 def _basic_block(x, filters, strides, name, torch_running_variance):
     """ResNet BasicBlock: relu(bn(conv3x3(relu(bn(conv3x3_s(x))))) + shortcut(x))."""
     y = _conv(x, filters, 3, strides, 1, f"{name}_conv1")
-    y = common.batch_norm(f"{name}_bn1", torch_running_variance=torch_running_variance)(y)
+    y = torch_layers.batch_norm(f"{name}_bn1", torch_running_variance=torch_running_variance)(y)
     y = keras.layers.ReLU(name=f"{name}_relu1")(y)
     y = _conv(y, filters, 3, 1, 1, f"{name}_conv2")
-    y = common.batch_norm(f"{name}_bn2", torch_running_variance=torch_running_variance)(y)
+    y = torch_layers.batch_norm(f"{name}_bn2", torch_running_variance=torch_running_variance)(y)
     shortcut = x
     if strides != 1 or x.shape[-1] != filters:
         shortcut = _conv(x, filters, 1, strides, 0, f"{name}_downsample")
-        shortcut = common.batch_norm(
+        shortcut = torch_layers.batch_norm(
             f"{name}_downsample_bn", torch_running_variance=torch_running_variance
         )(shortcut)
     y = keras.layers.Add(name=f"{name}_add")([y, shortcut])
@@ -55,13 +56,13 @@ def ir18(input_shape, num_classes, weights=None, name="ir18", torch_running_vari
     Raises:
         ValueError, FileNotFoundError: As `vgg16_bn`.
     """
-    input_shape = common.check_input_shape(input_shape, MIN_SIZE, "ir18")
-    common.check_positive_int("num_classes", num_classes)
+    input_shape = check_input_shape(input_shape, MIN_SIZE, "ir18")
+    check_positive_int("num_classes", num_classes)
     inputs = keras.Input(input_shape, name="image")
     x = _conv(inputs, 64, 7, 2, 3, "stem_conv")
-    x = common.batch_norm("stem_bn", torch_running_variance=torch_running_variance)(x)
+    x = torch_layers.batch_norm("stem_bn", torch_running_variance=torch_running_variance)(x)
     x = keras.layers.ReLU(name="stem_relu")(x)
-    x = common.max_pool_non_negative(x, 3, 2, 1, "stem_pool")
+    x = torch_layers.max_pool_non_negative(x, 3, 2, 1, "stem_pool")
     for stage, filters in enumerate(STAGE_FILTERS, start=1):
         for block in range(BLOCKS_PER_STAGE):
             strides = 2 if stage > 1 and block == 0 else 1

@@ -2,7 +2,8 @@
 
 import keras
 
-from trapmid_tf.models import common
+from trapmid_tf.models import common, torch_layers
+from trapmid_tf.validation import check_input_shape, check_positive_int
 
 WIDTH_MULTIPLIERS = (1, 2, 4)  # channels of the conv blocks, in units of `width`
 MIN_SIZE = 2 ** len(WIDTH_MULTIPLIERS)
@@ -11,7 +12,7 @@ MIN_SIZE = 2 ** len(WIDTH_MULTIPLIERS)
 def _maybe_batch_norm(x, batch_norm, name, torch_running_variance):
     if not batch_norm:
         return x
-    return common.batch_norm(name, torch_running_variance=torch_running_variance)(x)
+    return torch_layers.batch_norm(name, torch_running_variance=torch_running_variance)(x)
 
 
 def small_cnn(
@@ -56,20 +57,20 @@ def small_cnn(
         >>> model.output_shape, model.get_layer("logits").units
         ((None, 5), 5)
     """
-    input_shape = common.check_input_shape(input_shape, MIN_SIZE, "small_cnn")
-    common.check_positive_int("num_classes", num_classes)
-    common.check_positive_int("width", width)
-    common.check_positive_int("feature_dim", feature_dim)
+    input_shape = check_input_shape(input_shape, MIN_SIZE, "small_cnn")
+    check_positive_int("num_classes", num_classes)
+    check_positive_int("width", width)
+    check_positive_int("feature_dim", feature_dim)
     inputs = keras.Input(input_shape, name="image")
     x = inputs
     for block, multiplier in enumerate(WIDTH_MULTIPLIERS, start=1):
-        x = common.conv2d(
+        x = torch_layers.conv2d(
             x,
             width * multiplier,
             3,
             padding=1,
             use_bias=not batch_norm,
-            kernel_initializer=common.kaiming_normal_fan_out(),
+            kernel_initializer=torch_layers.kaiming_normal_fan_out(),
             name=f"block{block}_conv",
         )
         x = _maybe_batch_norm(x, batch_norm, f"block{block}_bn", torch_running_variance)

@@ -30,10 +30,10 @@ not mapped.
 import dataclasses
 from typing import Callable
 
-import keras
 import numpy as np
 
 from trapmid_tf.models.torch_checkpoint import read_torch_checkpoint, state_dict_from_checkpoint
+from trapmid_tf.validation import check_model
 
 _IGNORED_SUFFIX = ".num_batches_tracked"
 
@@ -267,8 +267,7 @@ def _mapper(model, architecture):
         raise ValueError(
             f"`architecture` must be one of {sorted(ARCHITECTURES)}; received {architecture!r}."
         )
-    if not isinstance(model, keras.Model):
-        raise ValueError(f"`model` must be a keras.Model; received {type(model).__name__}.")
+    check_model("model", model)
     mapper = _Mapper(model, architecture)
     ARCHITECTURES[architecture](mapper)
     return mapper

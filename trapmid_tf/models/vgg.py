@@ -2,7 +2,8 @@
 
 import keras
 
-from trapmid_tf.models import common
+from trapmid_tf.models import common, torch_layers
+from trapmid_tf.validation import check_input_shape, check_positive_int
 
 # (channels, convs) per block; each block ends in a 2x2 max pool (torchvision vgg16_bn.features).
 VGG16_BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
@@ -34,27 +35,29 @@ def vgg16_bn(
         ValueError: On a bad `input_shape` or `num_classes`.
         FileNotFoundError: If `weights` names a missing file.
     """
-    input_shape = common.check_input_shape(input_shape, MIN_SIZE, "vgg16_bn")
-    common.check_positive_int("num_classes", num_classes)
+    input_shape = check_input_shape(input_shape, MIN_SIZE, "vgg16_bn")
+    check_positive_int("num_classes", num_classes)
     inputs = keras.Input(input_shape, name="image")
     x = inputs
     for block, (filters, convs) in enumerate(VGG16_BLOCKS, start=1):
         for conv in range(1, convs + 1):
             prefix = f"block{block}_conv{conv}"
-            x = common.conv2d(
+            x = torch_layers.conv2d(
                 x,
                 filters,
                 3,
                 padding=1,
                 use_bias=True,
-                kernel_initializer=common.kaiming_normal_fan_out(),
+                kernel_initializer=torch_layers.kaiming_normal_fan_out(),
                 name=prefix,
             )
-            x = common.batch_norm(f"{prefix}_bn", torch_running_variance=torch_running_variance)(x)
+            x = torch_layers.batch_norm(
+                f"{prefix}_bn", torch_running_variance=torch_running_variance
+            )(x)
             x = keras.layers.ReLU(name=f"{prefix}_relu")(x)
         x = keras.layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
     x = keras.layers.Flatten(name="flatten")(x)
-    features = common.batch_norm(
+    features = torch_layers.batch_norm(
         "feature_bn", center=False, torch_running_variance=torch_running_variance
     )(x)
     return common.classifier_model(inputs, features, num_classes, weights, name)
