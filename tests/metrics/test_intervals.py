@@ -12,7 +12,6 @@ import math
 import numpy as np
 import pytest
 from numpy.polynomial.hermite_e import hermegauss
-from scipy import stats
 
 from trapmid_tf.metrics import intervals
 from trapmid_tf.metrics.intervals import (
@@ -23,7 +22,6 @@ from trapmid_tf.metrics.intervals import (
     VERDICT_WORDS,
     Comparison,
     Estimate,
-    bootstrap_difference,
     clopper_pearson,
     compare,
     decide,
@@ -260,12 +258,12 @@ def _simulated_counts(rng, seeds, shared, arm, effect=-1.0):
 
 
 def _old_bootstrap_intervals(defended, baseline, rng, resamples=500):
-    """`bootstrap_difference`'s intervals of every data set, drawn all at once.
+    """The old two-level bootstrap's intervals of every data set, drawn all at once.
 
-    The same procedure: per arm, seeds drawn with replacement, then each drawn seed's 0/1
-    outcomes resampled with replacement, which draws Binomial(n, k / n) successes. (500
-    resamples instead of its default 2000, for time: the 2.5% end lies between the 13th and
-    14th of 500 draws.)
+    The procedure the report used before the paired intervals (since removed): per arm,
+    seeds drawn with replacement, then each drawn seed's 0/1 outcomes resampled with
+    replacement, which draws Binomial(n, k / n) successes. (500 resamples instead of its
+    2000, for time: the 2.5% end lies between the 13th and 14th of 500 draws.)
     """
     def resampled_means(counts):
         chosen = rng.integers(0, counts.shape[1], (counts.shape[0], resamples, counts.shape[1]))
@@ -307,40 +305,6 @@ def test_paired_intervals_cover_the_true_difference_and_ratio(seeds, shared, arm
         assert np.mean((low <= difference) & (difference <= high)) < 0.93
 
 
-# ---- the old two-level bootstrap, kept for recipes/convergence.py ----
-
-
-def test_bootstrap_difference_of_groups_without_spread_is_exact():
-    # Every resample of a constant group has the same mean, so the interval collapses.
-    difference = bootstrap_difference([np.full(10, 0.2)] * 3, [np.full(20, 0.8)] * 2)
-    assert (difference.mean, difference.low, difference.high) == pytest.approx(
-        (-0.6, -0.6, -0.6), abs=1e-15
-    )
-    assert (difference.seeds, difference.samples, difference.method) == (
-        5, 70, intervals.BOOTSTRAP
-    )
-
-
-def test_bootstrap_difference_against_the_exact_bootstrap_distribution():
-    # 6 of 20 vs 15 of 20 successes, one seed each: resampling draws Binomial(20, 6/20) and
-    # Binomial(20, 15/20) successes independently, a 21 x 21 table of outcomes. The
-    # q-quantile of B draws sits at a position in that distribution with sd
-    # sqrt(q (1 - q) / B); as it is discrete, an end x is right when P(D < x) <= q + tol and
-    # P(D <= x) >= q - tol, tol = 5 sd + 1/B (two-sided probability ~6e-7).
-    resamples, size = 20_000, 20
-    estimate = bootstrap_difference(bernoulli_groups((6,), size), bernoulli_groups((15,), size),
-                                    resamples=resamples)
-    assert estimate.mean == pytest.approx(0.3 - 0.75, abs=EXACT)
-    counts = np.arange(size + 1)
-    values = (counts[:, None] - counts[None, :]).ravel() / size
-    probabilities = np.outer(stats.binom.pmf(counts, size, 0.3),
-                             stats.binom.pmf(counts, size, 0.75)).ravel()
-    tolerance = 5 * math.sqrt(TAIL * (1 - TAIL) / resamples) + 1 / resamples
-    for end, position in ((estimate.low, TAIL), (estimate.high, 1 - TAIL)):
-        assert probabilities[values < end - EXACT].sum() <= position + tolerance
-        assert probabilities[values <= end + EXACT].sum() >= position - tolerance
-
-
 @pytest.mark.parametrize(
     "call, name",
     [
@@ -363,9 +327,6 @@ def test_bootstrap_difference_against_the_exact_bootstrap_distribution():
         (lambda: holm([0.5, 1.5]), "`p_values`"),
         (lambda: clopper_pearson(3, 2), "`successes`"),
         (lambda: clopper_pearson(0, 0), "`trials`"),
-        (lambda: bootstrap_difference([np.ones(3)], []), "`b_groups`"),
-        (lambda: bootstrap_difference([np.ones(3)], [np.ones(3)], resamples=0), "`resamples`"),
-        (lambda: bootstrap_difference([np.ones(3)], [np.ones(3)], seed=-1), "`seed`"),
     ],
 )
 def test_bad_inputs_raise_naming_the_argument(call, name):

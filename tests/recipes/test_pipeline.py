@@ -84,8 +84,8 @@ def test_a_default_run_is_quiet_and_shows_its_stages(tiny):
     _, result = tiny
     for noise in ("cuInit", "oneDNN", "absl::InitializeLog", "Epoch 1/"):
         assert noise not in result.stderr and noise not in result.stdout
-    # tiny: 2 targets, evaluator, GMI, 3 target priors x 2, 7 attacks (the lookup and six)
-    # x 2, 2 scores, report.
+    # tiny (one seed): 2 targets, evaluator, the GMI prior of seed 0 (one per training seed),
+    # 3 target priors x 2, 7 attacks (the lookup and six) x 2, 2 scores, report.
     total = 2 + 1 + 1 + 6 + 14 + 2 + 1
     lines = result.stderr.splitlines()
     progress = [line for line in lines if line.startswith("[")]
@@ -110,6 +110,9 @@ def test_results_record_the_steps_each_stage_ran(tiny):
         for attack in ATTACKS:
             expected = 0 if attack == "lookup" else 4  # the lookup optimises nothing
             assert scores["attacks"][attack]["inversion_steps"] == expected
+    # The GMI prior of training seed 0, on the public data of the split of --seed (0).
+    stage = json.loads((out / "priors" / "gmi" / "seed_0" / "stage.json").read_text())
+    assert (stage["seed"], stage["split_seed"], stage["target"]) == (0, 0, None)
 
 
 @pytest.mark.large  # shares a tiny pipeline run (minutes)
@@ -136,6 +139,51 @@ def test_the_lookup_baseline_runs_first_in_every_preset():
     assert chosen["attacks"] == ["lookup", "gmi", "brep_mi"]
 
 
+def test_one_gmi_prior_per_training_seed_shared_by_its_defenses(monkeypatch, tmp_path):
+    import io
+
+    from trapmid_tf.experiments import pipeline
+    from trapmid_tf.experiments.progress import StageProgress
+
+    settings = pipeline.pipeline_settings("tiny", {"seeds": [0, 1]}, attacks=["gmi", "mi_face"])
+    settings["public_split"] = "samples"  # as run_pipeline sets it for the digits
+    # 2 defenses x 2 seeds, per target its training, 3 attacks (the lookup, gmi, mi_face)
+    # and its scores, no target prior; the evaluation model, one GMI prior per seed, report.
+    assert pipeline.stage_count(settings) == 4 * (1 + 3 + 1) + 1 + 2 + 1
+    # Every attack, 3 seeds: per target also the KED-MI, PLG-MI and LOMMA priors, 7 attacks.
+    three = pipeline.pipeline_settings("tiny", {"seeds": [0, 1, 2]})
+    assert pipeline.stage_count(three) == 6 * (1 + 3 + 7 + 1) + 1 + 3 + 1
+    calls = []
+
+    def record(name, public, target, prior_settings, out, overwrite, verbose):
+        calls.append((name, target, prior_settings, out))
+        return object()  # the trained networks, one object per training
+
+    monkeypatch.setattr(pipeline, "train_prior", record)
+    run = pipeline.PipelineRun(out=str(tmp_path), seed=7)
+    stream = io.StringIO()
+    gmi = pipeline.gmi_prior_per_seed(run, settings, "public images", StageProgress(24, stream))
+    # The targets in the order run_pipeline attacks them (train_targets': seed by seed).
+    keys = [(defense, seed) for seed in settings["seeds"] for defense in settings["defenses"]]
+    assert keys == list(pipeline.target_configs(run, settings))
+    priors = {(defense, seed): gmi(seed) for defense, seed in keys}
+    assert [(name, target, out) for name, target, _, out in calls] == [
+        ("gmi", None, str(tmp_path / "priors" / "gmi" / "seed_0")),
+        ("gmi", None, str(tmp_path / "priors" / "gmi" / "seed_1")),
+    ]
+    first, second = (prior_settings for _, _, prior_settings, _ in calls)
+    # Trained with the training seed, on the public data of the run's split (seed 7).
+    assert (first["seed"], second["seed"]) == (0, 1)
+    assert first["split_seed"] == second["split_seed"] == 7
+    assert dict(first, seed=1) == second
+    for seed in (0, 1):
+        assert priors["none", seed] is priors["trapmid", seed]
+        assert priors["none", seed][1] == calls[seed][2]
+    assert priors["none", 0][0] is not priors["none", 1][0]
+    stages = [line.split(": ", 1)[1] for line in stream.getvalue().splitlines()]
+    assert stages == ["gmi prior, seed 0", "gmi prior, seed 1"]
+
+
 @pytest.mark.large  # shares a tiny pipeline run (minutes)
 def test_tensorboard_logs_hold_the_grids(tiny):
     import tensorflow as tf
@@ -159,7 +207,7 @@ def test_a_copied_run_folder_reuses_every_stage(tiny, tmp_path):
     result = run("pipeline", "--preset=tiny", f"--out={moved}", "--verbose")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "rebuilding" not in result.stderr
-    # targets (2) + evaluator + gmi + 3 target priors x 2 + 7 attacks x 2
+    # targets (2) + evaluator + the GMI prior of seed 0 + 3 target priors x 2 + 7 attacks x 2
     assert result.stderr.count("reusing the stored artefacts") == 2 + 1 + 1 + 6 + 14
     after = json.loads((moved / "results.json").read_text())
     assert after["defenses"] == before["defenses"]
@@ -266,26 +314,6 @@ def test_full_preset_is_the_references_budgets(monkeypatch):
     assert full["per_class"] >= 20 and len(full["seeds"]) >= 3
 
 
-def test_convergence_rows_say_whether_doubling_changed_top1(monkeypatch):
-    monkeypatch.syspath_prepend(str(RECIPES))
-    import convergence
-
-    def summary(value):
-        # Every outcome equal: every bootstrap resample has this mean, so the intervals of the
-        # top-1 and of the gain are exact.
-        groups = [[value] * 4, [value] * 3]
-        return {"aa1": {"mean": value, "low": value, "high": value}, "groups": {"top1": groups}}
-
-    rows = convergence.convergence_rows(
-        {1: {"gmi": summary(0.5)}, 2: {"gmi": summary(0.54)}, 4: {"gmi": summary(0.8)}}, 0.05
-    )
-    assert [(scale, gain, verdict) for _, scale, _, gain, verdict in rows] == [
-        (1, None, "converged"),
-        (2, "0.040 [0.040, 0.040]", "not converged"),
-        (4, "0.260 [0.260, 0.260]", None),
-    ]
-
-
 @pytest.mark.slow  # two tiny pipelines (about 4 minutes); `make test-slow`
 def test_convergence_runs_the_pipeline_at_each_scale(tmp_path):
     out = tmp_path / "convergence"
@@ -296,8 +324,14 @@ def test_convergence_runs_the_pipeline_at_each_scale(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     table = json.loads((out / "convergence.json").read_text())
-    assert [row[:2] for row in table["rows"]] == [["gmi", 1], ["gmi", 2], ["mi_face", 1],
-                                                  ["mi_face", 2]]
+    # By default the unprotected and the Trap-MID target, one block each; the lookup has no
+    # budget. One seed: no gain interval, no verdict.
+    assert [row[:3] for row in table["rows"]] == [
+        [defense, attack, scale] for defense in ("none", "trapmid")
+        for attack in ("gmi", "mi_face") for scale in (1, 2)
+    ]
+    assert {row[5] for row in table["rows"]} == {"needs 2+ seeds", None}
+    assert (out / "convergence.md").read_text().count("| attack | budget scale |") == 2
     # Doubling the budget doubled the steps every stage ran.
     for scale in (1, 2):
         results = json.loads((out / f"x{scale}" / "results.json").read_text())
@@ -413,7 +447,8 @@ def test_an_option_is_part_of_its_attacks_stage(adaptive):
     assert result.returncode == 0, result.stderr[-3000:]
     rebuilt = [line for line in result.stderr.splitlines() if "rebuilding" in line]
     assert len(rebuilt) == 1 and "attacks/plgmi_adaptive:" in rebuilt[0]
-    # targets (2) + evaluator + gmi + PLG-MI priors (2) + lookup (2) + brep_mi (2)
+    # targets (2) + evaluator + the GMI prior of seed 0 (brep_mi's) + PLG-MI priors (2) +
+    # lookup (2) + brep_mi (2)
     assert result.stderr.count("reusing the stored artefacts") == 2 + 1 + 1 + 2 + 2 + 2
 
 

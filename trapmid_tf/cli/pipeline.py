@@ -6,11 +6,12 @@ Example:
 Stages (each reused when --out already holds it finished with the same settings; --overwrite
 redoes them): per training seed one target per defense (trapmid-train; any of its
 flags except --defense, --seed and --out applies to every target; every seed shares the
-private/public split of --seed), the evaluation model, the GMI prior (shared), per target the
-priors that depend on it (KED-MI, PLG-MI, LOMMA) and every attack, then the evaluation. Writes
+private/public split of --seed), the evaluation model, per training seed the GMI prior (trained
+with that seed on the public split, shared by that seed's targets), per target the priors that
+depend on it (KED-MI, PLG-MI, LOMMA) and every attack, then the evaluation. Writes
 into --out: flags.json, results.json, report.md, grids/*.png (private samples next to each
 defense's reconstructions; the triggers), TensorBoard logs under logs/, and each stage's folder
-(targets/<defense>/seed_<s>/..., evaluator/, priors/gmi/).
+(targets/<defense>/seed_<s>/..., evaluator/, priors/gmi/seed_<s>/).
 
 Budgets are optimiser steps: generator steps of the GAN priors, distillation steps of the LOMMA
 surrogates, inversion iterations; results.json records the steps every stage ran.

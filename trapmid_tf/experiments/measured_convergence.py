@@ -1,12 +1,18 @@
 """How far a preset's attack budgets are from converged: the gaps `recipes/convergence.py` measured.
 
 A run cannot tell by itself whether its attacks had enough steps. `recipes/convergence.py` runs
-the pipeline against the unprotected digits target at a preset's budgets and at twice them; the
-top-1 gain from doubling says by how much an attack at the preset's budget understates what it
-gets with more. This module keeps those measurements (with the command, the date and the
-sample sizes), so that a report run at a preset's own budgets can say how far from converged
-they are. They are records of one measurement, not computed by the run that prints them: rerun
-the command to check them.
+the pipeline at a preset's budgets and at twice them; the top-1 gain from doubling says by how
+much an attack at the preset's budget understates what it gets with more. This module keeps
+those measurements (with the command, the date and the sample sizes), so that a report run at a
+preset's own budgets can say how far from converged they are. They are records of one
+measurement, not computed by the run that prints them: rerun the command to check them.
+
+The records here were made by the recipe's earlier version: against the unprotected digits
+target only, each gain with a two-level bootstrap interval (each budget's seeds, then
+reconstructions, resampled on their own), a budget judged converged on the mean gain. The
+recipe now also checks the Trap-MID target, pairs the seeds of the two budgets (Student t on
+the per-seed differences) and judges the upper end of the interval; `gap_paragraph` states
+the rule the records were measured with.
 """
 
 import dataclasses
@@ -88,25 +94,30 @@ def gap_paragraph(gap, tolerance=0.05):
         tolerance: The largest gain from doubling that counts as converged.
 
     Returns:
-        Markdown text naming the attacks whose measured gain exceeded `tolerance` (they
-        understate the attack), the others, and the measurement's command and sample sizes.
+        Markdown text naming the attacks whose measured mean gain exceeded `tolerance` (they
+        understate the attack), the others, the rule the record was measured with (the
+        recipe's earlier one: mean gain on the unprotected target, two-level bootstrap
+        interval), and the measurement's command and sample sizes.
     """
     gains = gap["gains"]
     short = [name for name, gain in gains.items() if gain["mean"] > tolerance]
     listed = ", ".join(f"{name} {estimate_text(gain)}" for name, gain in gains.items())
     if short:
         verdict = (f"not converged for {', '.join(short)}: doubling them raised the unprotected "
-                   f"top-1 by more than {tolerance}, so these rows understate the attack and "
-                   "overstate any protection against it")
+                   f"mean top-1 by more than {tolerance}, so these rows understate the attack "
+                   "and overstate any protection against it")
     else:
-        verdict = f"converged: doubling them raised no unprotected top-1 by more than {tolerance}"
+        verdict = (f"converged by their mean gains: doubling them raised no unprotected mean "
+                   f"top-1 by more than {tolerance}")
     seeds = len(gap["seeds"])
     sentences = [
         f"**Budget convergence (measured separately, not by this run).** The `{gap['preset']}` "
         f"budgets are {verdict}.",
-        f"Top-1 gain from doubling every budget, against the unprotected digits target ({seeds} "
-        f"training seed{'s' if seeds > 1 else ''}, {gap['reconstructions']} reconstructions per "
-        f"attack and seed; {gap['date']}): {listed}.",
+        f"Mean top-1 gain from doubling every budget, against the unprotected digits target only "
+        f"({seeds} training seed{'s' if seeds > 1 else ''}, {gap['reconstructions']} "
+        f"reconstructions per attack and seed; {gap['date']}), with the 95% interval of the "
+        "recipe's earlier two-level bootstrap (each budget's seeds, then reconstructions, "
+        f"resampled on their own): {listed}.",
         gap["remark"],
         f"Command: `{gap['command']}`.",
     ]

@@ -2,9 +2,10 @@
 
 `run_pipeline(run, settings)` goes through the stages and reuses each one that `run.out`
 already holds, finished with the same settings (`trapmid_tf.files.build_or_reuse`): per
-training seed one target per defense, the evaluation model, the shared GMI prior, per target
-the priors that depend on it and every attack (always with the lookup baseline, the floor of
-the report's verdicts), then the scores and the report. A stage's
+training seed one target per defense, the evaluation model, per training seed the GMI prior
+(trained with that seed, shared by that seed's targets), per target the priors that depend on
+it and every attack (always with the lookup baseline, the floor of the report's verdicts),
+then the scores and the report. A stage's
 identity is what its artefacts depend on, never where they are written, so a run folder can
 be moved and reused. `trapmid-pipeline` is its command line (its help lists the stages and the
 files written).
@@ -36,7 +37,8 @@ class PipelineRun:
         out: Folder of the run (every stage's artefacts, results.json, report.md).
         dataset: Dataset name (`trapmid_tf.data.load`).
         data_dir: Its folder (None for the embedded digits).
-        seed: Seed of the private/public split, the evaluation model and the GMI prior.
+        seed: Seed of the private/public split and the evaluation model (each training
+            seed's GMI prior is trained with that training seed, on this split's public data).
         preset: The preset the settings started from (for the measured convergence gap).
         public_split: Digit datasets' public split, or None for the dataset's default.
         target_settings: trapmid-train settings shared by every target (`resolve_config`
@@ -254,7 +256,8 @@ def stage_count(settings):
     targets = len(settings["seeds"]) * len(settings["defenses"])
     # Per target: its training, its own priors, each attack, its scores.
     per_target = 1 + len([name for name in priors if name != "gmi"]) + len(settings["attacks"]) + 1
-    return targets * per_target + 1 + int("gmi" in priors) + 1  # + evaluator, GMI, report
+    gmi = len(settings["seeds"]) * int("gmi" in priors)  # one GMI prior per training seed
+    return targets * per_target + 1 + gmi + 1  # + evaluator, GMI priors, report
 
 
 def target_configs(run, settings):
@@ -314,6 +317,72 @@ def train_targets(run, settings, configs, progress):
     return targets
 
 
+def gmi_directory(run, seed):
+    """The folder of the GMI prior of training seed `seed`, under --out."""
+    return os.path.join(run.out, "priors", "gmi", f"seed_{seed}")
+
+
+def seed_gmi_prior(run, settings, public, seed, progress):
+    """Trains (or reuses) the GMI prior of training seed `seed`, shared by that seed's targets.
+
+    Every defense of one seed is attacked through the same prior, so a defense and the
+    unprotected target of that seed (a pair of `trapmid_tf.metrics.intervals.compare`)
+    differ by the defense alone; each seed trains its own (with that seed), so the prior's
+    training variation is part of the variation over seeds. Every seed's prior trains on
+    the same public data: the split of `run.seed`, part of the stage's identity.
+
+    Args:
+        run: The `PipelineRun`.
+        settings: The pipeline settings.
+        public: Unbatched public images.
+        seed: The training seed.
+        progress: The run's `StageProgress`.
+
+    Returns:
+        `(networks, stage settings)`, or None when no selected attack needs the GMI prior.
+    """
+    from trapmid_tf.attacks import suite
+
+    if "gmi" not in suite.priors_needed(settings["attacks"]):
+        return None
+    gmi_settings = dict(
+        prior_budget(settings, "gmi", seed), dataset=run.dataset, data_dir=run.data_dir,
+        split_seed=run.seed,
+    )
+    with progress.stage(f"gmi prior, seed {seed}"):
+        networks = train_prior("gmi", public, None, gmi_settings, gmi_directory(run, seed),
+                               run.overwrite, run.fit_verbosity)
+    return networks, gmi_settings
+
+
+def gmi_prior_per_seed(run, settings, public, progress):
+    """`prior(seed)`: the GMI prior of a training seed (`seed_gmi_prior`), made on first call.
+
+    Ask for it seed by seed, as `train_targets` orders the targets: it holds one seed's
+    prior, returned for every target of that seed, and trains (or reuses) the next seed's
+    when asked for it.
+
+    Args:
+        run: The `PipelineRun`.
+        settings: The pipeline settings.
+        public: Unbatched public images.
+        progress: The run's `StageProgress`.
+
+    Returns:
+        A function `seed -> (networks, stage settings)` (None for every seed where no
+        selected attack needs the GMI prior).
+    """
+    held = {}
+
+    def prior(seed):
+        if seed not in held:
+            held.clear()
+            held[seed] = seed_gmi_prior(run, settings, public, seed, progress)
+        return held[seed]
+
+    return prior
+
+
 def target_priors(run, directory, target, config, seed, public, gmi, settings, progress):
     """Trains (or reuses) the priors the selected attacks need against one target.
 
@@ -322,7 +391,7 @@ def target_priors(run, directory, target, config, seed, public, gmi, settings, p
         target, config: The target model and its train_target settings.
         seed: The target's training seed, also the seed of its priors.
         public: Unbatched public images.
-        gmi: `(networks, settings)` of the shared GMI prior, or None.
+        gmi: `(networks, settings)` of the GMI prior of `seed` (`seed_gmi_prior`), or None.
         settings: The pipeline settings.
         progress: The run's `StageProgress`.
 
@@ -453,13 +522,19 @@ def stage_target(directory):
     return f"{defense}, seed {seed.removeprefix('seed_')}"
 
 
-def prior_steps(directory, gmi_directory, attacks):
-    """`{prior: steps.json contents}` of the priors one target's attacks used."""
+def prior_steps(directory, gmi_folder, attacks):
+    """`{prior: steps.json contents}` of the priors one target's attacks used.
+
+    Args:
+        directory: The target's folder (its own priors are under priors/).
+        gmi_folder: The folder of the GMI prior of the target's seed (`gmi_directory`).
+        attacks: The attacks run against the target.
+    """
     from trapmid_tf.attacks import suite
 
     return {
         name: suite.load_training_steps(
-            gmi_directory if name == "gmi" else os.path.join(directory, "priors", name)
+            gmi_folder if name == "gmi" else os.path.join(directory, "priors", name)
         )
         for name in suite.priors_needed(attacks)
     }
@@ -557,7 +632,6 @@ def run_pipeline(run, settings, configs=None, progress=None):
 
     import trapmid_tf as tm
     from trapmid_tf import report
-    from trapmid_tf.attacks import suite
     from trapmid_tf.experiments import summarize_seeds
     from trapmid_tf.files import write_json
 
@@ -578,21 +652,14 @@ def run_pipeline(run, settings, configs=None, progress=None):
     with progress.stage("evaluation model"):
         evaluation_model, evaluation = judge(run, private_train, settings)
     evaluator = make_evaluator(evaluation_model, private_train, run.fid_weights)
-    gmi, gmi_directory = None, os.path.join(run.out, "priors", "gmi")
-    if "gmi" in suite.priors_needed(settings["attacks"]):
-        gmi_settings = prior_budget(settings, "gmi", run.seed)
-        with progress.stage("gmi prior (shared)"):
-            gmi = train_prior(
-                "gmi", public, None, gmi_settings, gmi_directory, run.overwrite,
-                run.fit_verbosity,
-            ), gmi_settings
     public_images = np.stack(list(public.as_numpy_iterator()))
     per_seed, reconstructions = {}, {}
+    gmi = gmi_prior_per_seed(run, settings, public, progress)
     for (defense, seed), (config, target_results) in targets.items():
         directory = target_dir(run, defense, seed)
         target = tm.models.load_classifier(os.path.join(directory, "classifier.keras"))
         priors, prior_settings = target_priors(
-            run, directory, target, config, seed, public, gmi, settings, progress
+            run, directory, target, config, seed, public, gmi(seed), settings, progress
         )
         trigger_path = os.path.join(directory, "triggers.npz")
         detector = (
@@ -602,7 +669,7 @@ def run_pipeline(run, settings, configs=None, progress=None):
         stored = attack_target(run, directory, target, config, seed, priors, prior_settings,
                                settings, progress, detector, public_images)
         attacked = attacked_classes(target)  # the same for every target: one dataset
-        steps = prior_steps(directory, gmi_directory, settings["attacks"])
+        steps = prior_steps(directory, gmi_directory(run, seed), settings["attacks"])
         with progress.stage(f"scores, {stage_target(directory)}"):
             per_seed.setdefault(defense, {})[seed] = attack_seed(
                 evaluator, detector, stored, target_results, steps, evaluation_model,

@@ -31,10 +31,10 @@ around 0.5 and 0.28, the seed effect shared by the two arms or each arm's own): 
 and ratio 0.985-0.994 with 3 seeds, 0.953-0.971 with 5. With 3 seeds they are conservative:
 the t quantile on 2 degrees of freedom (4.30) pays for a seed variance estimated from three
 values even where the binomial floor already holds most of it. The two-level percentile
-bootstrap the report used before (`bootstrap_difference`: each arm resampled on its own,
-seeds then reconstructions; still used by recipes/convergence.py) covers the difference only
-0.87 of the time with 3 seeds whose rates vary on their own (the review measured 0.86): three
-seed means under resampling understate their spread by a factor 2/3 in variance.
+bootstrap the report and recipes/convergence.py used before (each arm resampled on its own,
+seeds then reconstructions; removed) covers the difference only 0.87 of the time with 3
+seeds whose rates vary on their own (the review measured 0.86): three seed means under
+resampling understate their spread by a factor 2/3 in variance.
 """
 
 import dataclasses
@@ -42,8 +42,13 @@ import dataclasses
 import numpy as np
 from scipy import special, stats
 
-from trapmid_tf.attacks.inversion import check_non_negative_float, check_non_negative_int
-from trapmid_tf.metrics._checks import as_positive_int, as_score_vector
+from trapmid_tf.validation import (
+    as_score_vector,
+    check_non_negative_float,
+    check_non_negative_int,
+    check_open_unit_interval,
+    check_positive_int,
+)
 
 AT_MOST_HALF = "at most half"
 LOWER = "lower"
@@ -61,11 +66,6 @@ CLOPPER_PEARSON_POOLED = "Clopper-Pearson over the pooled reconstructions"
 CLOPPER_PEARSON_ONE_SEED = "Clopper-Pearson within one training seed"
 T_ONE_SEED = "t within one training seed"
 ONE_VALUE = "one value: no interval"
-BOOTSTRAP = "two-level percentile bootstrap"
-
-# Bound on the random indices drawn at once when resampling one seed's reconstructions
-# (8 bytes each: 32 MiB), so that many resamples of a large group do not exhaust memory.
-_MAX_INDICES_PER_CHUNK = 2**22
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,13 +172,13 @@ def clopper_pearson(successes, trials, confidence=0.95):
     Raises:
         ValueError: If an argument is out of range.
     """
-    trials = as_positive_int(trials, "trials")
+    trials = check_positive_int("trials", trials)
     check_non_negative_int("successes", successes)
     if successes > trials:
         raise ValueError(
             f"`successes` must be at most `trials` ({trials}); received {successes!r}."
         )
-    tail = (1.0 - _checked_confidence(confidence)) / 2.0
+    tail = (1.0 - check_open_unit_interval("confidence", confidence)) / 2.0
     low = 0.0 if successes == 0 else stats.beta.ppf(tail, successes, trials - successes + 1)
     high = 1.0 if successes == trials else stats.beta.ppf(1 - tail, successes + 1,
                                                           trials - successes)
@@ -213,7 +213,7 @@ def seed_mean(groups, confidence=0.95, binary=False):
         0.30 [0.05, 0.55]
     """
     groups = _checked_groups(groups, "groups", binary)
-    confidence = _checked_confidence(confidence)
+    confidence = check_open_unit_interval("confidence", confidence)
     means = np.array([values.mean() for values in groups])
     count, samples = len(groups), _sample_count(groups)
     pooled = float(sum(values.sum() for values in groups))
@@ -266,7 +266,7 @@ def compare(defended_groups, baseline_groups, defended_seeds=None, baseline_seed
             `margin` is not a finite number >= 0.
     """
     check_non_negative_float("margin", margin)
-    confidence = _checked_confidence(confidence)
+    confidence = check_open_unit_interval("confidence", confidence)
     defended_groups = _checked_groups(defended_groups, "defended_groups", binary=True)
     baseline_groups = _checked_groups(baseline_groups, "baseline_groups", binary=True)
     seeds, defended_groups, baseline_groups = _paired(
@@ -349,7 +349,7 @@ def decide(comparisons, level=0.05):
     Raises:
         ValueError: If `level` is not in (0, 1).
     """
-    level = _checked_confidence(level, "level")
+    level = check_open_unit_interval("level", level)
     claims = (AT_MOST_HALF, LOWER, NOT_LOWER)
     tested = [index for index, found in enumerate(comparisons) if found.p_values]
     adjusted = holm([comparisons[index].p_values[claim] for index in tested for claim in claims])
@@ -365,49 +365,6 @@ def decide(comparisons, level=0.05):
         )
         verdicts.append(Verdict(word, found, adjusted_p, int(adjusted.size)))
     return verdicts
-
-
-def bootstrap_difference(a_groups, b_groups, confidence=0.95, resamples=2000, seed=0):
-    """Difference a - b of two means of per-seed means, with a two-level bootstrap interval.
-
-    Each side is resampled on its own: its seeds with replacement, then each drawn seed's
-    values with replacement; the interval is the percentile interval of the difference of
-    the resampled means. It ignores any pairing of the seeds and, with a few seeds, covers
-    less often than its confidence (see the module doc); `compare` is the paired procedure.
-
-    Args:
-        a_groups: Per-seed 1-D arrays of finite values for the first mean.
-        b_groups: Per-seed 1-D arrays of finite values for the mean subtracted.
-        confidence: Confidence level of the interval, in (0, 1).
-        resamples: Number of bootstrap resamples.
-        seed: Integer >= 0; the same inputs and seed give the same interval.
-
-    Returns:
-        An `Estimate` of the difference (`seeds` and `samples` count both sides).
-
-    Raises:
-        ValueError: If a group is not a non-empty 1-D array of finite values, `confidence`
-            is not in (0, 1), `resamples` is not an integer >= 1 or `seed` not an integer
-            >= 0.
-    """
-    a_groups = _checked_groups(a_groups, "a_groups")
-    b_groups = _checked_groups(b_groups, "b_groups")
-    confidence = _checked_confidence(confidence)
-    resamples = as_positive_int(resamples, "resamples")
-    check_non_negative_int("seed", seed)
-    draws = (_resampled_means(a_groups, resamples, np.random.default_rng([seed, 0]))
-             - _resampled_means(b_groups, resamples, np.random.default_rng([seed, 1])))
-    tail = (1.0 - confidence) / 2.0
-    low, high = np.quantile(draws, [tail, 1.0 - tail])
-    return Estimate(
-        mean=float(np.mean([v.mean() for v in a_groups]) - np.mean([v.mean() for v in b_groups])),
-        low=float(low),
-        high=float(high),
-        seeds=len(a_groups) + len(b_groups),
-        samples=_sample_count(a_groups) + _sample_count(b_groups),
-        confidence=confidence,
-        method=BOOTSTRAP,
-    )
 
 
 def _t_interval(values, variance_floor, confidence):
@@ -485,42 +442,6 @@ def _checked_groups(groups, name, binary=False):
     return checked
 
 
-def _checked_confidence(confidence, name="confidence"):
-    """`confidence` as a float in (0, 1)."""
-    if (
-        isinstance(confidence, bool)
-        or not isinstance(confidence, (int, float, np.integer, np.floating))
-        or not 0 < confidence < 1
-    ):
-        raise ValueError(f"`{name}` must be a number in (0, 1); received {confidence!r}.")
-    return float(confidence)
-
-
 def _sample_count(groups):
     """Total number of values over all groups."""
     return int(sum(values.size for values in groups))
-
-
-def _resampled_means(groups, resamples, rng):
-    """`(resamples,)` two-level bootstrap draws of the mean of per-seed means.
-
-    Each resample draws `len(groups)` seeds with replacement; each drawn seed contributes the
-    mean of its values resampled with replacement (a fresh resample every time it is drawn).
-    """
-    chosen = rng.integers(0, len(groups), size=(resamples, len(groups)))
-    drawn_means = np.empty(chosen.shape)
-    for index, values in enumerate(groups):  # a loop over seeds; resamples are vectorised
-        slots = chosen == index
-        drawn_means[slots] = _resampled_group_means(values, int(slots.sum()), rng)
-    return drawn_means.mean(axis=1)
-
-
-def _resampled_group_means(values, count, rng):
-    """`(count,)` means of `values` resampled with replacement, drawn in bounded chunks."""
-    rows_per_chunk = max(1, _MAX_INDICES_PER_CHUNK // values.size)
-    chunks = [
-        values[rng.integers(0, values.size, size=(min(rows_per_chunk, count - start), values.size))]
-        .mean(axis=1)
-        for start in range(0, count, rows_per_chunk)
-    ]
-    return np.concatenate(chunks) if chunks else np.empty(0)
