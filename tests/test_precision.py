@@ -194,6 +194,7 @@ def test_one_inversion_iteration_of_every_attack(mixed, priors, name):
     options = {
         "plgmi_adaptive": dict(signatures=np.random.default_rng(0).normal(size=(CLASSES, 8))),
         "trigger_recovery": dict(public_images=images, iterations=1),
+        suite.LOOKUP: dict(public_images=images),
         "brep_mi": dict(max_iterations=1, initial_batch=8, max_initial_batches=1),
     }.get(name, {})
     attack = suite.build_attack(name, trained, settings, **options)
@@ -201,7 +202,9 @@ def test_one_inversion_iteration_of_every_attack(mixed, priors, name):
     assert result.images.dtype == np.float32 and result.images.shape == (4, *SHAPE)
     assert np.isfinite(result.images).all()
     assert result.images.min() >= 0.0 and result.images.max() <= 1.0
-    if result.latents is not None:
+    if name == suite.LOOKUP:  # its latents are the indices of the public images it chose
+        assert np.issubdtype(np.asarray(result.latents).dtype, np.integer)
+    elif result.latents is not None:
         assert np.asarray(result.latents).dtype == np.float32
 
 
