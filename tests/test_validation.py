@@ -57,3 +57,13 @@ def test_check_model():
 def test_is_integer():
     assert validation.is_integer(3) and validation.is_integer(np.int32(-1))
     assert not any(map(validation.is_integer, [True, 3.0, "3", None]))
+
+
+def test_as_image_batch_returns_float32_nhwc_in_the_unit_range_or_names_the_argument():
+    images = validation.as_image_batch("images", [[[[0.0]], [[1.0]]]])
+    assert images.dtype == np.float32 and images.shape == (1, 2, 1, 1)
+    with pytest.raises(ValueError, match=r"`pics` must be a non-empty NHWC array .* \(2, 2\)"):
+        validation.as_image_batch("pics", np.zeros((2, 2)))
+    with pytest.raises(ValueError, match=r"`pics` must lie in \[0, 1\]; received values in "
+                                         r"\[0.0, 2.0\]"):
+        validation.as_image_batch("pics", np.array([0.0, 2.0]).reshape(1, 2, 1, 1))

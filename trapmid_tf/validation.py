@@ -70,6 +70,32 @@ def check_model(name, model):
         raise ValueError(f"`{name}` must be a keras.Model; received {type(model).__name__}.")
 
 
+def as_image_batch(name, images):
+    """`images` as a float32 NHWC array in [0, 1], checked.
+
+    Args:
+        name: The argument's name, for the error.
+        images: Array-like of shape (n, H, W, C), n >= 1, values in [0, 1].
+
+    Returns:
+        The images as a float32 numpy array.
+
+    Raises:
+        ValueError: If the shape or the value range is another.
+    """
+    images = np.asarray(images, dtype=np.float32)
+    if images.ndim != 4 or len(images) < 1:
+        raise ValueError(
+            f"`{name}` must be a non-empty NHWC array (n, H, W, C); received shape "
+            f"{images.shape}."
+        )
+    if images.min() < 0.0 or images.max() > 1.0:
+        raise ValueError(
+            f"`{name}` must lie in [0, 1]; received values in [{images.min()}, {images.max()}]."
+        )
+    return images
+
+
 def check_input_shape(input_shape, min_size, model_name):
     """Checks an NHWC `input_shape` of (height, width, channels) for a network.
 

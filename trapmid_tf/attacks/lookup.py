@@ -7,11 +7,9 @@ alone can score a high top-1 by the evaluation model (0.96 on the digits demo), 
 credits an attack with leakage only above it (`trapmid_tf.report.works`).
 """
 
-import numpy as np
-
 from trapmid_tf.attacks.inversion import AttackResult, identity_labels
 from trapmid_tf.attacks.plgmi_prior import most_confident
-from trapmid_tf.validation import check_model, check_positive_int
+from trapmid_tf.validation import as_image_batch, check_model, check_positive_int
 
 
 class LookupAttack:
@@ -39,17 +37,7 @@ class LookupAttack:
 
     def __init__(self, public_images, batch_size=350):
         check_positive_int("batch_size", batch_size)
-        public_images = np.asarray(public_images, dtype=np.float32)
-        if public_images.ndim != 4 or len(public_images) < 1:
-            raise ValueError(
-                "`public_images` must be a non-empty NHWC array (n, H, W, C); received shape "
-                f"{public_images.shape}."
-            )
-        if public_images.min() < 0.0 or public_images.max() > 1.0:
-            raise ValueError(
-                "`public_images` must lie in [0, 1]; received values in "
-                f"[{public_images.min()}, {public_images.max()}]."
-            )
+        public_images = as_image_batch("public_images", public_images)
         self.public_images = public_images
         self.batch_size = int(batch_size)
 

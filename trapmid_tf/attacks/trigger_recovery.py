@@ -28,6 +28,7 @@ from trapmid_tf.attacks.inversion import (
 )
 from trapmid_tf.attacks.mi_face import total_variation
 from trapmid_tf.validation import (
+    as_image_batch,
     check_non_negative_float,
     check_open_unit_interval,
     check_positive_float,
@@ -117,17 +118,7 @@ class TriggerRecoveryAttack(InversionAttack):
         jit_compile=False,
     ):
         super().__init__(iterations, chunk_size, jit_compile)
-        public_images = np.asarray(public_images, dtype=np.float32)
-        if public_images.ndim != 4 or len(public_images) < 1:
-            raise ValueError(
-                "`public_images` must be a non-empty NHWC array (n, H, W, C); received shape "
-                f"{public_images.shape}."
-            )
-        if public_images.min() < 0.0 or public_images.max() > 1.0:
-            raise ValueError(
-                "`public_images` must lie in [0, 1]; received values in "
-                f"[{public_images.min()}, {public_images.max()}]."
-            )
+        public_images = as_image_batch("public_images", public_images)
         check_open_unit_interval("alpha", alpha)
         if prior not in PRIORS:
             raise ValueError(f"`prior` must be one of {PRIORS}; received {prior!r}.")
