@@ -100,6 +100,7 @@ def test_bfloat16_hardware_reads_the_cpu_flags(monkeypatch, tmp_path):
     assert precision.bfloat16_hardware(str(tmp_path / "missing")) is None
 
 
+@pytest.mark.large  # three fresh interpreters
 def test_every_command_takes_the_precision_flag_and_start_applies_it():
     script = os.path.join(os.path.dirname(sys.executable), "trapmid-train")
     help_text = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=300)
@@ -193,8 +194,10 @@ def test_one_inversion_iteration_of_every_attack(mixed, priors, name):
     settings = suite.InversionSettings(iterations=1, plgmi_iterations=1, mi_face_iterations=1)
     options = {
         "plgmi_adaptive": dict(signatures=np.random.default_rng(0).normal(size=(CLASSES, 8))),
+        "plgmi_adaptive_estimated": dict(public_images=images, top_n=2),
         "trigger_recovery": dict(public_images=images, iterations=1),
         suite.LOOKUP: dict(public_images=images),
+        suite.TRANSFER_NULL: dict(public_images=images, iterations=1),
         "brep_mi": dict(max_iterations=1, initial_batch=8, max_initial_batches=1),
     }.get(name, {})
     attack = suite.build_attack(name, trained, settings, **options)
@@ -202,7 +205,7 @@ def test_one_inversion_iteration_of_every_attack(mixed, priors, name):
     assert result.images.dtype == np.float32 and result.images.shape == (4, *SHAPE)
     assert np.isfinite(result.images).all()
     assert result.images.min() >= 0.0 and result.images.max() <= 1.0
-    if name == suite.LOOKUP:  # its latents are the indices of the public images it chose
+    if name in (suite.LOOKUP, suite.TRANSFER_NULL):  # latents: indices of public images
         assert np.issubdtype(np.asarray(result.latents).dtype, np.integer)
     elif result.latents is not None:
         assert np.asarray(result.latents).dtype == np.float32

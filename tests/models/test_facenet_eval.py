@@ -130,6 +130,7 @@ def test_save_and_load_round_trip(narrow, tmp_path):
     )
 
 
+@pytest.mark.large  # a fit step of the IR-50 judge at 112x112 (about 20 s)
 def test_one_fit_step_changes_weights_and_loss_falls(narrow):
     keras.utils.set_random_seed(0)
     images, labels = quadrant_task(16, 16, seed=0)

@@ -46,6 +46,7 @@ def finish(process):
     return output
 
 
+@pytest.mark.large  # two localhost worker processes and a one-worker run
 def test_two_workers_train_as_one_worker_with_the_global_batch(tmp_path):
     ports = free_ports(2)
     # All three processes run at once: the single-process reference and the two workers.

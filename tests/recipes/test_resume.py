@@ -60,6 +60,7 @@ def h5_arrays(path):
     return arrays
 
 
+@pytest.mark.large  # two real training runs in subprocesses, one killed (about 30 s)
 def test_killed_run_restarted_with_the_same_command_ends_as_an_uninterrupted_run(tmp_path):
     reference = start(tmp_path / "reference")
     interrupted = start(tmp_path / "run")

@@ -43,7 +43,10 @@ def test_trapmid_negls_run_writes_consistent_artefacts(tmp_path):
     assert set(results) == {
         "test_accuracy", "trapdoor_accuracy", "best_epoch", "epochs", "seconds",
         "skipped_images", "skipped_files", "trapdoor_formed", "trapdoor_warning_threshold",
+        "alpha", "alpha_source", "alpha_reason",
     }
+    assert (results["alpha"], results["alpha_source"], results["alpha_reason"]) == (
+        0.1, "preset", None)  # the digits preset's
     assert results["trapdoor_warning_threshold"] == 0.9  # TrapMIDCallback's default
     assert results["trapdoor_formed"] == (results["trapdoor_accuracy"] >= 0.9)
     assert results["skipped_images"] == 0 and results["skipped_files"] == []
@@ -405,6 +408,7 @@ def write_tiny_celeba(data_dir, identities=2, train_per_identity=4):
         (data_dir / name).write_text("\n".join(split_lines) + "\n")
 
 
+@pytest.mark.large  # the command end to end on a tiny CelebA (about 20 s)
 def test_celeba_end_to_end_with_the_reference_preset(tmp_path):
     """train_target's CelebA path (flip, PyTorch SGD, Trap-MID) on a tiny CelebA-like folder."""
     write_tiny_celeba(tmp_path / "celeba")
