@@ -14,7 +14,8 @@ from PIL import Image
 
 import trapmid_tf as tm
 from trapmid_tf.experiments import targets
-from trapmid_tf.experiments.target_config import identity, resolve_config
+from trapmid_tf.experiments.target_config import default_alpha, identity, resolve_config
+from tests.tolerances import float32_atol
 
 HELPERS = "tests.recipes.custom_models"
 TINY = f"{HELPERS}:tiny_classifier"
@@ -49,7 +50,11 @@ def config_for(image_folder, out, defense, **changes):
 def test_own_model_trains_saves_and_reloads(tmp_path, image_folder, defense):
     config = config_for(image_folder, tmp_path, defense)
     results = targets.train(config)
-    assert json.loads((tmp_path / "flags.json").read_text())["model"] == TINY
+    flags = json.loads((tmp_path / "flags.json").read_text())
+    assert flags["model"] == TINY
+    # No alpha given: 8x8x3 images (192 pixel values, fewer than the measured 32x32x1) take
+    # 0.2 (docs/trapdoor_formation.md), recorded with where it came from.
+    assert (flags["alpha"], flags["alpha_source"]) == (0.2, "measured default")
     classifier = keras.models.load_model(tmp_path / "classifier.keras")
     assert classifier.get_layer("feature").units == 8  # the helper's architecture
     # The reloaded classifier scores the reported accuracy on the held-out images.
@@ -60,6 +65,13 @@ def test_own_model_trains_saves_and_reloads(tmp_path, image_folder, defense):
     if defense == "trapmid":
         with np.load(tmp_path / "triggers.npz") as stored:
             assert stored["triggers"].shape == (NUM_CLASSES, 8, 8, 3)
+            # Stored as float32: one rounding of 0.2.
+            assert float(stored["alpha"]) == pytest.approx(0.2, abs=float32_atol(0.2, 1))
+        assert (results["alpha"], results["alpha_source"]) == (0.2, "measured default")
+        assert results["alpha_reason"] == default_alpha((8, 8, 3), NUM_CLASSES)[1]
+    else:
+        assert (results["alpha"], results["alpha_source"], results["alpha_reason"]) == (
+            None, None, None)
 
 
 @pytest.mark.filterwarnings("ignore::trapmid_tf.callbacks.best_epoch.TrapdoorNotFormedWarning")

@@ -8,9 +8,15 @@ Example:
 
 Writes into --out: flags.json, results.json (test_accuracy, trapdoor_accuracy, epochs,
 seconds of training, best_epoch, skipped_images and skipped_files: the images that
---skip_unreadable left out, trapdoor_formed and trapdoor_warning_threshold), classifier.keras
-(the best epoch, by test accuracy as the reference) and, for Trap-MID defenses, triggers.npz
-(secret: owner-only permissions).
+--skip_unreadable left out, trapdoor_formed and trapdoor_warning_threshold; for Trap-MID
+defenses alpha, alpha_source: "flag", "preset" or "measured default", and alpha_reason),
+classifier.keras (the best epoch, by test accuracy as the reference) and, for Trap-MID
+defenses, triggers.npz (secret: owner-only permissions).
+
+--dataset=class_folder without --alpha takes a blend weight chosen from the images' size,
+channels and class count (trapmid_tf.experiments.target_config.default_alpha, from the
+measurements of docs/trapdoor_formation.md); the output says which and why, in the line
+before the last.
 
 A trapdoor that did not form (the kept epoch's test trapdoor accuracy below
 --trapdoor_warning_threshold) gives no protection: training warns, results.json records
@@ -79,7 +85,9 @@ flags.DEFINE_multi_integer("lr_decay_epoch", None,
                            "drops (PyTorch's MultiStepLR), 0 for a constant rate (default: "
                            "preset; digits 3/4 of --epochs, face NegLS 75 and 90, MNIST NegLS 7 "
                            "and 9, others none).")
-flags.DEFINE_float("alpha", None, "Trigger blend weight (default: dataset preset).")
+flags.DEFINE_float("alpha", None, "Trigger blend weight (default: dataset preset; "
+                   "class_folder: from the images' size, channels and class count, stated in "
+                   "the output).")
 flags.DEFINE_float("beta", None, "Trapdoor loss weight (default: dataset preset).")
 flags.DEFINE_float("trigger_step_size", None, "Signed trigger step (default: dataset preset).")
 flags.DEFINE_bool("discriminator", DEFAULTS["discriminator"],
@@ -153,11 +161,33 @@ def main(argv):
     except (FileNotFoundError, ValueError, NonFiniteLossError) as error:
         raise SystemExit(f"train_target: {error}") from error
     except TrapdoorNotFormedError as error:
-        print(json.dumps(error.results, indent=2))
-        print(trapdoor_line(error.results))
+        print_results(error.results)
         raise SystemExit(f"train_target: {error}") from error
+    print_results(results)
+
+
+def print_results(results):
+    """Prints the results dict, the alpha line (`alpha_line`), if any, and the trapdoor line."""
     print(json.dumps(results, indent=2))
+    line = alpha_line(results)
+    if line:
+        print(line)
     print(trapdoor_line(results))
+
+
+def alpha_line(results):
+    """The line stating a blend weight that `default_alpha` chose, from a results dict.
+
+    Args:
+        results: The dict written to `results.json`.
+
+    Returns:
+        The line, e.g. "alpha 0.1 (default for 32x32x1 images and 5 classes: ...; set --alpha
+        to choose).", or None when alpha was given or the preset's (or the defense has none).
+    """
+    if results["alpha_source"] != "measured default":
+        return None
+    return f"alpha {results['alpha']} ({results['alpha_reason']}; set --alpha to choose)."
 
 
 def run():

@@ -7,11 +7,13 @@ presets and checks it); `trapmid_tf.experiments.targets.train` trains from it, a
 
 import importlib
 import json
+import math
 import os
 import re
 
 from trapmid_tf.experiments import defenses as defense_registry
 from trapmid_tf.data.loaders import DEFAULT_FOLDERS, default_data_dir
+from trapmid_tf.validation import check_positive_int, is_integer
 
 DEFENSES = tuple(defense_registry.DEFENSES)
 MODELS = ("small_cnn", "vgg16_bn", "ir18", "facenet64", "ir152", "facenet_eval")
@@ -55,9 +57,10 @@ PRESETS = {
 }
 PRESETS["fashion_mnist"] = PRESETS["mnist"]
 # Labelled image folders: the digits recipe (constant-rate Adam, then 10x lower) at the files'
-# image size, with the reference's trapdoor rule (no minimum trapdoor accuracy).
+# image size, with the reference's trapdoor rule (no minimum trapdoor accuracy); alpha None:
+# `default_alpha` of the loaded images' shape and class count (`with_alpha`).
 PRESETS["class_folder"] = dict(
-    PRESETS["digits"], public_split="classes", min_trapdoor_accuracy=0.0
+    PRESETS["digits"], public_split="classes", min_trapdoor_accuracy=0.0, alpha=None
 )
 MODEL_PRESETS = {
     # config/celeba/classify_trap.json, entry "IR152".
@@ -97,8 +100,18 @@ DEFAULTS = dict(
 # Where a target is written, not what it is: left out of its stage identity (`identity`), so
 # that a run folder can be moved and reused.
 LOCATION_KEYS = ("out", "backup_dir")
+# How `alpha` was chosen, added by `resolve_config`: given in the settings ("flag", --alpha),
+# the dataset preset's ("preset"), or `default_alpha`'s for the loaded images ("measured
+# default"). The same alpha trains the same target: left out of `identity`, and resumable.
+ALPHA_SOURCE = "alpha_source"
 # Settings that may change between a run and its resumption from a backup.
-RESUMABLE_CHANGES = ("backup_dir", "strategy", "trapdoor_warning_threshold", "require_trapdoor")
+RESUMABLE_CHANGES = (
+    "backup_dir", "strategy", "trapdoor_warning_threshold", "require_trapdoor", ALPHA_SOURCE,
+)
+# The point where docs/trapdoor_formation.md measured the blend weight (`default_alpha`): the
+# digits and Fashion-MNIST runs, 32x32x1 images of 5 private classes.
+MEASURED_IMAGE_SHAPE = (32, 32, 1)
+MEASURED_NUM_CLASSES = 5
 
 
 def resolve_config(overrides):
@@ -110,7 +123,9 @@ def resolve_config(overrides):
             of ints (0 or an empty list: no drop).
 
     Returns:
-        The complete settings dict.
+        The complete settings dict, with `ALPHA_SOURCE` added ("flag", "preset" or "measured
+        default"); for "measured default" (class_folder without alpha) alpha is None until
+        `with_alpha` sets it from the loaded images.
 
     Raises:
         ValueError: for contradictory or out-of-range settings.
@@ -125,6 +140,10 @@ def resolve_config(overrides):
     for key, value in defaults.items():
         if config.get(key) is None:
             config[key] = value
+    config[ALPHA_SOURCE] = (
+        "flag" if overrides.get("alpha") is not None
+        else "preset" if config["alpha"] is not None else "measured default"
+    )
     if config["lr_decay_epoch"] is None and decay_fraction is not None:
         config["lr_decay_epoch"] = round(decay_fraction * config["epochs"])
     config["lr_decay_epoch"] = _decay_epochs(config["lr_decay_epoch"], config["epochs"])
@@ -204,6 +223,102 @@ def preset(dataset, defense, model=None):
     settings.update(MODEL_PRESETS.get((dataset, model), {}))
     settings.update(DEFENSE_PRESETS.get((dataset, defense), {}))
     return settings
+
+
+def default_alpha(image_shape, num_classes):
+    """The blend weight of a class_folder run given no alpha, and why, from its data.
+
+    The rule rests on the runs of docs/trapdoor_formation.md, all at 32x32x1 with 5 classes
+    (`MEASURED_IMAGE_SHAPE`, `MEASURED_NUM_CLASSES`). The class_folder preset is the digits
+    recipe, whose rows are:
+
+        | data | alpha | augmentation | discriminator | steps | kept epoch: test / trapdoor
+          accuracy | first epoch with trapdoor >= 95% (highest) |
+        | digits | 0.1 (preset) | on | on | 200 | 98.3% / 100.0% | 21 |
+        | digits | 0.05 | on | on | 200 | 99.4% / 82.2% | never (82.2%) |
+        | digits | 0.02 | on | on | 200 | 99.4% / 28.9% | never (28.9%) |
+
+    Fashion-MNIST after one epoch reached 74.7% at 0.1 against 35.3% at 0.02, for 1.3 points
+    of clean accuracy. Hence:
+
+    * 32x32x1, 5 classes: 0.1, the smallest weight measured to form the trapdoor.
+    * At least 1024 pixel values (height x width x channels) and at most 5 classes: 0.1. Not
+      measured, but the doc's factors (pixel values that carry the trigger, share of the
+      triggered images per class) are at least as favourable; the paper's 0.02 (64x64x3,
+      about 21,000 steps) was not measured here.
+    * Fewer pixel values or more classes: 0.2. Not measured, and harder (fewer pixel values
+      carry the trigger; each class's trigger gets a smaller share of the triggered images),
+      so the weight leans toward formation: 0.2 formed digits' random fixed triggers (100%
+      on 3 seeds, 99.4-100% clean) where 0.1 did not (36.7-63.9%, docs/adaptive_attacks.md).
+
+    A trapdoor that does not form gives no protection, while a larger weight costs little
+    clean accuracy (0.02 to 0.1: 99.4% to 98.3% on digits, 86.4% to 85.1% on Fashion-MNIST).
+
+    Args:
+        image_shape: `(height, width, channels)` of the images, positive ints.
+        num_classes: Number of classes, a positive int.
+
+    Returns:
+        `(alpha, reason)`: the weight and one sentence saying why, starting "default for
+        HxWxC images and K classes: ".
+
+    Raises:
+        ValueError: if `image_shape` is not three positive ints or `num_classes` is not a
+            positive int.
+    """
+    if not isinstance(image_shape, (tuple, list)) or len(image_shape) != 3 or not all(
+        is_integer(side) and side >= 1 for side in image_shape
+    ):
+        raise ValueError(
+            "`image_shape` must be (height, width, channels), positive ints; received "
+            f"{image_shape!r}."
+        )
+    num_classes = check_positive_int("num_classes", num_classes)
+    height, width, channels = (int(side) for side in image_shape)
+    measured_values = math.prod(MEASURED_IMAGE_SHAPE)
+    measured = "x".join(map(str, MEASURED_IMAGE_SHAPE))
+    start = f"default for {height}x{width}x{channels} images and {num_classes} classes: "
+    if (height, width, channels) == MEASURED_IMAGE_SHAPE and (
+        num_classes == MEASURED_NUM_CLASSES
+    ):
+        return 0.1, start + (
+            "measured there, 0.1 formed the digits trapdoor in 200 steps (100%) where 0.05 "
+            "reached 82% and 0.02 29%"
+        )
+    if height * width * channels >= measured_values and num_classes <= MEASURED_NUM_CLASSES:
+        return 0.1, start + (
+            f"not measured, but at least the {measured_values} pixel values and at most the "
+            f"{MEASURED_NUM_CLASSES} classes of the measured {measured}, where 0.1 formed the "
+            "trapdoor and 0.02 did not"
+        )
+    harder = []
+    if height * width * channels < measured_values:
+        harder.append(f"fewer pixel values than the measured {measured} carry the trigger")
+    if num_classes > MEASURED_NUM_CLASSES:
+        harder.append(f"more classes than the measured {MEASURED_NUM_CLASSES} share the "
+                      "triggered images")
+    return 0.2, start + (
+        f"not measured; {' and '.join(harder)}, so the weight leans toward formation (0.2 "
+        "formed digits' random fixed triggers where 0.1 did not)"
+    )
+
+
+def with_alpha(config, image_shape, num_classes):
+    """`config` with alpha set: its own, or `default_alpha`'s when it has none.
+
+    Args:
+        config: Settings as returned by `resolve_config`.
+        image_shape: `(height, width, channels)` of the loaded images.
+        num_classes: Number of classes of the loaded data.
+
+    Returns:
+        `(config, reason)`: a new dict with a float alpha, and `default_alpha`'s reason, or
+        None when `config` had an alpha.
+    """
+    if config["alpha"] is not None:
+        return config, None
+    alpha, reason = default_alpha(image_shape, num_classes)
+    return dict(config, alpha=alpha), reason
 
 
 def model_function(spec):
@@ -318,6 +433,9 @@ def _cluster_size(tf_config):
 
 
 def identity(config):
-    """What a target's artefacts depend on: `config` without where they are written."""
-    return {key: value for key, value in config.items() if key not in LOCATION_KEYS}
+    """What a target's artefacts depend on: `config` less `LOCATION_KEYS` and `ALPHA_SOURCE`."""
+    return {
+        key: value for key, value in config.items()
+        if key not in (*LOCATION_KEYS, ALPHA_SOURCE)
+    }
 

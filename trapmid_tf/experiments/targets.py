@@ -11,7 +11,9 @@ import shutil
 import tempfile
 
 from trapmid_tf.experiments import defenses as defense_registry
-from trapmid_tf.experiments.target_config import MODELS, RESUMABLE_CHANGES, model_function
+from trapmid_tf.experiments.target_config import (
+    ALPHA_SOURCE, MODELS, RESUMABLE_CHANGES, model_function, with_alpha,
+)
 
 # The reference's optimiser constants (utils.init_optimizer and every config entry): SGD with
 # momentum 0.9 and weight decay 1e-4 as PyTorch applies it (trapmid_tf.TorchSGD); Adam with
@@ -161,7 +163,8 @@ def build_model(config, input_shape, num_classes, steps_per_epoch):
     """Builds and compiles the target for `config["defense"]` in the current strategy scope.
 
     Returns a plain Keras classifier (none, negls) or a wrapper with `export_classifier`
-    (`TrapMIDModel`, `MIDModel`, `BiDOModel`). A model of one's own (`custom_classifier`)
+    (`TrapMIDModel`, `MIDModel`, `BiDOModel`; Trap-MID's alpha, if None, is
+    `target_config.default_alpha`'s). A model of one's own (`custom_classifier`)
     serves MID and BiDO through the convention of `trapmid_tf.models.features`: its last
     layer (or a layer named "logits") is the Dense that maps the feature to the logits;
     BiDO constrains that feature (in the zoo's models, their blocks' outputs too).
@@ -215,7 +218,7 @@ def build_model(config, input_shape, num_classes, steps_per_epoch):
     model = model_class(
         classifier,
         num_classes,
-        alpha=config["alpha"],
+        alpha=with_alpha(config, input_shape, num_classes)[0]["alpha"],
         beta=config["beta"],
         trigger_step_size=config["trigger_step_size"],
         optimize_triggers=config["optimize_triggers"],
@@ -286,11 +289,15 @@ def train(config, verbose=0):
 
     Args:
         config: Settings as returned by
-            `trapmid_tf.experiments.target_config.resolve_config`.
+            `trapmid_tf.experiments.target_config.resolve_config`; an alpha of None is set
+            from the loaded images (`target_config.default_alpha`) before anything is
+            written.
         verbose: `keras.Model.fit`'s verbosity (0 silent, 2 one line per epoch).
 
     Returns:
-        The results dict that is also written to `results.json`.
+        The results dict that is also written to `results.json`; for Trap-MID defenses it
+        holds `alpha`, `alpha_source` ("flag", "preset" or "measured default") and
+        `alpha_reason` (`default_alpha`'s reason, or None), None for the others.
 
     Raises:
         trapmid_tf.callbacks.NonFiniteLossError: at the first non-finite training loss.
@@ -312,6 +319,9 @@ def train(config, verbose=0):
     )
     (train_set, test_set), _ = splits
     num_classes = int(train_set.reduce(0, lambda m, item: tf.maximum(m, item[1])).numpy()) + 1
+    config, alpha_reason = with_alpha(
+        config, tuple(train_set.element_spec[0].shape), num_classes
+    )
     test_data = test_set
     if defense_registry.get_defense(config["defense"]).trapdoor:
         test_data = tm.data.with_trapdoor_labels(test_set, num_classes, seed=config["seed"] + 1)
@@ -322,7 +332,7 @@ def train(config, verbose=0):
     try:
         return _fit_and_write(
             config, strategy, train_set, num_classes, test_data, out, splits.skipped_files,
-            verbose,
+            alpha_reason, verbose,
         )
     finally:
         if not chief:
@@ -330,8 +340,11 @@ def train(config, verbose=0):
 
 
 def _fit_and_write(config, strategy, train_set, num_classes, test_data, out, skipped_files,
-                   verbose):
-    """Builds the model, trains it (from the backup, if any) and writes into `out`."""
+                   alpha_reason, verbose):
+    """Builds the model, trains it (from the backup, if any) and writes into `out`.
+
+    `alpha_reason`: `default_alpha`'s reason when it chose alpha, else None.
+    """
     import trapmid_tf as tm
     from trapmid_tf.callbacks import StopOnNonFiniteLoss, TrapMIDBackup
     from trapmid_tf.files import write_json
@@ -380,6 +393,9 @@ def _fit_and_write(config, strategy, train_set, num_classes, test_data, out, ski
         "skipped_files": list(skipped_files),
         "trapdoor_formed": tracker.trapdoor_formed if uses_triggers else None,
         "trapdoor_warning_threshold": tracker.trapdoor_warning_threshold if uses_triggers else None,
+        "alpha": config["alpha"] if uses_triggers else None,
+        "alpha_source": config[ALPHA_SOURCE] if uses_triggers else None,
+        "alpha_reason": alpha_reason if uses_triggers else None,
     }
     write_json(os.path.join(out, "results.json"), results)
     if config["require_trapdoor"] and results["trapdoor_formed"] is False:
