@@ -18,8 +18,8 @@ from trapmid_tf.attacks.plgmi_adaptive import (
     PLGMIAdaptiveAttack,
     defender_signatures,
     estimate_signatures,
-    signature_cosine,
 )
+from trapmid_tf.attacks.trapdoor_penalty import signature_cosine
 from trapmid_tf.models.features import feature_extractor
 
 CLASSES = [0, 2]
@@ -84,19 +84,32 @@ def test_view_loss_is_margin_plus_weighted_cosine(networks):
     np.testing.assert_allclose(value, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_estimated_signatures_are_class_means_of_the_features(networks):
+def public_images(size=8, seed=5):
+    return np.random.default_rng(seed).random((size, *IMAGE_SHAPE)).astype(np.float32)
+
+
+def test_estimated_signatures_are_class_means_minus_the_top_n_public_means(networks):
     _, target = networks
     rng = np.random.default_rng(2)
     images = rng.random((5, *IMAGE_SHAPE)).astype(np.float32)
     labels = np.array([2, 0, 2, 2, 0])
-    features = feature_extractor(target).predict(images, verbose=0).astype(np.float64)
-    signatures = estimate_signatures(target, images, labels)
+    public = public_images()
+    extractor = feature_extractor(target)
+    features = extractor.predict(images, verbose=0).astype(np.float64)
+    public_features = extractor.predict(public, verbose=0).astype(np.float64)
+    # Top-3 public images per class by softmax probability, from NumPy logits.
+    logits = to_numpy(target(public)).astype(np.float64)
+    probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    top = np.argsort(-probabilities, axis=0, kind="stable")[:3].T
+    signatures = estimate_signatures(target, images, labels, public, top_n=3)
     assert signatures.shape == (NUM_CLASSES, 6)
-    np.testing.assert_allclose(signatures[0], features[[1, 4]].mean(axis=0), atol=1e-6)
+    # tanh features in [-1, 1], means of at most 5 of them: a few float32 roundings.
+    for label, rows in ((0, [1, 4]), (2, [0, 2, 3])):
+        expected = features[rows].mean(axis=0) - public_features[top[label]].mean(axis=0)
+        np.testing.assert_allclose(signatures[label], expected, atol=1e-6)
     np.testing.assert_array_equal(signatures[1], np.zeros(6))  # class 1 not reconstructed
-    np.testing.assert_allclose(signatures[2], features[[0, 2, 3]].mean(axis=0), atol=1e-6)
     with pytest.raises(ValueError, match=r"`labels` must lie in \[0, 3\)"):
-        estimate_signatures(target, images, labels + 1)
+        estimate_signatures(target, images, labels + 1, public, top_n=3)
 
 
 def test_defender_signatures_blend_every_trigger_into_the_clean_images(networks):
@@ -116,7 +129,7 @@ def test_penalty_moves_reconstructions_away_from_the_signatures(networks):
     generator, target = networks
     budget = dict(iterations=60, augment=no_augment, chunk_size=30)
     plain = PLGMIAttack(generator, **budget).invert(target, CLASSES, PER_CLASS, verbose=0)
-    signatures = estimate_signatures(target, plain.images, plain.labels)
+    signatures = estimate_signatures(target, plain.images, plain.labels, public_images(), 3)
     adaptive = PLGMIAdaptiveAttack(generator, signatures, penalty_weight=10.0, **budget)
     result = adaptive.invert(target, CLASSES, PER_CLASS, verbose=0)
     check_result(result, CLASSES, PER_CLASS, (4,))
@@ -133,12 +146,14 @@ def test_without_signatures_it_estimates_them_from_a_plain_round(networks):
     generator, target = networks
     budget = dict(iterations=20, augment=no_augment, chunk_size=20)
     plain = PLGMIAttack(generator, **budget).invert(target, CLASSES, PER_CLASS, seed=3, verbose=0)
+    public = public_images()
     by_hand = PLGMIAdaptiveAttack(
-        generator, estimate_signatures(target, plain.images, plain.labels), 5.0, **budget
+        generator, estimate_signatures(target, plain.images, plain.labels, public, 3), 5.0,
+        **budget,
     ).invert(target, CLASSES, PER_CLASS, seed=3, verbose=0)
-    estimated = PLGMIAdaptiveAttack(generator, None, 5.0, **budget).invert(
-        target, CLASSES, PER_CLASS, seed=3, verbose=0
-    )
+    estimated = PLGMIAdaptiveAttack(
+        generator, None, 5.0, public_images=public, top_n=3, **budget
+    ).invert(target, CLASSES, PER_CLASS, seed=3, verbose=0)
     np.testing.assert_allclose(estimated.latents, by_hand.latents, atol=1e-6)
     assert not np.allclose(estimated.latents, plain.latents)
 
@@ -150,3 +165,7 @@ def test_rejects_signatures_of_the_wrong_shape(networks):
         attack.invert(target, [0], verbose=0)
     with pytest.raises(ValueError, match="penalty_weight"):
         PLGMIAdaptiveAttack(generator, np.ones((3, 6)), penalty_weight=-1.0)
+    with pytest.raises(ValueError, match="exactly one of `signatures`.*received neither"):
+        PLGMIAdaptiveAttack(generator)
+    with pytest.raises(ValueError, match="exactly one of `signatures`.*received both"):
+        PLGMIAdaptiveAttack(generator, np.ones((3, 6)), public_images=public_images())

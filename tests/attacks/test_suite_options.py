@@ -34,9 +34,12 @@ def test_build_passes_the_options_to_the_attacks(priors):
     assert isinstance(known, PLGMIAdaptiveAttack)
     assert known.iterations == 7 and known.penalty_weight == 3.0
     np.testing.assert_array_equal(known.signatures, signatures)
-    estimated = suite.build_attack("plgmi_adaptive_estimated", priors, settings)
-    assert estimated.signatures is None and estimated.iterations == 7
     public = np.zeros((2, 4, 4, 1), np.float32)
+    estimated = suite.build_attack(
+        "plgmi_adaptive_estimated", priors, settings, public_images=public, top_n=2
+    )
+    assert estimated.signatures is None and estimated.iterations == 7
+    assert estimated.top_n == 2 and estimated.public_images.shape == public.shape
     recovery = suite.build_attack("trigger_recovery", {}, public_images=public, alpha=0.1)
     assert isinstance(recovery, TriggerRecoveryAttack) and recovery.alpha == 0.1
     brep = suite.build_attack("brep_mi", priors, patience=5)
@@ -49,6 +52,9 @@ def test_build_says_what_is_missing_or_refused(priors):
         suite.build_attack("plgmi_adaptive", priors)
     with pytest.raises(ValueError, match="estimates the signatures itself"):
         suite.build_attack("plgmi_adaptive_estimated", priors, signatures=np.ones((3, 6)))
+    with pytest.raises(ValueError, match="'plgmi_adaptive_estimated' needs the option "
+                                         "`public_images`"):
+        suite.build_attack("plgmi_adaptive_estimated", priors)
     with pytest.raises(ValueError, match="needs the option `public_images`"):
         suite.build_attack("trigger_recovery", {})
     with pytest.raises(ValueError, match=r"'gmi' takes no options; received \['alpha'\]"):

@@ -12,38 +12,32 @@ augmented view of `G(z, y)` and the signature of the attacked class y:
 Two knowledge levels:
 - the attacker holds the defender's triggers (worst case): `defender_signatures` computes the
   signatures exactly as the defender does (`TrapdoorDetector`);
-- the attacker only has the model: pass `signatures=None`, and `invert` first runs plain PLG-MI,
-  takes the mean target feature of its reconstructions per class (`estimate_signatures`: the
-  paper shows these sit near the true signatures), then runs the penalised inversion.
+- the attacker only has the model: pass `signatures=None` and its public images, and `invert`
+  first runs plain PLG-MI, estimates each class's signature as the mean target feature of
+  those reconstructions minus the mean feature of the class's top-n public images
+  (`estimate_signatures`), then runs the penalised inversion.
+
+At full strength the generator searched is itself trained with the same penalty: the PLG-MI
+prior's `signatures=` option (`trapmid_tf.attacks.plgmi_prior`) adds it to the generator loss
+and to the top-n selection. The penalty is `trapmid_tf.attacks.trapdoor_penalty`'s.
 """
 
 import numpy as np
 from keras import ops
 
 from trapmid_tf.attacks.plgmi import PLGMIAttack
-from trapmid_tf.attacks.plgmi_prior import margin_loss
+from trapmid_tf.attacks.plgmi_prior import margin_loss, most_confident
+from trapmid_tf.attacks.trapdoor_penalty import checked_signatures, class_signature_cosine
 from trapmid_tf.metrics.evaluator import TrapdoorDetector
 from trapmid_tf.metrics.features import batched_predict
 from trapmid_tf.metrics.trapdoor import class_signatures
 from trapmid_tf.models.features import feature_extractor, features_and_logits
-from trapmid_tf.validation import as_feature_matrix, check_non_negative_float
-
-COSINE_EPSILON = 1e-12  # Norm product below which the cosine is taken as 0 (zero vectors).
-
-
-def signature_cosine(features, signatures):
-    """Row-wise cosine similarity of features and the signatures of their classes.
-
-    Args:
-        features: `(batch, dims)` tensor.
-        signatures: `(batch, dims)` tensor, the signature of each row's class.
-
-    Returns:
-        A `(batch,)` tensor in [-1, 1]; 0 where either vector is zero.
-    """
-    dots = ops.sum(features * signatures, axis=-1)
-    norms = ops.norm(features, axis=-1) * ops.norm(signatures, axis=-1)
-    return dots / ops.maximum(norms, COSINE_EPSILON)
+from trapmid_tf.validation import (
+    as_feature_matrix,
+    as_image_batch,
+    check_non_negative_float,
+    check_positive_int,
+)
 
 
 def defender_signatures(target, triggers, alpha, clean_images, batch_size=100):
@@ -63,27 +57,45 @@ def defender_signatures(target, triggers, alpha, clean_images, batch_size=100):
     return TrapdoorDetector(target, triggers, alpha, clean_images, batch_size).signatures
 
 
-def estimate_signatures(target, images, labels, num_classes=None, batch_size=100):
-    """The model-only attacker's signatures: mean target feature of its reconstructions per class.
+def estimate_signatures(target, images, labels, public_images, top_n=30, batch_size=100):
+    """The model-only attacker's signatures, per class: what its reconstructions add to the class.
+
+    The estimate of class c is the mean target feature of the reconstructions of c minus the
+    mean target feature of c's top-n public images (the `top_n` the target is surest are c,
+    `most_confident`): the part of the reconstructions' feature that the class's most
+    convincing natural images do not have, i.e. the trapdoor's pull. The mean feature of the
+    reconstructions alone is mostly the class itself; penalising it pushed reconstructions of
+    an unprotected model out of their class (docs/adaptive_attacks.md). This definition is
+    our choice: the paper names PLG-MI++ and its knowledge of the signatures, not how a
+    model-only attacker would estimate them.
 
     Args:
         target: The attacked classifier (features convention of `trapmid_tf.models.features`).
         images: Float32 NHWC reconstructions in [0, 1], e.g. a plain PLG-MI result.
         labels: Int attacked class of each reconstruction.
-        num_classes: Rows of the result; None for the target's number of classes.
+        public_images: Float32 NHWC public images in [0, 1] (the attacker's).
+        top_n: Public images per class whose mean feature is subtracted (PLG-MI's top-n).
         batch_size: Images per forward pass.
 
     Returns:
-        A float64 array `(num_classes, feature_dims)`; rows of classes without reconstructions
-        are zero (their penalty is 0).
+        A float64 array `(target classes, feature_dims)`; rows of classes without
+        reconstructions are zero (their penalty is 0).
 
     Raises:
-        ValueError: If `labels` does not match `images` or holds a class outside
-            `[0, num_classes)`.
+        ValueError: If `labels` does not match `images` or holds a class outside the
+            target's, or `public_images` or `top_n` is bad.
     """
-    num_classes = int(target.output_shape[-1]) if num_classes is None else int(num_classes)
+    num_classes = int(target.output_shape[-1])
+    public_images = as_image_batch("public_images", public_images)
+    check_positive_int("top_n", top_n)
+    if top_n > len(public_images):
+        raise ValueError(
+            f"`top_n` must be at most the number of public images, {len(public_images)}; "
+            f"received {top_n}."
+        )
     labels = np.asarray(labels)
-    features = batched_predict(feature_extractor(target), images, batch_size)
+    extractor = feature_extractor(target)
+    features = batched_predict(extractor, images, batch_size)
     if labels.shape != (len(features),) or not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(
             f"`labels` must hold one integer class per image, shape ({len(features)},); "
@@ -95,8 +107,11 @@ def estimate_signatures(target, images, labels, num_classes=None, batch_size=100
             f"[{labels.min()}, {labels.max()}]."
         )
     present, local = np.unique(labels, return_inverse=True)
+    top = most_confident(target, public_images, top_n, batch_size)[present]
+    public_features = batched_predict(extractor, public_images[top.reshape(-1)], batch_size)
+    public_means = public_features.astype(np.float64).reshape(len(present), top_n, -1).mean(1)
     signatures = np.zeros((num_classes, features.shape[1]))
-    signatures[present] = class_signatures(features, local, len(present))
+    signatures[present] = class_signatures(features, local, len(present)) - public_means
     return signatures
 
 
@@ -113,10 +128,14 @@ class PLGMIAdaptiveAttack(PLGMIAttack):
         signatures: `(num_classes, feature_dims)` trapdoor signatures of the target (e.g.
             `defender_signatures`, or `estimate_signatures` of an earlier PLG-MI result); None
             to estimate them inside `invert` from a first, plain PLG-MI round with the same
-            budget and seed (the model-only attacker; twice the cost).
+            budget and seed and `public_images` (the model-only attacker; twice the cost).
         penalty_weight: Weight w of the cosine penalty, >= 0 (0 is plain PLG-MI). The margin
             is in logit units and the cosine in [-1, 1]; sweep it (e.g. 0.3, 1, 3, 10).
-        iterations, learning_rate, augment, chunk_size, jit_compile: As `PLGMIAttack`.
+        iterations, learning_rate, augment: As `PLGMIAttack`.
+        public_images: The attacker's float32 NHWC public images in [0, 1]; needed (and only
+            taken) with `signatures=None`, for `estimate_signatures`.
+        top_n: Public images per class in `estimate_signatures` (PLG-MI's top-n).
+        chunk_size, jit_compile: As `PLGMIAttack`.
 
     The result's latents are the final z, shape `(images, z_dim)`.
     """
@@ -130,6 +149,8 @@ class PLGMIAdaptiveAttack(PLGMIAttack):
         learning_rate=0.1,
         augment=None,
         *,
+        public_images=None,
+        top_n=30,
         chunk_size=100,
         jit_compile=False,
     ):
@@ -138,16 +159,28 @@ class PLGMIAdaptiveAttack(PLGMIAttack):
             chunk_size=chunk_size, jit_compile=jit_compile,
         )
         check_non_negative_float("penalty_weight", penalty_weight)
+        check_positive_int("top_n", top_n)
+        if (signatures is None) == (public_images is None):
+            given = "both" if signatures is not None else "neither"
+            raise ValueError(
+                "PLG-MI++ needs exactly one of `signatures` (given) and `public_images` (to "
+                f"estimate them); received {given}."
+            )
         self.penalty_weight = float(penalty_weight)
         self.signatures = (
             None if signatures is None else as_feature_matrix(signatures, "signatures")
         )
+        self.public_images = (
+            None if public_images is None else as_image_batch("public_images", public_images)
+        )
+        self.top_n = int(top_n)
 
     def invert(self, target, classes, per_class=5, seed=0, verbose=1):
         """Reconstructs `per_class` images of each class, penalised towards leaving the trapdoor.
 
         With `signatures=None`, first runs plain PLG-MI (same budget, classes, restarts and
-        seed), estimates the signatures from its reconstructions, then runs PLG-MI++.
+        seed), estimates the signatures from its reconstructions and the public images
+        (`estimate_signatures`), then runs PLG-MI++.
 
         Args:
             target, classes, per_class, seed, verbose: As `InversionAttack.invert`.
@@ -163,7 +196,9 @@ class PLGMIAdaptiveAttack(PLGMIAttack):
         ).invert(target, classes, per_class, seed, verbose)
         estimated = PLGMIAdaptiveAttack(
             self.generator,
-            estimate_signatures(target, plain.images, plain.labels),
+            estimate_signatures(
+                target, plain.images, plain.labels, self.public_images, self.top_n
+            ),
             self.penalty_weight,
             self.iterations,
             self.learning_rate,
@@ -188,19 +223,11 @@ class PLGMIAdaptiveAttack(PLGMIAttack):
                 target's feature size.
         """
         view = features_and_logits(target)
-        expected = (int(target.output_shape[-1]), int(view.output_shape[0][-1]))
-        if self.signatures.shape != expected:
-            raise ValueError(
-                f"`signatures` must have shape {expected} (target classes, feature dims); "
-                f"received {self.signatures.shape}."
-            )
-        signatures = ops.convert_to_tensor(self.signatures.astype(np.float32))
+        signatures = ops.convert_to_tensor(checked_signatures(self.signatures, target))
 
         def loss(views, labels):
             features, logits = view(views, training=False)
-            cosine = signature_cosine(
-                ops.cast(features, "float32"), ops.take(signatures, labels, axis=0)
-            )
+            cosine = class_signature_cosine(features, labels, signatures)
             return margin_loss(logits, labels) + self.penalty_weight * ops.mean(cosine)
 
         return loss

@@ -6,6 +6,13 @@ class the `n` most confident ones become real data of that class, and a conditio
 (`trapmid_tf.models.cgan`) learns them while its generator is also pushed to make the target
 predict the condition (margin loss on augmented fakes). The GAN specialises
 `trapmid_tf.attacks.gan_prior.GANPrior` by its losses.
+
+PLG-MI++ at full strength (an attacker who knows the trapdoor signatures) trains this prior
+with `signatures=`: the generator loss then adds PLG-MI++'s penalty (the mean cosine of the
+target feature of each augmented fake with its class's signature,
+`trapmid_tf.attacks.trapdoor_penalty`), and the top-n selection ranks public images by the
+target's confidence minus the same penalty, so neither the real data nor the generator
+follows the trapdoor.
 """
 
 import math
@@ -16,10 +23,16 @@ import tensorflow as tf
 from keras import ops
 
 from trapmid_tf.attacks.gan_prior import GANPrior
+from trapmid_tf.attacks.trapdoor_penalty import (
+    checked_signatures,
+    class_signature_cosine,
+    signature_cosine,
+)
 from trapmid_tf.contract import checked_labels, global_batch_mean
 from trapmid_tf.layers.augment import augment_with_parameters
 from trapmid_tf.metrics.features import batched_predict
-from trapmid_tf.validation import check_positive_int
+from trapmid_tf.models.features import feature_extractor, features_and_logits
+from trapmid_tf.validation import check_non_negative_float, check_positive_int
 
 CROP_SCALE = (0.8, 1.0)  # area fraction of the random resized crop
 JITTER_STRENGTH = 0.2  # brightness and contrast factors are drawn from U[1 - s, 1 + s]
@@ -27,6 +40,7 @@ ROTATION_DEGREES = 5.0
 REAL_NOISE = 1.0 / 256.0  # real images get uniform noise in [0, REAL_NOISE)
 _GREY_WEIGHTS = (0.299, 0.587, 0.114)  # kornia's rgb_to_grayscale
 _NUM_AUGMENT_PARAMETERS = 10
+_COSINE_CHUNK = 2**24  # Image-class-feature products per chunk of the penalised top-n ranking.
 
 
 # === Pseudo-labelled public data ===
@@ -38,10 +52,13 @@ def _softmax(logits):
     return exponentials / exponentials.sum(axis=1, keepdims=True)
 
 
-def most_confident(target, images, n, batch_size=350):
+def most_confident(target, images, n, batch_size=350, signatures=None, signature_weight=0.0):
     """The indices of the `n` images the target gives the highest softmax probability, per class.
 
-    Ties are broken by the lower index; an image may rank for several classes.
+    With `signatures`, the score of image i for class c is its probability of c minus
+    `signature_weight` times the cosine of its target feature with c's signature (PLG-MI++'s
+    penalty, `trapmid_tf.attacks.trapdoor_penalty`). Ties are broken by the lower index; an
+    image may rank for several classes.
 
     Args:
         target: Keras classifier mapping float32 NHWC images in [0, 1] to logits (run in
@@ -49,21 +66,43 @@ def most_confident(target, images, n, batch_size=350):
         images: Float32 array `(samples, height, width, channels)` in [0, 1].
         n: Images per class, at most `samples` (the callers check it).
         batch_size: Images per forward pass of the target.
+        signatures: `(classes, feature_dims)` trapdoor signatures, or None for the plain
+            ranking.
+        signature_weight: Weight of the penalty, >= 0.
 
     Returns:
-        int64 array `(classes, n)`: row c holds class c's image indices, most probable first.
+        int64 array `(classes, n)`: row c holds class c's image indices, best score first.
     """
-    probabilities = _softmax(batched_predict(target, images, batch_size))
-    # A stable sort of the negated probabilities keeps equal ones in index order.
-    return np.argsort(-probabilities, axis=0, kind="stable")[:n].T
+    scores = _softmax(batched_predict(target, images, batch_size))
+    if signatures is not None:
+        check_non_negative_float("signature_weight", signature_weight)
+        scores = scores - signature_weight * _signature_cosines(
+            target, images, checked_signatures(signatures, target), batch_size
+        )
+    # A stable sort of the negated scores keeps equal ones in index order.
+    return np.argsort(-scores, axis=0, kind="stable")[:n].T
 
 
-def select_top_n(target, public_images, num_classes, n=30, batch_size=350):
+def _signature_cosines(target, images, signatures, batch_size):
+    """float64 `(samples, classes)`: cosine of each image's target feature with each signature."""
+    features = batched_predict(feature_extractor(target), images, batch_size).astype(np.float32)
+    rows = max(1, _COSINE_CHUNK // signatures.size)
+    return np.concatenate([
+        ops.convert_to_numpy(signature_cosine(features[start:start + rows, None], signatures[None]))
+        for start in range(0, len(features), rows)
+    ]).astype(np.float64)
+
+
+def select_top_n(
+    target, public_images, num_classes, n=30, batch_size=350, signatures=None,
+    signature_weight=0.0,
+):
     """Pseudo-labels public images with the target: the `n` most confident images per class.
 
     The target (in inference mode) gives a softmax over all public images; for each class
     the `n` images with the highest probability of that class are kept, ties broken by the
-    lower index. An image may be kept for several classes.
+    lower index. An image may be kept for several classes. With `signatures`, the ranking
+    subtracts PLG-MI++'s penalty (`most_confident`).
 
     Args:
         target: Keras classifier mapping float32 NHWC images in [0, 1] to logits.
@@ -72,6 +111,7 @@ def select_top_n(target, public_images, num_classes, n=30, batch_size=350):
         num_classes: Number of classes; must equal the target's number of logits.
         n: Images kept per class (30 in the reference); at most the number of images.
         batch_size: Images per forward pass of the target.
+        signatures, signature_weight: As `most_confident` (None: the plain ranking).
 
     Returns:
         `(images, pseudo_labels)`: float32 array `(num_classes * n, height, width, channels)`
@@ -97,7 +137,9 @@ def select_top_n(target, public_images, num_classes, n=30, batch_size=350):
             f"`n` must be at most the number of public images, {len(public_images)}; "
             f"received {n}."
         )
-    indices = most_confident(target, public_images, n, batch_size).reshape(-1)
+    indices = most_confident(
+        target, public_images, n, batch_size, signatures, signature_weight
+    ).reshape(-1)
     labels = np.repeat(np.arange(num_classes, dtype=np.int32), n)
     return public_images[indices], labels
 
@@ -262,7 +304,9 @@ class PLGMIPrior(GANPrior):
     - generator step, with `z ~ N(0, I)` and `y ~ U{0..C-1}`:
       `L_G = -mean D(G(z, y), y) + inversion_weight * margin(T(aug(G(z, y))), y)`, where
       `aug` is `plgmi_augment` (jitter probability 0.5) and `T` the frozen target, called in
-      inference mode; only the generator is updated;
+      inference mode; only the generator is updated. With `signatures`, PLG-MI++'s penalty
+      `signature_weight * mean cos(f_T(aug(G(z, y))), s_y)` is added (`f_T` the target's
+      penultimate feature of the same augmented fakes, `s_y` the signature of y);
     - discriminator step, with fresh `z, y` and the real batch plus uniform noise in
       [0, 1/256): `L_D = mean relu(1 - D(x_r, y_r)) + mean relu(1 + D(G(z, y), y))`.
     G and D run in training mode throughout (batch-statistics BN), as the reference. Real
@@ -286,6 +330,10 @@ class PLGMIPrior(GANPrior):
         inversion_weight: Weight of the margin loss in the generator loss (0.2 in the
             reference).
         seed: Integer seed of the latents, labels, noise and augmentation, or None.
+        signatures: `(classes, feature_dims)` trapdoor signatures of the target (PLG-MI++ at
+            full strength: the defender's, or `estimate_signatures`'), or None for PLG-MI.
+        signature_weight: Weight of the signature penalty in the generator loss, >= 0 (used
+            only with `signatures`).
         **kwargs: Standard `keras.Model` arguments.
 
     Raises:
@@ -307,13 +355,19 @@ class PLGMIPrior(GANPrior):
     _ADAM_BETAS = (0.0, 0.9)
 
     def __init__(
-        self, generator, discriminator, target, n_dis=5, inversion_weight=0.2, seed=None, **kwargs
+        self, generator, discriminator, target, n_dis=5, inversion_weight=0.2, seed=None,
+        signatures=None, signature_weight=0.0, **kwargs
     ):
         num_classes = _check_networks(generator, discriminator, target)
+        check_non_negative_float("signature_weight", signature_weight)
+        signatures = None if signatures is None else checked_signatures(signatures, target)
         super().__init__(generator, discriminator, n_dis, seed, **kwargs)
         self.num_classes = num_classes
         self.target = target
         self.inversion_weight = float(inversion_weight)
+        self.signatures = signatures
+        self.signature_weight = float(signature_weight)
+        self._target_view = None if signatures is None else features_and_logits(target)
 
     def compile(self, generator_optimizer=None, discriminator_optimizer=None, **kwargs):
         """Configures training.
@@ -362,10 +416,19 @@ class PLGMIPrior(GANPrior):
         uniform = self._replica_rows(
             lambda rows: _augment_parameters(rows, self.seed_generator), batch
         )
-        logits = self.target(_augment(fakes, uniform, jitter_probability=0.5), training=False)
+        augmented = _augment(fakes, uniform, jitter_probability=0.5)
+        if self.signatures is None:
+            logits = self.target(augmented, training=False)
+            penalty = 0.0
+        else:
+            features, logits = self._target_view(augmented, training=False)
+            signatures = ops.convert_to_tensor(self.signatures)
+            penalty = self.signature_weight * global_batch_mean(
+                class_signature_cosine(features, labels, signatures)
+            )
         margin = global_batch_mean(margin_loss(logits, labels))
         return {
-            "generator_loss": adversarial + self.inversion_weight * margin,
+            "generator_loss": adversarial + self.inversion_weight * margin + penalty,
             "margin_loss": margin,
         }
 
@@ -403,7 +466,12 @@ class PLGMIPrior(GANPrior):
             return self._checked_images(data[0]), tf.identity(labels)
 
     def get_config(self):
-        return {**super().get_config(), "inversion_weight": self.inversion_weight}
+        return {
+            **super().get_config(),
+            "inversion_weight": self.inversion_weight,
+            "signatures": None if self.signatures is None else self.signatures.tolist(),
+            "signature_weight": self.signature_weight,
+        }
 
 
 def _check_networks(generator, discriminator, target):
