@@ -87,7 +87,7 @@ def convergence_rows(results_by_scale, tolerance):
         verdict of a scale says whether its budget was converged (`convergence_verdict` on
         the next scale's gain), None for the last scale.
     """
-    from trapmid_tf.attacks.suite import LOOKUP
+    from trapmid_tf.attacks.suite import LOOKUP, TRANSFER_NULL
     from trapmid_tf.experiments.summary import NOT_APPLICABLE
     from trapmid_tf.metrics.intervals import compare
     from trapmid_tf.report import estimate_text
@@ -97,7 +97,7 @@ def convergence_rows(results_by_scale, tolerance):
     for defense, first in results_by_scale[scales[0]].items():
         runs = [results_by_scale[scale][defense] for scale in scales]
         for attack, summary in first["attacks"].items():
-            if attack == LOOKUP or NOT_APPLICABLE in summary:
+            if attack in (LOOKUP, TRANSFER_NULL) or NOT_APPLICABLE in summary:
                 continue
             gains = [None] + [
                 compare(later["attacks"][attack]["groups"]["top1"],

@@ -39,15 +39,20 @@ def test_markdown_table_formats_cells():
         report.markdown_table(["a", "b", "c"], [["x"]])
 
 
+def _outcomes(rate, seed):
+    """Exactly `rate` of 100 0/1 outcomes are 1, in an order drawn with `seed`."""
+    hits = round(100 * rate)
+    return np.random.default_rng(seed).permutation([1] * hits + [0] * (100 - hits)).tolist()
+
+
 def _target(aa1, chance, accuracy, trapdoor_accuracy, seed, lookup=0.0):
     """One seed's scores: exactly `aa1` of 100 GMI reconstructions successful (starting
     samples `chance`), and `lookup` of the lookup baseline's 100 public images."""
     def scores(rate, chance, steps):
-        hits = round(100 * rate)
-        top1 = np.random.default_rng(seed).permutation([1] * hits + [0] * (100 - hits)).tolist()
+        top1 = _outcomes(rate, seed)
         return {
             "per_image": {"top1": top1, "top5": top1, "knn": [1.0] * 100},
-            "chance_aa1": chance, "fid_samples": hits, "fid_samples_all": 100,
+            "chance_aa1": chance, "fid_samples": sum(top1), "fid_samples_all": 100,
             "feature_dims": 8, "inversion_steps": steps,
         }
 
@@ -366,3 +371,86 @@ def test_the_report_opens_with_the_lookup_floors_and_what_the_setting_can_show(
     assert floor.startswith("0.900 [")
     assert f"none {floor}, trapmid {floor}." in paragraph
     assert ("cannot show protection" in paragraph) is says_it_cannot
+
+
+def _judged_results(cnn, pixel, lookup_pixel=0.0):
+    """3 seeds of GMI against each defense of `cnn` ("none" first, 10 attacked classes,
+    chance 0.1) judged twice: exactly `cnn[d]` of 100 reconstructions correct by the
+    evaluation model and `pixel[d]` by the pixel judge; every lookup scores 0 by the
+    evaluation model and `lookup_pixel` by the pixel judge."""
+    def target(defense, seed):
+        scores = _target(cnn[defense], 0.1, 1.0, None if defense == "none" else 1.0, seed)
+        for attack, rate in (("gmi", pixel[defense]), ("lookup", lookup_pixel)):
+            scores["attacks"][attack]["per_image"]["pixel_top1"] = _outcomes(rate, seed + 10)
+        return scores
+
+    return {
+        "defenses": {d: summarize_seeds({seed: target(d, seed) for seed in range(3)})
+                     for d in cnn},
+        "evaluation_model": {"classes": 10}, "attacked_classes": 10,
+        "settings": {"seeds": [0, 1, 2]},
+    }
+
+
+@pytest.mark.parametrize(
+    "pixel, verdict",
+    [
+        # The pixel judge sees what the evaluation model sees: its word.
+        ({"none": 0.8, "trapmid": 0.2}, "at most half"),
+        # By pixels GMI is at chance (0.1) on the undefended model: no leakage to protect.
+        ({"none": 0.1, "trapmid": 0.1}, report.JUDGES_DISAGREE),
+        # Both see leakage on the undefended model; only the evaluation model sees a drop. Each
+        # judge's Holm family is this one comparison, so its word is `test_verdicts`' for the
+        # same rates: 0.8 -> 0.2 "at most half", 0.8 -> 0.8 "inconclusive".
+        ({"none": 0.8, "trapmid": 0.8},
+         f"{report.JUDGES_DISAGREE} (evaluation model: at most half, pixel judge: inconclusive)"),
+    ],
+)
+def test_a_verdict_needs_the_judges_to_agree(pixel, verdict):
+    results = _judged_results({"none": 0.8, "trapmid": 0.2}, pixel)
+    assert report.judges(results) == ["aa1", "pixel_aa1"]
+    rows = report.verdicts(results)
+    assert _words(rows) == [("gmi", "trapmid", verdict)]
+    tested = verdict != report.JUDGES_DISAGREE  # the judges' words were tested
+    line = report.statistics_line(results, rows)
+    assert (f"Holm-corrected over {3 * tested} one-sided tests (3 for each of {int(tested)} "
+            "comparisons), per judge") in line
+
+
+def test_the_baseline_fails_only_where_both_judges_see_no_leakage():
+    results = _judged_results({"none": 0.1, "trapmid": 0.1}, {"none": 0.1, "trapmid": 0.1})
+    assert _words(report.verdicts(results)) == [("gmi", "trapmid", report.WORKS_ON_BASELINE)]
+
+
+def test_the_report_explains_the_judges_and_where_they_accept_the_transfer_null():
+    # Evaluation model: GMI 0.8 on none, 0.5 on trapmid, above its floors (chance 0.1, lookup
+    # 0); pixel judge: 0.1 on both, at chance, not above. The transfer null scores as GMI.
+    results = _judged_results({"none": 0.8, "trapmid": 0.5}, {"none": 0.1, "trapmid": 0.1})
+    for scores in results["defenses"].values():
+        scores["attacks"]["transfer_null"] = scores["attacks"]["gmi"]
+    lines = report.judges_lines(results)
+    assert lines[0] == "Top-1 by the pixel judge, under the same rule with its own floors:"
+    assert lines[2].startswith(
+        "| defense | seeds | accuracy | trapdoor acc. | lookup pixel_aa1 | gmi pixel_aa1 |")
+    assert report.JUDGES_RULE in lines
+    assert "a judge that accepts the transfer null's images measures transfer, not leakage" \
+        in report.JUDGES_RULE
+    assert lines[-2] == (
+        "The judges disagree on leakage for: gmi on none, gmi on trapmid, transfer_null on "
+        "none, transfer_null on trapmid. The transfer null shows leakage by the evaluation "
+        "model on none, trapmid; by the pixel judge on no target."
+    )
+    assert lines[-1] == ""
+    # The transfer null, like the lookup, is a reference: no verdict row.
+    assert [row[0] for row in report.verdicts(results)] == ["gmi"]
+
+
+def test_without_the_pixel_judge_the_report_says_so_and_judges_by_the_model_alone():
+    results = _results(0.8, 0.1, {"trapmid": 0.2})
+    assert report.judges(results) == ["aa1"]
+    assert results["defenses"]["none"]["attacks"]["gmi"]["pixel_aa1"] is None
+    lines = report.judges_lines(results)
+    assert lines[0] == report.JUDGES_RULE
+    assert lines[2].startswith("The pixel judge did not run (it judges only images of at most "
+                               "32 pixels a side)")
+    assert _words(report.verdicts(results)) == [("gmi", "trapmid", "at most half")]

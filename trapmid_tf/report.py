@@ -3,8 +3,10 @@
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from trapmid_tf.attacks.suite import LOOKUP
+from trapmid_tf.attacks.suite import LOOKUP, TRANSFER_NULL
+from trapmid_tf.attacks.transfer_null import TRANSFER_STEP_SIZE, TRANSFER_STEPS
 from trapmid_tf.files import atomic_path
+from trapmid_tf.metrics.pixel_judge import PIXEL_JUDGE_MAX_SIDE
 
 GRID_PADDING = 2
 
@@ -150,8 +152,8 @@ def _cell(value):
 
 GRID_PRIVATE_SAMPLES = 3
 ATTACK_COLUMNS = (
-    "aa1", "aa5", "knn", "fid", "fid_all", "precision_all", "recall_all", "density_all",
-    "coverage_all", "trapdoor_similarity", "trapdoor_detection", "chance_aa1",
+    "aa1", "pixel_aa1", "aa5", "knn", "fid", "fid_all", "precision_all", "recall_all",
+    "density_all", "coverage_all", "trapdoor_similarity", "trapdoor_detection", "chance_aa1",
 )
 # An attack "works" (shows leakage) against a model when its top-1 interval lies above both
 # floors: uniform chance over the attacked classes and the lookup baseline's top-1 (`works`).
@@ -165,6 +167,24 @@ LEAKAGE_RULE = (
 )
 # How a top-1 at or below the floors is marked in the tables.
 AT_FLOOR = " *≤ floor*"
+# The judges of reconstructions: the evaluation model's top-1 and, for small images, the
+# pixel judge's (`trapmid_tf.metrics.pixel_judge`), by their summary keys, with their names.
+JUDGES = {"aa1": "evaluation model", "pixel_aa1": "pixel judge"}
+# A verdict needs the judges to agree (`verdicts`); where they do not, the verdict reads so.
+JUDGES_DISAGREE = "judges disagree"
+# What the two judges and the transfer null are, as the report states it.
+JUDGES_RULE = (
+    "Judges: the evaluation model (`aa1`, a CNN trained on the private images) and the pixel "
+    "judge (`pixel_aa1`: the class of the nearest private test image in squared pixel "
+    "distance; no target trained on those images and no network's feature enters), for "
+    f"images of at most {PIXEL_JUDGE_MAX_SIDE} pixels a side. `transfer_null` is no inversion: "
+    f"per class, random public images moved {TRANSFER_STEPS} signed-gradient steps of "
+    f"{TRANSFER_STEP_SIZE * 255:g}/255 up the target's log-softmax of the class, clipped to "
+    "[0, 1]; a judge that accepts the transfer null's images measures transfer, not leakage. "
+    "A verdict needs the judges to agree: where they disagree on whether an attack shows "
+    f"leakage on the undefended model, or on the verdict, it reads *{JUDGES_DISAGREE}*. The "
+    "lookup and the transfer null are references: they get no verdict."
+)
 # The paper's top-1 attack accuracy in percent (VGG-16 on CelebA, read off the official
 # repository's charts; ../shared/docs/paper_results.md), by defense and attack.
 PAPER_TOP1 = {
@@ -184,6 +204,7 @@ BASELINE_ATTACKS = {"plgmi_adaptive": "plgmi"}
 # The steps an attack ran, where the recorded iterations need a word.
 STEP_NOTES = {
     LOOKUP: "(no optimisation: a lookup of the public images)",
+    TRANSFER_NULL: "(signed-gradient steps from random public images)",
     "plgmi_adaptive_estimated": "per round; two rounds (plain PLG-MI estimates the signatures)",
     "brep_mi": "run (walks also stop after their patience)",
 }
@@ -217,16 +238,17 @@ def not_applicable(scores):
     return f"not applicable: {scores[NOT_APPLICABLE]}"
 
 
-def top1_text(scores):
+def top1_text(scores, judge="aa1"):
     """An attack's top-1 for a table: the estimate's text, or why the attack did not run.
 
     Args:
         scores: One attack's summary against one model.
+        judge: The top-1 of which judge, a key of `JUDGES`.
 
     Returns:
         A string.
     """
-    return not_applicable(scores) or estimate_text(scores["aa1"])
+    return not_applicable(scores) or estimate_text(scores[judge])
 
 
 def estimate_text(estimate):
@@ -270,41 +292,78 @@ def uniform_chance(results):
     return 1.0 / results["attacked_classes"]
 
 
-def works(scores, chance, lookup):
+def works(scores, chance, lookup, judge="aa1"):
     """Whether an attack shows leakage: its top-1 is above chance and above the lookup floor.
 
     "Above" is read conservatively, interval against interval: the lower end of the attack's
     top-1 interval must exceed both uniform chance and the upper end of the lookup baseline's
-    top-1 interval on the same target. The top-1 of the attack's un-optimised starting
-    samples (`chance_aa1`) is no gate, only a diagnostic column. The lookup never passes
-    against itself.
+    top-1 interval on the same target, both by the same judge. The top-1 of the attack's
+    un-optimised starting samples (`chance_aa1`) is no gate, only a diagnostic column. The
+    lookup never passes against itself.
 
     Args:
-        scores: One attack's summary against one model (`aa1` as `Estimate.as_dict()`).
+        scores: One attack's summary against one model (`judge` as `Estimate.as_dict()`).
         chance: Uniform chance among the attacked classes, see `uniform_chance`.
-        lookup: The lookup baseline's summary against the same model (`aa1` likewise).
+        lookup: The lookup baseline's summary against the same model (`judge` likewise).
+        judge: The top-1 of which judge, a key of `JUDGES`.
 
     Returns:
-        True when `scores["aa1"]["low"] > max(chance, lookup["aa1"]["high"])`.
+        True when `scores[judge]["low"] > max(chance, lookup[judge]["high"])`.
     """
-    return scores["aa1"]["low"] > max(chance, lookup["aa1"]["high"])
+    return scores[judge]["low"] > max(chance, lookup[judge]["high"])
 
 
-def floor_mark(scores, chance, lookup):
+def floor_mark(scores, chance, lookup, judge="aa1"):
     """`AT_FLOOR` for a top-1 at or below the floors of `works`, else an empty string.
 
     Args:
         scores: One attack's summary against one model.
         chance: Uniform chance among the attacked classes.
         lookup: The lookup baseline's summary against the same model.
+        judge: The top-1 of which judge, a key of `JUDGES`.
 
     Returns:
         `AT_FLOOR`, or "" for an attack above the floors, one that did not run, or the
         lookup itself (the floor).
     """
-    if scores is lookup or not_applicable(scores) or works(scores, chance, lookup):
+    if scores is lookup or not_applicable(scores) or works(scores, chance, lookup, judge):
         return ""
     return AT_FLOOR
+
+
+def judges(results):
+    """The judges that scored a pipeline's results: `aa1`, and `pixel_aa1` where it ran.
+
+    Args:
+        results: The pipeline's results dict.
+
+    Returns:
+        A list of keys of `JUDGES`.
+    """
+    scored = [summary for scores in results["defenses"].values()
+              for summary in scores["attacks"].values()]
+    return [judge for judge in JUDGES
+            if any(summary.get(judge) is not None for summary in scored)]
+
+
+def judged_leakage(results):
+    """Per judge, the `(attack, defense)` pairs where the attack shows leakage (`works`).
+
+    Args:
+        results: The pipeline's results dict.
+
+    Returns:
+        `{judge: set of (attack, defense)}` over the attacks that ran, the lookup left out.
+    """
+    chance = uniform_chance(results)
+    return {
+        judge: {(attack, defense)
+                for defense, scores in results["defenses"].items()
+                for attack, summary in scores["attacks"].items()
+                if attack != LOOKUP and not not_applicable(summary)
+                and works(summary, chance, scores["attacks"][LOOKUP], judge)}
+        for judge in judges(results)
+    }
 
 
 def verdicts(results, baseline="none"):
@@ -313,8 +372,13 @@ def verdicts(results, baseline="none"):
     The verdict words come from `trapmid_tf.metrics.intervals.compare` on the per-seed,
     per-reconstruction top-1 outcomes (defense and baseline paired by training seed) and
     `intervals.decide`, Holm-corrected over every comparison that gets a verdict word here
-    (those not gated by `NOT_FORMED` or `WORKS_ON_BASELINE`): a word is given only where the
-    corrected test supports it, and with one seed there is none (`intervals.NEEDS_SEEDS`).
+    (those not gated by `NOT_FORMED`, `JUDGES_DISAGREE` or `WORKS_ON_BASELINE`): a word is
+    given only where the corrected test supports it, and with one seed there is none
+    (`intervals.NEEDS_SEEDS`). With two judges (`judges`) each judge is tested so, Holm over
+    its own comparisons, and a verdict needs them to agree: a row reads `JUDGES_DISAGREE`
+    where they disagree on whether the attack shows leakage on the baseline (`works`), and
+    `JUDGES_DISAGREE` with each judge's word where their words differ. The lookup and the
+    transfer null are references, not attacks to defend against: they get no row.
 
     Args:
         results: The pipeline's results dict.
@@ -327,17 +391,19 @@ def verdicts(results, baseline="none"):
     Returns:
         A list of `(attack, defense, baseline aa1, defended aa1, ratio, verdict)`, the
         accuracies and the ratio defended / baseline as "mean [low, high]" text (the ratio
-        None with one seed), verdict one of `WORKS_ON_BASELINE`, `NOT_FORMED`,
-        `intervals.VERDICT_WORDS`, `intervals.NEEDS_SEEDS` or a "not applicable" text.
+        None with one seed; both by the evaluation model), verdict one of
+        `WORKS_ON_BASELINE`, `NOT_FORMED`, `JUDGES_DISAGREE` (alone, or with each judge's
+        word), `intervals.VERDICT_WORDS`, `intervals.NEEDS_SEEDS` or a "not applicable" text.
     """
     from trapmid_tf.metrics.intervals import compare, decide
 
     defenses = results["defenses"]
     if baseline not in defenses:
         return []
+    judged = judges(results)
     rows, tested = [], []
     for attack in attack_names(results):
-        if attack == LOOKUP:  # the floor itself, not an attack to defend against
+        if attack in (LOOKUP, TRANSFER_NULL):  # references, not attacks to defend against
             continue
         label, reference = attack, defenses[baseline]["attacks"][attack]
         base = BASELINE_ATTACKS.get(attack)
@@ -352,22 +418,45 @@ def verdicts(results, baseline="none"):
                 rows.append((label, defense, top1_text(reference), top1_text(defended), None,
                              skipped))
                 continue
-            found = compare(defended["groups"]["top1"], reference["groups"]["top1"],
-                            scores["seeds"], defenses[baseline]["seeds"])
+            found = {judge: compare(defended["groups"][_group(judge)],
+                                    reference["groups"][_group(judge)],
+                                    scores["seeds"], defenses[baseline]["seeds"])
+                     for judge in judged}
+            leaks = {works(reference, uniform_chance(results),
+                           defenses[baseline]["attacks"][LOOKUP], judge) for judge in judged}
             if trapdoor_not_formed(scores):
                 word = NOT_FORMED
-            elif not works(reference, uniform_chance(results),
-                           defenses[baseline]["attacks"][LOOKUP]):
+            elif len(leaks) > 1:
+                word = JUDGES_DISAGREE
+            elif not leaks.pop():
                 word = WORKS_ON_BASELINE
             else:
                 word, tested = None, tested + [(len(rows), found)]
+            ratio = found["aa1"].ratio
             rows.append((
                 label, defense, estimate_text(reference["aa1"]), estimate_text(defended["aa1"]),
-                None if found.ratio is None else estimate_text(found.ratio.as_dict()), word,
+                None if ratio is None else estimate_text(ratio.as_dict()), word,
             ))
-    for (index, _), decided in zip(tested, decide([found for _, found in tested])):
-        rows[index] = rows[index][:-1] + (decided.word,)
+    words = {judge: [decided.word for decided in decide([found[judge] for _, found in tested])]
+             for judge in judged}
+    for position, (index, _) in enumerate(tested):
+        rows[index] = rows[index][:-1] + (_agreed({j: words[j][position] for j in judged}),)
     return rows
+
+
+def _group(judge):
+    """The per-reconstruction outcome behind a judge's top-1 (`summary.PER_IMAGE_METRICS`)."""
+    from trapmid_tf.experiments.summary import PER_IMAGE_METRICS
+
+    return {name: key for key, name in PER_IMAGE_METRICS.items()}[judge]
+
+
+def _agreed(words):
+    """The verdict of `{judge: word}`: the word all judges give, else `JUDGES_DISAGREE`."""
+    if len(set(words.values())) == 1:
+        return next(iter(words.values()))
+    return f"{JUDGES_DISAGREE} (" + ", ".join(
+        f"{JUDGES[judge]}: {word}" for judge, word in words.items()) + ")"
 
 
 def paper_comparison(results, baseline="none"):
@@ -412,7 +501,7 @@ def paper_comparison(results, baseline="none"):
     return rows
 
 
-def summary_table(results):
+def summary_table(results, judge="aa1"):
     """Markdown table: per defense natural/trapdoor accuracy and each attack's top-1.
 
     Every value is "mean [low, high]" (95% interval over seeds, `intervals.seed_mean`),
@@ -421,6 +510,7 @@ def summary_table(results):
 
     Args:
         results: The pipeline's results dict.
+        judge: The top-1 of which judge, a key of `JUDGES` (the column titles end in it).
 
     Returns:
         The table as a string.
@@ -430,12 +520,13 @@ def summary_table(results):
         [f"{defense} ({NOT_FORMED})" if trapdoor_not_formed(scores) else defense,
          len(scores["seeds"]), estimate_text(scores["accuracy"]),
          estimate_text(scores["trapdoor_accuracy"])]
-        + [top1_text(scores["attacks"][attack])
-           + floor_mark(scores["attacks"][attack], chance, scores["attacks"][LOOKUP])
+        + [top1_text(scores["attacks"][attack], judge)
+           + floor_mark(scores["attacks"][attack], chance, scores["attacks"][LOOKUP], judge)
            for attack in attacks]
         for defense, scores in results["defenses"].items()
     ]
-    header = ["defense", "seeds", "accuracy", "trapdoor acc."] + [f"{a} aa1" for a in attacks]
+    header = ["defense", "seeds", "accuracy", "trapdoor acc."]
+    header += [f"{attack} {judge}" for attack in attacks]
     return markdown_table(header, rows)
 
 
@@ -511,6 +602,28 @@ def trigger_recovery_table(results):
     )
 
 
+def without_start_table(results):
+    """Markdown table: the classes BREP-MI found no starting point for, per defense and seed.
+
+    Args:
+        results: The pipeline's results dict.
+
+    Returns:
+        The table as a string, or None when no defense's BREP-MI scores list them.
+    """
+    rows = []
+    for defense, scores in results["defenses"].items():
+        summary = scores["attacks"].get("brep_mi", {})
+        if "classes_without_start" in summary:
+            per_seed = summary["classes_without_start"]
+            rows.append([defense, sum(len(classes) for classes in per_seed),
+                         "; ".join(f"seed {seed}: {classes or 'none'}"
+                                   for seed, classes in zip(scores["seeds"], per_seed))])
+    if not rows:
+        return None
+    return markdown_table(["defense", "classes without a start", "per seed"], rows)
+
+
 def _steps_text(steps):
     if steps is None:
         return None
@@ -576,9 +689,12 @@ def write(out, results, private_images, private_labels, reconstructions, trigger
 
 
 def _attack_cells(scores, chance, lookup):
-    """The `ATTACK_COLUMNS` cells of one attack against one model, top-1 marked `AT_FLOOR`."""
-    cells = [estimate_text(scores[column]) for column in ATTACK_COLUMNS]
-    cells[ATTACK_COLUMNS.index("aa1")] += floor_mark(scores, chance, lookup)
+    """The `ATTACK_COLUMNS` cells of one attack against one model, top-1s marked `AT_FLOOR`
+    (a judge that did not run, None, leaves its cell empty)."""
+    cells = [estimate_text(scores.get(column)) for column in ATTACK_COLUMNS]
+    for judge in JUDGES:
+        if scores.get(judge) is not None:
+            cells[ATTACK_COLUMNS.index(judge)] += floor_mark(scores, chance, lookup, judge)
     return cells
 
 
@@ -643,7 +759,10 @@ def statistics_line(results, verdict_rows):
             "leaves out the training's variation; a value measured once per target has no "
             "interval; no verdict is given (needs 2+ seeds)."
         )
-    comparisons = sum(row[-1] in VERDICT_WORDS for row in verdict_rows)
+    # Tested rows: a verdict word, or the judges' differing words.
+    comparisons = sum(row[-1] in VERDICT_WORDS or row[-1].startswith(f"{JUDGES_DISAGREE} (")
+                      for row in verdict_rows)
+    per_judge = ", per judge" if len(judges(results)) > 1 else ""
     return (
         f"Statistics: every value is `mean [low, high]`, the mean over training seeds and "
         f"its unadjusted 95% interval. Intervals: Student t on {seeds - 1} df over the "
@@ -652,8 +771,47 @@ def statistics_line(results, verdict_rows):
         "the log-ratio's interval), each seed's variance at least its binomial variance; "
         "exact Clopper-Pearson where a top-1 is 0 or 1 in every reconstruction; verdicts "
         f"Holm-corrected over {3 * comparisons} one-sided tests (3 for each of "
-        f"{comparisons} comparisons), the intervals shown unadjusted."
+        f"{comparisons} comparisons){per_judge}, the intervals shown unadjusted."
     )
+
+
+def judges_lines(results):
+    """The pixel judge's top-1 table, what the judges and the transfer null are, and where
+    the judges disagree.
+
+    Args:
+        results: The pipeline's results dict.
+
+    Returns:
+        A list of lines, ending in a blank one: with the pixel judge its `summary_table`,
+        then `JUDGES_RULE`, then the `(attack, defense)` pairs whose leakage (`works`) the
+        judges disagree on (or that they agree on all) and the targets on which each judge
+        accepts the transfer null; without it, a line saying that it did not run.
+    """
+    judged, leakage = judges(results), judged_leakage(results)
+    lines = []
+    if "pixel_aa1" in judged:
+        lines += ["Top-1 by the pixel judge, under the same rule with its own floors:", "",
+                  summary_table(results, "pixel_aa1")]
+    lines += [JUDGES_RULE, ""]
+    if len(judged) == 1:
+        found = ("The pixel judge did not run (it judges only images of at most "
+                 f"{PIXEL_JUDGE_MAX_SIDE} pixels a side): the verdicts rest on the evaluation "
+                 "model alone.")
+    else:
+        split = sorted(leakage["aa1"] ^ leakage["pixel_aa1"])
+        found = ("The judges disagree on leakage for: "
+                 + ", ".join(f"{attack} on {defense}" for attack, defense in split) + "."
+                 if split else "The judges agree on leakage of every attack on every target.")
+    if TRANSFER_NULL in attack_names(results):
+        accepted = [
+            f"by the {JUDGES[judge]} on "
+            + (", ".join(d for d in results["defenses"] if (TRANSFER_NULL, d) in leakage[judge])
+               or "no target")
+            for judge in judged
+        ]
+        found += f" The transfer null shows leakage {'; '.join(accepted)}."
+    return lines + [found, ""]
 
 
 def report_markdown(results, defenses, attacks, triggers):
@@ -698,6 +856,7 @@ def report_markdown(results, defenses, attacks, triggers):
         LEAKAGE_RULE,
         "",
         summary_table(results),
+        *judges_lines(results),
         "## Defenses against the undefended model",
         "",
         "Verdicts only where a one-sided t test on the seed-paired values rejects, "
@@ -777,6 +936,16 @@ def report_markdown(results, defenses, attacks, triggers):
                 "class's trigger (chance: 1 / classes).",
                 "",
                 recovered,
+            ]
+        unstarted = without_start_table(results) if attack == "brep_mi" else None
+        if unstarted:
+            lines += [
+                "Classes without a starting point (no latent of the search was labelled as "
+                "the class): their images are random draws, left out of the scores above, so "
+                "each such class scores "
+                f"{settings['per_class']} reconstructions fewer per seed.",
+                "",
+                unstarted,
             ]
         if few:
             lines += [

@@ -108,7 +108,9 @@ def tiny_options(name, public):
     return {
         "lookup": dict(public_images=images),
         "plgmi_adaptive": dict(signatures=np.random.default_rng(0).normal(size=(3, 8))),
+        "plgmi_adaptive_estimated": dict(public_images=images, top_n=2),
         "trigger_recovery": dict(public_images=images, iterations=2),
+        "transfer_null": dict(public_images=images, iterations=2),
         "brep_mi": dict(max_iterations=2, initial_batch=16, max_initial_batches=2),
     }.get(name, {})
 

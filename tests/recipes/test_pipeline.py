@@ -14,9 +14,12 @@ import pytest
 from tests.cli_cases import command_outcomes
 
 RECIPES = pathlib.Path(__file__).resolve().parents[2] / "recipes"
-# The lookup baseline runs first in every pipeline, whatever --attacks says.
-ATTACKS = ("lookup", "gmi", "kedmi", "lomma_gmi", "lomma_kedmi", "plgmi", "mi_face")
-METRICS = ("aa1", "aa5", "knn", "fid", "fid_all", "trapdoor_similarity", "chance_aa1")
+# The lookup baseline and the transfer null run first in every pipeline, whatever --attacks
+# says.
+ATTACKS = ("lookup", "transfer_null", "gmi", "kedmi", "lomma_gmi", "lomma_kedmi", "plgmi",
+           "mi_face")
+METRICS = ("aa1", "pixel_aa1", "aa5", "knn", "fid", "fid_all", "trapdoor_similarity",
+           "chance_aa1")
 
 
 def run(command, *flags, timeout=900):
@@ -42,6 +45,8 @@ def test_results_hold_every_defense_and_attack(tiny):
     assert set(results["defenses"]) == {"none", "trapmid"}
     assert results["evaluation_model"]["classes"] == 10
     assert results["attacked_classes"] == 5  # the digits' private classes, not the judge's 10
+    assert results["pixel_judge"]["references"] == "private test split"
+    assert results["pixel_judge"]["images"] > 0
     for defense, scores in results["defenses"].items():
         assert scores["seeds"] == [0]
         assert set(scores["attacks"]) == set(ATTACKS)  # results.json sorts its keys
@@ -55,6 +60,10 @@ def test_results_hold_every_defense_and_attack(tiny):
             assert len(top1) == 1 and len(top1[0]) == 10
             assert summary["aa1"]["mean"] == pytest.approx(np.mean(top1[0]))
             assert summary["aa1"]["low"] <= summary["aa1"]["mean"] <= summary["aa1"]["high"]
+            # 32x32 digits: the pixel judge scores the same 10 reconstructions.
+            pixel_top1 = summary["groups"]["pixel_top1"]
+            assert len(pixel_top1) == 1 and len(pixel_top1[0]) == 10
+            assert summary["pixel_aa1"]["mean"] == pytest.approx(np.mean(pixel_top1[0]))
             # Only the Trap-MID target has triggers to compare with.
             assert (summary["trapdoor_similarity"] is None) == (defense == "none")
     # Only the Trap-MID target has triggers whose leakage is measured.
@@ -85,8 +94,9 @@ def test_a_default_run_is_quiet_and_shows_its_stages(tiny):
     for noise in ("cuInit", "oneDNN", "absl::InitializeLog", "Epoch 1/"):
         assert noise not in result.stderr and noise not in result.stdout
     # tiny (one seed): 2 targets, evaluator, the GMI prior of seed 0 (one per training seed),
-    # 3 target priors x 2, 7 attacks (the lookup and six) x 2, 2 scores, report.
-    total = 2 + 1 + 1 + 6 + 14 + 2 + 1
+    # 3 target priors x 2, 8 attacks (the lookup, the transfer null and six) x 2, 2 scores,
+    # report.
+    total = 2 + 1 + 1 + 6 + 16 + 2 + 1
     lines = result.stderr.splitlines()
     progress = [line for line in lines if line.startswith("[")]
     assert re.fullmatch(rf"\[-{{20}}\] 0/{total} stages, \d+s spent: target none, seed 0",
@@ -108,7 +118,8 @@ def test_results_record_the_steps_each_stage_ran(tiny):
         assert steps["plgmi"] == {"generator_steps": 2, "opponent_steps": 10}
         assert steps["lomma"] == {"distillation_steps": [4, 4, 4]}
         for attack in ATTACKS:
-            expected = 0 if attack == "lookup" else 4  # the lookup optimises nothing
+            # The lookup optimises nothing; the transfer null takes its own 10 steps.
+            expected = {"lookup": 0, "transfer_null": 10}.get(attack, 4)
             assert scores["attacks"][attack]["inversion_steps"] == expected
     # The GMI prior of training seed 0, on the public data of the split of --seed (0).
     stage = json.loads((out / "priors" / "gmi" / "seed_0" / "stage.json").read_text())
@@ -128,15 +139,21 @@ def test_reconstructions_are_stored_per_target_and_attack(tiny):
         # Public images picked, not optimised: its 0-step start is the same pick.
         np.testing.assert_array_equal(stored["images"], stored["initial_images"])
         assert stored["latents"].shape == (10,) and int(stored["iterations"]) == 0
+    null = out / "targets" / "none" / "seed_0" / "attacks" / "transfer_null" / "reconstructions.npz"
+    with np.load(null) as stored:
+        # Its 0-step start is random public images; 10 signed steps of 2/255 move a pixel by
+        # at most 20/255 (1e-6: float32 rounding of ten additions to values in [0, 1]).
+        assert np.abs(stored["images"] - stored["initial_images"]).max() <= 20 / 255 + 1e-6
+        assert stored["images"].min() >= 0.0 and stored["images"].max() <= 1.0
 
 
-def test_the_lookup_baseline_runs_first_in_every_preset():
+def test_the_lookup_baseline_and_the_transfer_null_run_first_in_every_preset():
     from trapmid_tf.experiments import pipeline
 
     for preset in pipeline.PRESETS:
-        assert pipeline.pipeline_settings(preset)["attacks"][0] == "lookup"
+        assert pipeline.pipeline_settings(preset)["attacks"][:2] == ["lookup", "transfer_null"]
     chosen = pipeline.pipeline_settings("tiny", attacks=["gmi", "lookup", "brep_mi"])
-    assert chosen["attacks"] == ["lookup", "gmi", "brep_mi"]
+    assert chosen["attacks"] == ["lookup", "transfer_null", "gmi", "brep_mi"]
 
 
 def test_one_gmi_prior_per_training_seed_shared_by_its_defenses(monkeypatch, tmp_path):
@@ -147,12 +164,13 @@ def test_one_gmi_prior_per_training_seed_shared_by_its_defenses(monkeypatch, tmp
 
     settings = pipeline.pipeline_settings("tiny", {"seeds": [0, 1]}, attacks=["gmi", "mi_face"])
     settings["public_split"] = "samples"  # as run_pipeline sets it for the digits
-    # 2 defenses x 2 seeds, per target its training, 3 attacks (the lookup, gmi, mi_face)
-    # and its scores, no target prior; the evaluation model, one GMI prior per seed, report.
-    assert pipeline.stage_count(settings) == 4 * (1 + 3 + 1) + 1 + 2 + 1
-    # Every attack, 3 seeds: per target also the KED-MI, PLG-MI and LOMMA priors, 7 attacks.
+    # 2 defenses x 2 seeds, per target its training, 4 attacks (the lookup, the transfer
+    # null, gmi, mi_face) and its scores, no target prior; the evaluation model, one GMI
+    # prior per seed, report.
+    assert pipeline.stage_count(settings) == 4 * (1 + 4 + 1) + 1 + 2 + 1
+    # Every attack, 3 seeds: per target also the KED-MI, PLG-MI and LOMMA priors, 8 attacks.
     three = pipeline.pipeline_settings("tiny", {"seeds": [0, 1, 2]})
-    assert pipeline.stage_count(three) == 6 * (1 + 3 + 7 + 1) + 1 + 3 + 1
+    assert pipeline.stage_count(three) == 6 * (1 + 3 + 8 + 1) + 1 + 3 + 1
     calls = []
 
     def record(name, public, target, prior_settings, out, overwrite, verbose):
@@ -207,8 +225,8 @@ def test_a_copied_run_folder_reuses_every_stage(tiny, tmp_path):
     result = run("pipeline", "--preset=tiny", f"--out={moved}", "--verbose")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "rebuilding" not in result.stderr
-    # targets (2) + evaluator + the GMI prior of seed 0 + 3 target priors x 2 + 7 attacks x 2
-    assert result.stderr.count("reusing the stored artefacts") == 2 + 1 + 1 + 6 + 14
+    # targets (2) + evaluator + the GMI prior of seed 0 + 3 target priors x 2 + 8 attacks x 2
+    assert result.stderr.count("reusing the stored artefacts") == 2 + 1 + 1 + 6 + 16
     after = json.loads((moved / "results.json").read_text())
     assert after["defenses"] == before["defenses"]
 
@@ -226,7 +244,7 @@ def test_the_library_api_reuses_what_the_command_wrote(tiny, tmp_path):
     results = pipeline.run_pipeline(
         pipeline.PipelineRun(out=str(moved), preset="tiny"), pipeline.pipeline_settings("tiny")
     )
-    assert len(stages) == 2 + 1 + 1 + 6 + 14
+    assert len(stages) == 2 + 1 + 1 + 6 + 16
     assert {path: path.stat().st_mtime_ns for path in stages} == written
     before = json.loads((out / "results.json").read_text())
     assert results["defenses"] == before["defenses"]
@@ -324,8 +342,8 @@ def test_convergence_runs_the_pipeline_at_each_scale(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     table = json.loads((out / "convergence.json").read_text())
-    # By default the unprotected and the Trap-MID target, one block each; the lookup has no
-    # budget. One seed: no gain interval, no verdict.
+    # By default the unprotected and the Trap-MID target, one block each; the lookup and the
+    # transfer null have no scaled budget. One seed: no gain interval, no verdict.
     assert [row[:3] for row in table["rows"]] == [
         [defense, attack, scale] for defense in ("none", "trapmid")
         for attack in ("gmi", "mi_face") for scale in (1, 2)
@@ -382,7 +400,9 @@ def test_option_attacks_run_with_their_options_and_budgets(adaptive):
     assert stage["options"]["alpha"] == stage["target"]["alpha"] == 0.1
     assert stage["options"]["iterations"] == 4
     assert json.loads((attacks / "brep_mi" / "stage.json").read_text())["options"] == {
-        "max_iterations": 4}
+        "max_iterations": 4, "max_initial_batches": 4}
+    stage = json.loads((attacks / "plgmi_adaptive_estimated" / "stage.json").read_text())
+    assert stage["options"]["top_n"] == 4 and "estimated" in stage["options"]["signatures"]
 
 
 @pytest.mark.large  # shares a tiny pipeline run (minutes)
@@ -448,8 +468,8 @@ def test_an_option_is_part_of_its_attacks_stage(adaptive):
     rebuilt = [line for line in result.stderr.splitlines() if "rebuilding" in line]
     assert len(rebuilt) == 1 and "attacks/plgmi_adaptive:" in rebuilt[0]
     # targets (2) + evaluator + the GMI prior of seed 0 (brep_mi's) + PLG-MI priors (2) +
-    # lookup (2) + brep_mi (2)
-    assert result.stderr.count("reusing the stored artefacts") == 2 + 1 + 1 + 2 + 2 + 2
+    # lookup (2) + transfer null (2) + brep_mi (2)
+    assert result.stderr.count("reusing the stored artefacts") == 2 + 1 + 1 + 2 + 2 + 2 + 2
 
 
 @pytest.mark.parametrize("changes, has_gap", [

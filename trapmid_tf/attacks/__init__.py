@@ -29,6 +29,7 @@ from trapmid_tf.attacks.suite import (
     train_plgmi_prior,
     training_steps,
 )
+from trapmid_tf.attacks.transfer_null import TransferNullAttack
 from trapmid_tf.attacks.trigger_recovery import TriggerRecoveryAttack, compare_with_triggers
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "PLGMIAttack",
     "PLGMIPrior",
     "SurrogateDistiller",
+    "TransferNullAttack",
     "TriggerRecoveryAttack",
     "build_attack",
     "compare_with_triggers",

@@ -10,7 +10,9 @@ regulariser and distilled surrogates on the GMI / KED-MI priors), `plgmi`, the p
 the `lookup` baseline (no prior, no optimisation: the public images the target is surest
 of), `plgmi_adaptive` / `plgmi_adaptive_estimated` (PLG-MI++ with the defender's / its own
 estimated trapdoor signatures), `trigger_recovery` (Neural-Cleanse-style blend patterns on public
-images) and the label-only `brep_mi` (on the GMI prior). Priors: `gmi` (independent of the
+images), the label-only `brep_mi` (on the GMI prior) and the `transfer_null` (targeted
+adversarial examples of the target from public images: what a judge makes of the target's
+adversarial features). Priors: `gmi` (independent of the
 target: the pipeline trains one per training seed, shared by that seed's targets), and per
 target `kedmi`, `plgmi` and `lomma` (surrogates plus the target's mean public feature).
 
@@ -38,6 +40,7 @@ from trapmid_tf.attacks.plgmi import PLGMIAttack
 from trapmid_tf.attacks.plgmi_adaptive import PLGMIAdaptiveAttack
 from trapmid_tf.attacks.plgmi_prior import PLGMIPrior, select_top_n
 from trapmid_tf.attacks.priors import GMIPrior, KEDMIPrior, kedmi_batches
+from trapmid_tf.attacks.transfer_null import TransferNullAttack
 from trapmid_tf.attacks.trigger_recovery import TriggerRecoveryAttack
 from trapmid_tf.files import atomic_path, write_json
 from trapmid_tf.models.cgan import resnet_generator, sn_projection_discriminator
@@ -47,9 +50,12 @@ from trapmid_tf.validation import check_positive_int
 
 # The zero-effort lookup baseline, the floor every other attack must beat to show leakage.
 LOOKUP = "lookup"
+# The transfer null: does a judge accept the target's adversarial examples of a class?
+TRANSFER_NULL = "transfer_null"
 # Attacks that take keyword options in `build_attack` (what the attacker knows, its settings).
 OPTION_ATTACKS = (
-    LOOKUP, "plgmi_adaptive", "plgmi_adaptive_estimated", "trigger_recovery", "brep_mi"
+    LOOKUP, "plgmi_adaptive", "plgmi_adaptive_estimated", "trigger_recovery", "brep_mi",
+    TRANSFER_NULL,
 )
 ATTACKS = ("gmi", "kedmi", "lomma_gmi", "lomma_kedmi", "plgmi", "mi_face", *OPTION_ATTACKS)
 PRIORS_OF_ATTACK = {
@@ -64,6 +70,7 @@ PRIORS_OF_ATTACK = {
     "plgmi_adaptive_estimated": ("plgmi",),
     "trigger_recovery": (),
     "brep_mi": ("gmi",),
+    TRANSFER_NULL: (),
 }
 # Priors that depend on the attacked model (trained again for every target).
 TARGET_PRIORS = ("kedmi", "plgmi", "lomma")
@@ -222,9 +229,12 @@ def train_kedmi_prior(
 
 def train_plgmi_prior(
     public_images, target, generator_steps, top_n=30, batch_size=64, base_channels=64,
-    n_dis=5, seed=0, verbose=2,
+    n_dis=5, seed=0, verbose=2, signatures=None, signature_weight=0.0,
 ):
     """Trains PLG-MI's conditional GAN on the target's top-n pseudo-labelled public images.
+
+    With `signatures` it is PLG-MI++'s prior at full strength: the top-n ranking and the
+    generator loss both subtract / add the trapdoor-signature penalty (`PLGMIPrior`).
 
     Args:
         public_images: Float32 array of public images `(n, H, W, C)` in [0, 1].
@@ -237,13 +247,19 @@ def train_plgmi_prior(
         n_dis: Discriminator steps per generator step (reference 5).
         seed: Seed of the networks, latents, augmentation and shuffling.
         verbose: `fit` verbosity.
+        signatures: `(classes, feature_dims)` trapdoor signatures of the target, or None for
+            plain PLG-MI.
+        signature_weight: Weight of the signature penalty (PLG-MI++'s `penalty_weight`).
 
     Returns:
         The trained `PLGMIPrior`.
     """
     keras.utils.set_random_seed(seed)
     num_classes = int(target.output_shape[-1])
-    images, labels = select_top_n(target, public_images, num_classes, n=top_n)
+    images, labels = select_top_n(
+        target, public_images, num_classes, n=top_n, signatures=signatures,
+        signature_weight=signature_weight,
+    )
     image_shape = tuple(images.shape[1:])
     prior = PLGMIPrior(
         resnet_generator(image_shape, num_classes, base_channels=base_channels),
@@ -251,6 +267,8 @@ def train_plgmi_prior(
         target,
         n_dis=n_dis,
         seed=seed,
+        signatures=signatures,
+        signature_weight=signature_weight,
     )
     prior.compile()
     # The reference's endless sampler: a fresh permutation every pass, batches across passes.
@@ -416,12 +434,16 @@ def build_attack(name, priors, settings=InversionSettings(), **options):
         **options: Only for `OPTION_ATTACKS`: keyword arguments of the attack's class.
             `plgmi_adaptive` needs `signatures`, the defender's trapdoor signatures
             (`defender_signatures(target, triggers, alpha, images)`), and takes
-            `penalty_weight`; `plgmi_adaptive_estimated` takes `penalty_weight` and estimates
-            the signatures from a first plain PLG-MI round; `lookup` needs `public_images`
+            `penalty_weight`; `plgmi_adaptive_estimated` needs `public_images`, takes
+            `penalty_weight` and `top_n`, and estimates the signatures from a first plain
+            PLG-MI round and the public images (`estimate_signatures`); `lookup` needs
+            `public_images`
             and takes `LookupAttack`'s `batch_size`; `trigger_recovery` needs
             `public_images` and takes `TriggerRecoveryAttack`'s `alpha`, `prior`,
             `prior_weight`, `iterations`, ...; `brep_mi` takes `BREPMIAttack`'s settings
-            (e.g. `patience`, `max_iterations`) and sees only the target's labels.
+            (e.g. `patience`, `max_iterations`) and sees only the target's labels;
+            `transfer_null` needs `public_images` and takes `TransferNullAttack`'s
+            `iterations` and `step_size`.
 
     Returns:
         An attack with `invert(target, classes, per_class, seed, verbose)`.
@@ -465,10 +487,12 @@ def build_attack(name, priors, settings=InversionSettings(), **options):
         if name == "plgmi":
             return PLGMIAttack(priors["plgmi"].generator, **budget)
         return _plgmi_adaptive(name, priors["plgmi"].generator, budget, options)
-    if name in (LOOKUP, "trigger_recovery") and "public_images" not in options:
+    if name in (LOOKUP, "trigger_recovery", TRANSFER_NULL) and "public_images" not in options:
         raise ValueError(f"attack {name!r} needs the option `public_images`.")
     if name == LOOKUP:
         return LookupAttack(**options)
+    if name == TRANSFER_NULL:
+        return TransferNullAttack(**options)
     if name == "trigger_recovery":
         return TriggerRecoveryAttack(**options)
     if name == "brep_mi":
@@ -490,5 +514,10 @@ def _plgmi_adaptive(name, generator, budget, options):
         raise ValueError(
             "attack 'plgmi_adaptive_estimated' estimates the signatures itself; received the "
             "option `signatures` (use 'plgmi_adaptive')."
+        )
+    if name == "plgmi_adaptive_estimated" and "public_images" not in options:
+        raise ValueError(
+            "attack 'plgmi_adaptive_estimated' needs the option `public_images` (it estimates "
+            "the signatures against the target's top-n public images)."
         )
     return PLGMIAdaptiveAttack(generator, signatures, **budget, **options)

@@ -15,7 +15,9 @@ another input size (facenet_eval trains on 112x112 crops) is rebuilt for the ima
 with the same weights, which works for models that resize inside (facenet_eval does). Per attack found in --attacks_dir (folders
 written by trapmid-attack) the JSON (which also records the flags) holds aa1, aa5, knn,
 fid, precision, recall, density, coverage, chance_aa1 (the evaluation model's hit rate on
-the attack's un-optimised starting samples) and, with --triggers, trapdoor_similarity and
+the attack's un-optimised starting samples), for images of at most 32 pixels a side
+pixel_aa1 (top-1 of the nearest private test image in pixel space,
+`trapmid_tf.metrics.pixel_judge`) and, with --triggers, trapdoor_similarity and
 trapdoor_detection.
 """
 
@@ -98,7 +100,7 @@ def main(argv):
             FLAGS.dataset, FLAGS.data_dir, settings, FLAGS.evaluation_model, FLAGS.overwrite,
             console.fit_verbosity(),
         )
-    evaluator = make_evaluator(model, private_train, FLAGS.fid_weights)
+    evaluator = make_evaluator(model, private_train, FLAGS.fid_weights, private_test)
     target = keras.models.load_model(FLAGS.target)
     detector = make_detector(target, FLAGS.triggers, private_train) if FLAGS.triggers else None
     results = {

@@ -19,7 +19,11 @@ surrogates, inversion iterations; results.json records the steps every stage ran
 
 Every target is also attacked by the lookup baseline (always, whatever --attacks says): per
 class the public images the target is surest of, no prior and no optimisation. The report
-credits an attack with leakage only above it and above chance (1 / attacked classes).
+credits an attack with leakage only above it and above chance (1 / attacked classes). And by
+the transfer null (always too): per class random public images moved 10 signed-gradient steps
+of 2/255 toward the class on the target; a judge that accepts them measures transfer, not
+leakage. Images of at most 32 pixels a side are also judged in pixel space (the nearest
+private test image); a verdict needs both judges to agree.
 
 Attackers who know the defense (not run by default; name them in --attacks, see
 docs/adaptive_attacks.md): plgmi_adaptive (PLG-MI++ with the signatures of the target's own
@@ -60,7 +64,7 @@ flags.DEFINE_list("defenses", None,
 flags.DEFINE_list("attacks", None,
                   "Attacks to run (default: the six that need no knowledge of the defense; "
                   "also plgmi_adaptive, plgmi_adaptive_estimated, trigger_recovery, brep_mi). "
-                  "The lookup baseline always runs too.")
+                  "The lookup baseline and the transfer null always run too.")
 flags.DEFINE_list("seeds", None, "Target training seeds (default: preset).")
 flags.DEFINE_integer("budget_scale", 1,
                      "Multiplies every prior and inversion step budget (convergence checks).")
@@ -88,6 +92,10 @@ flags.DEFINE_integer("recovery_iterations", None, "Trigger-recovery steps (Adam 
 flags.DEFINE_integer("brep_iterations", None,
                      "BREP-MI's cap on its iterations (its walks also stop after 1000 accepted "
                      "steps without growth, the authors' rule).")
+flags.DEFINE_integer("brep_initial_batches", None,
+                     "BREP-MI's bound on the batches of 256 latents searched for starting points "
+                     "(default: the preset's; quick, strong and full 10,000); classes still "
+                     "without one are left out of its scores and listed apart.")
 flags.DEFINE_float("adaptive_weight", 1.0,
                    "PLG-MI++: weight of the penalty on the cosine similarity between a "
                    "reconstruction's target feature and its class's trapdoor signature (>= 0).")

@@ -12,7 +12,9 @@ RECONSTRUCTIONS_FILE = "reconstructions.npz"
 MAX_ATTACKED_CLASSES = 300  # the reference attacks identities 0-299
 # The option holding the step budget of the option attacks that do not take theirs from
 # `suite.InversionSettings` (PLG-MI++ does); 0 gives the un-optimised starting samples.
-BUDGET_OPTIONS = {"trigger_recovery": "iterations", "brep_mi": "max_iterations"}
+BUDGET_OPTIONS = {
+    "trigger_recovery": "iterations", "brep_mi": "max_iterations", "transfer_null": "iterations",
+}
 
 
 def attacked_classes(target):
@@ -46,7 +48,12 @@ def run_attack(name, target, priors, settings, out, overwrite=False, options=Non
 
     Returns:
         Dict of numpy arrays: images, labels, latents, initial_images (the same attack at a
-        budget of 0 steps), iterations (the steps it ran).
+        budget of 0 steps), iterations (the steps it ran); for `brep_mi` also
+        `classes_without_start`, the classes it found no starting point for, whose rows (random
+        draws, not reconstructions) are left out of the other arrays.
+
+    Raises:
+        RuntimeError: If `brep_mi` found a starting point for no class at all.
     """
     import numpy as np
     from trapmid_tf.attacks import suite
@@ -76,12 +83,12 @@ def run_attack(name, target, priors, settings, out, overwrite=False, options=Non
         initial = invert(suite.build_attack(name, priors, start, **starting_options), 0)
         attack = suite.build_attack(name, priors, steps, **options)
         result = invert(attack, verbose)
+        arrays = dict(images=result.images, labels=result.labels, latents=result.latents,
+                      initial_images=initial.images)
+        if name == "brep_mi":
+            arrays = _without_unstarted(arrays, attack.classes_without_start)
         with atomic_path(path) as temporary:
-            np.savez(
-                temporary, images=result.images, labels=result.labels,
-                latents=result.latents, initial_images=initial.images,
-                iterations=attack.iterations,
-            )
+            np.savez(temporary, iterations=attack.iterations, **arrays)
         return load()
 
     def load():
@@ -89,6 +96,31 @@ def run_attack(name, target, priors, settings, out, overwrite=False, options=Non
             return {key: stored[key] for key in stored.files}
 
     return build_or_reuse(out, settings, build, load, overwrite, logging.info)
+
+
+def _without_unstarted(arrays, missing):
+    """BREP-MI's arrays without the rows of the classes it found no start for, and that list.
+
+    Args:
+        arrays: Dict of per-image arrays (first axis one row per image, with `labels`).
+        missing: The classes without a starting point (`BREPMIAttack.classes_without_start`).
+
+    Returns:
+        The kept rows of every array, plus `classes_without_start` (int64).
+
+    Raises:
+        RuntimeError: If no class has a starting point.
+    """
+    import numpy as np
+
+    kept = ~np.isin(arrays["labels"], missing)
+    if not kept.any():
+        raise RuntimeError(
+            f"BREP-MI found no starting point for any attacked class (classes {missing}); "
+            "there is nothing to score."
+        )
+    return dict({key: value[kept] for key, value in arrays.items()},
+                classes_without_start=np.asarray(missing, dtype=np.int64))
 
 
 def attack_accuracy(judge, stored, batch_size=100):

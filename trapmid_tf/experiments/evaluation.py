@@ -164,14 +164,24 @@ def score_attack(evaluator, stored, detector=None):
     return scores
 
 
-def make_evaluator(model, private_train, fid_weights=None):
-    """The `AttackEvaluator` of `model` against the private training images."""
+def make_evaluator(model, private_train, fid_weights=None, private_test=None):
+    """The `AttackEvaluator` of `model` against the private training images.
+
+    With `private_test` (images no target trained on) and images of at most
+    `PIXEL_JUDGE_MAX_SIDE` pixels a side, the evaluator also scores with a `PixelJudge` over
+    the test images; otherwise it has no pixel judge (`evaluator.pixel_judge` is None).
+    """
     from trapmid_tf import metrics
     from trapmid_tf.metrics.evaluator import AttackEvaluator
+    from trapmid_tf.metrics.pixel_judge import PixelJudge, pixel_judge_applies
 
     images, labels = private_arrays(private_train)
     fid_model = metrics.inception_feature_extractor(fid_weights) if fid_weights else None
-    return AttackEvaluator(model, images, labels, fid_feature_model=fid_model)
+    pixel_judge = None
+    if private_test is not None and pixel_judge_applies(images.shape[1:]):
+        pixel_judge = PixelJudge(*private_arrays(private_test))
+    return AttackEvaluator(model, images, labels, fid_feature_model=fid_model,
+                           pixel_judge=pixel_judge)
 
 
 def make_detector(target, trigger_path, private_train):

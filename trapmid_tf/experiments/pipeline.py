@@ -4,8 +4,8 @@
 already holds, finished with the same settings (`trapmid_tf.files.build_or_reuse`): per
 training seed one target per defense, the evaluation model, per training seed the GMI prior
 (trained with that seed, shared by that seed's targets), per target the priors that depend on
-it and every attack (always with the lookup baseline, the floor of the report's verdicts),
-then the scores and the report. A stage's
+it and every attack (always with the lookup baseline, the floor of the report's verdicts,
+and the transfer null, the test of its judges), then the scores and the report. A stage's
 identity is what its artefacts depend on, never where they are written, so a run folder can
 be moved and reused. `trapmid-pipeline` is its command line (its help lists the stages and the
 files written).
@@ -84,13 +84,16 @@ REFERENCE_KEYS = dict(
 # accepted steps pass without growth, with no cap (BREPMIAttack's default cap).
 FULL_RECOVERY_ITERATIONS = 500
 FULL_BREP_ITERATIONS = 10_000
+# `brep_initial_batches`: BREP-MI's bound on the batches of 256 latents searched for starting
+# points; None is `BREPMIAttack`'s default (`brep_mi.MAX_INITIAL_BATCHES`, 10,000), 4 keeps the
+# tiny preset's untrained prior from spending it (its classes without a start are listed apart).
 PRESETS = {
     "tiny": dict(
         defenses=["none", "trapmid"], seeds=[0], target_epochs=2, evaluation_epochs=1,
         gmi_steps=2, kedmi_steps=4, kedmi_n_critic=1, kedmi_batch_size=32, plgmi_steps=2,
         surrogate_steps=4, base_channels=8, top_n=4, per_class=2, iterations=4,
         plgmi_iterations=4, mi_face_iterations=4, recovery_iterations=4, brep_iterations=4,
-        require_trapdoor=False,
+        brep_initial_batches=4, require_trapdoor=False,
     ),
     # The session-2 demo budgets, as steps on the digits public split (21 batches of 64).
     "quick": dict(
@@ -98,7 +101,8 @@ PRESETS = {
         evaluation_epochs=10, gmi_steps=126, kedmi_steps=336, kedmi_n_critic=1,
         kedmi_batch_size=32, plgmi_steps=24, surrogate_steps=63, base_channels=16, top_n=30,
         per_class=5, iterations=100, plgmi_iterations=100, mi_face_iterations=300,
-        recovery_iterations=300, brep_iterations=1000, require_trapdoor=True,
+        recovery_iterations=300, brep_iterations=1000, brep_initial_batches=None,
+        require_trapdoor=True,
     ),
     # The protection claims: the quick preset's prior budgets x4 (the PLG-MI prior's x16: at
     # x4 its reconstructions were still mode-collapsed blobs) and inversion budgets x2; 3 seeds,
@@ -108,14 +112,15 @@ PRESETS = {
         evaluation_epochs=10, gmi_steps=504, kedmi_steps=1344, kedmi_n_critic=1,
         kedmi_batch_size=32, plgmi_steps=400, surrogate_steps=252, base_channels=16, top_n=30,
         per_class=20, iterations=200, plgmi_iterations=200, mi_face_iterations=600,
-        recovery_iterations=600, brep_iterations=2000, require_trapdoor=True,
+        recovery_iterations=600, brep_iterations=2000, brep_initial_batches=None,
+        require_trapdoor=True,
     ),
     "full": dict(
         dict.fromkeys(REFERENCE_KEYS), seeds=[0, 1, 2], target_epochs=None,
         defenses=["none", "trapmid", "negls", "trapmid_negls", "mid", "bido"],
         evaluation_epochs=20, base_channels=64, per_class=20, mi_face_iterations=1000,
         recovery_iterations=FULL_RECOVERY_ITERATIONS, brep_iterations=FULL_BREP_ITERATIONS,
-        require_trapdoor=True,
+        brep_initial_batches=None, require_trapdoor=True,
     ),
 }
 PRESET_KEYS = tuple(PRESETS["quick"])
@@ -163,7 +168,8 @@ def pipeline_settings(preset="quick", overrides=None, attacks=None, budget_scale
         preset: A key of `PRESETS`.
         overrides: `{key: value}` replacing the preset's (keys of `PRESET_KEYS`).
         attacks: Attack names, or None for every attack but the option attacks; the lookup
-            baseline (`suite.LOOKUP`, the floor of the report's verdicts) is always run,
+            baseline (`suite.LOOKUP`, the floor of the report's verdicts) and the transfer
+            null (`suite.TRANSFER_NULL`, the report's test of its judges) are always run,
             first.
         budget_scale: Factor (>= 1) applied to every step budget (`STEP_KEYS`).
         adaptive_weight: Penalty weight of the adaptive PLG-MI attacks (finite, >= 0).
@@ -189,7 +195,8 @@ def pipeline_settings(preset="quick", overrides=None, attacks=None, budget_scale
     chosen = list(attacks or [
         name for name in suite.ATTACKS if name not in suite.OPTION_ATTACKS
     ])
-    settings["attacks"] = [suite.LOOKUP] + [name for name in chosen if name != suite.LOOKUP]
+    always = [suite.LOOKUP, suite.TRANSFER_NULL]
+    settings["attacks"] = always + [name for name in chosen if name not in always]
     defenses = (*DEFENSES, *VARIANTS)
     for key, allowed in (("defenses", defenses), ("attacks", suite.ATTACKS)):
         unknown = [name for name in settings[key] if name not in allowed]
@@ -447,6 +454,12 @@ def attack_options(name, config, detector, public_images, settings):
     weight = settings["adaptive_weight"]
     if name == suite.LOOKUP:
         return dict(public_images=public_images), dict(public_split=settings["public_split"])
+    if name == suite.TRANSFER_NULL:
+        from trapmid_tf.attacks.transfer_null import TRANSFER_STEP_SIZE, TRANSFER_STEPS
+
+        options = dict(iterations=TRANSFER_STEPS, step_size=TRANSFER_STEP_SIZE)
+        return (dict(options, public_images=public_images),
+                dict(options, public_split=settings["public_split"]))
     if name == "plgmi_adaptive":
         if detector is None:
             return None
@@ -457,14 +470,21 @@ def attack_options(name, config, detector, public_images, settings):
         )
         return dict(signatures=detector.signatures, penalty_weight=weight), description
     if name == "plgmi_adaptive_estimated":
-        return dict(penalty_weight=weight), dict(penalty_weight=weight)
+        options = dict(penalty_weight=weight, top_n=settings["top_n"])
+        return (dict(options, public_images=public_images),
+                dict(options, public_split=settings["public_split"],
+                     signatures="estimated: mean feature of a plain PLG-MI round minus that "
+                                "of the top-n public images, per class"))
     if name == "trigger_recovery":
         alpha = settings["recovery_alpha"] or config["alpha"]
         options = dict(alpha=alpha, iterations=settings["recovery_iterations"])
         return (dict(options, public_images=public_images),
                 dict(options, public_split=settings["public_split"]))
     if name == "brep_mi":
-        options = dict(max_iterations=settings["brep_iterations"])
+        from trapmid_tf.attacks.brep_mi import MAX_INITIAL_BATCHES
+
+        options = dict(max_iterations=settings["brep_iterations"],
+                       max_initial_batches=settings["brep_initial_batches"] or MAX_INITIAL_BATCHES)
         return options, options
     return {}, None
 
@@ -481,8 +501,8 @@ def attack_target(run, directory, target, config, seed, priors, prior_settings, 
         settings: The pipeline settings.
         progress: The run's `StageProgress`.
         detector: The target's `TrapdoorDetector`, or None without triggers.
-        public_images: Public images as an array (the lookup's and trigger recovery's), or
-            None when neither runs.
+        public_images: Public images as an array (the lookup's, the transfer null's,
+            trigger recovery's and PLG-MI++ estimated's), or None when none of them runs.
 
     Returns:
         `{attack: stored arrays}`, None for an attack that does not apply to the target.
@@ -557,8 +577,9 @@ def attack_seed(evaluator, detector, stored, target_results, steps, evaluation_m
     Returns:
         Dict: accuracies, `trapdoor_formed`, `prior_steps`, `trigger_leakage` (None without
         triggers) and `attacks`: per attack its scores, `{"not_applicable": reason}` for an
-        attack that did not apply, and for trigger recovery against triggers the comparison
-        of its patterns with them and `trigger_classes`.
+        attack that did not apply, for trigger recovery against triggers the comparison
+        of its patterns with them and `trigger_classes`, and for BREP-MI
+        `classes_without_start` (classes left out of its scores: no starting point found).
     """
     from trapmid_tf.attacks.trigger_recovery import compare_with_triggers
     from trapmid_tf.experiments.summary import NOT_APPLICABLE
@@ -573,6 +594,8 @@ def attack_seed(evaluator, detector, stored, target_results, steps, evaluation_m
             score_attack(evaluator, arrays, detector),
             inversion_steps=int(arrays["iterations"]),
         )
+        if "classes_without_start" in arrays:
+            attacks[name]["classes_without_start"] = arrays["classes_without_start"].tolist()
         if name == "trigger_recovery" and triggers is not None:
             attacks[name].update(
                 compare_with_triggers(arrays["images"], arrays["labels"], triggers),
@@ -645,13 +668,13 @@ def run_pipeline(run, settings, configs=None, progress=None):
         settings, dataset=run.dataset, data_dir=run.data_dir, seed=run.seed,
         preset=run.preset,
     ))
-    (private_train, _), public = tm.data.load(
+    (private_train, private_test), public = tm.data.load(
         run.dataset, run.data_dir, seed=run.seed, public_split=settings["public_split"]
     )
     targets = train_targets(run, settings, configs, progress)
     with progress.stage("evaluation model"):
         evaluation_model, evaluation = judge(run, private_train, settings)
-    evaluator = make_evaluator(evaluation_model, private_train, run.fid_weights)
+    evaluator = make_evaluator(evaluation_model, private_train, run.fid_weights, private_test)
     public_images = np.stack(list(public.as_numpy_iterator()))
     per_seed, reconstructions = {}, {}
     gmi = gmi_prior_per_seed(run, settings, public, progress)
@@ -681,6 +704,9 @@ def run_pipeline(run, settings, configs=None, progress=None):
         dataset=run.dataset, public_split=settings["public_split"], preset=run.preset,
         settings=settings, evaluation_model=evaluation, attacked_classes=attacked,
         fid_features=evaluator.fid_features,
+        pixel_judge=None if evaluator.pixel_judge is None else dict(
+            references="private test split", images=len(evaluator.pixel_judge.labels)
+        ),
         defenses={d: summarize_seeds(seeds) for d, seeds in per_seed.items()},
         seconds=round(time.perf_counter() - start, 1), 
         convergence_gap=measured_gap(settings, run.preset, run.dataset),

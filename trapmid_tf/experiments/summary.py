@@ -3,19 +3,21 @@
 The pipeline scores every target (one defense, one training seed) separately; this module
 pools the seeds with `trapmid_tf.metrics.intervals.seed_mean`: the mean of the per-seed means
 with a Student t interval over the seeds. Per-reconstruction outcomes (top-1 and top-5
-success, KNN distance) keep one group per seed; top-1 and top-5 are 0/1 outcomes, so their
-interval is exact (Clopper-Pearson) where every outcome is 0 or every one is 1, and with one
-seed it is over that seed's reconstructions. Metrics with one value per target (accuracies,
+success, KNN distance, and the pixel judge's top-1 where it ran) keep one group per seed;
+the top-1s and top-5 are 0/1 outcomes, so their interval is exact (Clopper-Pearson) where
+every outcome is 0 or every one is 1, and with one seed it is over that seed's
+reconstructions. Metrics with one value per target (accuracies,
 FID, PRDC, chance levels) have an interval over seeds only; with one seed, none (its low and
 high are the value).
 """
 
 from trapmid_tf.metrics.intervals import seed_mean
 
-# Per-reconstruction outcomes, as `AttackEvaluator.evaluate` lists them, and their names here.
-PER_IMAGE_METRICS = {"top1": "aa1", "top5": "aa5", "knn": "knn"}
+# Per-reconstruction outcomes, as `AttackEvaluator.evaluate` lists them, and their names here
+# (`pixel_top1` only where the evaluator had a pixel judge).
+PER_IMAGE_METRICS = {"top1": "aa1", "top5": "aa5", "knn": "knn", "pixel_top1": "pixel_aa1"}
 # Those of them that are 0/1 outcomes.
-BINARY_METRICS = ("top1", "top5")
+BINARY_METRICS = ("top1", "top5", "pixel_top1")
 # Metrics with one value per target and attack (None where a target has too few samples).
 PER_TARGET_METRICS = (
     "fid", "fid_all", "precision", "recall", "density", "coverage", "precision_all",
@@ -48,11 +50,13 @@ def summarize_attack(runs):
             `chance_aa1`, trapdoor and `inversion_steps` entries) returns them.
 
     Returns:
-        Dict: `aa1`, `aa5`, `knn` and every metric of `PER_TARGET_METRICS` as
-        `Estimate.as_dict()` (or None), `groups` (the per-seed per-image outcomes the
-        intervals came from), `fid_samples` and `fid_samples_all` (per seed), `COUNTS`, and
-        where the runs hold them `TRIGGER_METRICS` (estimates) and `trigger_classes`. An
-        attack that did not apply (every run `{NOT_APPLICABLE: reason}`) stays that dict.
+        Dict: `aa1`, `aa5`, `knn`, `pixel_aa1` (None where no pixel judge ran) and every
+        metric of `PER_TARGET_METRICS` as `Estimate.as_dict()` (or None), `groups` (the
+        per-seed per-image outcomes the intervals came from), `fid_samples` and
+        `fid_samples_all` (per seed), `COUNTS`, and where the runs hold them
+        `TRIGGER_METRICS` (estimates) and `trigger_classes`, and `classes_without_start`
+        (BREP-MI: per seed, the classes left out of its scores). An attack that did not
+        apply (every run `{NOT_APPLICABLE: reason}`) stays that dict.
 
     Raises:
         ValueError: If the attack applied to some seeds and not to others.
@@ -65,9 +69,10 @@ def summarize_attack(runs):
                 f"to {len(skipped)} of {len(runs)} seeds ({skipped[0][NOT_APPLICABLE]})."
             )
         return dict(skipped[0])
-    groups = {key: [run["per_image"][key] for run in runs] for key in PER_IMAGE_METRICS}
+    groups = {key: [run["per_image"][key] for run in runs]
+              for key in PER_IMAGE_METRICS if key in runs[0]["per_image"]}
     summary = {name: seed_mean(groups[key], binary=key in BINARY_METRICS).as_dict()
-               for key, name in PER_IMAGE_METRICS.items()}
+               if key in groups else None for key, name in PER_IMAGE_METRICS.items()}
     summary.update({key: _over_seeds([run.get(key) for run in runs])
                     for key in PER_TARGET_METRICS})
     summary["fid_samples"] = [run["fid_samples"] for run in runs]
@@ -76,6 +81,8 @@ def summarize_attack(runs):
     if "trigger_classes" in runs[0]:
         summary.update({key: _over_seeds([run[key] for run in runs]) for key in TRIGGER_METRICS})
         summary["trigger_classes"] = runs[0]["trigger_classes"]
+    if "classes_without_start" in runs[0]:
+        summary["classes_without_start"] = [run["classes_without_start"] for run in runs]
     summary["groups"] = groups
     return summary
 

@@ -1,7 +1,7 @@
 """Evaluation metrics: attack accuracy, KNN distance, FID, PRDC, trapdoor signatures, and the
-evaluation protocol that applies them (`AttackEvaluator`, `TrapdoorDetector`), with
-intervals over training seeds and paired, Holm-corrected verdicts (`seed_mean`, `compare`,
-`decide`)."""
+evaluation protocol that applies them (`AttackEvaluator`, `TrapdoorDetector`, the pixel-space
+`PixelJudge`), with intervals over training seeds and paired, Holm-corrected verdicts
+(`seed_mean`, `compare`, `decide`)."""
 
 from trapmid_tf.metrics.accuracy import top_k_accuracy
 from trapmid_tf.metrics.distance import knn_distance
@@ -19,6 +19,7 @@ from trapmid_tf.metrics.intervals import (
     seed_mean,
 )
 from trapmid_tf.metrics.leakage import class_specific_part, trigger_leakage
+from trapmid_tf.metrics.pixel_judge import PixelJudge
 from trapmid_tf.metrics.prdc import prdc
 from trapmid_tf.metrics.trapdoor import (
     class_signatures,
@@ -32,6 +33,7 @@ __all__ = [
     "AttackEvaluator",
     "Comparison",
     "Estimate",
+    "PixelJudge",
     "TrapdoorDetector",
     "Verdict",
     "batched_predict",

@@ -102,6 +102,8 @@ class AttackEvaluator:
             `inception_feature_extractor(path)`); None uses the evaluation
             model's features. `fid_features` names which one was used.
         batch_size: Images per forward pass.
+        pixel_judge: A second judge with `top1(images, labels)`
+            (`trapmid_tf.metrics.pixel_judge.PixelJudge`), or None for none.
 
     Example:
         evaluator = AttackEvaluator(evaluation_model, images, labels)
@@ -110,8 +112,9 @@ class AttackEvaluator:
 
     def __init__(
         self, evaluation_model, private_images, private_labels, fid_feature_model=None,
-        batch_size=100,
+        batch_size=100, pixel_judge=None,
     ):
+        self.pixel_judge = pixel_judge
         self._features_and_logits = features_and_logits(evaluation_model)
         self.num_classes = int(evaluation_model.output_shape[-1])
         self.batch_size = int(batch_size)
@@ -171,7 +174,8 @@ class AttackEvaluator:
             than 2 images), `precision`, `recall`, `density`, `coverage` (vs the private
             training images of the attacked classes; None when either set has too few
             images) and `fid_samples` (how many reconstructions entered; FID's covariance is
-            singular when that is below `feature_dims`).
+            singular when that is below `feature_dims`). With a pixel judge also
+            `pixel_aa1`, its top-1, and `per_image["pixel_top1"]`, its 0/1 per reconstruction.
         """
         images = np.asarray(images, dtype=np.float32)
         labels = np.asarray(labels, dtype=np.int32)
@@ -200,6 +204,10 @@ class AttackEvaluator:
             },
             "feature_dims": int(fid_features.shape[1]),
         }
+        if self.pixel_judge is not None:
+            pixel_top1 = self.pixel_judge.top1(images, labels)
+            scores["pixel_aa1"] = float(pixel_top1.mean())
+            scores["per_image"]["pixel_top1"] = pixel_top1.tolist()
         attacked = self.private_fid_features[np.isin(self.private_labels, labels)]
         for suffix, chosen in (("", correct), ("_all", np.ones_like(correct))):
             scores.update(
