@@ -10,6 +10,7 @@ import pytest
 from trapmid_tf.data.idx import read_idx
 from trapmid_tf.data import loaders
 from trapmid_tf.data.loaders import load, load_evaluation_data
+from trapmid_tf.experiments.target_config import resolve_config
 
 _TYPE_CODES = {np.dtype("uint8"): 0x08, np.dtype("int32"): 0x0C, np.dtype("float32"): 0x0D}
 
@@ -198,3 +199,14 @@ def test_fashion_mnist_found_nowhere_says_where_it_looked_and_how_to_supply_it(
     assert str(tmp_path) in str(error.value) and "data_dir" in str(error.value)
     with pytest.raises(FileNotFoundError, match="needs data_dir"):
         load("mnist")
+
+
+def test_target_settings_without_data_dir_take_the_default_folder(tmp_path, monkeypatch):
+    # Regression: resolve_config checked isdir(None) when the default folder held the files.
+    _write_mnist(tmp_path)
+    monkeypatch.setitem(loaders.DEFAULT_FOLDERS, "fashion_mnist", (str(tmp_path),))
+    config = resolve_config(dict(dataset="fashion_mnist", model="small_cnn"))
+    assert config["data_dir"] is None  # loaded from the default folder at training time
+    monkeypatch.setitem(loaders.DEFAULT_FOLDERS, "fashion_mnist", (str(tmp_path / "none"),))
+    with pytest.raises(ValueError, match="--data_dir, which is not set"):
+        resolve_config(dict(dataset="fashion_mnist", model="small_cnn"))

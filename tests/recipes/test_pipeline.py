@@ -310,6 +310,25 @@ def test_bad_flags_are_rejected_before_any_work(bad_flag_outcomes, index):
     assert outcome["written"] == []
 
 
+
+def test_trapdoor_settings_reach_only_the_trapdoor_defenses(tmp_path):
+    # One command line trains every defense: its Trap-MID settings must not reach (and be
+    # refused for) the unprotected target.
+    from trapmid_tf.experiments import pipeline
+
+    run = pipeline.PipelineRun(
+        out=str(tmp_path), target_settings=dict(
+            min_trapdoor_accuracy=0.5, discriminator=False, alpha=0.3, epochs=2),
+    )
+    settings = pipeline.pipeline_settings("tiny", {"defenses": ["none", "trapmid", "negls"]})
+    configs = pipeline.target_configs(run, settings)
+    trapmid = configs["trapmid", 0]
+    assert (trapmid["min_trapdoor_accuracy"], trapmid["discriminator"]) == (0.5, False)
+    for defense in ("none", "negls"):
+        assert configs[defense, 0]["discriminator"] is True
+        assert configs[defense, 0]["min_trapdoor_accuracy"] != 0.5
+        assert configs[defense, 0]["epochs"] == 2
+
 # The reference's budgets, read from its code (ntuaislab/Trap-MID), written out here by hand:
 # plgmi/baselines/config/celeba.json "train_gan - first stage": epochs 120, batch_size 64,
 # n_critic 5; utils.init_dataloader drop_last=True over data_files/celeba_ganset.txt (30,000

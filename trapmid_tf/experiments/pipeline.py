@@ -25,7 +25,10 @@ from trapmid_tf.experiments.evaluation import (
 )
 from trapmid_tf.experiments.priors import default_public_split, train_prior
 from trapmid_tf.experiments.progress import StageProgress
-from trapmid_tf.experiments.target_config import DEFENSES, identity, resolve_config
+from trapmid_tf.experiments import defenses as defense_registry
+from trapmid_tf.experiments.target_config import (
+    DEFAULTS, DEFENSES, TRAPDOOR_KEYS, identity, resolve_config,
+)
 from trapmid_tf.experiments.targets import train
 
 
@@ -270,6 +273,8 @@ def stage_count(settings):
 def target_configs(run, settings):
     """The checked trapmid-train settings of every target: `{(defense, seed): config}`.
 
+    The trapdoor's own settings (`TRAPDOOR_KEYS`) reach only the defenses with triggers.
+
     Raises:
         ValueError, FileNotFoundError: as `resolve_config`, for bad target settings, or
             for a dataset without public data ("class_folder").
@@ -292,7 +297,10 @@ def target_configs(run, settings):
             )
             if settings["target_epochs"] is not None and run.target_settings.get("epochs") is None:
                 changes["epochs"] = settings["target_epochs"]
-            configs[defense, seed] = resolve_config(dict(run.target_settings, **changes))
+            target_settings = dict(run.target_settings)
+            if not defense_registry.get_defense(base).trapdoor:
+                target_settings.update({key: DEFAULTS[key] for key in TRAPDOOR_KEYS})
+            configs[defense, seed] = resolve_config(dict(target_settings, **changes))
     return configs
 
 

@@ -97,6 +97,11 @@ DEFAULTS = dict(
     fast_trapmid=False, negls_smoothing=-0.05, mid_beta=None, bido_lambda_xz=0.05,
     bido_lambda_yz=0.5, seed=0, split_seed=None, strategy="default", out=None, backup_dir=None,
 )
+# Settings of the trapdoor alone: refused by `resolve_config` for a defense without triggers
+# when changed from their `DEFAULTS`; the pipeline gives them to its trapdoor defenses only.
+TRAPDOOR_KEYS = (
+    "discriminator", "augment", "optimize_triggers", "min_trapdoor_accuracy", "fast_trapmid",
+)
 # Where a target is written, not what it is: left out of its stage identity (`identity`), so
 # that a run folder can be moved and reused.
 LOCATION_KEYS = ("out", "backup_dir")
@@ -156,22 +161,14 @@ def resolve_config(overrides):
     if config["model"] not in MODELS:
         model_function(config["model"])
     if not defense_registry.get_defense(config["defense"]).trapdoor:
-        for key in ("discriminator", "augment", "optimize_triggers"):
-            if overrides.get(key) is False:
+        for key in TRAPDOOR_KEYS:
+            value = overrides.get(key, DEFAULTS[key])
+            if value != DEFAULTS[key]:
+                flag = f"--no{key}" if value is False else f"--{key}"
                 raise ValueError(
-                    f"--no{key} only applies to the trapmid defenses; --defense is "
+                    f"{flag} only applies to the trapmid defenses; --defense is "
                     f"{config['defense']!r}."
                 )
-        if overrides.get("min_trapdoor_accuracy") is not None:
-            raise ValueError(
-                f"--min_trapdoor_accuracy only applies to the trapmid defenses; --defense is "
-                f"{config['defense']!r}."
-            )
-        if config["fast_trapmid"]:
-            raise ValueError(
-                f"--fast_trapmid only applies to the trapmid defenses; --defense is "
-                f"{config['defense']!r}."
-            )
     if config["fast_trapmid"] and config["strategy"] != "default":
         raise ValueError(
             "--fast_trapmid runs on one replica (its discriminator skips steps); --strategy is "
@@ -386,7 +383,7 @@ def _check_data_dir(config):
             f"(only digits is embedded; nothing is downloaded"
             + (f"; none of {list(searched)} holds it" if searched else "") + ")."
         )
-    elif not os.path.isdir(data_dir):
+    elif data_dir and not os.path.isdir(data_dir):
         raise FileNotFoundError(f"--data_dir {data_dir!r} is not an existing folder.")
     for key in ("test_dir", "test_fraction"):
         if config[key] is not None and config["dataset"] != "class_folder":
