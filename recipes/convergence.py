@@ -88,7 +88,7 @@ def convergence_rows(results_by_scale, tolerance):
         the next scale's gain), None for the last scale.
     """
     from trapmid_tf.attacks.suite import LOOKUP, TRANSFER_NULL
-    from trapmid_tf.experiments.summary import NOT_APPLICABLE
+    from trapmid_tf.metrics.evaluator import NOT_APPLICABLE
     from trapmid_tf.metrics.intervals import compare
     from trapmid_tf.report import estimate_text
 

@@ -3,7 +3,8 @@
 import pytest
 
 from trapmid_tf.attacks import suite
-from trapmid_tf.experiments.measured_convergence import MEASURED_GAPS, MeasuredGap, gap_paragraph
+from trapmid_tf.experiments.measured_convergence import MEASURED_GAPS, MeasuredGap
+from trapmid_tf.report.markdown import gap_paragraph
 
 
 def _gap(**gains):

@@ -14,7 +14,6 @@ from tests.attacks.test_inversion import (
 )
 from tests.test_report import _adaptive_results, _target
 from tests.tolerances import float32_atol
-from trapmid_tf import report
 from trapmid_tf.attacks.brep_mi import MAX_INITIAL_BATCHES, BREPMIAttack
 from trapmid_tf.attacks.plgmi_adaptive import estimate_signatures
 from trapmid_tf.attacks.plgmi_prior import (
@@ -28,6 +27,7 @@ from trapmid_tf.attacks.suite import PriorNetworks
 from trapmid_tf.experiments import summarize_seeds
 from trapmid_tf.experiments.attacks import run_attack
 from trapmid_tf.models.features import feature_extractor
+from trapmid_tf.report import markdown
 
 # Hand-built example: 1x2x1 images whose target feature is the image itself and whose logits
 # are the feature (identity layers), two classes with signatures e_0 and e_1.
@@ -228,9 +228,9 @@ def test_classes_without_a_start_are_listed_per_seed_and_in_the_report():
     results["settings"]["seeds"] = [0, 1]
     assert results["defenses"]["trapmid"]["attacks"]["brep_mi"]["classes_without_start"] == [
         [0, 1], []]
-    rows = report.without_start_table(results).splitlines()[2:]
+    rows = markdown.without_start_table(results).splitlines()[2:]
     assert rows == ["| none | 0 | seed 0: none; seed 1: none |",
                     "| trapmid | 2 | seed 0: [0, 1]; seed 1: none |"]
-    text = report.report_markdown(results, ["none", "trapmid"], ["lookup", "brep_mi"], {})
+    text = markdown.report_markdown(results, ["none", "trapmid"], ["lookup", "brep_mi"], {})
     section = text.split("## brep_mi\n")[1]
     assert "Classes without a starting point" in section and rows[1] in section

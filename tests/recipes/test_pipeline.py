@@ -75,7 +75,7 @@ def test_results_hold_every_defense_and_attack(tiny):
     assert f"{results['defenses']['trapmid']['attacks']['gmi']['aa1']['mean']:.3f}" in row
     report = (out / "report.md").read_text()
     assert "## Trigger leakage" in report
-    from trapmid_tf.report import LEAKAGE_RULE
+    from trapmid_tf.report.markdown import LEAKAGE_RULE
 
     assert LEAKAGE_RULE in report.splitlines()
     for attack in ATTACKS:

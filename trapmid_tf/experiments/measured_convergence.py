@@ -11,13 +11,11 @@ The records here were made by the recipe's earlier version: against the unprotec
 target only, each gain with a two-level bootstrap interval (each budget's seeds, then
 reconstructions, resampled on their own), a budget judged converged on the mean gain. The
 recipe now also checks the Trap-MID target, pairs the seeds of the two budgets (Student t on
-the per-seed differences) and judges the upper end of the interval; `gap_paragraph` states
-the rule the records were measured with.
+the per-seed differences) and judges the upper end of the interval; the report's paragraph on
+them (`trapmid_tf.report.markdown.gap_paragraph`) states the rule they were measured with.
 """
 
 import dataclasses
-
-from trapmid_tf.report import estimate_text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,41 +82,3 @@ MEASURED_GAPS = {
         ),
     ),
 }
-
-
-def gap_paragraph(gap, tolerance=0.05):
-    """A report paragraph saying how far the run's budgets are from converged.
-
-    Args:
-        gap: A `MeasuredGap.as_dict()`.
-        tolerance: The largest gain from doubling that counts as converged.
-
-    Returns:
-        Markdown text naming the attacks whose measured mean gain exceeded `tolerance` (they
-        understate the attack), the others, the rule the record was measured with (the
-        recipe's earlier one: mean gain on the unprotected target, two-level bootstrap
-        interval), and the measurement's command and sample sizes.
-    """
-    gains = gap["gains"]
-    short = [name for name, gain in gains.items() if gain["mean"] > tolerance]
-    listed = ", ".join(f"{name} {estimate_text(gain)}" for name, gain in gains.items())
-    if short:
-        verdict = (f"not converged for {', '.join(short)}: doubling them raised the unprotected "
-                   f"mean top-1 by more than {tolerance}, so these rows understate the attack "
-                   "and overstate any protection against it")
-    else:
-        verdict = (f"converged by their mean gains: doubling them raised no unprotected mean "
-                   f"top-1 by more than {tolerance}")
-    seeds = len(gap["seeds"])
-    sentences = [
-        f"**Budget convergence (measured separately, not by this run).** The `{gap['preset']}` "
-        f"budgets are {verdict}.",
-        f"Mean top-1 gain from doubling every budget, against the unprotected digits target only "
-        f"({seeds} training seed{'s' if seeds > 1 else ''}, {gap['reconstructions']} "
-        f"reconstructions per attack and seed; {gap['date']}), with the 95% interval of the "
-        "recipe's earlier two-level bootstrap (each budget's seeds, then reconstructions, "
-        f"resampled on their own): {listed}.",
-        gap["remark"],
-        f"Command: `{gap['command']}`.",
-    ]
-    return " ".join(sentence for sentence in sentences if sentence)

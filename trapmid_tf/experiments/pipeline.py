@@ -590,7 +590,7 @@ def attack_seed(evaluator, detector, stored, target_results, steps, evaluation_m
         `classes_without_start` (classes left out of its scores: no starting point found).
     """
     from trapmid_tf.attacks.trigger_recovery import compare_with_triggers
-    from trapmid_tf.experiments.summary import NOT_APPLICABLE
+    from trapmid_tf.metrics.evaluator import NOT_APPLICABLE
     from trapmid_tf.metrics.leakage import trigger_leakage
 
     attacks = {}
@@ -733,9 +733,9 @@ def run_pipeline(run, settings, configs=None, progress=None):
 
 def failed_trapdoors(results):
     """The defenses of a pipeline's results whose trapdoor did not form in some seed."""
-    from trapmid_tf import report
+    from trapmid_tf.report.interpretation import trapdoor_not_formed
 
-    return [d for d, scores in results["defenses"].items() if report.trapdoor_not_formed(scores)]
+    return [d for d, scores in results["defenses"].items() if trapdoor_not_formed(scores)]
 
 
 def target_triggers(run, defense, seed):

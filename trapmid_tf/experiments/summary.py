@@ -11,12 +11,10 @@ FID, PRDC, chance levels) have an interval over seeds only; with one seed, none 
 high are the value).
 """
 
+from trapmid_tf.metrics.evaluator import NOT_APPLICABLE, PER_IMAGE_METRICS
 from trapmid_tf.metrics.intervals import seed_mean
 
-# Per-reconstruction outcomes, as `AttackEvaluator.evaluate` lists them, and their names here
-# (`pixel_top1` only where the evaluator had a pixel judge).
-PER_IMAGE_METRICS = {"top1": "aa1", "top5": "aa5", "knn": "knn", "pixel_top1": "pixel_aa1"}
-# Those of them that are 0/1 outcomes.
+# The per-reconstruction outcomes (`PER_IMAGE_METRICS`) that are 0/1.
 BINARY_METRICS = ("top1", "top5", "pixel_top1")
 # Metrics with one value per target and attack (None where a target has too few samples).
 PER_TARGET_METRICS = (
@@ -31,8 +29,6 @@ COUNTS = ("feature_dims", "inversion_steps")
 TRIGGER_METRICS = ("trigger_cosine", "other_trigger_cosine", "trigger_match")
 # Trigger leakage of a Trap-MID target (`trapmid_tf.metrics.leakage.trigger_leakage`).
 LEAKAGE_METRICS = ("trigger_top1", "class_part_top1")
-# The key of an attack's scores that says why it did not run against a target.
-NOT_APPLICABLE = "not_applicable"
 
 
 def _over_seeds(values):

@@ -35,6 +35,12 @@ from trapmid_tf.models.small_cnn import small_cnn
 
 EVALUATION_FEATURES = "evaluation_model"
 PRDC_NEIGHBOURS = 3
+# The per-reconstruction outcomes `AttackEvaluator.evaluate` lists under `per_image`, by the
+# name of the score each one averages (`pixel_top1` only where there is a pixel judge).
+PER_IMAGE_METRICS = {"top1": "aa1", "top5": "aa5", "knn": "knn", "pixel_top1": "pixel_aa1"}
+# The scores of an attack that did not run against a target, `{NOT_APPLICABLE: why}`, stand
+# in place of `evaluate`'s.
+NOT_APPLICABLE = "not_applicable"
 
 
 def train_evaluation_model(
