@@ -13,6 +13,7 @@ COMMANDS = {
     "trapmid-attack": ("trapmid_tf.cli.attack", "--attacks:"),
     "trapmid-evaluate": ("trapmid_tf.cli.evaluate", "--attacks_dir:"),
     "trapmid-pipeline": ("trapmid_tf.cli.pipeline", "--preset:"),
+    "trapmid-audit": ("trapmid_tf.cli.audit", "--private_dir:"),
 }
 
 

@@ -366,7 +366,7 @@ def class_folder_splits(
     paths, labels = [paths[i] for i in keep], labels[keep]
     headers = image_headers(paths)
     if channels is None:
-        channels = 1 if all(mode in GRAYSCALE_MODES for _, mode in headers) else 3
+        channels = _channels(headers)
     size = image_size or _common_size(paths, headers)
     if test_dir is None:
         train, test = digits.stratified_split(labels, test_fraction, seed)
@@ -410,6 +410,34 @@ def image_headers(paths):
 
     with concurrent.futures.ThreadPoolExecutor() as pool:
         return list(pool.map(header, paths))
+
+
+def folder_shape(folder):
+    """The sizes and channels of the image files below `folder`, from their headers.
+
+    Args:
+        folder: A folder of image files (at any depth, as `folder_images` reads it).
+
+    Returns:
+        `(sizes, channels)`: the set of the files' `(height, width)`, and 1 if every file
+        is grayscale, else 3 (the channels `class_folder_splits` reads a folder with).
+
+    Raises:
+        FileNotFoundError: if the folder holds no image file.
+        ValueError: if a file cannot be opened as an image; the message names it.
+    """
+    paths = _image_files(folder)
+    if not paths:
+        raise FileNotFoundError(
+            f"no image files ({', '.join(IMAGE_EXTENSIONS)}) found under {folder!r}."
+        )
+    headers = image_headers(paths)
+    return {(height, width) for (width, height), _ in headers}, _channels(headers)
+
+
+def _channels(headers):
+    """1 if every `image_headers` entry is grayscale, else 3."""
+    return 1 if all(mode in GRAYSCALE_MODES for _, mode in headers) else 3
 
 
 def _class_folder_files(folder):

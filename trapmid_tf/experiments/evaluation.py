@@ -27,16 +27,18 @@ def evaluation_architecture(name):
     return getattr(tm.models, name)
 
 
-def evaluation_model(dataset, data_dir, settings, out, overwrite=False, verbose=0):
+def evaluation_model(dataset, data_dir, settings, out, overwrite=False, verbose=0, data=None):
     """Trains (or reuses) the evaluation model in folder `out`.
 
     Args:
         dataset: Dataset name; see `trapmid_tf.data.load_evaluation_data`.
         data_dir: Its folder, or None for digits.
-        settings: Dict with architecture, epochs, seed.
+        settings: Dict with architecture, epochs, seed (and, with `data`, what identifies it).
         out: Folder for classifier.keras and results.json.
         overwrite: Retrain even if `out` holds a finished model with the same settings.
         verbose: `keras.Model.fit`'s verbosity.
+        data: `(train, test, num_classes)` to train and test on instead of the dataset's
+            evaluation data, or None.
 
     Returns:
         `(model, test_accuracy)`.
@@ -50,7 +52,7 @@ def evaluation_model(dataset, data_dir, settings, out, overwrite=False, verbose=
     results_path = os.path.join(out, "results.json")
 
     def build():
-        train, test, num_classes = tm.data.load_evaluation_data(
+        train, test, num_classes = data or tm.data.load_evaluation_data(
             dataset, data_dir, seed=settings["seed"]
         )
         model, accuracy = train_evaluation_model(

@@ -622,8 +622,16 @@ def attack_seed(evaluator, detector, stored, target_results, steps, evaluation_m
     )
 
 
-def judge(run, private_train, settings):
+def judge(run, private_train, settings, held_out=None):
     """The evaluation model: --evaluation_model as given, else trained (or reused) in evaluator/.
+
+    Args:
+        run: The `PipelineRun`.
+        private_train: The private training split (its image shape).
+        settings: The pipeline settings.
+        held_out: `(train, test, num_classes, description)`: the data to train and test the
+            judge on instead of the dataset's evaluation data, `description` (a dict) saying
+            what they are in the stage's settings; or None.
 
     Returns:
         `(model, description)`: the description holds architecture (or the file), test
@@ -635,15 +643,38 @@ def judge(run, private_train, settings):
         architecture, accuracy = os.path.abspath(run.evaluation_model), None
     else:
         architecture = EVALUATION_ARCHITECTURES.get(run.dataset, DEFAULT_EVALUATION_ARCHITECTURE)
+        stage = dict(architecture=architecture, epochs=settings["evaluation_epochs"],
+                     seed=run.seed)
+        data = None
+        if held_out is not None:
+            *data, stage["data"] = held_out
         model, accuracy = evaluation_model(
-            run.dataset, run.data_dir,
-            dict(architecture=architecture, epochs=settings["evaluation_epochs"], seed=run.seed),
-            os.path.join(run.out, "evaluator"), run.overwrite, run.fit_verbosity,
+            run.dataset, run.data_dir, stage, os.path.join(run.out, "evaluator"),
+            run.overwrite, run.fit_verbosity, data,
         )
     return model, dict(
         architecture=architecture, accuracy=accuracy, classes=int(model.output_shape[-1])
     )
 
+
+
+@dataclasses.dataclass(frozen=True)
+class Scoring:
+    """What attacking and scoring every target of a run shares (`attack_and_score`).
+
+    Attributes:
+        public: Unbatched public images.
+        public_images: The same as one array.
+        gmi: `seed -> GMI prior` (`gmi_prior_per_seed`).
+        evaluator: The `AttackEvaluator`.
+        evaluation_model: The judge (it also judges the triggers).
+    """
+
+    public: object
+    public_images: object
+    gmi: object
+    evaluator: object
+    evaluation_model: object
 
 
 def run_pipeline(run, settings, configs=None, progress=None):
@@ -662,8 +693,6 @@ def run_pipeline(run, settings, configs=None, progress=None):
     import numpy as np
 
     import trapmid_tf as tm
-    from trapmid_tf import report
-    from trapmid_tf.experiments import summarize_seeds
     from trapmid_tf.files import write_json
 
     start = time.perf_counter()
@@ -683,32 +712,80 @@ def run_pipeline(run, settings, configs=None, progress=None):
     with progress.stage("evaluation model"):
         evaluation_model, evaluation = judge(run, private_train, settings)
     evaluator = make_evaluator(evaluation_model, private_train, run.fid_weights, private_test)
-    public_images = np.stack(list(public.as_numpy_iterator()))
+    scoring = Scoring(public, np.stack(list(public.as_numpy_iterator())),
+                      gmi_prior_per_seed(run, settings, public, progress), evaluator,
+                      evaluation_model)
     per_seed, reconstructions = {}, {}
-    gmi = gmi_prior_per_seed(run, settings, public, progress)
     for (defense, seed), (config, target_results) in targets.items():
         directory = target_dir(run, defense, seed)
         target = tm.models.load_classifier(os.path.join(directory, "classifier.keras"))
-        priors, prior_settings = target_priors(
-            run, directory, target, config, seed, public, gmi(seed), settings, progress
-        )
         trigger_path = os.path.join(directory, "triggers.npz")
         detector = (
             make_detector(target, trigger_path, private_train)
             if os.path.isfile(trigger_path) else None
         )
-        stored = attack_target(run, directory, target, config, seed, priors, prior_settings,
-                               settings, progress, detector, public_images)
+        scores, shown = attack_and_score(
+            run, settings, scoring, directory, target, config, seed, target_results, progress,
+            detector, target_triggers(run, defense, seed),
+        )
+        per_seed.setdefault(defense, {})[seed] = scores
         attacked = attacked_classes(target)  # the same for every target: one dataset
-        steps = prior_steps(directory, gmi_directory(run, seed), settings["attacks"])
-        with progress.stage(f"scores, {stage_target(directory)}"):
-            per_seed.setdefault(defense, {})[seed] = attack_seed(
-                evaluator, detector, stored, target_results, steps, evaluation_model,
-                target_triggers(run, defense, seed),
-            )
         if seed == settings["seeds"][0]:
-            reconstructions[defense] = {k: v for k, v in stored.items() if v is not None}
-    results = dict(
+            reconstructions[defense] = shown
+    results = run_results(run, settings, evaluation, evaluator, attacked, per_seed, start)
+    write_report(run, results, private_train, reconstructions, stored_triggers(run, settings),
+                 progress)
+    return results
+
+
+def attack_and_score(run, settings, scoring, directory, target, config, seed, target_results,
+                     progress, detector=None, triggers=None):
+    """Trains (or reuses) one target's priors, runs (or reuses) its attacks and scores them.
+
+    Args:
+        run: The `PipelineRun`.
+        settings: The pipeline settings.
+        scoring: The run's `Scoring`.
+        directory: The target's folder (`target_dir`).
+        target, config: The target model and what identifies it (train_target settings).
+        seed: The seed of its priors and attacks (a pipeline target's training seed).
+        target_results: Its `test_accuracy`, `trapdoor_accuracy` (and `trapdoor_formed`).
+        progress: The run's `StageProgress`.
+        detector: The target's `TrapdoorDetector`, or None without triggers.
+        triggers: The target's triggers `(classes, H, W, C)`, or None.
+
+    Returns:
+        `(scores, shown)`: `attack_seed`'s scores and `{attack: stored arrays}` of the
+        attacks that applied (for the report's grids).
+    """
+    priors, prior_settings = target_priors(
+        run, directory, target, config, seed, scoring.public, scoring.gmi(seed), settings,
+        progress,
+    )
+    stored = attack_target(run, directory, target, config, seed, priors, prior_settings,
+                           settings, progress, detector, scoring.public_images)
+    steps = prior_steps(directory, gmi_directory(run, seed), settings["attacks"])
+    with progress.stage(f"scores, {stage_target(directory)}"):
+        scores = attack_seed(scoring.evaluator, detector, stored, target_results, steps,
+                             scoring.evaluation_model, triggers)
+    return scores, {name: arrays for name, arrays in stored.items() if arrays is not None}
+
+
+def run_results(run, settings, evaluation, evaluator, attacked, per_seed, start):
+    """The results dict of a run (results.json) from its scores.
+
+    Args:
+        run: The `PipelineRun`.
+        settings: The pipeline settings.
+        evaluation: The judge's description (`judge`).
+        evaluator: The run's `AttackEvaluator`.
+        attacked: The number of attacked classes.
+        per_seed: `{defense: {seed: attack_seed scores}}`.
+        start: `time.perf_counter()` at the run's start.
+    """
+    from trapmid_tf.experiments import summarize_seeds
+
+    return dict(
         dataset=run.dataset, public_split=settings["public_split"], preset=run.preset,
         settings=settings, evaluation_model=evaluation, attacked_classes=attacked,
         fid_features=evaluator.fid_features,
@@ -716,19 +793,33 @@ def run_pipeline(run, settings, configs=None, progress=None):
             references="private test split", images=len(evaluator.pixel_judge.labels)
         ),
         defenses={d: summarize_seeds(seeds) for d, seeds in per_seed.items()},
-        seconds=round(time.perf_counter() - start, 1), 
+        seconds=round(time.perf_counter() - start, 1),
         convergence_gap=measured_gap(settings, run.preset, run.dataset),
     )
+
+
+def write_report(run, results, private_train, reconstructions, triggers, progress):
+    """Writes results.json, then, as the run's last stage, report.md, its grids and their
+    TensorBoard images, and closes the progress line.
+
+    Args:
+        run: The `PipelineRun`.
+        results: The run's results dict.
+        private_train: The private training split (the grids' private samples).
+        reconstructions: `{defense: {attack: stored arrays}}` shown in the grids.
+        triggers: `{defense: triggers}` of the targets with triggers.
+        progress: The run's `StageProgress`.
+    """
+    from trapmid_tf import report
+    from trapmid_tf.files import write_json
+
     write_json(os.path.join(run.out, "results.json"), results)
     private_images, private_labels = private_arrays(private_train)
     with progress.stage("report"):
-        grids = report.write(
-            run.out, results, private_images, private_labels, reconstructions,
-            stored_triggers(run, settings),
-        )
+        grids = report.write(run.out, results, private_images, private_labels,
+                             reconstructions, triggers)
         log_grids(os.path.join(run.out, "logs"), grids)
     progress.close("done")
-    return results
 
 
 def failed_trapdoors(results):
