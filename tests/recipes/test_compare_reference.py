@@ -1,0 +1,190 @@
+"""recipes/compare_reference.py: its torch-free parts, and (slow) the comparison itself."""
+
+import importlib.util
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+RECIPE = ROOT / "recipes" / "compare_reference.py"
+TORCH_PYTHON = os.environ.get("TRAPMID_TORCH_PYTHON", "/work/torchenv/bin/python")
+REFERENCE_REPO = os.environ.get("TRAPMID_REFERENCE_REPO", "/work/trapmid_ref")
+
+
+@pytest.fixture(scope="module")
+def recipe():
+    spec = importlib.util.spec_from_file_location("compare_reference", RECIPE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_relative_difference_scales_by_the_largest_reference_entry(recipe):
+    # |2.001 - 2| / max(|1|, |-2|) = 5e-4, by hand; a zero entry of the reference is fine.
+    ours, reference = np.array([1.0, -2.001, 0.0]), np.array([1.0, -2.0, 0.0])
+    assert recipe.relative_difference(ours, reference) == pytest.approx(5e-4, rel=1e-12)
+    assert recipe.relative_difference(reference, reference) == 0.0
+
+
+def test_relative_difference_counts_differing_indices(recipe):
+    ours, reference = np.array([[3, 1], [4, 0]]), np.array([[3, 1], [0, 4]])
+    assert recipe.relative_difference(ours, reference) == 0.5
+
+
+def test_relative_difference_of_an_all_zero_reference_is_zero_or_infinite(recipe):
+    assert recipe.relative_difference(np.zeros(2), np.zeros(2)) == 0.0
+    assert recipe.relative_difference(np.array([0.0, 1e-30]), np.zeros(2)) == float("inf")
+
+
+def test_relative_difference_rejects_other_shapes(recipe):
+    with pytest.raises(ValueError, match="shape"):
+        recipe.relative_difference(np.zeros(3), np.ones(2))
+
+
+def test_largest_difference_is_the_worst_array_and_needs_the_same_keys(recipe):
+    reference = {"a": np.array([1.0, 1.0]), "b": np.array([4.0])}
+    ours = {"a": np.array([1.0, 1.1]), "b": np.array([4.0 + 4e-3])}
+    assert recipe.largest_difference(ours, reference) == pytest.approx(0.1, rel=1e-9)
+    with pytest.raises(ValueError, match="'a'"):
+        recipe.largest_difference({"b": ours["b"]}, reference)
+
+
+def test_npz_exchange_keeps_values_and_dtypes(recipe, tmp_path):
+    arrays = {"x": np.random.default_rng(0).standard_normal((3, 2)),
+              "labels": np.arange(4, dtype=np.int64), "steps": np.asarray(5)}
+    recipe.save_arrays(tmp_path / "a.npz", arrays)
+    loaded = recipe.load_arrays(tmp_path / "a.npz")
+    assert set(loaded) == set(arrays)
+    for key, value in arrays.items():
+        assert loaded[key].dtype == value.dtype
+        np.testing.assert_array_equal(loaded[key], value)
+
+
+@pytest.mark.parametrize(
+    "row", ["knn", "fid", "topn", "gmi", "kedmi", "lomma", "gmi_prior", "kedmi_prior"]
+)
+def test_inputs_are_float32_values_and_reproducible(recipe, row):
+    arrays = recipe.make_inputs(row, seed=3, steps=4)
+    again = recipe.make_inputs(row, seed=3, steps=4)
+    for key, value in arrays.items():
+        np.testing.assert_array_equal(again[key], value)
+        if value.dtype == np.float64:  # read exactly by a float32 cast on either side
+            np.testing.assert_array_equal(value.astype(np.float32).astype(np.float64), value)
+    if row == "kedmi":
+        assert arrays["eps"].shape == (4, recipe.IDENTITIES, recipe.RESTARTS, recipe.Z_DIM)
+    if row in ("gmi_prior", "kedmi_prior"):  # 4 critic steps: 4 latents, no generator step
+        assert arrays["normal"].shape == (4, recipe.PRIOR_BATCH, recipe.Z_DIM)
+        assert ("uniform" in arrays) == (row == "gmi_prior")
+
+
+def test_make_inputs_rejects_an_unknown_row(recipe):
+    with pytest.raises(ValueError, match="'plgmi'"):
+        recipe.make_inputs("plgmi", seed=0, steps=1)
+
+
+def test_keras_classifier_is_the_torch_module_in_numpy(recipe):
+    """The Keras network equals the PyTorch module's definition written in NumPy (NCHW)."""
+    arrays = recipe.make_inputs("topn", seed=0, steps=1)
+    images = arrays["images"][:3]
+    nchw = np.pad(images.transpose(0, 3, 1, 2), ((0, 0), (0, 0), (1, 1), (1, 1)))
+    weight, side = arrays["T.conv.weight"], recipe.SIDE
+    conv = np.zeros((3, recipe.CHANNELS, side, side))
+    for i in range(side):
+        for j in range(side):
+            conv[:, :, i, j] = np.einsum("bchw,ochw->bo", nchw[:, :, i:i + 3, j:j + 3], weight)
+    hidden = np.tanh(conv + arrays["T.conv.bias"][None, :, None, None]).reshape(3, -1)
+    hidden = np.maximum(hidden @ arrays["T.fc.weight"].T + arrays["T.fc.bias"], 0.0)
+    logits = hidden @ arrays["T.out.weight"].T + arrays["T.out.bias"]
+    ours = np.asarray(recipe._keras_networks(arrays)["T"](images))
+    # float64 sums of about 30 products of magnitude ~1: 1e-13 is far above their rounding.
+    np.testing.assert_allclose(ours, logits, rtol=0, atol=1e-13)
+
+
+def test_injected_draws_are_handed_out_in_turn_and_reshaped(recipe):
+    first, second = np.full((2, 3), 0.5), np.arange(4.0)
+    with recipe.injected_draws(keras.random, "normal", [first, second]):
+        np.testing.assert_array_equal(keras.random.normal((2, 3)), first)
+        np.testing.assert_array_equal(keras.random.normal((4, 1), seed=1), second[:, None])
+        with pytest.raises(RuntimeError, match="More random draws"):
+            keras.random.normal((1, 4))
+    assert keras.random.normal((2,)).shape == (2,)  # restored
+
+
+def test_injected_draws_must_all_be_taken_at_their_size(recipe):
+    with pytest.raises(RuntimeError, match="1 injected draws were not taken"):
+        with recipe.injected_draws(keras.random, "normal", [np.zeros(2)]):
+            pass
+    with pytest.raises(RuntimeError, match="shape"):
+        with recipe.injected_draws(keras.random, "normal", [np.zeros(2)]):
+            keras.random.normal((3,))
+
+
+def test_lifted_casts_keep_float64_tensors_and_then_restore(recipe):
+    from keras import ops
+
+    from trapmid_tf.attacks import inversion
+
+    value = np.array([1.0 / 3.0, 0.1])
+    floatx = keras.config.floatx()
+    keras.config.set_floatx("float64")
+    try:
+        with recipe.float32_casts_lifted():
+            assert keras.backend.standardize_dtype(ops.cast(value, "float32").dtype) == "float64"
+            converted = ops.convert_to_tensor(value, "float32")
+            np.testing.assert_array_equal(converted, value)  # not rounded to float32
+            # The scalar loss cast of `minimize` stays float32 (its gradient is exact).
+            assert keras.backend.standardize_dtype(
+                ops.cast(np.float64(0.5), "float32").dtype) == "float32"
+            weights = inversion.reference_batch_weights(3, 2, identities_per_batch=2)
+            np.testing.assert_array_equal(weights, [0.5, 0.5, 0.5, 0.5, 1.0, 1.0])
+            assert weights.dtype == np.float64
+            assert inversion.reference_batch_weights(3, 1, 60)[0] == 1.0 / 3.0  # not float32's
+    finally:
+        keras.config.set_floatx(floatx)
+    assert keras.backend.standardize_dtype(ops.cast(value, "float32").dtype) == "float32"
+    assert keras.backend.standardize_dtype(ops.convert_to_tensor(value, "float32").dtype) == (
+        "float32")
+    assert inversion.reference_batch_weights(3, 1, 60).dtype == np.float32
+
+
+def test_format_table_has_one_line_per_row(recipe):
+    table = recipe.format_table({
+        "knn": {"steps": "-", "as_is": 0.0},
+        "kedmi": {"steps": 5, "as_is": 3e-5, "lifted": 2e-5, "lifted_epsilon_zero": 1e-15},
+    })
+    lines = table.splitlines()
+    assert lines[2] == "| knn | - | 0.0e+00 | - | - |"
+    assert lines[3] == "| kedmi | 5 | 3.0e-05 | 2.0e-05 | 1.0e-15 |"
+
+
+@pytest.mark.slow
+def test_ours_matches_the_reference_code_in_float64(tmp_path):
+    if not os.path.isfile(TORCH_PYTHON):
+        pytest.skip(f"No torch-enabled python at {TORCH_PYTHON} (set TRAPMID_TORCH_PYTHON).")
+    if not os.path.isfile(os.path.join(REFERENCE_REPO, "plgmi", "baselines", "recovery.py")):
+        pytest.skip(f"No Trap-MID checkout at {REFERENCE_REPO} (set TRAPMID_REFERENCE_REPO).")
+    subprocess.run(
+        [sys.executable, str(RECIPE), f"--reference_python={TORCH_PYTHON}",
+         f"--reference_repo={REFERENCE_REPO}", f"--out={tmp_path}", "--steps=5",
+         "--prior_steps=10"],
+        check=True, cwd=ROOT, capture_output=True,
+    )
+    results = json.loads((tmp_path / "results.json").read_text())
+    for row in ("knn", "fid", "topn"):
+        # Same float64 formulas on float32-exact inputs: a few roundings of 1.1e-16 at most.
+        assert results[row]["as_is"] <= 1e-13, row
+    for row in ("gmi", "lomma"):
+        # Our float32 casts: about float32's epsilon (1.2e-7) per step, over 5 steps.
+        assert results[row]["as_is"] <= 1e-6, row
+        assert results[row]["lifted"] <= 1e-9, row
+    # KED-MI and the priors differ by where Keras's and PyTorch's Adam add epsilon
+    # (docs/reference_comparison.md); with epsilon 0 on both sides they are the same algorithm.
+    for row in ("kedmi", "gmi_prior", "kedmi_prior"):
+        assert results[row]["lifted"] > 1e-9, row
+        assert results[row]["lifted_epsilon_zero"] <= 1e-9, row
