@@ -35,6 +35,7 @@ def test_lines_count_stages_and_estimate_the_time_left():
         "[#####---------------] 1/4 stages, 1m00s spent, about 3m00s left: attack",
         "[##########----------] 2/4 stages, 1m30s spent, about 1m30s left: done",
     ]
+    assert progress.seconds == {"prior": 60.0, "attack": 30.0}
 
 
 def test_a_failed_stage_is_not_counted_finished():
@@ -42,6 +43,7 @@ def test_a_failed_stage_is_not_counted_finished():
     with pytest.raises(RuntimeError), progress.stage("prior"):
         raise RuntimeError("out of memory")
     assert progress.finished == 0
+    assert progress.seconds == {}
 
 
 def test_more_stages_than_announced_is_an_error():

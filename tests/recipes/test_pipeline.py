@@ -40,6 +40,8 @@ def tiny(tmp_path_factory):
 
 @pytest.mark.large  # shares a tiny pipeline run (minutes)
 def test_results_hold_every_defense_and_attack(tiny):
+    from trapmid_tf.experiments import pipeline
+
     out, result = tiny
     results = json.loads((out / "results.json").read_text())
     assert set(results["defenses"]) == {"none", "trapmid"}
@@ -47,6 +49,10 @@ def test_results_hold_every_defense_and_attack(tiny):
     assert results["attacked_classes"] == 5  # the digits' private classes, not the judge's 10
     assert results["pixel_judge"]["references"] == "private test split"
     assert results["pixel_judge"]["images"] > 0
+    # The profile: every stage but the report (still running when results.json is written).
+    assert {"target none, seed 0", "evaluation model", "gmi prior, seed 0"} <= set(
+        results["stage_seconds"])
+    assert len(results["stage_seconds"]) == pipeline.stage_count(results["settings"]) - 1
     for defense, scores in results["defenses"].items():
         assert scores["seeds"] == [0]
         assert set(scores["attacks"]) == set(ATTACKS)  # results.json sorts its keys

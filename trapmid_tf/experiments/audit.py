@@ -391,7 +391,8 @@ def run_audit(out, settings, inputs, preset, overwrite=False, fid_weights=None,
         )
         reconstructions.setdefault(AUDITED, shown)
     results = pipeline.run_results(run, settings, evaluation, evaluator,
-                                   attacked_classes(inputs.model), {AUDITED: per_seed}, start)
+                                   attacked_classes(inputs.model), {AUDITED: per_seed}, start,
+                                   progress)
     results["model"] = inputs.description
     pipeline.write_report(run, results, inputs.private_train, reconstructions, {}, progress)
     return results

@@ -732,7 +732,8 @@ def run_pipeline(run, settings, configs=None, progress=None):
         attacked = attacked_classes(target)  # the same for every target: one dataset
         if seed == settings["seeds"][0]:
             reconstructions[defense] = shown
-    results = run_results(run, settings, evaluation, evaluator, attacked, per_seed, start)
+    results = run_results(run, settings, evaluation, evaluator, attacked, per_seed, start,
+                          progress)
     write_report(run, results, private_train, reconstructions, stored_triggers(run, settings),
                  progress)
     return results
@@ -771,7 +772,7 @@ def attack_and_score(run, settings, scoring, directory, target, config, seed, ta
     return scores, {name: arrays for name, arrays in stored.items() if arrays is not None}
 
 
-def run_results(run, settings, evaluation, evaluator, attacked, per_seed, start):
+def run_results(run, settings, evaluation, evaluator, attacked, per_seed, start, progress):
     """The results dict of a run (results.json) from its scores.
 
     Args:
@@ -782,6 +783,7 @@ def run_results(run, settings, evaluation, evaluator, attacked, per_seed, start)
         attacked: The number of attacked classes.
         per_seed: `{defense: {seed: attack_seed scores}}`.
         start: `time.perf_counter()` at the run's start.
+        progress: The run's `StageProgress` (the seconds of each stage so far).
     """
     from trapmid_tf.experiments import summarize_seeds
 
@@ -793,7 +795,7 @@ def run_results(run, settings, evaluation, evaluator, attacked, per_seed, start)
             references="private test split", images=len(evaluator.pixel_judge.labels)
         ),
         defenses={d: summarize_seeds(seeds) for d, seeds in per_seed.items()},
-        seconds=round(time.perf_counter() - start, 1),
+        seconds=round(time.perf_counter() - start, 1), stage_seconds=dict(progress.seconds),
         convergence_gap=measured_gap(settings, run.preset, run.dataset),
     )
 

@@ -20,7 +20,8 @@ def format_duration(seconds):
 
 
 class StageProgress:
-    """Draws `[####----] 7/24 stages, 3m12s spent, about 8m left: <stage>` as stages start.
+    """Draws `[####----] 7/24 stages, 3m12s spent, about 8m left: <stage>` as stages start,
+    and keeps the seconds each stage took (`seconds`).
 
     The estimate of the time left is the mean duration of the stages finished so far times the
     number not yet finished: rough when stages differ in cost (a reused stage takes a second, a
@@ -40,6 +41,8 @@ class StageProgress:
         self.stream = stream or sys.stderr
         self.clock = clock
         self.finished = 0
+        # Seconds each finished stage took, by name (a run's profile: results.json).
+        self.seconds = {}
         self._begin = clock()
         self._in_place = hasattr(self.stream, "isatty") and self.stream.isatty()
 
@@ -51,7 +54,9 @@ class StageProgress:
                 f"stage {name!r} is beyond the {self.total} stages this progress was made for."
             )
         self._draw(name)
+        begin = self.clock()
         yield
+        self.seconds[name] = round(self.clock() - begin, 1)
         self.finished += 1
 
     def close(self, message="done"):
