@@ -445,6 +445,21 @@ def test_option_attacks_run_with_their_options_and_budgets(adaptive):
         "max_iterations": 4, "max_initial_batches": 4}
     stage = json.loads((attacks / "plgmi_adaptive_estimated" / "stage.json").read_text())
     assert stage["options"]["top_n"] == 4 and "estimated" in stage["options"]["signatures"]
+    # Each PLG-MI++ attack searched its own prior: PLG-MI's budget (tiny: 2 generator steps
+    # of 5 discriminator steps) with the signature penalty at --adaptive_weight (1).
+    target = out / "targets" / "trapmid" / "seed_0"
+    steps = {"generator_steps": 2, "opponent_steps": 10}
+    for attack in ("plgmi_adaptive", "plgmi_adaptive_estimated"):
+        assert trapmid[attack]["prior"] == {"name": attack, "steps": steps,
+                                            "signature_weight": 1.0}
+        assert results["defenses"]["trapmid"]["prior_steps"]["0"][attack] == steps
+        prior = json.loads((target / "priors" / attack / "stage.json").read_text())
+        assert prior["signature_weight"] == 1.0 and prior["steps"] == 2
+        assert json.loads((target / "attacks" / attack / "stage.json").read_text())[
+            "priors"] == {attack: prior}
+    assert "plgmi_adaptive" not in results["defenses"]["none"]["prior_steps"]["0"]
+    assert not (out / "targets" / "none" / "seed_0" / "priors" / "plgmi_adaptive").exists()
+    assert (target / "signatures" / "plgmi_adaptive_estimated" / "signatures.npy").is_file()
 
 
 @pytest.mark.large  # shares a tiny pipeline run (minutes)
@@ -508,10 +523,13 @@ def test_an_option_is_part_of_its_attacks_stage(adaptive):
                  "--adaptive_weight=3", f"--out={adaptive}", "--verbose")
     assert result.returncode == 0, result.stderr[-3000:]
     rebuilt = [line for line in result.stderr.splitlines() if "rebuilding" in line]
-    assert len(rebuilt) == 1 and "attacks/plgmi_adaptive:" in rebuilt[0]
-    # targets (2) + evaluator + the GMI prior of seed 0 (brep_mi's) + PLG-MI priors (2) +
-    # lookup (2) + transfer null (2) + brep_mi (2)
-    assert result.stderr.count("reusing the stored artefacts") == 2 + 1 + 1 + 2 + 2 + 2 + 2
+    # The weight is part of PLG-MI++'s own prior (the Trap-MID target's; the unprotected
+    # one has none) and of its attack.
+    assert len(rebuilt) == 2
+    assert "priors/plgmi_adaptive:" in rebuilt[0] and "attacks/plgmi_adaptive:" in rebuilt[1]
+    # targets (2) + evaluator + the GMI prior of seed 0 (brep_mi's) + lookup (2) + transfer
+    # null (2) + brep_mi (2); no plain PLG-MI prior (plgmi_adaptive never searches it)
+    assert result.stderr.count("reusing the stored artefacts") == 2 + 1 + 1 + 2 + 2 + 2
 
 
 @pytest.mark.parametrize("changes, has_gap", [

@@ -49,7 +49,9 @@ flags.DEFINE_integer("brep_initial_batches", None,
                      "without one are left out of its scores and listed apart.")
 flags.DEFINE_float("adaptive_weight", 1.0,
                    "PLG-MI++: weight of the penalty on the cosine similarity between a "
-                   "reconstruction's target feature and its class's trapdoor signature (>= 0).")
+                   "reconstruction's target feature and its class's trapdoor signature (>= 0), "
+                   "in the inversion and in the training and top-n selection of its own "
+                   "PLG-MI prior.")
 flags.DEFINE_float("recovery_alpha", None,
                    "Trigger recovery's blend weight in (0, 1) (default: the target's alpha as "
                    "train_target resolves it: a Trap-MID target's own, the dataset preset's for "

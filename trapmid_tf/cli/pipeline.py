@@ -8,10 +8,10 @@ redoes them): per training seed one target per defense (trapmid-train; any of it
 flags except --defense, --seed and --out applies to every target; every seed shares the
 private/public split of --seed), the evaluation model, per training seed the GMI prior (trained
 with that seed on the public split, shared by that seed's targets), per target the priors that
-depend on it (KED-MI, PLG-MI, LOMMA) and every attack, then the evaluation. Writes
-into --out: flags.json, results.json, report.md, grids/*.png (private samples next to each
-defense's reconstructions; the triggers), TensorBoard logs under logs/, and each stage's folder
-(targets/<defense>/seed_<s>/..., evaluator/, priors/gmi/seed_<s>/).
+depend on it (KED-MI, PLG-MI, LOMMA; each PLG-MI++ attack's own, below) and every attack, then
+the evaluation. Writes into --out: flags.json, results.json, report.md, grids/*.png (private
+samples next to each defense's reconstructions; the triggers), TensorBoard logs under logs/,
+and each stage's folder (targets/<defense>/seed_<s>/..., evaluator/, priors/gmi/seed_<s>/).
 
 Budgets are optimiser steps: generator steps of the GAN priors, distillation steps of the LOMMA
 surrogates, inversion iterations; results.json records the steps every stage ran.
@@ -29,8 +29,10 @@ Attackers who know the defense (not run by default; name them in --attacks, see
 docs/adaptive_attacks.md): plgmi_adaptive (PLG-MI++ with the signatures of the target's own
 triggers, computed as the defender computes them; "not applicable: no trapdoor" against a
 target without triggers), plgmi_adaptive_estimated (PLG-MI++ estimating the signatures from a
-first plain PLG-MI round), both with the penalty weight --adaptive_weight and
---plgmi_iterations steps per round; trigger_recovery (one blend pattern per reconstruction on
+first plain PLG-MI round on the plain PLG-MI prior), both with the penalty weight
+--adaptive_weight and --plgmi_iterations steps per round, each searching its own PLG-MI prior
+(priors/<attack>/ of a target: the plain prior's budget and seed, the penalty also in its
+top-n selection and generator loss); trigger_recovery (one blend pattern per reconstruction on
 the public images, --recovery_iterations steps at the blend weight --recovery_alpha; its
 patterns are also compared with the target's true triggers); brep_mi (label-only, on the GMI
 prior, at most --brep_iterations steps). Every Trap-MID target's report also holds its trigger

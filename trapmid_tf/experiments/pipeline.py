@@ -4,11 +4,12 @@
 already holds, finished with the same settings (`trapmid_tf.files.build_or_reuse`): per
 training seed one target per defense, the evaluation model, per training seed the GMI prior
 (trained with that seed, shared by that seed's targets), per target the priors that depend on
-it and every attack (always with the lookup baseline, the floor of the report's verdicts,
-and the transfer null, the test of its judges), then the scores and the report. A stage's
-identity is what its artefacts depend on, never where they are written, so a run folder can
-be moved and reused. `trapmid-pipeline` is its command line (its help lists the stages and the
-files written).
+it (each PLG-MI++ attack its own PLG-MI prior, penalised with its trapdoor signatures, and
+the estimated variant its signatures first) and every attack (always with the lookup
+baseline, the floor of the report's verdicts, and the transfer null, the test of its
+judges), then the scores and the report. A stage's identity is what its artefacts depend on,
+never where they are written, so a run folder can be moved and reused. `trapmid-pipeline` is
+its command line (its help lists the stages and the files written).
 """
 
 import dataclasses
@@ -141,6 +142,20 @@ PRIOR_STEPS = {
 }
 # Why PLG-MI++ with the defender's signatures does not run against a target without triggers.
 NO_TRAPDOOR = "no trapdoor"
+# PLG-MI++ at full strength: each of its attacks searches its own PLG-MI prior (stage
+# priors/<attack>/ of a target), trained with the plain PLG-MI prior's budget and seed but
+# with the signature penalty in its top-n ranking and generator loss; the estimated variant's
+# signatures are a stage of their own (signatures/<attack>/), made before its prior.
+PENALISED_PRIORS = ("plgmi_adaptive", "plgmi_adaptive_estimated")
+ESTIMATED = "plgmi_adaptive_estimated"
+SIGNATURES_FILE = "signatures.npy"
+# Where each PLG-MI++ attack's signatures come from (part of its stages' settings).
+SIGNATURE_SOURCES = {
+    "plgmi_adaptive": "the defender's: its triggers over the first "
+                      f"{DETECTOR_CLEAN_IMAGES} private training images",
+    ESTIMATED: "estimated: mean feature of a plain PLG-MI round minus that of the top-n public "
+               "images, per class",
+}
 # Pipeline-only defense names: a train_target defense with other settings.
 VARIANTS = {
     # The paper's blend ratio and the reference's best-epoch rule (clean accuracy only).
@@ -258,14 +273,45 @@ def target_dir(run, defense, seed):
     return os.path.join(run.out, "targets", defense, f"seed_{seed}")
 
 
-def stage_count(settings):
-    """The number of stages `main` goes through with `settings` (for its progress line)."""
+def pipeline_priors(attacks):
+    """The priors the pipeline trains for `attacks`, in training order.
+
+    `suite.priors_needed`'s, except that each PLG-MI++ attack searches its own penalised
+    prior (named as the attack, `PENALISED_PRIORS`), trained after the others: the plain
+    PLG-MI prior only where `plgmi` or the estimated variant's first round needs it.
+
+    Args:
+        attacks: Attack names among `suite.ATTACKS`.
+
+    Returns:
+        A list of prior names.
+    """
     from trapmid_tf.attacks import suite
 
-    priors = suite.priors_needed(settings["attacks"])
+    plain = suite.priors_needed([name for name in attacks if name != "plgmi_adaptive"])
+    return plain + [name for name in PENALISED_PRIORS if name in attacks]
+
+
+def attack_priors(name):
+    """`{suite.build_attack's prior key: pipeline prior}` of the attack `name`.
+
+    A PLG-MI++ attack searches its own penalised prior (`PENALISED_PRIORS`) as its "plgmi".
+    """
+    from trapmid_tf.attacks import suite
+
+    if name in PENALISED_PRIORS:
+        return {"plgmi": name}
+    return {prior: prior for prior in suite.PRIORS_OF_ATTACK[name]}
+
+
+def stage_count(settings):
+    """The number of stages `main` goes through with `settings` (for its progress line)."""
+    priors = pipeline_priors(settings["attacks"])
     targets = len(settings["seeds"]) * len(settings["defenses"])
-    # Per target: its training, its own priors, each attack, its scores.
-    per_target = 1 + len([name for name in priors if name != "gmi"]) + len(settings["attacks"]) + 1
+    # Per target: its training, its own priors (PLG-MI++'s penalised ones too, and the
+    # estimated variant's signatures before its prior), each attack, its scores.
+    own = len([name for name in priors if name != "gmi"]) + int(ESTIMATED in priors)
+    per_target = 1 + own + len(settings["attacks"]) + 1
     gmi = len(settings["seeds"]) * int("gmi" in priors)  # one GMI prior per training seed
     return targets * per_target + 1 + gmi + 1  # + evaluator, GMI priors, report
 
@@ -398,8 +444,15 @@ def gmi_prior_per_seed(run, settings, public, progress):
     return prior
 
 
-def target_priors(run, directory, target, config, seed, public, gmi, settings, progress):
+def target_priors(run, directory, target, config, seed, public, gmi, settings, progress,
+                  detector=None, public_images=None):
     """Trains (or reuses) the priors the selected attacks need against one target.
+
+    Each PLG-MI++ attack's prior (`PENALISED_PRIORS`, folder priors/<attack>/) is PLG-MI's
+    with the plain one's budget and seed, its top-n ranking and generator loss penalised
+    with its signatures at weight `adaptive_weight`: the defender's (`detector`'s) for
+    `plgmi_adaptive`, which does not apply to a target without triggers, or
+    `estimated_signatures`' for `plgmi_adaptive_estimated`.
 
     Args:
         directory: The target's folder.
@@ -409,24 +462,99 @@ def target_priors(run, directory, target, config, seed, public, gmi, settings, p
         gmi: `(networks, settings)` of the GMI prior of `seed` (`seed_gmi_prior`), or None.
         settings: The pipeline settings.
         progress: The run's `StageProgress`.
+        detector: The target's `TrapdoorDetector`, or None without triggers.
+        public_images: The public images as one array (the estimated signatures'), or None
+            when `plgmi_adaptive_estimated` does not run.
 
     Returns:
-        `(priors, prior_settings)`: dicts by prior name of networks and stage settings.
+        `(priors, prior_settings, signatures)`: dicts by prior name of networks and stage
+        settings, and `{PLG-MI++ attack: the signatures its prior was trained with}`; a
+        prior that does not apply is in none of them.
     """
-    from trapmid_tf.attacks import suite
-
-    priors, prior_settings = {}, {}
-    for name in suite.priors_needed(settings["attacks"]):
+    priors, prior_settings, signatures = {}, {}, {}
+    for name in pipeline_priors(settings["attacks"]):
         if name == "gmi":
             priors[name], prior_settings[name] = gmi
             continue
-        prior_settings[name] = prior_budget(settings, name, seed, config)
-        with progress.stage(f"{name} prior, {stage_target(directory)}"):
-            priors[name] = train_prior(
-                name, public, target, prior_settings[name],
-                os.path.join(directory, "priors", name), run.overwrite, run.fit_verbosity,
+        kind, penalty = name, {}
+        if name in PENALISED_PRIORS:
+            kind = "plgmi"
+            penalty = dict(signature_weight=settings["adaptive_weight"],
+                           signatures=SIGNATURE_SOURCES[name])
+        if name == ESTIMATED:
+            signatures[name], penalty["estimated_from"] = estimated_signatures(
+                run, directory, target, seed, (priors["plgmi"], prior_settings["plgmi"]),
+                settings, public_images, progress,
             )
-    return priors, prior_settings
+        elif kind != name and detector is not None:
+            signatures[name] = detector.signatures
+        with progress.stage(f"{name} prior, {stage_target(directory)}"):
+            if kind != name and name not in signatures:
+                logging.info("prior %s: not applicable to this target (%s)", name, NO_TRAPDOOR)
+                continue
+            prior_settings[name] = dict(prior_budget(settings, kind, seed, config), **penalty)
+            priors[name] = train_prior(
+                kind, public, target, prior_settings[name],
+                os.path.join(directory, "priors", name), run.overwrite, run.fit_verbosity,
+                signatures=signatures.get(name),
+            )
+    return priors, prior_settings, signatures
+
+
+def estimated_signatures(run, directory, target, seed, plain, settings, public_images,
+                         progress):
+    """Trains (or reuses) the model-only attacker's signatures: stage signatures/<ESTIMATED>/.
+
+    A plain PLG-MI round on the plain PLG-MI prior, with PLG-MI++'s budget
+    (`plgmi_iterations`), classes, reconstructions per class and seed, then
+    `estimate_signatures` of its reconstructions against the target's top-n public images.
+
+    Args:
+        directory: The target's folder.
+        target: The target model.
+        seed: The target's training seed (the round's seed).
+        plain: `(networks, stage settings)` of the target's plain PLG-MI prior.
+        settings: The pipeline settings.
+        public_images: The public images as one array.
+        progress: The run's `StageProgress`.
+
+    Returns:
+        `(signatures, stage settings)`: a float64 array `(target classes, feature dims)`.
+    """
+    import numpy as np
+
+    from trapmid_tf.attacks import suite
+    from trapmid_tf.attacks.plgmi_adaptive import estimate_signatures
+    from trapmid_tf.files import atomic_path, build_or_reuse
+
+    networks, prior = plain
+    classes = attacked_classes(target)
+    out = os.path.join(directory, "signatures", ESTIMATED)
+    path = os.path.join(out, SIGNATURES_FILE)
+    stage = dict(
+        signatures=SIGNATURE_SOURCES[ESTIMATED], top_n=settings["top_n"],
+        public_split=settings["public_split"],
+        first_round=dict(prior=prior, iterations=settings["plgmi_iterations"], classes=classes,
+                         per_class=settings["per_class"], seed=seed),
+    )
+
+    def build():
+        budget = suite.InversionSettings(plgmi_iterations=settings["plgmi_iterations"])
+        first = suite.build_attack("plgmi", {"plgmi": networks}, budget).invert(
+            target, range(classes), per_class=settings["per_class"], seed=seed,
+            verbose=run.progress_verbosity,
+        )
+        estimated = estimate_signatures(
+            target, first.images, first.labels, public_images, settings["top_n"]
+        )
+        with atomic_path(path) as temporary:
+            np.save(temporary, estimated)
+        return estimated
+
+    with progress.stage(f"{ESTIMATED} signatures, {stage_target(directory)}"):
+        found = build_or_reuse(out, stage, build, lambda: np.load(path), run.overwrite,
+                               logging.info)
+    return found, stage
 
 
 def prior_budget(settings, name, seed, target_config=None):
@@ -441,14 +569,14 @@ def prior_budget(settings, name, seed, target_config=None):
     )
 
 
-def attack_options(name, config, detector, public_images, settings):
+def attack_options(name, config, signatures, public_images, settings):
     """The keyword options of one attack against one target, and what identifies them.
 
     Args:
         name: Attack name.
         config: The target's train_target settings.
-        detector: The target's `TrapdoorDetector` (its signatures are the defender's), or None
-            for a target without triggers.
+        signatures: The signatures of a PLG-MI++ attack's prior (`target_priors`), or None
+            where it does not apply (`plgmi_adaptive` against a target without triggers).
         public_images: The attacker's public images, float32 NHWC in [0, 1].
         settings: The pipeline settings.
 
@@ -468,21 +596,13 @@ def attack_options(name, config, detector, public_images, settings):
         options = dict(iterations=TRANSFER_STEPS, step_size=TRANSFER_STEP_SIZE)
         return (dict(options, public_images=public_images),
                 dict(options, public_split=settings["public_split"]))
-    if name == "plgmi_adaptive":
-        if detector is None:
+    if name in PENALISED_PRIORS:
+        if signatures is None:
             return None
-        description = dict(
-            penalty_weight=weight,
-            signatures="the defender's: its triggers over the first "
-                       f"{DETECTOR_CLEAN_IMAGES} private training images",
-        )
-        return dict(signatures=detector.signatures, penalty_weight=weight), description
-    if name == "plgmi_adaptive_estimated":
-        options = dict(penalty_weight=weight, top_n=settings["top_n"])
-        return (dict(options, public_images=public_images),
-                dict(options, public_split=settings["public_split"],
-                     signatures="estimated: mean feature of a plain PLG-MI round minus that "
-                                "of the top-n public images, per class"))
+        description = dict(penalty_weight=weight, signatures=SIGNATURE_SOURCES[name])
+        if name == ESTIMATED:
+            description.update(top_n=settings["top_n"], public_split=settings["public_split"])
+        return dict(signatures=signatures, penalty_weight=weight), description
     if name == "trigger_recovery":
         alpha = settings["recovery_alpha"] or config["alpha"]
         options = dict(alpha=alpha, iterations=settings["recovery_iterations"])
@@ -498,8 +618,10 @@ def attack_options(name, config, detector, public_images, settings):
 
 
 def attack_target(run, directory, target, config, seed, priors, prior_settings, settings, progress,
-                  detector=None, public_images=None):
+                  signatures=None, public_images=None):
     """Runs (or reuses) every selected attack against one target.
+
+    Each attack searches the priors of `attack_priors` (a PLG-MI++ attack its own).
 
     Args:
         directory: The target's folder.
@@ -508,38 +630,43 @@ def attack_target(run, directory, target, config, seed, priors, prior_settings, 
         priors, prior_settings: As `target_priors` returns them.
         settings: The pipeline settings.
         progress: The run's `StageProgress`.
-        detector: The target's `TrapdoorDetector`, or None without triggers.
-        public_images: Public images as an array (the lookup's, the transfer null's,
-            trigger recovery's and PLG-MI++ estimated's), or None when none of them runs.
+        signatures: `{PLG-MI++ attack: signatures}` as `target_priors` returns them, or None
+            when none runs.
+        public_images: Public images as an array (the lookup's, the transfer null's and
+            trigger recovery's), or None when none of them runs.
 
     Returns:
         `{attack: stored arrays}`, None for an attack that does not apply to the target.
     """
-    from trapmid_tf.attacks import suite
-
     results = {}
     for name in settings["attacks"]:
-        attack_settings = dict(
-            num_classes=attacked_classes(target),
-            per_class=settings["per_class"],
-            seed=seed, iterations=settings["iterations"],
-            plgmi_iterations=settings["plgmi_iterations"],
-            mi_face_iterations=settings["mi_face_iterations"],
-            kedmi_batch_size=settings["kedmi_batch_size"], target=identity(config),
-            priors={p: prior_settings[p] for p in suite.PRIORS_OF_ATTACK[name]},
-        )
-        applicable = attack_options(name, config, detector, public_images, settings)
+        applicable = attack_options(name, config, (signatures or {}).get(name), public_images,
+                                    settings)
         with progress.stage(f"attack {name}, {stage_target(directory)}"):
             if applicable is None:
                 logging.info("attack %s: not applicable to this target (%s)", name, NO_TRAPDOOR)
                 results[name] = None
                 continue
             options, description = applicable
+            searched = attack_priors(name)
+            attack_settings = dict(
+                num_classes=attacked_classes(target),
+                per_class=settings["per_class"],
+                seed=seed, iterations=settings["iterations"],
+                plgmi_iterations=settings["plgmi_iterations"],
+                mi_face_iterations=settings["mi_face_iterations"],
+                kedmi_batch_size=settings["kedmi_batch_size"], target=identity(config),
+                priors={prior: prior_settings[prior] for prior in searched.values()},
+            )
             if description is not None:
                 attack_settings["options"] = description
+            # With its signatures estimated beforehand (`estimated_signatures`), the
+            # estimated variant's search is PLG-MI++ with given signatures.
             results[name] = run_attack(
-                name, target, priors, attack_settings, os.path.join(directory, "attacks", name),
-                run.overwrite, options, run.progress_verbosity,
+                "plgmi_adaptive" if name == ESTIMATED else name, target,
+                {key: priors[prior] for key, prior in searched.items()}, attack_settings,
+                os.path.join(directory, "attacks", name), run.overwrite, options,
+                run.progress_verbosity,
             )
     return results
 
@@ -550,13 +677,13 @@ def stage_target(directory):
     return f"{defense}, seed {seed.removeprefix('seed_')}"
 
 
-def prior_steps(directory, gmi_folder, attacks):
+def prior_steps(directory, gmi_folder, priors):
     """`{prior: steps.json contents}` of the priors one target's attacks used.
 
     Args:
         directory: The target's folder (its own priors are under priors/).
         gmi_folder: The folder of the GMI prior of the target's seed (`gmi_directory`).
-        attacks: The attacks run against the target.
+        priors: The names of the priors trained for the target (`target_priors`' keys).
     """
     from trapmid_tf.attacks import suite
 
@@ -564,12 +691,12 @@ def prior_steps(directory, gmi_folder, attacks):
         name: suite.load_training_steps(
             gmi_folder if name == "gmi" else os.path.join(directory, "priors", name)
         )
-        for name in suite.priors_needed(attacks)
+        for name in priors
     }
 
 
 def attack_seed(evaluator, detector, stored, target_results, steps, evaluation_model=None,
-                triggers=None):
+                triggers=None, searched=None):
     """The scores of one target (one defense and seed).
 
     Args:
@@ -581,13 +708,15 @@ def attack_seed(evaluator, detector, stored, target_results, steps, evaluation_m
         evaluation_model: The evaluation classifier (judges the triggers); needed with
             `triggers`.
         triggers: The target's triggers `(classes, H, W, C)`, or None.
+        searched: `{attack: the prior it searched}` (`penalised_prior_records`), or None.
 
     Returns:
         Dict: accuracies, `trapdoor_formed`, `prior_steps`, `trigger_leakage` (None without
         triggers) and `attacks`: per attack its scores, `{"not_applicable": reason}` for an
         attack that did not apply, for trigger recovery against triggers the comparison
-        of its patterns with them and `trigger_classes`, and for BREP-MI
-        `classes_without_start` (classes left out of its scores: no starting point found).
+        of its patterns with them and `trigger_classes`, for BREP-MI
+        `classes_without_start` (classes left out of its scores: no starting point found),
+        and for the attacks in `searched` their `prior`.
     """
     from trapmid_tf.attacks.trigger_recovery import compare_with_triggers
     from trapmid_tf.metrics.evaluator import NOT_APPLICABLE
@@ -604,6 +733,8 @@ def attack_seed(evaluator, detector, stored, target_results, steps, evaluation_m
         )
         if "classes_without_start" in arrays:
             attacks[name]["classes_without_start"] = arrays["classes_without_start"].tolist()
+        if name in (searched or {}):
+            attacks[name]["prior"] = searched[name]
         if name == "trigger_recovery" and triggers is not None:
             attacks[name].update(
                 compare_with_triggers(arrays["images"], arrays["labels"], triggers),
@@ -759,17 +890,36 @@ def attack_and_score(run, settings, scoring, directory, target, config, seed, ta
         `(scores, shown)`: `attack_seed`'s scores and `{attack: stored arrays}` of the
         attacks that applied (for the report's grids).
     """
-    priors, prior_settings = target_priors(
+    priors, prior_settings, signatures = target_priors(
         run, directory, target, config, seed, scoring.public, scoring.gmi(seed), settings,
-        progress,
+        progress, detector, scoring.public_images,
     )
     stored = attack_target(run, directory, target, config, seed, priors, prior_settings,
-                           settings, progress, detector, scoring.public_images)
-    steps = prior_steps(directory, gmi_directory(run, seed), settings["attacks"])
+                           settings, progress, signatures, scoring.public_images)
+    steps = prior_steps(directory, gmi_directory(run, seed), prior_settings)
     with progress.stage(f"scores, {stage_target(directory)}"):
         scores = attack_seed(scoring.evaluator, detector, stored, target_results, steps,
-                             scoring.evaluation_model, triggers)
+                             scoring.evaluation_model, triggers,
+                             penalised_prior_records(prior_settings, steps))
     return scores, {name: arrays for name, arrays in stored.items() if arrays is not None}
+
+
+def penalised_prior_records(prior_settings, steps):
+    """`{PLG-MI++ attack: the prior it searched}` for results.json, of the priors trained.
+
+    Args:
+        prior_settings: The target's prior stage settings (`target_priors`).
+        steps: Its `prior_steps`.
+
+    Returns:
+        Per PLG-MI++ attack whose prior was trained: `name` (its folder under priors/),
+        `steps` (its steps.json) and `signature_weight`.
+    """
+    return {
+        name: dict(name=name, steps=steps[name],
+                   signature_weight=prior_settings[name]["signature_weight"])
+        for name in PENALISED_PRIORS if name in prior_settings
+    }
 
 
 def run_results(run, settings, evaluation, evaluator, attacked, per_seed, start, progress):

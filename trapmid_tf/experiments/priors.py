@@ -36,7 +36,8 @@ def check_settings(settings):
             raise ValueError(f"--{key} must be >= 1; received {settings[key]}.")
 
 
-def train_prior(name, public, target, settings, out, overwrite=False, verbose=0):
+def train_prior(name, public, target, settings, out, overwrite=False, verbose=0,
+                signatures=None):
     """Trains (or reuses) the prior `name` and returns its networks.
 
     Args:
@@ -48,13 +49,27 @@ def train_prior(name, public, target, settings, out, overwrite=False, verbose=0)
         out: Output folder.
         overwrite: Retrain even if `out` holds a finished prior with the same settings.
         verbose: `keras.Model.fit`'s verbosity.
+        signatures: For "plgmi" only: the target's `(classes, feature_dims)` trapdoor
+            signatures, to train PLG-MI++'s penalised prior with `settings["signature_weight"]`
+            (`suite.train_plgmi_prior`); `settings` must then describe them. None: plain.
 
     Returns:
         `PriorNetworks` or, for "lomma", `LOMMAModels`.
+
+    Raises:
+        ValueError: If `signatures` are given for a prior other than "plgmi".
     """
     import numpy as np
     from trapmid_tf.attacks import suite
     from trapmid_tf.files import build_or_reuse
+
+    if signatures is not None and name != "plgmi":
+        raise ValueError(
+            f"`signatures` penalise only the 'plgmi' prior; received them for {name!r}."
+        )
+    penalty = {} if signatures is None else dict(
+        signatures=signatures, signature_weight=settings["signature_weight"]
+    )
 
     def build():
         steps = settings["steps"]
@@ -70,7 +85,7 @@ def train_prior(name, public, target, settings, out, overwrite=False, verbose=0)
             images = np.stack(list(public.as_numpy_iterator()))
             prior = suite.train_plgmi_prior(
                 images, target, steps, top_n=settings["top_n"], n_dis=settings["n_critic"],
-                **gan,
+                **gan, **penalty,
             )
         else:
             prior = suite.train_lomma_surrogates(public, target, steps, **common)

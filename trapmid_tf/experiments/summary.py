@@ -50,9 +50,11 @@ def summarize_attack(runs):
         metric of `PER_TARGET_METRICS` as `Estimate.as_dict()` (or None), `groups` (the
         per-seed per-image outcomes the intervals came from), `fid_samples` and
         `fid_samples_all` (per seed), `COUNTS`, and where the runs hold them
-        `TRIGGER_METRICS` (estimates) and `trigger_classes`, and `classes_without_start`
-        (BREP-MI: per seed, the classes left out of its scores). An attack that did not
-        apply (every run `{NOT_APPLICABLE: reason}`) stays that dict.
+        `TRIGGER_METRICS` (estimates) and `trigger_classes`, `classes_without_start`
+        (BREP-MI: per seed, the classes left out of its scores), and `prior` (a PLG-MI++
+        attack's own prior: name, steps, signature weight; the same for every seed, as the
+        budgets are). An attack that did not apply (every run `{NOT_APPLICABLE: reason}`)
+        stays that dict.
 
     Raises:
         ValueError: If the attack applied to some seeds and not to others.
@@ -79,6 +81,8 @@ def summarize_attack(runs):
         summary["trigger_classes"] = runs[0]["trigger_classes"]
     if "classes_without_start" in runs[0]:
         summary["classes_without_start"] = [run["classes_without_start"] for run in runs]
+    if "prior" in runs[0]:
+        summary["prior"] = runs[0]["prior"]
     summary["groups"] = groups
     return summary
 

@@ -57,7 +57,8 @@ JUDGES_RULE = (
 STEP_NOTES = {
     LOOKUP: "(no optimisation: a lookup of the public images)",
     TRANSFER_NULL: "(signed-gradient steps from random public images)",
-    "plgmi_adaptive_estimated": "per round; two rounds (plain PLG-MI estimates the signatures)",
+    "plgmi_adaptive_estimated": "per round; two rounds (plain PLG-MI on the plain PLG-MI prior "
+                                "estimates the signatures)",
     "brep_mi": "run (walks also stop after their patience)",
 }
 
@@ -98,7 +99,8 @@ def steps_table(results):
         results: The pipeline's results dict.
 
     Returns:
-        The table as a string: per defense, the first seed's prior and inversion steps.
+        The table as a string: per defense, the first seed's prior and inversion steps, and
+        the prior each PLG-MI++ attack searched (its own, penalised).
     """
     rows = []
     for defense, scores in results["defenses"].items():
@@ -110,6 +112,8 @@ def steps_table(results):
                 [f"{summary['inversion_steps']} iterations"]
                 + ([STEP_NOTES[attack]] if attack in STEP_NOTES else [])
             )
+            if "prior" in summary:
+                steps += f"; {_searched_prior_text(summary['prior'])}"
             rows.append([defense, f"attack {attack}", steps])
     return markdown_table(["defense", "stage", "steps run"], rows)
 
@@ -189,6 +193,12 @@ def _steps_text(steps):
     if steps is None:
         return None
     return ", ".join(f"{key} {value}" for key, value in steps.items())
+
+
+def _searched_prior_text(prior):
+    """"PLG-MI++ on prior <name> (<steps>, signature weight <w>)" of an attack's `prior`."""
+    details = [_steps_text(prior["steps"]), f"signature weight {prior['signature_weight']:g}"]
+    return f"PLG-MI++ on prior {prior['name']} ({', '.join(filter(None, details))})"
 
 
 def write(out, results, private_images, private_labels, reconstructions, triggers):
