@@ -96,6 +96,30 @@ def test_evaluate_gives_per_image_outcomes_and_all_reconstruction_scores():
     assert scores["precision"] is None
 
 
+def test_prdc_radii_of_the_private_images_are_computed_once_per_attacked_classes(monkeypatch):
+    from trapmid_tf.metrics import evaluator as evaluator_module
+    from trapmid_tf.metrics.prdc import prdc, squared_knn_radii
+
+    computed = []
+
+    def counting(features, nearest_k=5):
+        computed.append(len(features))
+        return squared_knn_radii(features, nearest_k)
+
+    monkeypatch.setattr(evaluator_module, "PRDC_NEIGHBOURS", 2)
+    monkeypatch.setattr(evaluator_module, "squared_knn_radii", counting)
+    evaluator = AttackEvaluator(linear_model(), images(PRIVATE), PRIVATE_LABELS, batch_size=4)
+    first = evaluator.evaluate(images(RECONSTRUCTIONS), RECONSTRUCTION_LABELS)
+    again = evaluator.evaluate(images(RECONSTRUCTIONS[::-1]), RECONSTRUCTION_LABELS[::-1])
+    assert computed == [len(PRIVATE)]  # classes {0, 1}: once, for both calls and both sets
+    # The same scores as PRDC computed from scratch (the features are the pixels).
+    expected = prdc(PRIVATE, RECONSTRUCTIONS, 2)
+    assert {key: first[key + "_all"] for key in expected} == expected
+    assert {key: again[key + "_all"] for key in expected} == expected
+    evaluator.evaluate(images(RECONSTRUCTIONS[:3]), np.zeros(3, dtype=int))
+    assert computed == [len(PRIVATE), 3]  # class {0} alone: its own radii
+
+
 def test_evaluate_without_two_successes_has_no_fid_and_small_sets_no_prdc():
     evaluator = AttackEvaluator(linear_model(), images(PRIVATE), PRIVATE_LABELS)
     scores = evaluator.evaluate(images([[0.1, 0.9]]), np.array([0]))

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from trapmid_tf.metrics.prdc import prdc
+from trapmid_tf.metrics.prdc import prdc, squared_knn_radii
 
 
 def test_identical_sets():
@@ -58,3 +58,15 @@ def test_point_on_ball_boundary_is_outside():
 def test_rejects_bad_input(real, fake, k, match):
     with pytest.raises(ValueError, match=match):
         prdc(real, fake, nearest_k=k)
+
+
+def test_given_real_radii_give_the_same_scores_and_are_checked():
+    rng = np.random.default_rng(0)
+    real, fake = rng.normal(size=(40, 3)), rng.normal(0.5, 1.0, size=(12, 3))
+    radii = squared_knn_radii(real, 2)
+    # By hand for one sample: its 2nd nearest other sample's squared distance.
+    others = np.sort(np.sum((real[1:] - real[0]) ** 2, axis=1))
+    assert radii[0] == pytest.approx(others[1], rel=1e-12)
+    assert prdc(real, fake, 2, real_radii=radii) == prdc(real, fake, 2)
+    with pytest.raises(ValueError, match=r"`real_radii` must have one entry per real sample"):
+        prdc(real, fake, 2, real_radii=radii[:-1])

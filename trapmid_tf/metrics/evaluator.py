@@ -23,7 +23,7 @@ from trapmid_tf.metrics.accuracy import top_k_accuracy
 from trapmid_tf.metrics.distance import min_squared_distances
 from trapmid_tf.metrics.features import batched_predict
 from trapmid_tf.metrics.fid import frechet_distance
-from trapmid_tf.metrics.prdc import prdc
+from trapmid_tf.metrics.prdc import prdc, squared_knn_radii
 from trapmid_tf.metrics.trapdoor import (
     detection_rate,
     detection_threshold,
@@ -131,6 +131,9 @@ class AttackEvaluator:
                 f"{self.private_labels.shape}."
             )
         self.private_features, _ = self._predict(private_images)
+        # PRDC's ball radii of the private images of each set of attacked classes, computed
+        # once: every attack on every target compares with the same private images.
+        self._private_radii = {}
         if fid_feature_model is None:
             self.fid_features = EVALUATION_FEATURES
             self._fid_model = feature_extractor(evaluation_model)
@@ -214,30 +217,36 @@ class AttackEvaluator:
             pixel_top1 = self.pixel_judge.top1(images, labels)
             scores["pixel_aa1"] = float(pixel_top1.mean())
             scores["per_image"]["pixel_top1"] = pixel_top1.tolist()
+        attacked_classes = frozenset(labels.tolist())
         attacked = self.private_fid_features[np.isin(self.private_labels, labels)]
         for suffix, chosen in (("", correct), ("_all", np.ones_like(correct))):
             scores.update(
                 {
                     key + suffix: value
                     for key, value in self._distribution_scores(
-                        fid_features[chosen], attacked
+                        fid_features[chosen], attacked, attacked_classes
                     ).items()
                 }
             )
         return {key: _plain(value) for key, value in scores.items()}
 
-    def _distribution_scores(self, fake, attacked_real):
-        """FID against all private images and PRDC against the attacked classes' images."""
+    def _distribution_scores(self, fake, attacked_real, attacked_classes):
+        """FID against all private images and PRDC against the attacked classes' images
+        (`attacked_real`, the private images of `attacked_classes`)."""
         scores = {
             "fid": frechet_distance(fake, self.private_fid_features) if len(fake) >= 2 else None,
             "fid_samples": len(fake),
         }
         enough = min(len(attacked_real), len(fake)) > PRDC_NEIGHBOURS
-        scores.update(
-            prdc(attacked_real, fake, PRDC_NEIGHBOURS)
-            if enough
-            else dict.fromkeys(("precision", "recall", "density", "coverage"))
-        )
+        if not enough:
+            scores.update(dict.fromkeys(("precision", "recall", "density", "coverage")))
+            return scores
+        if attacked_classes not in self._private_radii:
+            self._private_radii[attacked_classes] = squared_knn_radii(
+                np.asarray(attacked_real, dtype=np.float64), PRDC_NEIGHBOURS
+            )
+        scores.update(prdc(attacked_real, fake, PRDC_NEIGHBOURS,
+                           self._private_radii[attacked_classes]))
         return scores
 
 
