@@ -1,6 +1,5 @@
 """recipes/compare_reference.py: its torch-free parts, and (slow) the comparison itself."""
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -10,6 +9,7 @@ import sys
 import keras
 import numpy as np
 import pytest
+from tests.recipes.recipe_loader import load_recipe
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "recipes" / "compare_reference.py"
@@ -19,10 +19,7 @@ REFERENCE_REPO = os.environ.get("TRAPMID_REFERENCE_REPO", "/work/trapmid_ref")
 
 @pytest.fixture(scope="module")
 def recipe():
-    spec = importlib.util.spec_from_file_location("compare_reference", RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_recipe("compare_reference")
 
 
 def test_relative_difference_scales_by_the_largest_reference_entry(recipe):

@@ -1,22 +1,16 @@
 """The pure parts of recipes/compare_reference_speed.py (no torch, no timing checks)."""
 
-import importlib.util
-import pathlib
 import statistics
 import sys
 
 import pytest
 from absl import app
-
-RECIPE = pathlib.Path(__file__).resolve().parents[2] / "recipes" / "compare_reference_speed.py"
+from tests.recipes.recipe_loader import load_recipe
 
 
 @pytest.fixture(scope="module")
 def recipe():
-    spec = importlib.util.spec_from_file_location("compare_reference_speed", RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_recipe("compare_reference_speed")
 
 
 @pytest.fixture

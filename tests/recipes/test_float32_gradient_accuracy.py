@@ -1,6 +1,5 @@
 """recipes/float32_gradient_accuracy.py: its torch-free parts, and (large) the run itself."""
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -9,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from tests.recipes.recipe_loader import load_recipe
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "recipes" / "float32_gradient_accuracy.py"
@@ -18,10 +18,7 @@ POOLED = {"block1_conv2", "block2_conv2", "block3_conv3", "block4_conv3", "block
 
 @pytest.fixture(scope="module")
 def recipe():
-    spec = importlib.util.spec_from_file_location("float32_gradient_accuracy", RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_recipe("float32_gradient_accuracy")
 
 
 def test_relative_errors_scale_by_the_largest_entry_and_by_the_norm(recipe):
