@@ -111,6 +111,19 @@ def test_outputs_other_than_one_per_class_folder_are_refused(folders, tmp_path):
         check(path, folders)
 
 
+
+def test_a_judge_with_fewer_outputs_than_private_classes_is_refused_before_any_work(
+        folders, tmp_path):
+    path = brightness_model(tmp_path / "model.keras", threshold=0.5)
+    one_class = keras.Sequential([keras.Input((SIDE, SIDE, 1)), keras.layers.Flatten(),
+                                  keras.layers.Dense(1)])
+    one_class.save(tmp_path / "judge.keras")
+    with pytest.raises(ValueError, match=r"--evaluation_model must judge the 2 private classes"
+                                         r".* it gives 1 outputs"):
+        check(path, folders, evaluation_model=str(tmp_path / "judge.keras"))
+    # The audited model itself, 2 outputs, is an acceptable judge.
+    assert check(path, folders, evaluation_model=path).description["classes"] == list(CLASSES)
+
 @pytest.mark.parametrize("side, channels", [(8, 1), (SIDE, 3)])
 def test_public_images_of_another_shape_are_refused(folders, tmp_path, side, channels):
     public = tmp_path / "public"

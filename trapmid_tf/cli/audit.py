@@ -77,6 +77,7 @@ def main(argv):
         inputs = audit.check_audit(
             FLAGS.model, FLAGS.private_dir, FLAGS.public_dir, settings["attacks"],
             FLAGS.test_dir, FLAGS.test_fraction, FLAGS.image_size, FLAGS.split_seed,
+            FLAGS.evaluation_model,
         )
     except (ValueError, FileNotFoundError) as error:
         raise app.UsageError(str(error)) from error

@@ -98,7 +98,7 @@ def load_model(path):
 
 
 def check_audit(model_path, private_dir, public_dir, attacks, test_dir=None,
-                test_fraction=None, image_size=None, split_seed=0):
+                test_fraction=None, image_size=None, split_seed=0, evaluation_model=None):
     """Loads and checks everything an audit needs, before any work.
 
     Args:
@@ -112,6 +112,8 @@ def check_audit(model_path, private_dir, public_dir, attacks, test_dir=None,
             loader's default); the user states that the model never trained on them.
         image_size: Side to resize every image to, or None to keep the files' size.
         split_seed: Seed of the `test_fraction` draw and of the trained judge.
+        evaluation_model: The user's judge (.keras), or None: checked to take the images
+            and to give at least one output per private class.
 
     Returns:
         The `AuditInputs`.
@@ -124,7 +126,8 @@ def check_audit(model_path, private_dir, public_dir, attacks, test_dir=None,
             penultimate feature for the attacks that read it; probabilities instead of
             logits; a model that expects another input range (its accuracy on the held-out
             images at chance in [0, 1], far above in [0, 255] or [-1, 1]); and a model at
-            chance on the held-out images in every range (refused, not warned about).
+            chance on the held-out images in every range (refused, not warned about); a
+            judge that cannot take the images or has fewer outputs than private classes.
     """
     import trapmid_tf as tm
     from trapmid_tf.experiments.evaluation import private_arrays
@@ -147,6 +150,8 @@ def check_audit(model_path, private_dir, public_dir, attacks, test_dir=None,
         )
     _check_side(shape, attacks)
     _check_features(model, attacks)
+    if evaluation_model is not None:
+        _check_judge(evaluation_model, shape, class_names)
     sizes, channels = _public_shape(public_dir)
     if channels != shape[2] or (image_size is None and sizes != {shape[:2]}):
         resize = "" if image_size else " (or pass --image_size to resize both folders)"
@@ -178,6 +183,19 @@ def check_audit(model_path, private_dir, public_dir, attacks, test_dir=None,
             held_out_accuracy=accuracy,
         ),
     )
+
+
+def _check_judge(path, shape, class_names):
+    """Raises if the judge at `path` cannot judge images of `shape` over `class_names`."""
+    from trapmid_tf.experiments.evaluation import load_evaluation_classifier
+
+    outputs = int(load_evaluation_classifier(path, shape).output_shape[-1])
+    if outputs < len(class_names):
+        raise ValueError(
+            f"--evaluation_model must judge the {len(class_names)} private classes (its first "
+            f"{len(class_names)} outputs, in the class folders' order); it gives {outputs} "
+            "outputs."
+        )
 
 
 def _held_out_fraction(test_fraction):
@@ -369,12 +387,6 @@ def run_audit(out, settings, inputs, preset, overwrite=False, fid_weights=None,
         judge, evaluation = pipeline.judge(
             run, inputs.private_train, settings,
             (inputs.private_test, inputs.private_train, classes, inputs.held_out),
-        )
-    if evaluation["classes"] < classes:
-        raise ValueError(
-            f"--evaluation_model must judge the {classes} private classes (its first "
-            f"{classes} outputs, in the class folders' order); it gives "
-            f"{evaluation['classes']} outputs."
         )
     evaluator = make_evaluator(judge, inputs.private_train, fid_weights, inputs.private_test)
     scoring = pipeline.Scoring(
