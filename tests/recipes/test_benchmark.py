@@ -5,6 +5,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 from tests.cli_cases import command_outcomes
 
 BENCHMARK = pathlib.Path(__file__).resolve().parents[2] / "recipes" / "benchmark.py"
@@ -47,6 +49,7 @@ def test_benchmark_writes_timings_and_ratios(tmp_path):
     assert "A2" not in report["trapmid_phases"]  # attacks have no phases
 
 
+@pytest.mark.large  # builds and steps every prior and attack workload (about 160 s)
 def test_prior_and_attack_workloads_run_one_tiny_step_each(tmp_path):
     """Every new workload is built and timed (narrow GANs via --gan_width), with phases."""
     out = tmp_path / "attack_bench.json"
