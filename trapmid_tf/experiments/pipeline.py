@@ -109,10 +109,11 @@ PRESETS = {
         require_trapdoor=True,
     ),
     # The protection claims: the quick preset's prior budgets x4 (the PLG-MI prior's x16: at
-    # x4 its reconstructions were still mode-collapsed blobs) and inversion budgets x2; 3 seeds,
-    # 20 reconstructions per class. recipes/convergence.py checks it (README).
+    # x4 its reconstructions were still mode-collapsed blobs) and inversion budgets x2; 5 seeds
+    # (the paired t-interval on 4 degrees of freedom), 20 reconstructions per class.
+    # recipes/convergence.py checks it (README).
     "strong": dict(
-        defenses=["none", "trapmid", "trapmid_negls"], seeds=[0, 1, 2], target_epochs=None,
+        defenses=["none", "trapmid", "trapmid_negls"], seeds=[0, 1, 2, 3, 4], target_epochs=None,
         evaluation_epochs=10, gmi_steps=504, kedmi_steps=1344, kedmi_n_critic=1,
         kedmi_batch_size=32, plgmi_steps=400, surrogate_steps=252, base_channels=16, top_n=30,
         per_class=20, iterations=200, plgmi_iterations=200, mi_face_iterations=600,
