@@ -66,7 +66,7 @@ def test_the_evaluator_scores_with_the_pixel_judge_beside_the_model():
     # (.45, .55) -> (.3, .8) at .085; their original classes 0 0 1 0 1, flipped 1 1 0 1 0.
     pixel = PixelJudge(images(PRIVATE), 1 - PRIVATE_LABELS)
     evaluator = AttackEvaluator(linear_model(), images(PRIVATE), PRIVATE_LABELS,
-                                pixel_judge=pixel)
+                                judges={"pixel": pixel})
     scores = evaluator.evaluate(images(RECONSTRUCTIONS), RECONSTRUCTION_LABELS)
     # Attacked classes 0 0 0 1 1 against the flipped nearest classes 1 1 0 1 0.
     assert scores["per_image"]["pixel_top1"] == [0, 0, 1, 1, 0]

@@ -49,6 +49,13 @@ def test_results_hold_every_defense_and_attack(tiny):
     assert results["attacked_classes"] == 5  # the digits' private classes, not the judge's 10
     assert results["pixel_judge"]["references"] == "private test split"
     assert results["pixel_judge"]["images"] > 0
+    # The held-out judge: IR-18 (the targets are small CNNs) on the private test split's 180
+    # images (36, 36, 35, 37, 36 per private class), 7 of each class (round(0.2 n)) held out
+    # to test it.
+    held_out = results["held_out_judge"]
+    assert (held_out["architecture"], held_out["classes"]) == ("ir18", 5)
+    assert (held_out["data"]["train_images"], held_out["data"]["test_images"]) == (145, 35)
+    assert 0.0 <= held_out["accuracy"] <= 1.0
     # The profile: every stage but the report (still running when results.json is written).
     assert {"target none, seed 0", "evaluation model", "gmi prior, seed 0"} <= set(
         results["stage_seconds"])
@@ -70,6 +77,10 @@ def test_results_hold_every_defense_and_attack(tiny):
             pixel_top1 = summary["groups"]["pixel_top1"]
             assert len(pixel_top1) == 1 and len(pixel_top1[0]) == 10
             assert summary["pixel_aa1"]["mean"] == pytest.approx(np.mean(pixel_top1[0]))
+            # So does the held-out judge, the lookup and the transfer null included.
+            held_out_top1 = summary["groups"]["held_out_top1"]
+            assert len(held_out_top1) == 1 and len(held_out_top1[0]) == 10
+            assert summary["held_out_aa1"]["mean"] == pytest.approx(np.mean(held_out_top1[0]))
             # Only the Trap-MID target has triggers to compare with.
             assert (summary["trapdoor_similarity"] is None) == (defense == "none")
     # Only the Trap-MID target has triggers whose leakage is measured.
@@ -99,10 +110,10 @@ def test_a_default_run_is_quiet_and_shows_its_stages(tiny):
     _, result = tiny
     for noise in ("cuInit", "oneDNN", "absl::InitializeLog", "Epoch 1/"):
         assert noise not in result.stderr and noise not in result.stdout
-    # tiny (one seed): 2 targets, evaluator, the GMI prior of seed 0 (one per training seed),
-    # 3 target priors x 2, 8 attacks (the lookup, the transfer null and six) x 2, 2 scores,
-    # report.
-    total = 2 + 1 + 1 + 6 + 16 + 2 + 1
+    # tiny (one seed): 2 targets, evaluator, held-out judge, the GMI prior of seed 0 (one per
+    # training seed), 3 target priors x 2, 8 attacks (the lookup, the transfer null and six)
+    # x 2, 2 scores, report.
+    total = 2 + 1 + 1 + 1 + 6 + 16 + 2 + 1
     lines = result.stderr.splitlines()
     progress = [line for line in lines if line.startswith("[")]
     assert re.fullmatch(rf"\[-{{20}}\] 0/{total} stages, \d+s spent: target none, seed 0",
@@ -171,12 +182,12 @@ def test_one_gmi_prior_per_training_seed_shared_by_its_defenses(monkeypatch, tmp
     settings = pipeline.pipeline_settings("tiny", {"seeds": [0, 1]}, attacks=["gmi", "mi_face"])
     settings["public_split"] = "samples"  # as run_pipeline sets it for the digits
     # 2 defenses x 2 seeds, per target its training, 4 attacks (the lookup, the transfer
-    # null, gmi, mi_face) and its scores, no target prior; the evaluation model, one GMI
-    # prior per seed, report.
-    assert pipeline.stage_count(settings) == 4 * (1 + 4 + 1) + 1 + 2 + 1
+    # null, gmi, mi_face) and its scores, no target prior; the evaluation model, the held-out
+    # judge, one GMI prior per seed, report.
+    assert pipeline.stage_count(settings) == 4 * (1 + 4 + 1) + 1 + 1 + 2 + 1
     # Every attack, 3 seeds: per target also the KED-MI, PLG-MI and LOMMA priors, 8 attacks.
     three = pipeline.pipeline_settings("tiny", {"seeds": [0, 1, 2]})
-    assert pipeline.stage_count(three) == 6 * (1 + 3 + 8 + 1) + 1 + 3 + 1
+    assert pipeline.stage_count(three) == 6 * (1 + 3 + 8 + 1) + 1 + 1 + 3 + 1
     calls = []
 
     def record(name, public, target, prior_settings, out, overwrite, verbose):
@@ -231,10 +242,42 @@ def test_a_copied_run_folder_reuses_every_stage(tiny, tmp_path):
     result = run("pipeline", "--preset=tiny", f"--out={moved}", "--verbose")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "rebuilding" not in result.stderr
-    # targets (2) + evaluator + the GMI prior of seed 0 + 3 target priors x 2 + 8 attacks x 2
-    assert result.stderr.count("reusing the stored artefacts") == 2 + 1 + 1 + 6 + 16
+    # targets (2) + evaluator + held-out judge + the GMI prior of seed 0 + 3 target priors x 2
+    # + 8 attacks x 2
+    assert result.stderr.count("reusing the stored artefacts") == 2 + 1 + 1 + 1 + 6 + 16
     after = json.loads((moved / "results.json").read_text())
     assert after["defenses"] == before["defenses"]
+
+
+@pytest.mark.large  # shares a tiny pipeline run (minutes)
+def test_a_run_folder_without_the_held_out_judge_gains_it_alone(tiny, tmp_path):
+    from trapmid_tf.experiments import pipeline
+
+    out, _ = tiny
+    # A folder made before the held-out judge: every other stage as now (no other stage's
+    # identity names the judge), no held_out_judge/.
+    older = tmp_path / "older"
+    shutil.copytree(out, older)
+    shutil.rmtree(older / pipeline.HELD_OUT_FOLDER)
+    stages = sorted(older.rglob("stage.json"))
+    written = {path: path.stat().st_mtime_ns for path in stages}
+    results = pipeline.run_pipeline(
+        pipeline.PipelineRun(out=str(older), preset="tiny"), pipeline.pipeline_settings("tiny")
+    )
+    # Every target, prior and attack stage reused untouched; only the judge trained anew.
+    assert {path: path.stat().st_mtime_ns for path in stages} == written
+    assert sorted(older.rglob("stage.json")) == sorted(
+        stages + [older / pipeline.HELD_OUT_FOLDER / "stage.json"])
+    before = json.loads((out / "results.json").read_text())
+    assert results["held_out_judge"]["data"] == before["held_out_judge"]["data"]
+    # The scores are recomputed from the stored reconstructions (they are no stage): the
+    # evaluation model's and the pixel judge's outcomes unchanged, the held-out judge's there.
+    for defense, scores in results["defenses"].items():
+        for attack, summary in scores["attacks"].items():
+            stored = before["defenses"][defense]["attacks"][attack]["groups"]
+            for key in ("top1", "top5", "knn", "pixel_top1"):
+                assert summary["groups"][key] == stored[key]
+            assert len(summary["groups"]["held_out_top1"][0]) == 10
 
 
 @pytest.mark.large  # shares a tiny pipeline run (minutes)
@@ -250,7 +293,7 @@ def test_the_library_api_reuses_what_the_command_wrote(tiny, tmp_path):
     results = pipeline.run_pipeline(
         pipeline.PipelineRun(out=str(moved), preset="tiny"), pipeline.pipeline_settings("tiny")
     )
-    assert len(stages) == 2 + 1 + 1 + 6 + 16
+    assert len(stages) == 2 + 1 + 1 + 1 + 6 + 16
     assert {path: path.stat().st_mtime_ns for path in stages} == written
     before = json.loads((out / "results.json").read_text())
     assert results["defenses"] == before["defenses"]

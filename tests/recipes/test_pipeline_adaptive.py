@@ -30,16 +30,16 @@ def test_stage_count_adds_each_plgmi_plus_plus_prior_only_when_its_attack_runs()
         return pipeline.stage_count(pipeline.pipeline_settings("tiny", attacks=attacks))
 
     # Default attacks: per target training, 3 target priors, 8 attacks, scores; evaluator,
-    # the GMI prior of seed 0, report (as before PLG-MI++ had its own priors).
-    assert count(None) == 2 * (1 + 3 + 8 + 1) + 1 + 1 + 1
+    # held-out judge, the GMI prior of seed 0, report (as before PLG-MI++ had its own priors).
+    assert count(None) == 2 * (1 + 3 + 8 + 1) + 1 + 1 + 1 + 1
     # plgmi alone: its prior, 3 attacks; no GMI prior.
-    assert count(["plgmi"]) == 2 * (1 + 1 + 3 + 1) + 1 + 1
+    assert count(["plgmi"]) == 2 * (1 + 1 + 3 + 1) + 1 + 1 + 1
     # plgmi_adaptive alone: its own penalised prior only (it never searches the plain one).
-    assert count(["plgmi_adaptive"]) == 2 * (1 + 1 + 3 + 1) + 1 + 1
+    assert count(["plgmi_adaptive"]) == 2 * (1 + 1 + 3 + 1) + 1 + 1 + 1
     # The estimated variant: the plain prior (its first round), its signatures, its prior.
-    assert count([ESTIMATED]) == 2 * (1 + 3 + 3 + 1) + 1 + 1
+    assert count([ESTIMATED]) == 2 * (1 + 3 + 3 + 1) + 1 + 1 + 1
     # All three: the plain prior, two penalised priors, the signatures, 5 attacks.
-    assert count(["plgmi", "plgmi_adaptive", ESTIMATED]) == 2 * (1 + 4 + 5 + 1) + 1 + 1
+    assert count(["plgmi", "plgmi_adaptive", ESTIMATED]) == 2 * (1 + 4 + 5 + 1) + 1 + 1 + 1
 
 
 def stage_names(stream):

@@ -6,12 +6,16 @@ Example:
 Stages (each reused when --out already holds it finished with the same settings; --overwrite
 redoes them): per training seed one target per defense (trapmid-train; any of its
 flags except --defense, --seed and --out applies to every target; every seed shares the
-private/public split of --seed), the evaluation model, per training seed the GMI prior (trained
-with that seed on the public split, shared by that seed's targets), per target the priors that
-depend on it (KED-MI, PLG-MI, LOMMA; each PLG-MI++ attack's own, below) and every attack, then
-the evaluation. Writes into --out: flags.json, results.json, report.md, grids/*.png (private
+private/public split of --seed), the evaluation model, the held-out judge (digit datasets
+only: IR-18, or VGG16-BN against IR-18 targets, trained for 4x --evaluation_epochs on 80% of
+each class of the private test split, drawn with --seed, and tested on the rest), per training
+seed the GMI prior (trained with that seed on the public split, shared by that seed's
+targets), per target the priors that depend on it (KED-MI, PLG-MI, LOMMA; each PLG-MI++
+attack's own, below) and every attack, then the evaluation. Writes into --out: flags.json, results.json, report.md, grids/*.png (private
 samples next to each defense's reconstructions; the triggers), TensorBoard logs under logs/,
-and each stage's folder (targets/<defense>/seed_<s>/..., evaluator/, priors/gmi/seed_<s>/).
+and each stage's folder (targets/<defense>/seed_<s>/..., evaluator/, held_out_judge/,
+priors/gmi/seed_<s>/). Scores are recomputed from the stored reconstructions on every run, so
+a run folder made before the held-out judge gains it by re-running the same command.
 
 Budgets are optimiser steps: generator steps of the GAN priors, distillation steps of the LOMMA
 surrogates, inversion iterations; results.json records the steps every stage ran.
@@ -23,7 +27,8 @@ credits an attack with leakage only above it and above chance (1 / attacked clas
 the transfer null (always too): per class random public images moved 10 signed-gradient steps
 of 2/255 toward the class on the target; a judge that accepts them measures transfer, not
 leakage. Images of at most 32 pixels a side are also judged in pixel space (the nearest
-private test image); a verdict needs both judges to agree.
+private test image), and the digit datasets by the held-out judge; a verdict needs all judges
+to agree.
 
 Attackers who know the defense (not run by default; name them in --attacks, see
 docs/adaptive_attacks.md): plgmi_adaptive (PLG-MI++ with the signatures of the target's own

@@ -428,7 +428,8 @@ def audit_settings(settings, inputs):
 
 
 def audit_stage_count(settings):
-    """The stages of `run_audit` with `settings`: the pipeline's less the targets' training."""
+    """The stages of `run_audit` with `settings`: the pipeline's less the targets' training
+    and the held-out judge (the audit's one judge is already trained on held-out images)."""
     from trapmid_tf.experiments.pipeline import stage_count
 
-    return stage_count(dict(settings, defenses=[AUDITED])) - len(settings["seeds"])
+    return stage_count(dict(settings, defenses=[AUDITED])) - len(settings["seeds"]) - 1

@@ -10,6 +10,10 @@ from absl import logging
 
 EVALUATION_MODEL_FILE = "classifier.keras"
 DETECTOR_CLEAN_IMAGES = 200  # clean private images behind the trapdoor signatures
+# The held-out judge's data (`held_out_split`): the private test split, of which this
+# fraction of each class tests the judge and the rest trains it.
+HELD_OUT_SOURCE = "private test split"
+HELD_OUT_TEST_FRACTION = 0.2
 
 
 def evaluation_architecture(name):
@@ -166,24 +170,63 @@ def score_attack(evaluator, stored, detector=None):
     return scores
 
 
-def make_evaluator(model, private_train, fid_weights=None, private_test=None):
+def make_evaluator(model, private_train, fid_weights=None, private_test=None,
+                   held_out_judge=None):
     """The `AttackEvaluator` of `model` against the private training images.
 
     With `private_test` (images no target trained on) and images of at most
     `PIXEL_JUDGE_MAX_SIDE` pixels a side, the evaluator also scores with a `PixelJudge` over
-    the test images; otherwise it has no pixel judge (`evaluator.pixel_judge` is None).
+    the test images (`evaluator.judges["pixel"]`); with `held_out_judge` (a classifier
+    trained on images no target trained on, `held_out_split`), with a `ClassifierJudge` of
+    it (`evaluator.judges["held_out"]`).
     """
     from trapmid_tf import metrics
+    from trapmid_tf.metrics.classifier_judge import ClassifierJudge
     from trapmid_tf.metrics.evaluator import AttackEvaluator
     from trapmid_tf.metrics.pixel_judge import PixelJudge, pixel_judge_applies
 
     images, labels = private_arrays(private_train)
     fid_model = metrics.inception_feature_extractor(fid_weights) if fid_weights else None
-    pixel_judge = None
+    judges = {}
     if private_test is not None and pixel_judge_applies(images.shape[1:]):
-        pixel_judge = PixelJudge(*private_arrays(private_test))
-    return AttackEvaluator(model, images, labels, fid_feature_model=fid_model,
-                           pixel_judge=pixel_judge)
+        judges["pixel"] = PixelJudge(*private_arrays(private_test))
+    if held_out_judge is not None:
+        judges["held_out"] = ClassifierJudge(held_out_judge)
+    return AttackEvaluator(model, images, labels, fid_feature_model=fid_model, judges=judges)
+
+
+def held_out_split(private_test, seed, test_fraction=HELD_OUT_TEST_FRACTION):
+    """The held-out judge's data: the private test split, split class by class by `seed`.
+
+    No target trains on the private test split (targets train on the whole private training
+    split), so a judge trained on part of it shares no training image with any target.
+
+    Args:
+        private_test: Unbatched dataset of `(image, label)`: the private test split.
+        seed: Seed of the split (`trapmid_tf.data.digits.stratified_split`).
+        test_fraction: Fraction of each class held out to test the judge on, in (0, 1).
+
+    Returns:
+        `(train, test, num_classes, description)`: unbatched datasets of `(image, label)`,
+        the number of classes (the largest label + 1) and a dict saying what they are
+        (source, test_fraction, split_seed and the train/test image counts).
+
+    Raises:
+        ValueError: If `test_fraction` is not in (0, 1).
+    """
+    import tensorflow as tf
+
+    from trapmid_tf.data.digits import stratified_split
+
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"`test_fraction` must be in (0, 1); received {test_fraction!r}.")
+    images, labels = private_arrays(private_test)
+    train, test = stratified_split(labels, test_fraction, seed)
+    description = dict(source=HELD_OUT_SOURCE, test_fraction=test_fraction, split_seed=seed,
+                       train_images=len(train), test_images=len(test))
+    return (tf.data.Dataset.from_tensor_slices((images[train], labels[train])),
+            tf.data.Dataset.from_tensor_slices((images[test], labels[test])),
+            int(labels.max()) + 1, description)
 
 
 def make_detector(target, trigger_path, private_train):

@@ -3,19 +3,19 @@
 The pipeline scores every target (one defense, one training seed) separately; this module
 pools the seeds with `trapmid_tf.metrics.intervals.seed_mean`: the mean of the per-seed means
 with a Student t interval over the seeds. Per-reconstruction outcomes (top-1 and top-5
-success, KNN distance, and the pixel judge's top-1 where it ran) keep one group per seed;
-the top-1s and top-5 are 0/1 outcomes, so their interval is exact (Clopper-Pearson) where
-every outcome is 0 or every one is 1, and with one seed it is over that seed's
-reconstructions. Metrics with one value per target (accuracies,
+success, KNN distance, and the pixel and held-out judges' top-1 where they ran) keep one
+group per seed; the top-1s and top-5 are 0/1 outcomes, so their interval is exact
+(Clopper-Pearson) where every outcome is 0 or every one is 1, and with one seed it is over
+that seed's reconstructions. Metrics with one value per target (accuracies,
 FID, PRDC, chance levels) have an interval over seeds only; with one seed, none (its low and
 high are the value).
 """
 
-from trapmid_tf.metrics.evaluator import NOT_APPLICABLE, PER_IMAGE_METRICS
+from trapmid_tf.metrics.evaluator import JUDGE_NAMES, NOT_APPLICABLE, PER_IMAGE_METRICS
 from trapmid_tf.metrics.intervals import seed_mean
 
-# The per-reconstruction outcomes (`PER_IMAGE_METRICS`) that are 0/1.
-BINARY_METRICS = ("top1", "top5", "pixel_top1")
+# The per-reconstruction outcomes (`PER_IMAGE_METRICS`) that are 0/1: every judge's top-1.
+BINARY_METRICS = ("top1", "top5", *(f"{name}_top1" for name in JUDGE_NAMES))
 # Metrics with one value per target and attack (None where a target has too few samples).
 PER_TARGET_METRICS = (
     "fid", "fid_all", "precision", "recall", "density", "coverage", "precision_all",
@@ -46,10 +46,10 @@ def summarize_attack(runs):
             `chance_aa1`, trapdoor and `inversion_steps` entries) returns them.
 
     Returns:
-        Dict: `aa1`, `aa5`, `knn`, `pixel_aa1` (None where no pixel judge ran) and every
-        metric of `PER_TARGET_METRICS` as `Estimate.as_dict()` (or None), `groups` (the
-        per-seed per-image outcomes the intervals came from), `fid_samples` and
-        `fid_samples_all` (per seed), `COUNTS`, and where the runs hold them
+        Dict: `aa1`, `aa5`, `knn`, `pixel_aa1` and `held_out_aa1` (None where that judge
+        did not run) and every metric of `PER_TARGET_METRICS` as `Estimate.as_dict()` (or
+        None), `groups` (the per-seed per-image outcomes the intervals came from),
+        `fid_samples` and `fid_samples_all` (per seed), `COUNTS`, and where the runs hold them
         `TRIGGER_METRICS` (estimates) and `trigger_classes`, `classes_without_start`
         (BREP-MI: per seed, the classes left out of its scores), and `prior` (a PLG-MI++
         attack's own prior: name, steps, signature weight; the same for every seed, as the

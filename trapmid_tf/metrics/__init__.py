@@ -1,9 +1,10 @@
 """Evaluation metrics: attack accuracy, KNN distance, FID, PRDC, trapdoor signatures, and the
 evaluation protocol that applies them (`AttackEvaluator`, `TrapdoorDetector`, the pixel-space
-`PixelJudge`), with intervals over training seeds and paired, Holm-corrected verdicts
-(`seed_mean`, `compare`, `decide`)."""
+`PixelJudge`, the learned `ClassifierJudge`), with intervals over training seeds and paired,
+Holm-corrected verdicts (`seed_mean`, `compare`, `decide`)."""
 
 from trapmid_tf.metrics.accuracy import top_k_accuracy
+from trapmid_tf.metrics.classifier_judge import ClassifierJudge
 from trapmid_tf.metrics.distance import knn_distance
 from trapmid_tf.metrics.evaluator import AttackEvaluator, TrapdoorDetector, train_evaluation_model
 from trapmid_tf.metrics.features import batched_predict
@@ -31,6 +32,7 @@ from trapmid_tf.metrics.trapdoor import (
 
 __all__ = [
     "AttackEvaluator",
+    "ClassifierJudge",
     "Comparison",
     "Estimate",
     "PixelJudge",

@@ -35,9 +35,14 @@ from trapmid_tf.models.small_cnn import small_cnn
 
 EVALUATION_FEATURES = "evaluation_model"
 PRDC_NEIGHBOURS = 3
+# The judges an `AttackEvaluator` may score with beside its evaluation model, by name: the
+# pixel judge (`trapmid_tf.metrics.pixel_judge`) and the held-out judge (a classifier trained
+# on images no target trains on, `trapmid_tf.metrics.classifier_judge`).
+JUDGE_NAMES = ("pixel", "held_out")
 # The per-reconstruction outcomes `AttackEvaluator.evaluate` lists under `per_image`, by the
-# name of the score each one averages (`pixel_top1` only where there is a pixel judge).
-PER_IMAGE_METRICS = {"top1": "aa1", "top5": "aa5", "knn": "knn", "pixel_top1": "pixel_aa1"}
+# name of the score each one averages (`<judge>_top1` only where that judge scored).
+PER_IMAGE_METRICS = {"top1": "aa1", "top5": "aa5", "knn": "knn",
+                     **{f"{name}_top1": f"{name}_aa1" for name in JUDGE_NAMES}}
 # The scores of an attack that did not run against a target, `{NOT_APPLICABLE: why}`, stand
 # in place of `evaluate`'s.
 NOT_APPLICABLE = "not_applicable"
@@ -108,8 +113,14 @@ class AttackEvaluator:
             `inception_feature_extractor(path)`); None uses the evaluation
             model's features. `fid_features` names which one was used.
         batch_size: Images per forward pass.
-        pixel_judge: A second judge with `top1(images, labels)`
-            (`trapmid_tf.metrics.pixel_judge.PixelJudge`), or None for none.
+        judges: `{name: judge}` of further judges, names among `JUDGE_NAMES`, each with
+            `top1(images, labels)` -> 0/1 per image (`"pixel"`:
+            `trapmid_tf.metrics.pixel_judge.PixelJudge`, `"held_out"`:
+            `trapmid_tf.metrics.classifier_judge.ClassifierJudge`), or None for none.
+
+    Raises:
+        ValueError: If `judges` names a judge outside `JUDGE_NAMES`, or `private_labels`
+            does not match `private_images`.
 
     Example:
         evaluator = AttackEvaluator(evaluation_model, images, labels)
@@ -118,9 +129,14 @@ class AttackEvaluator:
 
     def __init__(
         self, evaluation_model, private_images, private_labels, fid_feature_model=None,
-        batch_size=100, pixel_judge=None,
+        batch_size=100, judges=None,
     ):
-        self.pixel_judge = pixel_judge
+        self.judges = dict(judges or {})
+        unknown = sorted(set(self.judges) - set(JUDGE_NAMES))
+        if unknown:
+            raise ValueError(
+                f"`judges` must have names among {list(JUDGE_NAMES)}; received {unknown}."
+            )
         self._features_and_logits = features_and_logits(evaluation_model)
         self.num_classes = int(evaluation_model.output_shape[-1])
         self.batch_size = int(batch_size)
@@ -183,8 +199,9 @@ class AttackEvaluator:
             than 2 images), `precision`, `recall`, `density`, `coverage` (vs the private
             training images of the attacked classes; None when either set has too few
             images) and `fid_samples` (how many reconstructions entered; FID's covariance is
-            singular when that is below `feature_dims`). With a pixel judge also
-            `pixel_aa1`, its top-1, and `per_image["pixel_top1"]`, its 0/1 per reconstruction.
+            singular when that is below `feature_dims`). Per judge of `judges` (e.g.
+            "pixel") also `<name>_aa1` (`pixel_aa1`), its top-1, and
+            `per_image["<name>_top1"]`, its 0/1 per reconstruction.
         """
         images = np.asarray(images, dtype=np.float32)
         labels = np.asarray(labels, dtype=np.int32)
@@ -213,10 +230,10 @@ class AttackEvaluator:
             },
             "feature_dims": int(fid_features.shape[1]),
         }
-        if self.pixel_judge is not None:
-            pixel_top1 = self.pixel_judge.top1(images, labels)
-            scores["pixel_aa1"] = float(pixel_top1.mean())
-            scores["per_image"]["pixel_top1"] = pixel_top1.tolist()
+        for name, judge in self.judges.items():
+            judged = np.asarray(judge.top1(images, labels))
+            scores[f"{name}_aa1"] = float(judged.mean())
+            scores["per_image"][f"{name}_top1"] = judged.tolist()
         attacked_classes = frozenset(labels.tolist())
         attacked = self.private_fid_features[np.isin(self.private_labels, labels)]
         for suffix, chosen in (("", correct), ("_all", np.ones_like(correct))):

@@ -16,9 +16,12 @@ from trapmid_tf.report.tables import estimate_text
 WORKS_ON_BASELINE = "attack fails on the baseline"
 # How a top-1 at or below the floors is marked in the tables.
 AT_FLOOR = " *≤ floor*"
-# The judges of reconstructions: the evaluation model's top-1 and, for small images, the
-# pixel judge's (`trapmid_tf.metrics.pixel_judge`), by their summary keys, with their names.
-JUDGES = {"aa1": "evaluation model", "pixel_aa1": "pixel judge"}
+# The judges of reconstructions: the evaluation model's top-1, for small images the pixel
+# judge's (`trapmid_tf.metrics.pixel_judge`) and, for the digit datasets, the held-out
+# judge's (a classifier of another architecture trained on images no target trains on,
+# `trapmid_tf.metrics.classifier_judge`), by their summary keys, with their names.
+JUDGES = {"aa1": "evaluation model", "pixel_aa1": "pixel judge",
+          "held_out_aa1": "held-out judge"}
 # A verdict needs the judges to agree (`verdicts`); where they do not, the verdict reads so.
 JUDGES_DISAGREE = "judges disagree"
 # The paper's top-1 attack accuracy in percent (VGG-16 on CelebA, read off the official
@@ -145,7 +148,8 @@ def floor_mark(scores, chance, lookup, judge="aa1"):
 
 
 def judges(results):
-    """The judges that scored a pipeline's results: `aa1`, and `pixel_aa1` where it ran.
+    """The judges that scored a pipeline's results: `aa1`, and `pixel_aa1` and
+    `held_out_aa1` where they ran.
 
     Args:
         results: The pipeline's results dict.
@@ -187,8 +191,8 @@ def verdicts(results, baseline="none"):
     `intervals.decide`, Holm-corrected over every comparison that gets a verdict word here
     (those not gated by `NOT_FORMED`, `JUDGES_DISAGREE` or `WORKS_ON_BASELINE`): a word is
     given only where the corrected test supports it, and with one seed there is none
-    (`intervals.NEEDS_SEEDS`). With two judges (`judges`) each judge is tested so, Holm over
-    its own comparisons, and a verdict needs them to agree: a row reads `JUDGES_DISAGREE`
+    (`intervals.NEEDS_SEEDS`). With several judges (`judges`) each judge is tested so, Holm
+    over its own comparisons, and a verdict needs them all to agree: a row reads `JUDGES_DISAGREE`
     where they disagree on whether the attack shows leakage on the baseline (`works`), and
     `JUDGES_DISAGREE` with each judge's word where their words differ. The lookup and the
     transfer null are references, not attacks to defend against: they get no row.

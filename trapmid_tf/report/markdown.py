@@ -33,6 +33,9 @@ ATTACK_COLUMNS = (
     "aa1", "pixel_aa1", "aa5", "knn", "fid", "fid_all", "precision_all", "recall_all",
     "density_all", "coverage_all", "trapdoor_similarity", "trapdoor_detection", "chance_aa1",
 )
+# The held-out judge's column, after the pixel judge's in runs where it scored
+# (`attack_columns`: results without it render as before).
+HELD_OUT_COLUMN = "held_out_aa1"
 # The rule, as the report states it next to its tables.
 LEAKAGE_RULE = (
     "An attack shows leakage only where its top-1 is above chance (1/K, K the attacked "
@@ -237,13 +240,22 @@ def write(out, results, private_images, private_labels, reconstructions, trigger
     return grids
 
 
-def _attack_cells(scores, chance, lookup):
-    """The `ATTACK_COLUMNS` cells of one attack against one model, top-1s marked `AT_FLOOR`
-    (a judge that did not run, None, leaves its cell empty)."""
-    cells = [estimate_text(scores.get(column)) for column in ATTACK_COLUMNS]
+def attack_columns(results):
+    """The columns of an attack's table: `ATTACK_COLUMNS`, with `HELD_OUT_COLUMN` after
+    `pixel_aa1` where the held-out judge scored the results (`judges`)."""
+    if HELD_OUT_COLUMN not in judges(results):
+        return ATTACK_COLUMNS
+    after = ATTACK_COLUMNS.index("pixel_aa1") + 1
+    return ATTACK_COLUMNS[:after] + (HELD_OUT_COLUMN,) + ATTACK_COLUMNS[after:]
+
+
+def _attack_cells(scores, chance, lookup, columns):
+    """The `columns` cells of one attack against one model, top-1s marked `AT_FLOOR` (a
+    judge that did not run, None, leaves its cell empty)."""
+    cells = [estimate_text(scores.get(column)) for column in columns]
     for judge in JUDGES:
-        if scores.get(judge) is not None:
-            cells[ATTACK_COLUMNS.index(judge)] += floor_mark(scores, chance, lookup, judge)
+        if judge in columns and scores.get(judge) is not None:
+            cells[columns.index(judge)] += floor_mark(scores, chance, lookup, judge)
     return cells
 
 
@@ -360,34 +372,62 @@ def statistics_line(results, verdict_rows):
     )
 
 
+def held_out_line(description):
+    """What the held-out judge is, as the report states it beside `JUDGES_RULE`.
+
+    Args:
+        description: The results' `held_out_judge` (`pipeline.held_out_judge`).
+
+    Returns:
+        One line: its architecture, classes, data and test accuracy.
+    """
+    data = description["data"]
+    return (
+        f"The held-out judge (`{HELD_OUT_COLUMN}`): `{description['architecture']}` on "
+        f"{description['classes']} classes, trained on {data['train_images']} images of the "
+        f"{data['source']} and tested on its other {data['test_images']} "
+        f"({data['test_fraction']:.0%} of each class, split seed {data['split_seed']}), test "
+        f"accuracy {cell_text(description['accuracy'])}; no target trained on those images, "
+        "and its architecture is neither the evaluation model's nor a target's."
+    )
+
+
 def judges_lines(results):
-    """The pixel judge's top-1 table, what the judges and the transfer null are, and where
+    """The other judges' top-1 tables, what the judges and the transfer null are, and where
     the judges disagree.
 
     Args:
         results: The pipeline's results dict.
 
     Returns:
-        A list of lines, ending in a blank one: with the pixel judge its `summary_table`,
-        then `JUDGES_RULE`, then the `(attack, defense)` pairs whose leakage (`works`) the
-        judges disagree on (or that they agree on all) and the targets on which each judge
-        accepts the transfer null; without it, a line saying that it did not run.
+        A list of lines, ending in a blank one: per judge beside the evaluation model (the
+        pixel judge, the held-out judge) its `summary_table`, then `JUDGES_RULE` (and
+        `held_out_line` where the held-out judge ran), then the `(attack, defense)` pairs
+        whose leakage (`works`) the judges disagree on (or that they agree on all; with
+        three judges, each pair names the judges that see leakage) and the targets on which
+        each judge accepts the transfer null; a line says so where the pixel judge did not
+        run.
     """
     judged, leakage = judges(results), judged_leakage(results)
     lines = []
-    if "pixel_aa1" in judged:
-        lines += ["Top-1 by the pixel judge, under the same rule with its own floors:", "",
-                  summary_table(results, "pixel_aa1")]
+    for judge in judged[1:]:
+        lines += [f"Top-1 by the {JUDGES[judge]}, under the same rule with its own floors:", "",
+                  summary_table(results, judge)]
     lines += [JUDGES_RULE, ""]
+    if HELD_OUT_COLUMN in judged and results.get("held_out_judge"):
+        lines += [held_out_line(results["held_out_judge"]), ""]
+    no_pixel = ("The pixel judge did not run (it judges only images of at most "
+                f"{PIXEL_JUDGE_MAX_SIDE} pixels a side)")
     if len(judged) == 1:
-        found = ("The pixel judge did not run (it judges only images of at most "
-                 f"{PIXEL_JUDGE_MAX_SIDE} pixels a side): the verdicts rest on the evaluation "
-                 "model alone.")
+        found = f"{no_pixel}: the verdicts rest on the evaluation model alone."
     else:
-        split = sorted(leakage["aa1"] ^ leakage["pixel_aa1"])
-        found = ("The judges disagree on leakage for: "
-                 + ", ".join(f"{attack} on {defense}" for attack, defense in split) + "."
-                 if split else "The judges agree on leakage of every attack on every target.")
+        found = "" if "pixel_aa1" in judged else f"{no_pixel}. "
+        seen = [leakage[judge] for judge in judged]
+        split = sorted(set.union(*seen) - set.intersection(*seen))
+        found += ("The judges disagree on leakage for: "
+                  + ", ".join(_disagreement(attack, defense, judged, leakage)
+                              for attack, defense in split) + "."
+                  if split else "The judges agree on leakage of every attack on every target.")
     if TRANSFER_NULL in attack_names(results):
         accepted = [
             f"by the {JUDGES[judge]} on "
@@ -397,6 +437,15 @@ def judges_lines(results):
         ]
         found += f" The transfer null shows leakage {'; '.join(accepted)}."
     return lines + [found, ""]
+
+
+def _disagreement(attack, defense, judged, leakage):
+    """"<attack> on <defense>", and with more than two judges the ones that see leakage."""
+    pair = f"{attack} on {defense}"
+    if len(judged) <= 2:
+        return pair
+    return pair + " (leakage by the " + ", ".join(
+        JUDGES[judge] for judge in judged if (attack, defense) in leakage[judge]) + ")"
 
 
 def report_markdown(results, defenses, attacks, triggers):
@@ -487,6 +536,7 @@ def report_markdown(results, defenses, attacks, triggers):
             leakage,
         ]
     lines += ["## Steps run", "", steps_table(results)]
+    columns = attack_columns(results)
     for attack in attacks:
         entries = {d: scored[d]["attacks"][attack] for d in defenses}
         ran = [d for d in defenses if not not_applicable(entries[d])]
@@ -505,10 +555,11 @@ def report_markdown(results, defenses, attacks, triggers):
             "columns all of them.",
             "",
             markdown_table(
-                ["defense"] + list(ATTACK_COLUMNS),
-                [[d] + (_attack_cells(entries[d], uniform, scored[d]["attacks"][LOOKUP])
+                ["defense"] + list(columns),
+                [[d] + (_attack_cells(entries[d], uniform, scored[d]["attacks"][LOOKUP],
+                                      columns)
                         if d in ran
-                        else [not_applicable(entries[d])] + [None] * (len(ATTACK_COLUMNS) - 1))
+                        else [not_applicable(entries[d])] + [None] * (len(columns) - 1))
                  for d in defenses],
             ),
         ]
