@@ -64,7 +64,8 @@ def test_npz_exchange_keeps_values_and_dtypes(recipe, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "row", ["knn", "fid", "topn", "gmi", "kedmi", "lomma", "gmi_prior", "kedmi_prior"]
+    "row", ["knn", "fid", "topn", "gmi", "kedmi", "lomma", "gmi_prior", "kedmi_prior", "plgmi",
+            "plgmi_prior", "trapmid_vgg16", "trapmid_ir18", "trapmid_negls", "negls", "bido"]
 )
 def test_inputs_are_float32_values_and_reproducible(recipe, row):
     arrays = recipe.make_inputs(row, seed=3, steps=4)
@@ -78,11 +79,49 @@ def test_inputs_are_float32_values_and_reproducible(recipe, row):
     if row in ("gmi_prior", "kedmi_prior"):  # 4 critic steps: 4 latents, no generator step
         assert arrays["normal"].shape == (4, recipe.PRIOR_BATCH, recipe.Z_DIM)
         assert ("uniform" in arrays) == (row == "gmi_prior")
+    if row == "plgmi_prior":  # generator steps before critic steps 0 and N_CRITIC (= 5) > 4
+        assert arrays["generator_z"].shape == (1, recipe.PRIOR_BATCH, recipe.Z_DIM)
+        assert arrays["critic_y"].shape == (4, recipe.PRIOR_BATCH)
+        assert 0.0 <= arrays["noise"].min() and arrays["noise"].max() < 1.0 / 256.0
+
+
+@pytest.mark.parametrize("row, side, classes, batch, channels", [
+    ("trapmid_vgg16", 64, 4, 2, 3), ("trapmid_ir18", 32, 5, 4, 1), ("negls", 32, 5, 4, 0)])
+def test_training_inputs_hold_batches_labels_and_triggers(recipe, row, side, classes, batch,
+                                                          channels):
+    arrays = recipe.make_inputs(row, seed=1, steps=3)
+    assert arrays["images"].shape == (3, batch, side, side, 3)
+    assert arrays["labels"].shape == (3, batch)
+    assert arrays["labels"].min() >= 0 and arrays["labels"].max() < classes
+    assert arrays["probes"].shape == (recipe.PROBES, side, side, 3)
+    assert 0.0 <= arrays["images"].min() and arrays["images"].max() < 1.0
+    if channels:  # the reference's (classes, channels, H, W) triggers, U[0, 1)
+        assert arrays["triggers"].shape == (classes, channels, side, side)
+        assert 0.0 <= arrays["triggers"].min() and arrays["triggers"].max() < 1.0
+        assert arrays["trapdoor_labels"].shape == (3, batch)
+    else:  # NegLS alone: no trapdoor
+        assert "triggers" not in arrays and "trapdoor_labels" not in arrays
+
+
+def test_ir18_map_names_torchvision_resnet18_state_dict(recipe):
+    """The recipe's IR-18 map asks for exactly the reference `IR18`'s state dict."""
+    from trapmid_tf.models import ir18, torch_weights
+
+    torch_weights.ARCHITECTURES.setdefault("ir18", recipe._map_ir18)
+    shapes = torch_weights.torch_state_dict_shapes(ir18((32, 32, 3), 5), "ir18")
+    # torchvision ResNet-18 without the BatchNorm counters: stem conv + BN (1 + 4), 8 basic
+    # blocks of two convs and two BNs (8 x 10), 3 downsampling conv + BN (3 x 5), fc (2).
+    assert len(shapes) == 1 + 4 + 80 + 15 + 2
+    assert shapes["feature.0.weight"] == (64, 3, 7, 7)
+    assert shapes["feature.4.1.bn2.running_var"] == (64,)
+    assert shapes["feature.5.0.downsample.0.weight"] == (128, 64, 1, 1)
+    assert shapes["feature.7.1.conv2.weight"] == (512, 512, 3, 3)
+    assert shapes["fc_layer.weight"] == (5, 512)
 
 
 def test_make_inputs_rejects_an_unknown_row(recipe):
-    with pytest.raises(ValueError, match="'plgmi'"):
-        recipe.make_inputs("plgmi", seed=0, steps=1)
+    with pytest.raises(ValueError, match="'mid'"):  # MID has no reference to compare with
+        recipe.make_inputs("mid", seed=0, steps=1)
 
 
 def test_keras_classifier_is_the_torch_module_in_numpy(recipe):
@@ -103,6 +142,39 @@ def test_keras_classifier_is_the_torch_module_in_numpy(recipe):
     np.testing.assert_allclose(ours, logits, rtol=0, atol=1e-13)
 
 
+def _conv3x3(nchw, weight, bias):
+    """PyTorch's Conv2d(k=3, padding=1) in NumPy, NCHW."""
+    padded = np.pad(nchw, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    side = nchw.shape[-1]
+    out = np.zeros((len(nchw), len(weight), side, side))
+    for i in range(side):
+        for j in range(side):
+            out[:, :, i, j] = np.einsum("bchw,ochw->bo", padded[:, :, i:i + 3, j:j + 3], weight)
+    return out + bias[None, :, None, None]
+
+
+def test_keras_conditional_networks_are_the_torch_modules_in_numpy(recipe):
+    """PLG-MI's small G(z, y) and projection D(x, y) equal their PyTorch definitions."""
+    arrays = recipe.make_inputs("plgmi_prior", seed=0, steps=1)
+    networks = recipe._keras_networks(arrays)
+    z, y = arrays["critic_z"][0], arrays["critic_y"][0]
+    side, channels = recipe.SIDE, recipe.GEN_CHANNELS
+    x = np.tanh(z @ arrays["G.l1.weight"].T + arrays["G.l1.bias"] + arrays["G.emb.weight"][y])
+    x = x.reshape(len(z), channels, side, side)
+    images = 1.0 / (1.0 + np.exp(-_conv3x3(x, arrays["G.conv.weight"], arrays["G.conv.bias"])))
+    ours = np.asarray(networks["G"]([z, y]))
+    # float64 sums of at most ~20 products of magnitude ~1: far above their rounding.
+    np.testing.assert_allclose(ours, images.transpose(0, 2, 3, 1), rtol=0, atol=1e-13)
+    nhwc = arrays["images"][0]
+    feature = np.tanh(_conv3x3(nhwc.transpose(0, 3, 1, 2), arrays["D.conv.weight"],
+                               arrays["D.conv.bias"])).reshape(len(nhwc), -1)
+    score = feature @ arrays["D.out.weight"].T + arrays["D.out.bias"]
+    score += np.sum(arrays["D.emb.weight"][arrays["labels"][0]] * feature, axis=1,
+                    keepdims=True)
+    ours = np.asarray(networks["D"]([nhwc, arrays["labels"][0]]))
+    np.testing.assert_allclose(ours, score, rtol=0, atol=1e-13)
+
+
 def test_injected_draws_are_handed_out_in_turn_and_reshaped(recipe):
     first, second = np.full((2, 3), 0.5), np.arange(4.0)
     with recipe.injected_draws(keras.random, "normal", [first, second]):
@@ -111,6 +183,10 @@ def test_injected_draws_are_handed_out_in_turn_and_reshaped(recipe):
         with pytest.raises(RuntimeError, match="More random draws"):
             keras.random.normal((1, 4))
     assert keras.random.normal((2,)).shape == (2,)  # restored
+    with recipe.injected_draws(keras.random, "randint", [np.array([3, 0, 2])]):
+        labels = keras.random.randint((3,), 0, 4, dtype="int32")
+    assert keras.backend.standardize_dtype(labels.dtype) == "int32"
+    np.testing.assert_array_equal(labels, [3, 0, 2])
 
 
 def test_injected_draws_must_all_be_taken_at_their_size(recipe):
@@ -182,6 +258,18 @@ def test_ours_matches_the_reference_code_in_float64(tmp_path):
         assert results[row]["lifted"] <= 1e-9, row
     # KED-MI and the priors differ by where Keras's and PyTorch's Adam add epsilon
     # (docs/reference_comparison.md); with epsilon 0 on both sides they are the same algorithm.
-    for row in ("kedmi", "gmi_prior", "kedmi_prior"):
+    for row in ("kedmi", "gmi_prior", "kedmi_prior", "plgmi"):
         assert results[row]["lifted"] > 1e-9, row
         assert results[row]["lifted_epsilon_zero"] <= 1e-9, row
+    # PLG-MI's prior: Adam's epsilon again (1e-30 on both sides: 0 would divide 0 by 0 on the
+    # embedding rows of unsampled classes), and our real images plus noise summed in float32
+    # (plgmi_prior.py:446), about float32's epsilon (6e-8) on the real batch.
+    assert results["plgmi_prior"]["lifted"] > 1e-9
+    assert results["plgmi_prior"]["lifted_epsilon_zero"] <= 1e-6
+    # The training rows (Trap-MID, NegLS, BiDO): with float32 lifted, float64 rounding (about
+    # 1e-13 to 1e-11 after the first step; BiDO inverts ridge-regularised kernels) grows 20 to
+    # 100 times a step over three steps of fresh networks on batches of 2 to 4; a difference
+    # in the algorithm shows at 1e-2 or more (Keras's BatchNorm variance rule: 0.24).
+    for row in ("trapmid_vgg16", "trapmid_ir18", "negls", "bido"):
+        assert results[row]["lifted"] <= 1e-5, row
+    assert results["trapmid_negls"]["lifted_epsilon_zero"] <= 1e-5  # Adam, as above
