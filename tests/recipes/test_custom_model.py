@@ -167,8 +167,8 @@ def test_the_command_trains_an_own_model_on_a_second_folder(tmp_path, image_fold
 
 
 def test_the_pipeline_refuses_a_folder_without_public_images(tmp_path, image_folder):
-    from trapmid_tf.experiments import pipeline
+    from trapmid_tf.experiments import pipeline, target_stages
 
     run = pipeline.PipelineRun(out=str(tmp_path), dataset="class_folder", data_dir=image_folder)
     with pytest.raises(ValueError, match="--dataset=class_folder has no public images"):
-        pipeline.target_configs(run, {})
+        target_stages.target_configs(run, {})

@@ -9,9 +9,10 @@ import pytest
 import tensorflow as tf
 
 import trapmid_tf as tm
-from trapmid_tf.experiments import pipeline
+from trapmid_tf.experiments import judges, pipeline
 from trapmid_tf.experiments.evaluation import held_out_split, private_arrays
 from trapmid_tf.experiments.progress import StageProgress
+from trapmid_tf.experiments.target_stages import target_configs
 
 
 def _rows(images):
@@ -63,12 +64,12 @@ def test_the_architecture_is_neither_the_evaluation_models_nor_a_targets():
     def configs(*models):
         return {(f"d{i}", 0): {"model": model} for i, model in enumerate(models)}
 
-    assert pipeline.held_out_architecture("digits", configs("small_cnn")) == "ir18"
+    assert judges.held_out_architecture("digits", configs("small_cnn")) == "ir18"
     # The MNIST preset's targets are IR-18s.
-    assert pipeline.held_out_architecture("fashion_mnist", configs("ir18")) == "vgg16_bn"
-    assert pipeline.held_out_architecture("mnist", configs("ir18", "vgg16_bn")) is None
-    assert pipeline.held_out_architecture("celeba", configs("vgg16_bn")) is None
-    assert pipeline.DEFAULT_EVALUATION_ARCHITECTURE not in pipeline.HELD_OUT_ARCHITECTURES
+    assert judges.held_out_architecture("fashion_mnist", configs("ir18")) == "vgg16_bn"
+    assert judges.held_out_architecture("mnist", configs("ir18", "vgg16_bn")) is None
+    assert judges.held_out_architecture("celeba", configs("vgg16_bn")) is None
+    assert judges.DEFAULT_EVALUATION_ARCHITECTURE not in judges.HELD_OUT_ARCHITECTURES
 
 
 def test_the_stage_is_reused_by_what_it_depends_on(monkeypatch, tmp_path):
@@ -86,11 +87,11 @@ def test_the_stage_is_reused_by_what_it_depends_on(monkeypatch, tmp_path):
     monkeypatch.setattr(evaluator, "train_evaluation_model", fake_training)
     run = pipeline.PipelineRun(out=str(tmp_path / "run"), preset="tiny")
     settings = pipeline.pipeline_settings("tiny")
-    configs = pipeline.target_configs(run, settings)
+    configs = target_configs(run, settings)
     (_, private_test), _ = tm.data.load("digits", seed=0, public_split="samples")
     stream = io.StringIO()
     progress = StageProgress(4, stream)
-    model, description = pipeline.held_out_judge(run, private_test, configs, settings, progress)
+    model, description = judges.held_out_judge(run, private_test, configs, settings, progress)
     # Digits: 36, 36, 35, 37, 36 test images per private class, round(0.2 n) = 7 of each
     # held out: 145 / 35.
     # The tiny preset's evaluation model trains 1 epoch, the judge 4 times as many.
@@ -101,15 +102,15 @@ def test_the_stage_is_reused_by_what_it_depends_on(monkeypatch, tmp_path):
     stage = json.loads((tmp_path / "run" / "held_out_judge" / "stage.json").read_text())
     assert stage["architecture"] == "ir18" and stage["data"] == description["data"]
     # Run again: reused, nothing trained.
-    _, again = pipeline.held_out_judge(run, private_test, configs, settings, progress)
+    _, again = judges.held_out_judge(run, private_test, configs, settings, progress)
     assert again == description and len(trained) == 1
     # Its epochs are part of its identity: another budget trains it again.
     longer = dict(settings, evaluation_epochs=2)
-    pipeline.held_out_judge(run, private_test, configs, longer, progress)
+    judges.held_out_judge(run, private_test, configs, longer, progress)
     assert [record["epochs"] for record in trained] == [4, 8]
     # Where it does not apply, the stage is still entered (counted) and gives nothing.
     faces = pipeline.PipelineRun(out=str(tmp_path / "faces"), dataset="celeba")
-    assert pipeline.held_out_judge(faces, private_test, configs, settings, progress) == (
+    assert judges.held_out_judge(faces, private_test, configs, settings, progress) == (
         None, None)
     stages = [line.split(": ", 1)[1] for line in stream.getvalue().splitlines()]
     assert stages == ["held-out judge"] * 4

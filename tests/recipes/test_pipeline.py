@@ -176,7 +176,7 @@ def test_the_lookup_baseline_and_the_transfer_null_run_first_in_every_preset():
 def test_one_gmi_prior_per_training_seed_shared_by_its_defenses(monkeypatch, tmp_path):
     import io
 
-    from trapmid_tf.experiments import pipeline
+    from trapmid_tf.experiments import pipeline, prior_stages, target_stages
     from trapmid_tf.experiments.progress import StageProgress
 
     settings = pipeline.pipeline_settings("tiny", {"seeds": [0, 1]}, attacks=["gmi", "mi_face"])
@@ -194,13 +194,14 @@ def test_one_gmi_prior_per_training_seed_shared_by_its_defenses(monkeypatch, tmp
         calls.append((name, target, prior_settings, out))
         return object()  # the trained networks, one object per training
 
-    monkeypatch.setattr(pipeline, "train_prior", record)
+    monkeypatch.setattr(prior_stages, "train_prior", record)
     run = pipeline.PipelineRun(out=str(tmp_path), seed=7)
     stream = io.StringIO()
-    gmi = pipeline.gmi_prior_per_seed(run, settings, "public images", StageProgress(24, stream))
+    gmi = prior_stages.gmi_prior_per_seed(run, settings, "public images",
+                                          StageProgress(24, stream))
     # The targets in the order run_pipeline attacks them (train_targets': seed by seed).
     keys = [(defense, seed) for seed in settings["seeds"] for defense in settings["defenses"]]
-    assert keys == list(pipeline.target_configs(run, settings))
+    assert keys == list(target_stages.target_configs(run, settings))
     priors = {(defense, seed): gmi(seed) for defense, seed in keys}
     assert [(name, target, out) for name, target, _, out in calls] == [
         ("gmi", None, str(tmp_path / "priors" / "gmi" / "seed_0")),
@@ -252,13 +253,14 @@ def test_a_copied_run_folder_reuses_every_stage(tiny, tmp_path):
 @pytest.mark.large  # shares a tiny pipeline run (minutes)
 def test_a_run_folder_without_the_held_out_judge_gains_it_alone(tiny, tmp_path):
     from trapmid_tf.experiments import pipeline
+    from trapmid_tf.experiments.judges import HELD_OUT_FOLDER
 
     out, _ = tiny
     # A folder made before the held-out judge: every other stage as now (no other stage's
     # identity names the judge), no held_out_judge/.
     older = tmp_path / "older"
     shutil.copytree(out, older)
-    shutil.rmtree(older / pipeline.HELD_OUT_FOLDER)
+    shutil.rmtree(older / HELD_OUT_FOLDER)
     stages = sorted(older.rglob("stage.json"))
     written = {path: path.stat().st_mtime_ns for path in stages}
     results = pipeline.run_pipeline(
@@ -267,7 +269,7 @@ def test_a_run_folder_without_the_held_out_judge_gains_it_alone(tiny, tmp_path):
     # Every target, prior and attack stage reused untouched; only the judge trained anew.
     assert {path: path.stat().st_mtime_ns for path in stages} == written
     assert sorted(older.rglob("stage.json")) == sorted(
-        stages + [older / pipeline.HELD_OUT_FOLDER / "stage.json"])
+        stages + [older / HELD_OUT_FOLDER / "stage.json"])
     before = json.loads((out / "results.json").read_text())
     assert results["held_out_judge"]["data"] == before["held_out_judge"]["data"]
     # The scores are recomputed from the stored reconstructions (they are no stage): the
@@ -380,13 +382,14 @@ def test_trapdoor_settings_reach_only_the_trapdoor_defenses(tmp_path):
     # One command line trains every defense: its Trap-MID settings must not reach (and be
     # refused for) the unprotected target.
     from trapmid_tf.experiments import pipeline
+    from trapmid_tf.experiments.target_stages import target_configs
 
     run = pipeline.PipelineRun(
         out=str(tmp_path), target_settings=dict(
             min_trapdoor_accuracy=0.5, discriminator=False, alpha=0.3, epochs=2),
     )
     settings = pipeline.pipeline_settings("tiny", {"defenses": ["none", "trapmid", "negls"]})
-    configs = pipeline.target_configs(run, settings)
+    configs = target_configs(run, settings)
     trapmid = configs["trapmid", 0]
     assert (trapmid["min_trapdoor_accuracy"], trapmid["discriminator"]) == (0.5, False)
     for defense in ("none", "negls"):
@@ -410,10 +413,11 @@ REFERENCE = dict(
 
 def test_full_preset_is_the_references_budgets(monkeypatch):
     from trapmid_tf.experiments import pipeline
+    from trapmid_tf.experiments.prior_stages import REFERENCE_BATCH_SIZE, REFERENCE_N_CRITIC
 
     full = pipeline.preset_settings("full")
     assert {key: full[key] for key in REFERENCE} == REFERENCE
-    assert pipeline.REFERENCE_N_CRITIC == 5 and pipeline.REFERENCE_BATCH_SIZE == 64
+    assert REFERENCE_N_CRITIC == 5 and REFERENCE_BATCH_SIZE == 64
     assert full["per_class"] >= 20 and len(full["seeds"]) >= 3
 
 
@@ -582,8 +586,9 @@ def test_an_option_is_part_of_its_attacks_stage(adaptive):
 def test_only_a_run_at_a_presets_own_budgets_carries_its_measured_gap(changes, has_gap):
     from trapmid_tf.experiments import pipeline
     from trapmid_tf.experiments.measured_convergence import MEASURED_GAPS
+    from trapmid_tf.experiments.presets import measured_gap
 
     preset, dataset = changes.pop("preset", "quick"), changes.pop("dataset", "digits")
     settings = pipeline.pipeline_settings(preset, **changes)
-    gap = pipeline.measured_gap(settings, preset, dataset)
+    gap = measured_gap(settings, preset, dataset)
     assert gap == (MEASURED_GAPS["quick"].as_dict() if has_gap else None)

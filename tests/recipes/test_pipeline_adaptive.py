@@ -15,7 +15,9 @@ from tests.test_report import _target
 from tests.tolerances import float32_atol
 from trapmid_tf.attacks.plgmi_adaptive import PLGMIAdaptiveAttack
 from trapmid_tf.attacks.suite import PriorNetworks
-from trapmid_tf.experiments import pipeline, summarize_seeds
+from trapmid_tf.experiments import (
+    attack_stages, pipeline, prior_stages, summarize_seeds, target_stages,
+)
 from trapmid_tf.experiments.progress import StageProgress
 from trapmid_tf.report import markdown
 
@@ -48,7 +50,7 @@ def stage_names(stream):
 
 @pytest.fixture
 def recorded(monkeypatch):
-    """`train_prior` and `run_attack` of the pipeline, recording their arguments.
+    """`train_prior` and `run_attack` of the pipeline's stages, recording their arguments.
 
     The fake training returns, per prior folder, a tiny conditional generator: the plain
     prior's and the estimated variant's hold the same weights (seed 30), the defender's
@@ -63,14 +65,14 @@ def recorded(monkeypatch):
         calls["priors"][os.path.basename(out)] = (name, settings, signatures)
         return PriorNetworks(generators[os.path.basename(out)], None)
 
-    real_run_attack = pipeline.run_attack
+    real_run_attack = attack_stages.run_attack
 
     def run_attack(name, target, priors, settings, out, overwrite, options, verbose):
         calls["attacks"][os.path.basename(out)] = (name, priors, settings, options)
         return real_run_attack(name, target, priors, settings, out, overwrite, options, verbose)
 
-    monkeypatch.setattr(pipeline, "train_prior", train_prior)
-    monkeypatch.setattr(pipeline, "run_attack", run_attack)
+    monkeypatch.setattr(prior_stages, "train_prior", train_prior)
+    monkeypatch.setattr(attack_stages, "run_attack", run_attack)
     return generators, calls
 
 
@@ -82,16 +84,17 @@ def attack_one_target(tmp_path, defense, attacks, detector):
     target = tiny_classifier()
     public_images = np.random.default_rng(0).random((12, *IMAGE_SHAPE)).astype(np.float32)
     public = tf.data.Dataset.from_tensor_slices(public_images)
-    directory = pipeline.target_dir(run, defense, 0)
+    directory = target_stages.target_dir(run, defense, 0)
     config = {"defense": defense, "seed": 0}
     stream = io.StringIO()
     progress = StageProgress(pipeline.stage_count(settings), stream)
-    priors, prior_settings, signatures = pipeline.target_priors(
+    priors, prior_settings, signatures = prior_stages.target_priors(
         run, directory, target, config, 0, public, None, settings, progress, detector,
         public_images,
     )
-    stored = pipeline.attack_target(run, directory, target, config, 0, priors, prior_settings,
-                                    settings, progress, signatures, public_images)
+    stored = attack_stages.attack_target(run, directory, target, config, 0, priors,
+                                         prior_settings, settings, progress, signatures,
+                                         public_images)
     return dict(settings=settings, target=target, public_images=public_images,
                 directory=directory, prior_settings=prior_settings, stored=stored,
                 stages=stage_names(stream))
@@ -218,15 +221,15 @@ def test_results_and_the_steps_table_name_the_prior_each_plgmi_plus_plus_attack_
              "plgmi_adaptive": {"generator_steps": 2, "opponent_steps": 10}}
     prior_settings = {"plgmi": {"steps": 2},
                       "plgmi_adaptive": {"steps": 2, "signature_weight": WEIGHT}}
-    records = pipeline.penalised_prior_records(prior_settings, steps)
+    records = prior_stages.penalised_prior_records(prior_settings, steps)
     assert records == {"plgmi_adaptive": {"name": "plgmi_adaptive", "signature_weight": WEIGHT,
                                           "steps": steps["plgmi_adaptive"]}}
     # attack_seed files the record under the attack that searched the prior (scores faked).
-    monkeypatch.setattr(pipeline, "score_attack", lambda evaluator, arrays, detector: {})
+    monkeypatch.setattr(attack_stages, "score_attack", lambda evaluator, arrays, detector: {})
     stored = {name: {"iterations": np.array(4)} for name in ("plgmi", "plgmi_adaptive")}
-    scores = pipeline.attack_seed(None, None, stored, {"test_accuracy": 1.0,
-                                                       "trapdoor_accuracy": 1.0}, steps,
-                                  searched=records)
+    scores = attack_stages.attack_seed(None, None, stored, {"test_accuracy": 1.0,
+                                                            "trapdoor_accuracy": 1.0}, steps,
+                                       searched=records)
     assert scores["attacks"]["plgmi_adaptive"]["prior"] == records["plgmi_adaptive"]
     assert "prior" not in scores["attacks"]["plgmi"]
 

@@ -1,13 +1,12 @@
 """The preset and budget flags that trapmid-pipeline and trapmid-audit share, and their settings.
 
-Both commands take a preset (`trapmid_tf.experiments.pipeline.PRESETS`) whose budgets these
-flags override; `settings_from_flags` turns them into `pipeline.pipeline_settings`.
+Both commands take a preset (`trapmid_tf.experiments.presets.PRESETS`) whose budgets these
+flags override; `settings_from_flags` turns them into `presets.pipeline_settings`.
 """
 
 from absl import app, flags
 
-from trapmid_tf.experiments import pipeline
-from trapmid_tf.experiments.pipeline import PRESET_KEYS, PRESETS
+from trapmid_tf.experiments.presets import PRESET_KEYS, PRESETS, pipeline_settings
 
 FLAGS = flags.FLAGS
 
@@ -64,7 +63,7 @@ flags.DEFINE_bool("overwrite", False, "Redo every stage even if stored.")
 
 
 def settings_from_flags():
-    """The pipeline settings the flags give (`pipeline.pipeline_settings`).
+    """The pipeline settings the flags give (`presets.pipeline_settings`).
 
     A preset key without a flag of its own in the command (trapmid-audit has no --defenses)
     keeps the preset's value.
@@ -85,7 +84,7 @@ def settings_from_flags():
                 f"--seeds must list integers >= 0; received {FLAGS.seeds}."
             ) from error
     try:
-        return pipeline.pipeline_settings(
+        return pipeline_settings(
             FLAGS.preset, overrides, FLAGS.attacks, FLAGS.budget_scale, FLAGS.adaptive_weight,
             FLAGS.recovery_alpha,
         )

@@ -60,7 +60,8 @@ from absl import app, flags
 from trapmid_tf.cli import budgets, console
 from trapmid_tf.cli import train_target
 from trapmid_tf.experiments import pipeline
-from trapmid_tf.experiments.pipeline import VARIANTS
+from trapmid_tf.experiments.presets import VARIANTS
+from trapmid_tf.experiments.target_stages import failed_trapdoors, target_configs
 
 FLAGS = flags.FLAGS
 
@@ -103,7 +104,7 @@ def main(argv):
     settings = settings_from_flags()
     run = run_from_flags()
     try:
-        configs = pipeline.target_configs(run, settings)
+        configs = target_configs(run, settings)
     except (ValueError, FileNotFoundError) as error:
         raise app.UsageError(str(error)) from error
     console.start()
@@ -112,7 +113,7 @@ def main(argv):
     results = pipeline.run_pipeline(run, settings, configs)
     print(report.summary_table(results))
     print(f"report: {os.path.join(run.out, 'report.md')} ({results['seconds']:.0f} s)")
-    failed = pipeline.failed_trapdoors(results)
+    failed = failed_trapdoors(results)
     if failed and settings["require_trapdoor"]:
         raise SystemExit(
             f"pipeline: the trapdoor did not form for {failed} (in at least one seed): no "

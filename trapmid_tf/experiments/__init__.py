@@ -2,8 +2,9 @@
 
 Each command of `trapmid_tf.cli` parses its flags and calls these modules, whose functions
 take plain arguments: `target_config` and `targets` (one target), `priors`, `attacks`,
-`evaluation` (one stage each), `pipeline` (the whole privacy report), `audit` (that report
-of a user's saved classifier), `summary` (means over
+`evaluation` (one stage each), `pipeline` (the whole privacy report: it runs the stages of
+`presets`, `target_stages`, `judges`, `prior_stages` and `attack_stages` in order), `audit`
+(that report of a user's saved classifier), `summary` (means over
 training seeds with intervals), `defenses` (the registry of defense names).
 """
 

@@ -365,7 +365,7 @@ def run_audit(out, settings, inputs, preset, overwrite=False, fid_weights=None,
     """
     import numpy as np
 
-    from trapmid_tf.experiments import pipeline
+    from trapmid_tf.experiments import judges, pipeline, prior_stages, target_stages
     from trapmid_tf.experiments.attacks import attacked_classes
     from trapmid_tf.experiments.evaluation import make_evaluator
     from trapmid_tf.experiments.progress import StageProgress
@@ -384,21 +384,22 @@ def run_audit(out, settings, inputs, preset, overwrite=False, fid_weights=None,
     ))
     classes = len(inputs.description["classes"])
     with progress.stage("evaluation model"):
-        judge, evaluation = pipeline.judge(
+        judge, evaluation = judges.judge(
             run, inputs.private_train, settings,
             (inputs.private_test, inputs.private_train, classes, inputs.held_out),
         )
     evaluator = make_evaluator(judge, inputs.private_train, fid_weights, inputs.private_test)
     scoring = pipeline.Scoring(
         inputs.public, np.stack(list(inputs.public.as_numpy_iterator())),
-        pipeline.gmi_prior_per_seed(run, settings, inputs.public, progress), evaluator, judge,
+        prior_stages.gmi_prior_per_seed(run, settings, inputs.public, progress), evaluator,
+        judge,
     )
     target_results = dict(test_accuracy=inputs.description["held_out_accuracy"],
                           trapdoor_accuracy=None)
     per_seed, reconstructions = {}, {}
     for seed in settings["seeds"]:
         per_seed[seed], shown = pipeline.attack_and_score(
-            run, settings, scoring, pipeline.target_dir(run, AUDITED, seed), inputs.model,
+            run, settings, scoring, target_stages.target_dir(run, AUDITED, seed), inputs.model,
             inputs.config, seed, target_results, progress,
         )
         reconstructions.setdefault(AUDITED, shown)

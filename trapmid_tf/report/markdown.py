@@ -376,7 +376,7 @@ def held_out_line(description):
     """What the held-out judge is, as the report states it beside `JUDGES_RULE`.
 
     Args:
-        description: The results' `held_out_judge` (`pipeline.held_out_judge`).
+        description: The results' `held_out_judge` (`judges.held_out_judge`).
 
     Returns:
         One line: its architecture, classes, data and test accuracy.
