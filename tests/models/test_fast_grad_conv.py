@@ -185,6 +185,31 @@ def test_fast_gradient_copy_of_a_loaded_plain_model_keeps_outputs_and_input_grad
         copies.load_classifier(tmp_path / "missing.keras")
 
 
+def test_load_classifier_reads_a_file_compiled_with_an_unregistered_optimizer(tmp_path):
+    # A target saved while compiled with TorchSGD, loaded by a process that never imported
+    # trapmid_tf.optimizers (a reused pipeline stage), failed: Keras could not locate the
+    # optimizer class. The same with an optimizer class removed from the registry.
+    @keras.saving.register_keras_serializable(package="test_only")
+    class UnregisteredSGD(keras.optimizers.SGD):
+        pass
+
+    inputs = keras.Input((4, 4, 1))
+    outputs = keras.layers.Dense(3, name="logits")(keras.layers.Flatten()(
+        keras.layers.Conv2D(2, 3, name="conv")(inputs)))
+    model = keras.Model(inputs, outputs)
+    model.compile(optimizer=UnregisteredSGD(), loss="mse")
+    path = tmp_path / "compiled.keras"
+    model.save(path)
+    del keras.saving.get_custom_objects()["test_only>UnregisteredSGD"]
+
+    loaded = copies.load_classifier(path)
+    images = np.random.default_rng(0).uniform(size=(2, 4, 4, 1)).astype("float32")
+    # Same weights, same layers up to the fast convolution: equal up to float32 rounding of a
+    # 9-term convolution and a 8-term dense sum of values below 1 (weights of Glorot scale).
+    np.testing.assert_allclose(loaded(images), model(images), rtol=1e-5, atol=1e-5)
+    assert type(loaded.get_layer("conv")) is FastGradConv2D
+
+
 def test_gradients_under_mirrored_strategy_equal_one_device(two_replicas):
     rng = np.random.default_rng(3)
     x = rng.uniform(size=(4, 6, 6, 2)).astype("float32")

@@ -93,11 +93,14 @@ def load_classifier(path):
         path: A `.keras` file, e.g. written by `export_classifier`.
 
     Returns:
-        The classifier, as `fast_gradient_copy` makes it.
+        The classifier, as `fast_gradient_copy` makes it, not compiled: the file's training
+        configuration (optimizer, loss) is not read, so a file compiled with an optimizer or
+        loss that is not registered in this process (e.g. `TorchSGD` before
+        `trapmid_tf.optimizers` is imported, or a user's own) loads as well.
 
     Raises:
         FileNotFoundError: If `path` is not a file.
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Classifier file {os.fspath(path)!r} does not exist.")
-    return fast_gradient_copy(keras.models.load_model(path))
+    return fast_gradient_copy(keras.models.load_model(path, compile=False))
