@@ -11,10 +11,11 @@ acceptance is less likely to be transfer.
 import numpy as np
 
 from trapmid_tf.metrics.features import batched_predict
-from trapmid_tf.validation import as_image_batch, as_labels, check_positive_int
+from trapmid_tf.metrics.judge import Judge
+from trapmid_tf.validation import as_image_batch, check_positive_int
 
 
-class ClassifierJudge:
+class ClassifierJudge(Judge):
     """Judges images by a Keras classifier's most likely class.
 
     Args:
@@ -45,16 +46,3 @@ class ClassifierJudge:
         """
         images = as_image_batch("images", images)
         return np.argmax(batched_predict(self.model, images, self.batch_size), axis=1)
-
-    def top1(self, images, labels):
-        """Per image, 1 where the classifier's most likely class is its label, else 0.
-
-        Args:
-            images: As `predict`.
-            labels: The int attacked class of each image.
-
-        Returns:
-            An int array `(images,)` of 0/1.
-        """
-        labels = as_labels(labels, "labels", len(images))
-        return (self.predict(images) == labels).astype(int)

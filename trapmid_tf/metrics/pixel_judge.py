@@ -12,6 +12,7 @@ distance still tracks what an image shows: `PIXEL_JUDGE_MAX_SIDE`.
 import numpy as np
 
 from trapmid_tf.metrics.distance import squared_distance_blocks
+from trapmid_tf.metrics.judge import Judge
 from trapmid_tf.validation import as_image_batch, as_labels
 
 # The largest image side (pixels) the pixel judge takes.
@@ -23,7 +24,7 @@ def pixel_judge_applies(image_shape):
     return max(int(side) for side in image_shape[:2]) <= PIXEL_JUDGE_MAX_SIDE
 
 
-class PixelJudge:
+class PixelJudge(Judge):
     """Classifies images by their nearest reference image in pixel space (squared L2).
 
     Args:
@@ -78,16 +79,3 @@ class PixelJudge:
                                                    self._references):
             nearest[rows] = np.argmin(block, axis=1)
         return self.labels[nearest]
-
-    def top1(self, images, labels):
-        """Per image, 1 where its nearest reference has its label, else 0.
-
-        Args:
-            images: As `predict`.
-            labels: The int attacked class of each image.
-
-        Returns:
-            An int array `(images,)` of 0/1.
-        """
-        labels = as_labels(labels, "labels", len(images))
-        return (self.predict(images) == labels).astype(int)
