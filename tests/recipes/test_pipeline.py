@@ -574,9 +574,10 @@ def test_an_option_is_part_of_its_attacks_stage(adaptive):
     # one has none) and of its attack.
     assert len(rebuilt) == 2
     assert "priors/plgmi_adaptive:" in rebuilt[0] and "attacks/plgmi_adaptive:" in rebuilt[1]
-    # targets (2) + evaluator + the GMI prior of seed 0 (brep_mi's) + lookup (2) + transfer
-    # null (2) + brep_mi (2); no plain PLG-MI prior (plgmi_adaptive never searches it)
-    assert result.stderr.count("reusing the stored artefacts") == 2 + 1 + 1 + 2 + 2 + 2
+    # targets (2) + evaluator + held-out judge + the GMI prior of seed 0 (brep_mi's) + lookup
+    # (2) + transfer null (2) + brep_mi (2); no plain PLG-MI prior (plgmi_adaptive never
+    # searches it)
+    assert result.stderr.count("reusing the stored artefacts") == 2 + 1 + 1 + 1 + 2 + 2 + 2
 
 
 @pytest.mark.parametrize("changes, has_gap", [
