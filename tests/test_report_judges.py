@@ -84,6 +84,16 @@ def test_the_report_names_the_held_out_judge_and_who_sees_leakage():
         "The judges disagree on leakage for: gmi on none (leakage by the evaluation model, "
         "held-out judge), gmi on trapmid (leakage by the evaluation model)."
     )
+    # With the pixel judge's references recorded, a line says what they are; results.json
+    # files written before their class count keep the line without it.
+    results["pixel_judge"] = dict(references="private test split and more", images=30,
+                                  classes=10)
+    lines = markdown.judges_lines(results)
+    assert lines[6:10] == [markdown.JUDGES_RULE, "", "The pixel judge's references: 30 images "
+                           "of 10 classes, the private test split and more.", ""]
+    del results["pixel_judge"]["classes"]
+    assert markdown.judges_lines(results)[8] == (
+        "The pixel judge's references: 30 images, the private test split and more.")
 
 
 def test_the_attack_tables_gain_the_held_out_column_only_where_it_scored():

@@ -47,8 +47,9 @@ def test_results_hold_every_defense_and_attack(tiny):
     assert set(results["defenses"]) == {"none", "trapmid"}
     assert results["evaluation_model"]["classes"] == 10
     assert results["attacked_classes"] == 5  # the digits' private classes, not the judge's 10
-    assert results["pixel_judge"]["references"] == "private test split"
-    assert results["pixel_judge"]["images"] > 0
+    # The digits' references: the private test split alone (180 images of the 5 classes).
+    assert results["pixel_judge"] == dict(references="private test split", images=180,
+                                          classes=5)
     # The held-out judge: IR-18 (the targets are small CNNs) on the private test split's 180
     # images (36, 36, 35, 37, 36 per private class), 7 of each class (round(0.2 n)) held out
     # to test it.

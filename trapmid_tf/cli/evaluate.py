@@ -16,8 +16,9 @@ with the same weights, which works for models that resize inside (facenet_eval d
 written by trapmid-attack) the JSON (which also records the flags) holds aa1, aa5, knn,
 fid, precision, recall, density, coverage, chance_aa1 (the evaluation model's hit rate on
 the attack's un-optimised starting samples), for images of at most 32 pixels a side
-pixel_aa1 (top-1 of the nearest private test image in pixel space,
-`trapmid_tf.metrics.pixel_judge`) and, with --triggers, trapdoor_similarity and
+pixel_aa1 (top-1 of the nearest image in pixel space among the private test split and, for
+MNIST and Fashion-MNIST, the test file's images of classes 5-9:
+`trapmid_tf.metrics.pixel_judge`, `trapmid_tf.experiments.evaluation.judge_references`) and, with --triggers, trapdoor_similarity and
 trapdoor_detection.
 """
 
@@ -29,8 +30,8 @@ from absl import app, flags
 
 from trapmid_tf.cli import console
 from trapmid_tf.experiments.evaluation import (
-    classifier_accuracy, evaluation_model, load_evaluation_classifier, make_detector,
-    make_evaluator, score_attack,
+    classifier_accuracy, evaluation_model, judge_references, load_evaluation_classifier,
+    make_detector, make_evaluator, score_attack,
 )
 from trapmid_tf.experiments.priors import default_public_split
 
@@ -100,7 +101,8 @@ def main(argv):
             FLAGS.dataset, FLAGS.data_dir, settings, FLAGS.evaluation_model, FLAGS.overwrite,
             console.fit_verbosity(),
         )
-    evaluator = make_evaluator(model, private_train, FLAGS.fid_weights, private_test)
+    references = judge_references(FLAGS.dataset, FLAGS.data_dir, private_test)
+    evaluator = make_evaluator(model, private_train, FLAGS.fid_weights, references)
     target = keras.models.load_model(FLAGS.target)
     detector = make_detector(target, FLAGS.triggers, private_train) if FLAGS.triggers else None
     results = {

@@ -8,7 +8,7 @@ redoes them): per training seed one target per defense (trapmid-train; any of it
 flags except --defense, --seed and --out applies to every target; every seed shares the
 private/public split of --seed), the evaluation model, the held-out judge (digit datasets
 only: IR-18, or VGG16-BN against IR-18 targets, trained for 4x --evaluation_epochs on 80% of
-each class of the private test split, drawn with --seed, and tested on the rest), per training
+each class of the judges' references, drawn with --seed, and tested on the rest), per training
 seed the GMI prior (trained with that seed on the public split, shared by that seed's
 targets), per target the priors that depend on it (KED-MI, PLG-MI, LOMMA; each PLG-MI++
 attack's own, below) and every attack, then the evaluation. Writes into --out: flags.json, results.json, report.md, grids/*.png (private
@@ -26,9 +26,12 @@ class the public images the target is surest of, no prior and no optimisation. T
 credits an attack with leakage only above it and above chance (1 / attacked classes). And by
 the transfer null (always too): per class random public images moved 10 signed-gradient steps
 of 2/255 toward the class on the target; a judge that accepts them measures transfer, not
-leakage. Images of at most 32 pixels a side are also judged in pixel space (the nearest
-private test image), and the digit datasets by the held-out judge; a verdict needs all judges
-to agree.
+leakage. Images of at most 32 pixels a side are also judged in pixel space (the class of the
+nearest reference image), and the digit datasets by the held-out judge; a verdict needs all
+judges to agree. The judges' references are images no target trains on: the private test split
+and, for MNIST and Fashion-MNIST, the test file's images of classes 5-9 (the attacker's public
+images come from the training file), so that those judges can call a public look-alike by its
+own class; an answer outside the attacked classes is a miss.
 
 Attackers who know the defense (not run by default; name them in --attacks, see
 docs/adaptive_attacks.md): plgmi_adaptive (PLG-MI++ with the signatures of the target's own

@@ -367,7 +367,7 @@ def run_audit(out, settings, inputs, preset, overwrite=False, fid_weights=None,
 
     from trapmid_tf.experiments import judges, pipeline, prior_stages, target_stages
     from trapmid_tf.experiments.attacks import attacked_classes
-    from trapmid_tf.experiments.evaluation import make_evaluator
+    from trapmid_tf.experiments.evaluation import judge_references, make_evaluator
     from trapmid_tf.experiments.progress import StageProgress
     from trapmid_tf.files import write_json
 
@@ -388,7 +388,8 @@ def run_audit(out, settings, inputs, preset, overwrite=False, fid_weights=None,
             run, inputs.private_train, settings,
             (inputs.private_test, inputs.private_train, classes, inputs.held_out),
         )
-    evaluator = make_evaluator(judge, inputs.private_train, fid_weights, inputs.private_test)
+    references = judge_references(run.dataset, run.data_dir, inputs.private_test)
+    evaluator = make_evaluator(judge, inputs.private_train, fid_weights, references)
     scoring = pipeline.Scoring(
         inputs.public, np.stack(list(inputs.public.as_numpy_iterator())),
         prior_stages.gmi_prior_per_seed(run, settings, inputs.public, progress), evaluator,
@@ -405,7 +406,7 @@ def run_audit(out, settings, inputs, preset, overwrite=False, fid_weights=None,
         reconstructions.setdefault(AUDITED, shown)
     results = pipeline.run_results(run, settings, evaluation, evaluator,
                                    attacked_classes(inputs.model), {AUDITED: per_seed}, start,
-                                   progress)
+                                   progress, references)
     results["model"] = inputs.description
     pipeline.write_report(run, results, inputs.private_train, reconstructions, {}, progress)
     return results

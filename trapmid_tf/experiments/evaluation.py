@@ -5,15 +5,79 @@
 
 import json
 import os
+import typing
 
+import numpy as np
 from absl import logging
 
 EVALUATION_MODEL_FILE = "classifier.keras"
 DETECTOR_CLEAN_IMAGES = 200  # clean private images behind the trapdoor signatures
-# The held-out judge's data (`held_out_split`): the private test split, of which this
-# fraction of each class tests the judge and the rest trains it.
-HELD_OUT_SOURCE = "private test split"
+# The judges' references (`judge_references`): the private test split and, for these
+# datasets, the test file's images of the other classes, which the attacker's public split
+# (drawn from the training file) does not hold: a judge that knows those classes can call a
+# public look-alike what it is instead of the private class it resembles. The embedded digits
+# have no such images (every image of classes 5-9 is public).
+PRIVATE_TEST_SOURCE = "private test split"
+OTHER_CLASS_DATASETS = ("mnist", "fashion_mnist")
+# The held-out judge's data (`held_out_split`): of the references, this fraction of each class
+# tests the judge and the rest trains it.
 HELD_OUT_TEST_FRACTION = 0.2
+
+
+class JudgeReferences(typing.NamedTuple):
+    """Labelled images no target trains on, which the pixel and held-out judges rest on.
+
+    Attributes:
+        images: Float32 NHWC images in [0, 1].
+        labels: Their int classes: the private classes' labels, and above them the other
+            classes' (a judge's answer there is a miss for every attacked class).
+        source: What they are, in words.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    source: str
+
+    def description(self):
+        """The pixel judge's entry of results.json: references, images and classes."""
+        return dict(references=self.source, images=len(self.labels),
+                    classes=len(np.unique(self.labels)))
+
+
+def judge_references(dataset, data_dir, private_test):
+    """The private test split and, for `OTHER_CLASS_DATASETS`, the test file's images of the
+    classes above the private ones (`trapmid_tf.data.load_evaluation_data`'s test split).
+
+    Args:
+        dataset: The dataset name.
+        data_dir: Its folder (as `trapmid_tf.data.load` takes it).
+        private_test: Unbatched dataset of `(image, label)`: the private test split.
+
+    Returns:
+        `JudgeReferences`.
+
+    Raises:
+        ValueError: If the other classes' images do not have the private test images' shape.
+    """
+    import trapmid_tf as tm
+
+    images, labels = private_arrays(private_test)
+    if dataset not in OTHER_CLASS_DATASETS:
+        return JudgeReferences(images, labels, PRIVATE_TEST_SOURCE)
+    _, test, _ = tm.data.load_evaluation_data(dataset, data_dir)
+    test_images, test_labels = private_arrays(test)
+    other = test_labels > labels.max()
+    if test_images.shape[1:] != images.shape[1:]:
+        raise ValueError(
+            f"The test images of dataset {dataset!r} have shape {test_images.shape[1:]}; the "
+            f"private test split's have {images.shape[1:]}: they must be the same."
+        )
+    classes = np.unique(test_labels[other])
+    source = (f"{PRIVATE_TEST_SOURCE} and the test file's images of classes "
+              f"{classes.min()}-{classes.max()}, which the attacker does not hold")
+    return JudgeReferences(np.concatenate([images, test_images[other]]),
+                           np.concatenate([labels, test_labels[other]]).astype(labels.dtype),
+                           source)
 
 
 def evaluation_architecture(name):
@@ -129,8 +193,6 @@ def classifier_accuracy(model, dataset):
     Returns:
         The accuracy, a float in [0, 1].
     """
-    import numpy as np
-
     correct = total = 0
     for images, labels in dataset.batch(256):
         predictions = np.argmax(model.predict_on_batch(images), axis=1)
@@ -141,8 +203,6 @@ def classifier_accuracy(model, dataset):
 
 def private_arrays(dataset):
     """Returns `(images, labels)` numpy arrays of an unbatched `(image, label)` dataset."""
-    import numpy as np
-
     images, labels = zip(*dataset.as_numpy_iterator())
     return np.stack(images), np.asarray(labels, dtype=np.int32)
 
@@ -158,8 +218,6 @@ def score_attack(evaluator, stored, detector=None):
     Returns:
         The metrics dict (see the module docstring).
     """
-    import numpy as np
-
     scores = evaluator.evaluate(stored["images"], stored["labels"])
     initial_logits = evaluator.predict(stored["initial_images"])
     scores["chance_aa1"] = float(np.mean(np.argmax(initial_logits, 1) == stored["labels"]))
@@ -170,15 +228,15 @@ def score_attack(evaluator, stored, detector=None):
     return scores
 
 
-def make_evaluator(model, private_train, fid_weights=None, private_test=None,
+def make_evaluator(model, private_train, fid_weights=None, references=None,
                    held_out_judge=None):
     """The `AttackEvaluator` of `model` against the private training images.
 
-    With `private_test` (images no target trained on) and images of at most
+    With `references` (`JudgeReferences`: images no target trained on) and images of at most
     `PIXEL_JUDGE_MAX_SIDE` pixels a side, the evaluator also scores with a `PixelJudge` over
-    the test images (`evaluator.judges["pixel"]`); with `held_out_judge` (a classifier
-    trained on images no target trained on, `held_out_split`), with a `ClassifierJudge` of
-    it (`evaluator.judges["held_out"]`).
+    them (`evaluator.judges["pixel"]`); with `held_out_judge` (a classifier trained on images
+    no target trained on, `held_out_split`), with a `ClassifierJudge` of it
+    (`evaluator.judges["held_out"]`).
     """
     from trapmid_tf import metrics
     from trapmid_tf.metrics.classifier_judge import ClassifierJudge
@@ -188,21 +246,22 @@ def make_evaluator(model, private_train, fid_weights=None, private_test=None,
     images, labels = private_arrays(private_train)
     fid_model = metrics.inception_feature_extractor(fid_weights) if fid_weights else None
     judges = {}
-    if private_test is not None and pixel_judge_applies(images.shape[1:]):
-        judges["pixel"] = PixelJudge(*private_arrays(private_test))
+    if references is not None and pixel_judge_applies(images.shape[1:]):
+        judges["pixel"] = PixelJudge(references.images, references.labels)
     if held_out_judge is not None:
         judges["held_out"] = ClassifierJudge(held_out_judge)
     return AttackEvaluator(model, images, labels, fid_feature_model=fid_model, judges=judges)
 
 
-def held_out_split(private_test, seed, test_fraction=HELD_OUT_TEST_FRACTION):
-    """The held-out judge's data: the private test split, split class by class by `seed`.
+def held_out_split(references, seed, test_fraction=HELD_OUT_TEST_FRACTION):
+    """The held-out judge's data: the judges' references, split class by class by `seed`.
 
-    No target trains on the private test split (targets train on the whole private training
-    split), so a judge trained on part of it shares no training image with any target.
+    No target trains on them (targets train on the whole private training split, and the
+    other classes' images are outside the attacker's public split too), so a judge trained
+    on part of them shares no training image with any target.
 
     Args:
-        private_test: Unbatched dataset of `(image, label)`: the private test split.
+        references: `JudgeReferences` (`judge_references`).
         seed: Seed of the split (`trapmid_tf.data.digits.stratified_split`).
         test_fraction: Fraction of each class held out to test the judge on, in (0, 1).
 
@@ -220,10 +279,10 @@ def held_out_split(private_test, seed, test_fraction=HELD_OUT_TEST_FRACTION):
 
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"`test_fraction` must be in (0, 1); received {test_fraction!r}.")
-    images, labels = private_arrays(private_test)
+    images, labels = references.images, references.labels
     train, test = stratified_split(labels, test_fraction, seed)
-    description = dict(source=HELD_OUT_SOURCE, test_fraction=test_fraction, split_seed=seed,
-                       train_images=len(train), test_images=len(test))
+    description = dict(source=references.source, test_fraction=test_fraction,
+                       split_seed=seed, train_images=len(train), test_images=len(test))
     return (tf.data.Dataset.from_tensor_slices((images[train], labels[train])),
             tf.data.Dataset.from_tensor_slices((images[test], labels[test])),
             int(labels.max()) + 1, description)

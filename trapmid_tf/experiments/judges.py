@@ -17,12 +17,14 @@ from trapmid_tf.experiments.evaluation import (
 # 112x112) for faces, a wide CNN without batch norm for the digit datasets.
 EVALUATION_ARCHITECTURES = {"celeba": "facenet_eval"}
 DEFAULT_EVALUATION_ARCHITECTURE = "small_cnn_wide"
-# The held-out judge (stage held_out_judge/), trained only on part of the private test split
-# (`evaluation.held_out_split`), for the digit datasets: IR-18 (residual, batch-normalised,
-# globally pooled: unlike the evaluation model's plain three-convolution CNN), or VGG16-BN
-# where a target is itself an IR-18 (the MNIST preset's), so that it shares its architecture
-# with neither the evaluation model nor a target. CelebA has none: its private test split
-# holds about 3 images per identity, too few to train a face classifier on.
+# The held-out judge (stage held_out_judge/), trained only on part of the judges' references
+# (the private test split and, for MNIST and Fashion-MNIST, the test file's images of classes
+# 5-9: `evaluation.judge_references`, `evaluation.held_out_split`), for the digit datasets:
+# IR-18 (residual, batch-normalised, globally pooled: unlike the evaluation model's plain
+# three-convolution CNN), or VGG16-BN where a target is itself an IR-18 (the MNIST preset's),
+# so that it shares its architecture with neither the evaluation model nor a target. CelebA
+# has none: its private test split holds about 3 images per identity, too few to train a face
+# classifier on.
 HELD_OUT_ARCHITECTURES = ("ir18", "vgg16_bn")
 HELD_OUT_DATASETS = ("digits", "mnist", "fashion_mnist")
 # Its data are about a tenth of the evaluation model's (digits: 145 vs 1,437 images), so it
@@ -81,16 +83,16 @@ def held_out_architecture(dataset, configs):
     return next((name for name in HELD_OUT_ARCHITECTURES if name not in models), None)
 
 
-def held_out_judge(run, private_test, configs, settings, progress):
-    """Trains (or reuses) the held-out judge in held_out_judge/: a classifier of the private
-    classes of another architecture than the evaluation model's and the targets'
+def held_out_judge(run, references, configs, settings, progress):
+    """Trains (or reuses) the held-out judge in held_out_judge/: a classifier of the
+    references' classes of another architecture than the evaluation model's and the targets'
     (`held_out_architecture`), trained on images no target trains on
-    (`evaluation.held_out_split` of the private test split, by `run.seed`), for
+    (`evaluation.held_out_split` of the references, by `run.seed`), for
     `HELD_OUT_EPOCH_FACTOR` times the evaluation model's epochs.
 
     Args:
         run: The `PipelineRun`.
-        private_test: The private test split.
+        references: The judges' `evaluation.JudgeReferences`.
         configs: The targets' train_target settings (`target_configs`).
         settings: The pipeline settings.
         progress: The run's `StageProgress`.
@@ -106,7 +108,7 @@ def held_out_judge(run, private_test, configs, settings, progress):
             logging.info("held-out judge: none (dataset %s, target models %s)", run.dataset,
                          sorted({config["model"] for config in configs.values()}))
             return None, None
-        *data, description = held_out_split(private_test, run.seed)
+        *data, description = held_out_split(references, run.seed)
         stage = dict(architecture=architecture, seed=run.seed, data=description,
                      epochs=settings["evaluation_epochs"] * HELD_OUT_EPOCH_FACTOR)
         model, accuracy = evaluation_model(

@@ -29,7 +29,9 @@ import trapmid_tf as tm
 import trapmid_tf.report as report  # `from trapmid_tf import report` loads the whole API
 from trapmid_tf.experiments.attack_stages import attack_seed, attack_target
 from trapmid_tf.experiments.attacks import attacked_classes
-from trapmid_tf.experiments.evaluation import make_detector, make_evaluator, private_arrays
+from trapmid_tf.experiments.evaluation import (
+    judge_references, make_detector, make_evaluator, private_arrays,
+)
 from trapmid_tf.experiments.judges import held_out_judge, judge
 from trapmid_tf.experiments.presets import (
     PRESETS, PipelineRun, measured_gap, pipeline_settings, preset_settings,
@@ -112,8 +114,9 @@ def run_pipeline(run, settings, configs=None, progress=None):
     targets = train_targets(run, settings, configs, progress)
     with progress.stage("evaluation model"):
         evaluation_model, evaluation = judge(run, private_train, settings)
-    held_out_model, held_out = held_out_judge(run, private_test, configs, settings, progress)
-    evaluator = make_evaluator(evaluation_model, private_train, run.fid_weights, private_test,
+    references = judge_references(run.dataset, run.data_dir, private_test)
+    held_out_model, held_out = held_out_judge(run, references, configs, settings, progress)
+    evaluator = make_evaluator(evaluation_model, private_train, run.fid_weights, references,
                                held_out_model)
     scoring = Scoring(public, np.stack(list(public.as_numpy_iterator())),
                       gmi_prior_per_seed(run, settings, public, progress), evaluator,
@@ -136,7 +139,7 @@ def run_pipeline(run, settings, configs=None, progress=None):
         if seed == settings["seeds"][0]:
             reconstructions[defense] = shown
     results = run_results(run, settings, evaluation, evaluator, attacked, per_seed, start,
-                          progress, held_out)
+                          progress, references, held_out)
     write_report(run, results, private_train, reconstructions, stored_triggers(run, settings),
                  progress)
     return results
@@ -177,7 +180,7 @@ def attack_and_score(run, settings, scoring, directory, target, config, seed, ta
 
 
 def run_results(run, settings, evaluation, evaluator, attacked, per_seed, start, progress,
-                held_out=None):
+                references=None, held_out=None):
     """The results dict of a run (results.json) from its scores.
 
     Args:
@@ -189,16 +192,14 @@ def run_results(run, settings, evaluation, evaluator, attacked, per_seed, start,
         per_seed: `{defense: {seed: attack_seed scores}}`.
         start: `time.perf_counter()` at the run's start.
         progress: The run's `StageProgress` (the seconds of each stage so far).
+        references: The judges' `evaluation.JudgeReferences`, or None without them.
         held_out: The held-out judge's description (`held_out_judge`), or None without one.
     """
-    pixel = evaluator.judges.get("pixel")
     return dict(
         dataset=run.dataset, public_split=settings["public_split"], preset=run.preset,
         settings=settings, evaluation_model=evaluation, attacked_classes=attacked,
         fid_features=evaluator.fid_features,
-        pixel_judge=None if pixel is None else dict(
-            references="private test split", images=len(pixel.labels)
-        ),
+        pixel_judge=references.description() if "pixel" in evaluator.judges else None,
         held_out_judge=held_out,
         defenses={d: summarize_seeds(seeds) for d, seeds in per_seed.items()},
         seconds=round(time.perf_counter() - start, 1), stage_seconds=dict(progress.seconds),

@@ -3,7 +3,7 @@
 The evaluation model is trained on the same private images as the targets, so an adversarial
 feature that moves a target may move it too (Ho et al. 2025, "Uncovering the Limitations of
 Model Inversion Evaluation"). A classifier of another architecture, trained only on images
-no target trains on (the pipeline's held-out judge: part of the private test split), shares
+no target trains on (the pipeline's held-out judge: part of the judges' references), shares
 neither the images nor the architecture: where it also accepts a reconstruction, the
 acceptance is less likely to be transfer.
 """

@@ -5,8 +5,10 @@ adversarial feature that moves the target may move it too (Ho et al. 2025, "Unco
 Limitations of Model Inversion Evaluation"). A nearest neighbour in pixel space shares no
 such feature: it accepts a reconstruction only where it looks, pixel by pixel, most like
 an image of the attacked class. Its references are images no target trains on (the
-pipeline gives the private test split). Meaningful only for small images, where pixel
-distance still tracks what an image shows: `PIXEL_JUDGE_MAX_SIDE`.
+pipeline gives the private test split and, for MNIST and Fashion-MNIST, the test images of
+the other classes: `trapmid_tf.experiments.evaluation.judge_references`). Meaningful only
+for small images, where pixel distance still tracks what an image shows:
+`PIXEL_JUDGE_MAX_SIDE`.
 """
 
 import numpy as np

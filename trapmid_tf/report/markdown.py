@@ -46,9 +46,10 @@ LEAKAGE_RULE = (
 # What the two judges and the transfer null are, as the report states it.
 JUDGES_RULE = (
     "Judges: the evaluation model (`aa1`, a CNN trained on the private images) and the pixel "
-    "judge (`pixel_aa1`: the class of the nearest private test image in squared pixel "
-    "distance; no target trained on those images and no network's feature enters), for "
-    f"images of at most {PIXEL_JUDGE_MAX_SIDE} pixels a side. `transfer_null` is no inversion: "
+    "judge (`pixel_aa1`: the class of the nearest reference image in squared pixel "
+    "distance; no target trained on the references and no network's feature enters), for "
+    f"images of at most {PIXEL_JUDGE_MAX_SIDE} pixels a side. A judge's answer outside the "
+    "attacked classes (a class it knows beside them) is a miss. `transfer_null` is no inversion: "
     f"per class, random public images moved {TRANSFER_STEPS} signed-gradient steps of "
     f"{TRANSFER_STEP_SIZE * 255:g}/255 up the target's log-softmax of the class, clipped to "
     "[0, 1]; a judge that accepts the transfer null's images measures transfer, not leakage. "
@@ -372,6 +373,21 @@ def statistics_line(results, verdict_rows):
     )
 
 
+def pixel_line(description):
+    """What the pixel judge's references are, as the report states it beside `JUDGES_RULE`.
+
+    Args:
+        description: The results' `pixel_judge` (`evaluation.JudgeReferences.description`).
+
+    Returns:
+        One line: how many images of how many classes, and what they are.
+    """
+    classes = (f" of {description['classes']} classes" if "classes" in description
+               else "")  # results.json files written before the count have none
+    return (f"The pixel judge's references: {description['images']} images{classes}, the "
+            f"{description['references']}.")
+
+
 def held_out_line(description):
     """What the held-out judge is, as the report states it beside `JUDGES_RULE`.
 
@@ -402,7 +418,7 @@ def judges_lines(results):
     Returns:
         A list of lines, ending in a blank one: per judge beside the evaluation model (the
         pixel judge, the held-out judge) its `summary_table`, then `JUDGES_RULE` (and
-        `held_out_line` where the held-out judge ran), then the `(attack, defense)` pairs
+        `pixel_line`, `held_out_line` where those judges ran), then the `(attack, defense)` pairs
         whose leakage (`works`) the judges disagree on (or that they agree on all; with
         three judges, each pair names the judges that see leakage) and the targets on which
         each judge accepts the transfer null; a line says so where the pixel judge did not
@@ -414,6 +430,8 @@ def judges_lines(results):
         lines += [f"Top-1 by the {JUDGES[judge]}, under the same rule with its own floors:", "",
                   summary_table(results, judge)]
     lines += [JUDGES_RULE, ""]
+    if "pixel_aa1" in judged and results.get("pixel_judge"):
+        lines += [pixel_line(results["pixel_judge"]), ""]
     if HELD_OUT_COLUMN in judged and results.get("held_out_judge"):
         lines += [held_out_line(results["held_out_judge"]), ""]
     no_pixel = ("The pixel judge did not run (it judges only images of at most "
