@@ -75,10 +75,10 @@ def test_the_report_names_the_held_out_judge_and_who_sees_leakage():
         "| defense | seeds | accuracy | trapdoor acc. | lookup held_out_aa1 | gmi held_out_aa1 |")
     assert lines[6:8] == [markdown.JUDGES_RULE, ""]
     assert lines[8] == (
-        "The held-out judge (`held_out_aa1`): `ir18` on 5 classes, trained on 145 images of the "
-        "private test split and tested on its other 35 (20% of each class, split seed 0), test "
-        "accuracy 0.914; no target trained on those images, and its architecture is neither "
-        "the evaluation model's nor a target's."
+        "The held-out judge (`held_out_aa1`): `ir18` on 5 classes, trained on 145 images and "
+        "tested on the other 35 (20% of each class, split seed 0) of the private test split; "
+        "test accuracy 0.914; no target trained on those images, and its architecture is "
+        "neither the evaluation model's nor a target's."
     )
     assert lines[-2] == (
         "The judges disagree on leakage for: gmi on none (leakage by the evaluation model, "

@@ -400,11 +400,11 @@ def held_out_line(description):
     data = description["data"]
     return (
         f"The held-out judge (`{HELD_OUT_COLUMN}`): `{description['architecture']}` on "
-        f"{description['classes']} classes, trained on {data['train_images']} images of the "
-        f"{data['source']} and tested on its other {data['test_images']} "
-        f"({data['test_fraction']:.0%} of each class, split seed {data['split_seed']}), test "
-        f"accuracy {cell_text(description['accuracy'])}; no target trained on those images, "
-        "and its architecture is neither the evaluation model's nor a target's."
+        f"{description['classes']} classes, trained on {data['train_images']} images and "
+        f"tested on the other {data['test_images']} ({data['test_fraction']:.0%} of each "
+        f"class, split seed {data['split_seed']}) of the {data['source']}; test accuracy "
+        f"{cell_text(description['accuracy'])}; no target trained on those images, and its "
+        "architecture is neither the evaluation model's nor a target's."
     )
 
 
