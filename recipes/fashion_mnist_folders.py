@@ -8,7 +8,11 @@ The headline benchmark's threat model (recipes/headline_fashion_mnist.flags), as
     OUT/private/0_t-shirt_top/00001.png ...   training images of the private classes 0-4
     OUT/private_test/0_t-shirt_top/00000.png  their test images (t10k file), never trained on
     OUT/public/00000.png ...                  training images of classes 5-9, unlabelled
-    OUT/folders.json                          counts, --per_class and the source files' SHA-256
+    OUT/other/00000.png ...                   test images of classes 5-9, unlabelled: images of
+                                              no private class that the attacker does not hold
+                                              (`trapmid-audit --other_dir`)
+    OUT/folders.json                          counts, --per_class, the folders and the source
+                                              files' SHA-256
 
 Class folders are named `<label>_<name>`, so that their sorted order (the label order of
 `trapmid-train --dataset=class_folder` and `trapmid-audit`) is Fashion-MNIST's. A file's name is
@@ -23,8 +27,8 @@ class (in file order) of each split, for quick tries.
 
 Everything is written into a temporary folder beside --out and moved into place at the end, so
 an interrupted run leaves no partial --out. An --out that already holds folders written from the
-same files with the same --per_class is left as it is (the command says so); any other existing,
-non-empty --out is refused.
+same files with the same --per_class and the same folders (`FOLDERS`) is left as it is (the
+command says so); any other existing, non-empty --out is refused.
 """
 
 import concurrent.futures
@@ -41,7 +45,10 @@ FLAGS = flags.FLAGS
 # Fashion-MNIST's labels 0-9, as folder-name parts.
 CLASS_NAMES = ("t-shirt_top", "trouser", "pullover", "dress", "coat",
                "sandal", "shirt", "sneaker", "bag", "ankle_boot")
-PRIVATE, PRIVATE_TEST, PUBLIC = "private", "private_test", "public"
+PRIVATE, PRIVATE_TEST, PUBLIC, OTHER = "private", "private_test", "public", "other"
+# The folders written, part of what identifies them (folders.json): folders written before
+# OTHER existed are not taken for these.
+FOLDERS = (PRIVATE, PRIVATE_TEST, PUBLIC, OTHER)
 MANIFEST = "folders.json"
 
 
@@ -71,8 +78,8 @@ def folder_plan(train_images, train_labels, test_images, test_labels, per_class=
 
     Returns:
         A list of `(path, image)`: `private/<class>/<i>.png` and `private_test/<class>/<i>.png`
-        for the private classes, `public/<i>.png` for the others, `i` the image's position in
-        its file (5 digits).
+        for the private classes, `public/<i>.png` and `other/<i>.png` for the others' train and
+        test images, `i` the image's position in its file (5 digits).
 
     Raises:
         ValueError: if a label is outside 0..9.
@@ -95,10 +102,8 @@ def folder_plan(train_images, train_labels, test_images, test_labels, per_class=
             if label < private_classes:
                 folder = os.path.join(PRIVATE if split == "train" else PRIVATE_TEST,
                                       class_folder_name(label))
-            elif split == "train":
-                folder = PUBLIC
             else:
-                continue  # test images of the public classes: in no folder
+                folder = PUBLIC if split == "train" else OTHER
             kept[label] += 1
             plan.append((os.path.join(folder, f"{index:05d}.png"), images[index]))
     return plan
@@ -151,11 +156,12 @@ def write_folders(out, plan, manifest):
 
 
 def source_identity(data_dir, per_class):
-    """What the written folders depend on: `per_class` and the four IDX files' SHA-256."""
+    """What the written folders depend on: `per_class`, `FOLDERS` and the four IDX files'
+    SHA-256."""
     from trapmid_tf.data import idx
     from trapmid_tf.experiments.audit import file_sha256
 
-    return dict(per_class=per_class, sha256={
+    return dict(per_class=per_class, folders=list(FOLDERS), sha256={
         stem: file_sha256(idx.find_idx_file(data_dir, stem)) for stem in idx.MNIST_FILES.values()
     })
 
@@ -215,11 +221,12 @@ def fashion_mnist_folders(out, data_dir=None, per_class=None):
     identity = source_identity(data_dir, per_class)
     stored = existing_identity(out)
     if stored is not None:
-        if stored != identity:
+        if stored != identity:  # folders.json before `folders` was recorded: the first three
             raise FileExistsError(
-                f"--out {out!r} holds folders written from other files or with another "
-                f"--per_class ({stored['per_class']}; now {per_class}): give a new folder (or "
-                "remove this one)."
+                f"--out {out!r} holds folders written from other files, with another "
+                f"--per_class ({stored['per_class']}; now {per_class}) or other folders "
+                f"({stored.get('folders', list(FOLDERS[:3]))}; now {list(FOLDERS)}): give a "
+                "new folder (or remove this one)."
             )
         with open(os.path.join(out, MANIFEST), encoding="utf-8") as stream:
             return dict(json.load(stream), written=False)
@@ -244,10 +251,10 @@ def main(argv):
     except (FileNotFoundError, FileExistsError, ValueError) as error:
         raise app.UsageError(str(error)) from error
     counts = manifest["counts"]
-    for split in (PRIVATE, PRIVATE_TEST, PUBLIC):
+    for split in FOLDERS:
         images = sum(n for folder, n in counts.items() if folder.split(os.sep)[0] == split)
         folders = sum(1 for folder in counts if folder.split(os.sep)[0] == split)
-        kind = f"{folders} class folders" if split != PUBLIC else "unlabelled"
+        kind = f"{folders} class folders" if split in (PRIVATE, PRIVATE_TEST) else "unlabelled"
         print(f"{os.path.join(FLAGS.out, split)}: {images} images ({kind})")
     done = "written" if manifest["written"] else "already there, from the same files: kept"
     print(f"{FLAGS.out}: {done} (Fashion-MNIST from {manifest['data_dir']}).")

@@ -6,6 +6,7 @@ within a few steps (the page test trains on them). The expected folder contents 
 from the labels directly: the indices of each class in each file.
 """
 
+import json
 import os
 
 import numpy as np
@@ -66,29 +67,34 @@ def test_the_layout_holds_each_split_in_file_order(source, tmp_path, per_class):
     out = tmp_path / "out"
     manifest = folders.fashion_mnist_folders(str(out), data_dir, per_class)
     assert manifest["written"] is True
-    assert listing(out) == ["folders.json", "private", "private_test", "public"]
+    assert listing(out) == ["folders.json", "other", "private", "private_test", "public"]
     names = [f"{label}_{folders.CLASS_NAMES[label]}" for label in range(5)]
     assert names == ["0_t-shirt_top", "1_trouser", "2_pullover", "3_dress", "4_coat"]
     assert listing(out / "private") == names == listing(out / "private_test")
     train = expected_files(train_labels, range(10), per_class)
-    test = expected_files(test_labels, range(5), per_class)
+    test = expected_files(test_labels, range(10), per_class)
     for label, name in enumerate(names):
         assert listing(out / "private" / name) == train[label]
         assert listing(out / "private_test" / name) == test[label]
     public = sorted(name for label in range(5, 10) for name in train[label])
     assert listing(out / "public") == public
+    # The test file's images of classes 5-9: the other images, which the attacker lacks.
+    other = sorted(name for label in range(5, 10) for name in test[label])
+    assert listing(out / "other") == other
     kept = per_class or TRAIN_PER_CLASS
     assert manifest["counts"]["public"] == 5 * kept
+    assert manifest["counts"]["other"] == 5 * min(kept, TEST_PER_CLASS)
+    assert manifest["identity"]["folders"] == ["private", "private_test", "public", "other"]
     assert manifest["counts"]["private/0_t-shirt_top"] == kept
     assert manifest["counts"]["private_test/4_coat"] == min(kept, TEST_PER_CLASS)
 
 
 def test_pixels_round_trip_exactly(source, tmp_path):
-    data_dir, (train_images, train_labels, test_images, _) = source
+    data_dir, (train_images, train_labels, test_images, test_labels) = source
     out = tmp_path / "out"
     folders.fashion_mnist_folders(str(out), data_dir)
     for folder, images in (("private", train_images), ("private_test", test_images),
-                           ("public", train_images)):
+                           ("public", train_images), ("other", test_images)):
         for root, _, names in os.walk(out / folder):
             for name in names:
                 with Image.open(os.path.join(root, name)) as image:
@@ -96,10 +102,12 @@ def test_pixels_round_trip_exactly(source, tmp_path):
                     pixels = np.asarray(image)
                 np.testing.assert_array_equal(pixels, images[int(name[:-4])])
     assert train_labels[[int(name[:-4]) for name in listing(out / "public")]].min() == 5
+    assert test_labels[[int(name[:-4]) for name in listing(out / "other")]].min() == 5
 
 
 def test_read_at_32_pixels_the_folders_are_the_benchmarks_images(source, tmp_path):
     import trapmid_tf as tm
+    from trapmid_tf.experiments.evaluation import judge_references
 
     data_dir, _ = source
     out = tmp_path / "out"
@@ -122,6 +130,11 @@ def test_read_at_32_pixels_the_folders_are_the_benchmarks_images(source, tmp_pat
         np.testing.assert_array_equal(folder_images, images[order])
     np.testing.assert_array_equal(np.stack(list(public_folder.public.as_numpy_iterator())),
                                   np.stack(list(public.as_numpy_iterator())))
+    # other/ holds the pipeline's other-class references (file order = sorted name order).
+    other_folder = tm.data.load("folder", str(out / "other"), image_size=32, channels=1)
+    references = judge_references("fashion_mnist", data_dir, test)
+    np.testing.assert_array_equal(np.stack(list(other_folder.public.as_numpy_iterator())),
+                                  references.images[references.labels >= 5])
 
 
 def test_a_second_run_keeps_what_it_wrote_and_refuses_anything_else(source, tmp_path):
@@ -135,6 +148,13 @@ def test_a_second_run_keeps_what_it_wrote_and_refuses_anything_else(source, tmp_
     assert probe.stat().st_mtime_ns == stamp
     with pytest.raises(FileExistsError, match=r"--per_class \(2; now 3\)"):
         folders.fashion_mnist_folders(str(out), data_dir, per_class=3)
+    # Folders written before other/ existed (folders.json without `folders`) are not kept.
+    manifest = json.loads((out / "folders.json").read_text())
+    del manifest["identity"]["folders"]
+    (out / "folders.json").write_text(json.dumps(manifest))
+    with pytest.raises(FileExistsError, match=r"other folders \(\['private', 'private_test', "
+                                              r"'public'\]; now .*'other'\]\)"):
+        folders.fashion_mnist_folders(str(out), data_dir, per_class=2)
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("mine")

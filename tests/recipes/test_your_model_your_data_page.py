@@ -62,6 +62,18 @@ def test_the_page_has_the_walk_through_in_order():
     ]
 
 
+def test_both_audits_give_their_judges_the_recipes_other_folder():
+    from tests.recipes.recipe_loader import load_recipe
+
+    commands = page_commands()
+    (out,) = [word.split("=", 1)[1] for word in shlex.split(commands[0])
+              if word.startswith("--out=")]
+    audits = [shlex.split(command) for command in commands if program(command) == "trapmid-audit"]
+    assert len(audits) == 2
+    for words in audits:
+        assert f"--other_dir={out}/{load_recipe('fashion_mnist_folders').OTHER}" in words
+
+
 @pytest.mark.large  # two trainings and two tiny audits, each its own interpreter (minutes)
 def test_the_pages_commands_run_as_written(tmp_path):
     data_dir = str(tmp_path / "idx")
@@ -84,6 +96,7 @@ def test_the_pages_commands_run_as_written(tmp_path):
     assert sorted(os.listdir(runs / "data" / "private")) == [
         "0_t-shirt_top", "1_trouser", "2_pullover", "3_dress", "4_coat"]
     assert len(os.listdir(runs / "data" / "public")) == 5 * TRAIN_PER_CLASS
+    assert len(os.listdir(runs / "data" / "other")) == 5 * TEST_PER_CLASS
     trained = {name: json.loads((runs / name / "results.json").read_text())
                for name in ("unprotected", "trapmid")}
     assert trained["unprotected"]["alpha"] is None and trained["trapmid"]["alpha"] == 0.2
@@ -93,6 +106,11 @@ def test_the_pages_commands_run_as_written(tmp_path):
         assert list(results["defenses"]) == [AUDITED]
         assert results["model"]["path"] == str(runs / model / "classifier.keras")
         assert results["model"]["classes"] == sorted(os.listdir(runs / "data" / "private"))
+        # Both judges know the 5 private classes and "other" (--other_dir): the 5 x 12 test
+        # images of each.
+        assert results["evaluation_model"]["classes"] == 6
+        assert results["pixel_judge"]["images"] == 10 * TEST_PER_CLASS
+        assert results["pixel_judge"]["classes"] == 6
         report = (runs / audit / "report.md").read_text()
         assert any(line.startswith(f"| {AUDITED} ") for line in report.splitlines())
     # The second audit reused the copied judge and GMI prior: the same files, not retrained.

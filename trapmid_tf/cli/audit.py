@@ -10,24 +10,30 @@ of --private_dir, in sorted folder-name order. --test_dir (the same class subfol
 --test_fraction of each class (drawn with --split_seed) are the private images the model never
 trained on: you state it; they train the judge (unless --evaluation_model gives yours) and the
 pixel judge compares reconstructions with them. --public_dir holds the attacker's unlabelled
-public images, which must hold none of the private classes (the report assumes it). Images of
-both folders must have the model's input size and channels, unless --image_size resizes both.
+public images, which must hold none of the private classes (the report assumes it).
+--other_dir (optional, any layout) holds images of other classes, neither private nor the
+attacker's (not in --public_dir): both judges learn them as one more class, "other", so that
+they can call a public look-alike of a private class "none of these" (a miss for every
+attacked class) instead of the private class it resembles. Images of every folder must have
+the model's input size and channels, unless --image_size resizes them all.
 
 Before any work the command refuses, naming the flag, what it cannot handle: a model file
 that is missing or does not load; images of another shape than the model's input; a number of
 outputs other than the number of class folders; public images of another shape; non-square
 images, or a side other than 8, 16, 32, 64, ... for the GAN priors; probabilities instead of
 logits; a model that expects another input range (its accuracy on the held-out images is at
-chance in [0, 1] but far above on the same images scaled to [0, 255] or [-1, 1]); and a model
-whose held-out accuracy is at chance anyway (refused, not only warned about).
+chance in [0, 1] but far above on the same images scaled to [0, 255] or [-1, 1]); a model
+whose held-out accuracy is at chance anyway (refused, not only warned about); and an
+--other_dir that is missing or empty, holds images of another shape, is, lies in or holds
+--public_dir, --private_dir or --test_dir, or shares an image file (by SHA-256) with them.
 
 Stages (each reused when --out holds it finished with the same settings; --overwrite redoes
-them): the evaluation model (evaluator/: trained on the held-out images, its accuracy measured
-on the model's training images), per seed of --seeds the GMI prior (priors/gmi/seed_<s>/),
-the model's own priors and every attack (targets/yours/seed_<s>/), the scores, the report. The
-lookup baseline and the transfer null always run. The preset and budget flags are
-trapmid-pipeline's. Writes into --out: flags.json, results.json, report.md, grids/*.png and
-TensorBoard logs under logs/.
+them): the evaluation model (evaluator/: trained on the held-out images and those of
+--other_dir, its accuracy measured on the model's training images), per seed of --seeds the
+GMI prior (priors/gmi/seed_<s>/), the model's own priors and every attack
+(targets/yours/seed_<s>/), the scores, the report. The lookup baseline and the transfer null
+always run. The preset and budget flags are trapmid-pipeline's. Writes into --out: flags.json,
+results.json, report.md, grids/*.png and TensorBoard logs under logs/.
 """
 
 import os
@@ -55,8 +61,12 @@ def define_flags():
                        "never trained on (default 0.2), drawn with --split_seed.")
     flags.DEFINE_string("public_dir", None,
                         "The attacker's public images (any layout), none of a private class.")
+    flags.DEFINE_string("other_dir", None,
+                        "Images (any layout) of classes neither private nor in --public_dir, "
+                        "which the attacker does not hold: the judges learn them as the class "
+                        "'other' (optional).")
     flags.DEFINE_integer("image_size", None,
-                         "Resize the images of both folders to this square side (default: keep "
+                         "Resize the images of every folder to this square side (default: keep "
                          "the files' size, which must be the model's input size).")
     flags.DEFINE_integer("split_seed", 0, "Seed of the --test_fraction draw and of the judge.")
     flags.DEFINE_string("out", None, "Output folder.")
@@ -77,7 +87,7 @@ def main(argv):
         inputs = audit.check_audit(
             FLAGS.model, FLAGS.private_dir, FLAGS.public_dir, settings["attacks"],
             FLAGS.test_dir, FLAGS.test_fraction, FLAGS.image_size, FLAGS.split_seed,
-            FLAGS.evaluation_model,
+            FLAGS.evaluation_model, FLAGS.other_dir,
         )
     except (ValueError, FileNotFoundError) as error:
         raise app.UsageError(str(error)) from error

@@ -291,7 +291,7 @@ def folder_images(data_dir, image_size, channels, skip_unreadable):
     Raises:
         FileNotFoundError: if the folder holds no image file.
     """
-    paths = _image_files(data_dir)
+    paths = image_files(data_dir)
     if not paths:
         raise FileNotFoundError(
             f"no image files ({', '.join(IMAGE_EXTENSIONS)}) found under data_dir "
@@ -426,7 +426,7 @@ def folder_shape(folder):
         FileNotFoundError: if the folder holds no image file.
         ValueError: if a file cannot be opened as an image; the message names it.
     """
-    paths = _image_files(folder)
+    paths = image_files(folder)
     if not paths:
         raise FileNotFoundError(
             f"no image files ({', '.join(IMAGE_EXTENSIONS)}) found under {folder!r}."
@@ -453,7 +453,7 @@ def _class_folder_files(folder):
         )
     paths, labels = [], []
     for label, name in enumerate(class_names):
-        files = _image_files(os.path.join(folder, name))
+        files = image_files(os.path.join(folder, name))
         if not files:
             raise FileNotFoundError(
                 f"class folder {os.path.join(folder, name)!r} holds no image file "
@@ -477,7 +477,7 @@ def _common_size(paths, headers):
     return first_size[1], first_size[0]
 
 
-def _image_files(folder):
+def image_files(folder):
     """The image files below `folder`, at any depth, in sorted path order."""
     return sorted(
         os.path.join(root, name)

@@ -3,7 +3,9 @@
 The user gives a saved Keras classifier (images float32 HxWxC in [0, 1] -> logits over the
 private classes; probabilities are refused), the private classes as labelled class folders
 with the images the model never trained on (a test folder or a held-out fraction), and a
-folder of unlabelled public images that hold none of the private classes. `check_audit`
+folder of unlabelled public images that hold none of the private classes, and optionally a
+folder of images of other classes that the attacker does not hold, which the judges learn as
+one more class, "other". `check_audit`
 refuses, before any work, what the audit cannot handle, each error naming the flag of
 `trapmid-audit`, what it expects and what it received. `run_audit` then goes through the
 stages of `trapmid_tf.experiments.pipeline` with the given model in place of the trained
@@ -42,8 +44,11 @@ class AuditInputs:
         private_test: Unbatched `(image, label)` the model never saw (held out).
         public: Unbatched public images, at the model's input shape.
         public_description: The public images' folder and shape (the stages' `public_split`).
-        held_out: How the held-out images were chosen (the judge's stage settings).
+        held_out: How the held-out images were chosen, and with other images their folder,
+            count, label and SHA-256 (`other`): the judge's stage settings.
         description: The model's file, hash, classes and held-out accuracy (results.json).
+        other: Float32 NHWC array of the images of no private class that the attacker does
+            not hold (the judges' class "other"), or None.
     """
 
     model: object
@@ -54,6 +59,7 @@ class AuditInputs:
     public_description: str
     held_out: dict
     description: dict
+    other: object
 
 
 def file_sha256(path):
@@ -98,7 +104,8 @@ def load_model(path):
 
 
 def check_audit(model_path, private_dir, public_dir, attacks, test_dir=None,
-                test_fraction=None, image_size=None, split_seed=0, evaluation_model=None):
+                test_fraction=None, image_size=None, split_seed=0, evaluation_model=None,
+                other_dir=None):
     """Loads and checks everything an audit needs, before any work.
 
     Args:
@@ -114,6 +121,9 @@ def check_audit(model_path, private_dir, public_dir, attacks, test_dir=None,
         split_seed: Seed of the `test_fraction` draw and of the trained judge.
         evaluation_model: The user's judge (.keras), or None: checked to take the images
             and to give at least one output per private class.
+        other_dir: Images (`"folder"` data) of classes neither private nor in `public_dir`,
+            which the attacker does not hold, or None: the judges learn them as one more
+            class, "other" (label: the number of private classes).
 
     Returns:
         The `AuditInputs`.
@@ -127,8 +137,13 @@ def check_audit(model_path, private_dir, public_dir, attacks, test_dir=None,
             logits; a model that expects another input range (its accuracy on the held-out
             images at chance in [0, 1], far above in [0, 255] or [-1, 1]); and a model at
             chance on the held-out images in every range (refused, not warned about); a
-            judge that cannot take the images or has fewer outputs than private classes.
+            judge that cannot take the images or has fewer outputs than private classes;
+            an `other_dir` that is missing or empty, holds images of another shape, or is,
+            lies in or holds one of the other folders, or shares an image file (by content)
+            with one.
     """
+    import numpy as np
+
     import trapmid_tf as tm
     from trapmid_tf.experiments.evaluation import private_arrays
     from trapmid_tf.experiments.target_config import default_alpha
@@ -152,15 +167,20 @@ def check_audit(model_path, private_dir, public_dir, attacks, test_dir=None,
     _check_features(model, attacks)
     if evaluation_model is not None:
         _check_judge(evaluation_model, shape, class_names)
-    sizes, channels = _public_shape(public_dir)
-    if channels != shape[2] or (image_size is None and sizes != {shape[:2]}):
-        resize = "" if image_size else " (or pass --image_size to resize both folders)"
-        raise ValueError(
-            f"--public_dir must hold images of the model's input shape {shape[0]}x{shape[1]} "
-            f"with {shape[2]} channel(s){resize}; it holds images of size(s) "
-            f"{sorted(sizes)} (height, width) with {channels} channel(s)."
-        )
-    public = tm.data.load("folder", public_dir, image_size=shape[0], channels=shape[2]).public
+    public = _folder_images("public_dir", public_dir, shape, image_size)
+    held_out = dict(
+        trained_on="held-out images", private_dir=os.path.abspath(private_dir),
+        test_dir=test_dir and os.path.abspath(test_dir),
+        test_fraction=None if test_dir else _held_out_fraction(test_fraction),
+        image_size=image_size, split_seed=split_seed,
+    )
+    other = None
+    if other_dir is not None:
+        other = _folder_images("other_dir", other_dir, shape, image_size)
+        identity = _other_apart(other_dir, dict(
+            public_dir=public_dir, private_dir=private_dir, test_dir=test_dir))
+        other = np.stack(list(other.as_numpy_iterator()))
+        held_out["other"] = dict(identity, images=len(other), label=classes)
     held_images, held_labels = private_arrays(test)
     accuracy = _check_outputs(model, held_images, held_labels)
     alpha, _ = default_alpha(shape, classes)
@@ -171,17 +191,13 @@ def check_audit(model_path, private_dir, public_dir, attacks, test_dir=None,
                     image_shape=list(shape), alpha=alpha),
         private_train=train, private_test=test, public=public,
         public_description=f"{os.path.abspath(public_dir)} ({'x'.join(map(str, shape))})",
-        held_out=dict(
-            trained_on="held-out images", private_dir=os.path.abspath(private_dir),
-            test_dir=test_dir and os.path.abspath(test_dir),
-            test_fraction=None if test_dir else _held_out_fraction(test_fraction),
-            image_size=image_size, split_seed=split_seed,
-        ),
+        held_out=held_out,
         description=dict(
             path=os.path.abspath(model_path), sha256=sha256,
             classes=list(class_names), held_out_images=len(held_labels),
             held_out_accuracy=accuracy,
         ),
+        other=other,
     )
 
 
@@ -268,18 +284,77 @@ def _check_features(model, attacks):
         ) from None
 
 
-def _public_shape(public_dir):
-    """`images.folder_shape(public_dir)`, its errors naming --public_dir."""
+def _folder_images(flag, folder, shape, image_size):
+    """The unbatched images below `folder` (any layout, `"folder"` data) at `shape`, after
+    checking from the files' headers that they have it (with `image_size`, its channels).
+
+    Raises:
+        FileNotFoundError, ValueError: naming `--<flag>`: not a folder, no image file, an
+            unreadable header, or images of another shape.
+    """
+    import trapmid_tf as tm
     from trapmid_tf.data import images
 
-    if not os.path.isdir(public_dir or ""):
+    if not os.path.isdir(folder or ""):
         raise FileNotFoundError(
-            f"--public_dir must be a folder of public images; {public_dir!r} is not a folder."
+            f"--{flag} must be a folder of images; {folder!r} is not a folder."
         )
     try:
-        return images.folder_shape(public_dir)
+        sizes, channels = images.folder_shape(folder)
     except (ValueError, FileNotFoundError) as error:
-        raise type(error)(f"--public_dir {public_dir!r}: {error}") from error
+        raise type(error)(f"--{flag} {folder!r}: {error}") from error
+    if channels != shape[2] or (image_size is None and sizes != {shape[:2]}):
+        resize = "" if image_size else " (or pass --image_size to resize every folder)"
+        raise ValueError(
+            f"--{flag} must hold images of the model's input shape {shape[0]}x{shape[1]} "
+            f"with {shape[2]} channel(s){resize}; it holds images of size(s) "
+            f"{sorted(sizes)} (height, width) with {channels} channel(s)."
+        )
+    return tm.data.load("folder", folder, image_size=shape[0], channels=shape[2]).public
+
+
+def _other_apart(other_dir, folders):
+    """Checks that --other_dir is apart from `folders` and returns its stage identity.
+
+    Args:
+        other_dir: The folder of other images.
+        folders: `{flag: folder or None}`: the folders it must neither be, lie in nor hold,
+            and share no image file with (same SHA-256).
+
+    Returns:
+        `{"folder": its absolute path, "sha256": the SHA-256 of its image files' SHA-256
+        digests in the order they are read}`.
+
+    Raises:
+        ValueError: naming --other_dir and the other flag.
+    """
+    from trapmid_tf.data.images import image_files
+
+    other = os.path.realpath(other_dir)
+    folders = {flag: folder for flag, folder in folders.items() if folder is not None}
+    for flag, folder in folders.items():
+        path = os.path.realpath(folder)
+        common = os.path.commonpath([other, path])
+        if common in (other, path):
+            where = "is" if other == path else ("lies in" if common == path else "holds")
+            raise ValueError(
+                f"--other_dir must be a folder apart from --{flag} (its images are of no "
+                f"private class and not the attacker's); {other_dir!r} {where} --{flag} "
+                f"{folder!r}."
+            )
+    listed = [(file_sha256(path), path) for path in image_files(other_dir)]
+    digests = dict(listed)
+    for flag, folder in folders.items():
+        for path in image_files(folder):
+            digest = file_sha256(path)
+            if digest in digests:
+                raise ValueError(
+                    f"--other_dir must share no image file with --{flag} (its images are of "
+                    f"no private class and not the attacker's); {digests[digest]!r} is "
+                    f"identical to {path!r} (SHA-256 {digest})."
+                )
+    identity = hashlib.sha256("".join(digest for digest, _ in listed).encode())
+    return dict(folder=os.path.abspath(other_dir), sha256=identity.hexdigest())
 
 
 def _check_outputs(model, held_images, held_labels):
@@ -358,16 +433,16 @@ def run_audit(out, settings, inputs, preset, overwrite=False, fid_weights=None,
 
     Returns:
         The results dict written to results.json (the pipeline's, with `model`:
-        `inputs.description`).
+        `inputs.description`; with other images, `evaluation_model` adds `trained_on`).
 
     Raises:
         ValueError: if the given evaluation model knows fewer classes than the model.
     """
     import numpy as np
 
-    from trapmid_tf.experiments import judges, pipeline, prior_stages, target_stages
+    from trapmid_tf.experiments import pipeline, prior_stages, target_stages
     from trapmid_tf.experiments.attacks import attacked_classes
-    from trapmid_tf.experiments.evaluation import judge_references, make_evaluator
+    from trapmid_tf.experiments.evaluation import make_evaluator
     from trapmid_tf.experiments.progress import StageProgress
     from trapmid_tf.files import write_json
 
@@ -382,13 +457,8 @@ def run_audit(out, settings, inputs, preset, overwrite=False, fid_weights=None,
     write_json(os.path.join(out, "flags.json"), dict(
         settings, preset=preset, model=inputs.description["path"], held_out=inputs.held_out,
     ))
-    classes = len(inputs.description["classes"])
     with progress.stage("evaluation model"):
-        judge, evaluation = judges.judge(
-            run, inputs.private_train, settings,
-            (inputs.private_test, inputs.private_train, classes, inputs.held_out),
-        )
-    references = judge_references(run.dataset, run.data_dir, inputs.private_test)
+        judge, evaluation, references = audit_judges(run, settings, inputs)
     evaluator = make_evaluator(judge, inputs.private_train, fid_weights, references)
     scoring = pipeline.Scoring(
         inputs.public, np.stack(list(inputs.public.as_numpy_iterator())),
@@ -410,6 +480,54 @@ def run_audit(out, settings, inputs, preset, overwrite=False, fid_weights=None,
     results["model"] = inputs.description
     pipeline.write_report(run, results, inputs.private_train, reconstructions, {}, progress)
     return results
+
+
+def audit_judges(run, settings, inputs):
+    """The audit's evaluation model and the pixel judge's references.
+
+    Both know the held-out images of the K private classes (labels 0..K-1) and, with other
+    images (`inputs.other`), those too as class K, "other": an answer there is a miss for
+    every attacked class. The evaluation model is `run.evaluation_model` as given, or trained
+    (or reused) in evaluator/ on those images and tested on the model's training images.
+
+    Args:
+        run: The audit's `PipelineRun`.
+        settings: The audit's settings (`audit_settings`).
+        inputs: The `AuditInputs`.
+
+    Returns:
+        `(model, description, references)`: the evaluation model, its description
+        (`judges.judge`'s; with other images and a trained model, `trained_on` says what it
+        trained on) and the `evaluation.JudgeReferences`.
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    from trapmid_tf.experiments import judges
+    from trapmid_tf.experiments.evaluation import JudgeReferences, judge_references
+
+    classes = len(inputs.description["classes"])
+    references = judge_references(run.dataset, run.data_dir, inputs.private_test)
+    train, outputs = inputs.private_test, classes
+    if inputs.other is not None:
+        other = inputs.held_out["other"]
+        references = JudgeReferences(
+            np.concatenate([references.images, inputs.other]),
+            np.concatenate([references.labels, np.full(len(inputs.other), classes,
+                                                       references.labels.dtype)]),
+            f"held-out images of the {classes} private classes and the {other['images']} "
+            f"images of --other_dir {other['folder']}, labelled {classes} (\"other\": no "
+            "private class)",
+        )
+        train = tf.data.Dataset.from_tensor_slices((references.images, references.labels))
+        outputs = classes + 1
+    model, description = judges.judge(
+        run, inputs.private_train, settings,
+        (train, inputs.private_train, outputs, inputs.held_out),
+    )
+    if inputs.other is not None and not run.evaluation_model:
+        description["trained_on"] = references.source
+    return model, description, references
 
 
 def audit_settings(settings, inputs):
