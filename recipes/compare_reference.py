@@ -58,10 +58,10 @@ Our attacks cast losses to float32 (mixed-precision safety), which bounds the ag
 float32's epsilon; each attack row is therefore also run with those casts lifted (a float64
 tensor is left float64), the identity-batch weights unrounded and Keras's optimiser
 hyperparameters given as float64 scalars, patched here and nowhere else, which isolates what
-the algorithms themselves do. The rows that use Adam (KED-MI, the prior) run once more with
-both sides' epsilon at 0, which removes the one place where Keras's and PyTorch's Adam
-differ. The JSON (`results.json`, with `flags.json`) and the printed Markdown table give
-every column; the exchanged .npz files stay in --out.
+the algorithms themselves do. The rows that use Adam (ours is `tm.TorchAdam`, PyTorch's rule)
+run once more with both sides' epsilon at 0 (or 1e-30, `EPSILON_ZERO`). The JSON
+(`results.json`, with `flags.json`) and the printed Markdown table give every column; the
+exchanged .npz files stay in --out.
 """
 
 import contextlib
@@ -1410,7 +1410,7 @@ def ours_training(row, arrays, reference, lift=False, epsilon=None):
 
     def optimizer():
         if setting["adam"]:
-            return keras.optimizers.Adam(TRAINING_ADAM_LR, epsilon=1e-8)
+            return tm.TorchAdam(TRAINING_ADAM_LR, epsilon=1e-8)
         return tm.TorchSGD(TRAINING_SGD["lr"], momentum=TRAINING_SGD["momentum"],
                            weight_decay=TRAINING_SGD["weight_decay"])
 

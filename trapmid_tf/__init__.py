@@ -16,6 +16,7 @@ _NAMES = {
     "NegLSLoss": "defenses",
     "TrapMIDCallback": "callbacks",
     "TrapMIDModel": "defenses",
+    "TorchAdam": "optimizers",
     "TorchSGD": "optimizers",
     "use_precision": "precision",
 }

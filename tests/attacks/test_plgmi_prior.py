@@ -15,6 +15,7 @@ from trapmid_tf.attacks.plgmi_prior import (
 )
 from trapmid_tf.models.cgan import resnet_generator, sn_projection_discriminator
 from trapmid_tf.models.small_cnn import small_cnn
+from tests.tolerances import float32_atol
 
 SHAPE, CLASSES, Z_DIM = (16, 16, 1), 3, 8
 
@@ -300,3 +301,45 @@ def test_bad_arguments_raise():
     images, labels = real_batch(size=4)
     with pytest.raises(ValueError, match="pseudo_labels"):
         prior.fit(images, labels.astype("float32"), batch_size=4, verbose=0)
+
+
+@pytest.mark.parametrize("optimizer", ["default", "keras_adam"])
+def test_prior_update_sums_a_repeated_class_before_the_second_moment(optimizer):
+    """A class drawn twice in a batch enters Adam's second moment as `(g1 + g2)^2`, as with
+    PyTorch's dense `nn.Embedding` gradient, not as `g1^2 + g2^2` (Keras's Adam on the sparse
+    slices), for the default optimiser and for a Keras Adam given to `compile`."""
+    prior = make_prior()
+    embedding = keras.Sequential([
+        keras.Input((), dtype="int32"),
+        keras.layers.Embedding(3, 2, embeddings_initializer="zeros"),
+    ])
+    labels = tf.constant([1, 1, 0])
+    coefficients = tf.constant([[1.0, -2.0], [3.0, 0.5], [-1.0, 1.0]])
+
+    def losses():
+        return {"generator_loss": tf.reduce_sum(embedding(labels) * coefficients)}
+
+    with tf.GradientTape() as tape:
+        loss = losses()["generator_loss"]
+    assert isinstance(tape.gradient(loss, embedding.trainable_variables[0]), tf.IndexedSlices)
+    # Dense gradient: row 1 = (1, -2) + (3, 0.5), row 0 = (-1, 1), row 2 = 0. At the first
+    # step both Adams move a row by lr * g / (|g| + epsilon'), with PyTorch's epsilon' =
+    # epsilon and Keras's epsilon' = epsilon / sqrt(1 - beta_2) (its epsilon is added before
+    # the bias correction). Slice by slice, row 1's first entry would move by
+    # lr * 4 / sqrt(1 + 9) = 1.26 lr instead.
+    gradient = np.array([[-1.0, 1.0], [4.0, -1.5], [0.0, 0.0]])
+    if optimizer == "default":
+        adam = prior._default_optimizer()
+        learning_rate, effective_epsilon = 2e-4, 1e-8
+    else:
+        # beta_2 = 1 - 2^-10 is exact in float32, through which Keras casts it: 0.999 would
+        # lose 1e-5 of 1 - beta_2 to the cast.
+        beta_2 = 1 - 2.0**-10
+        adam = keras.optimizers.Adam(0.1, beta_1=0.5, beta_2=beta_2, epsilon=1e-8)
+        learning_rate, effective_epsilon = 0.1, 1e-8 / np.sqrt(1 - beta_2)
+    prior._update(adam, embedding, "generator_loss", losses)
+    expected = -learning_rate * gradient / (np.abs(gradient) + effective_epsilon)
+    # About 10 float32 roundings (moments, square root, corrections, division) of values up
+    # to the step, lr.
+    np.testing.assert_allclose(embedding.get_weights()[0], expected, rtol=0,
+                               atol=float32_atol(learning_rate, 10))

@@ -274,7 +274,7 @@ def assert_optimizer(recipe, config, reference):
         assert optimizer.coupled_weight_decay == reference["weight_decay"]
         assert optimizer.dampening == 0.0 and not optimizer.nesterov
     else:
-        assert isinstance(optimizer, keras.optimizers.Adam)
+        assert isinstance(optimizer, tm.TorchAdam)
         assert optimizer.epsilon == TORCH_ADAM_EPSILON and optimizer.weight_decay is None
         assert reference["weight_decay"] == 0
     # MultiStepLR stepped once per epoch: epoch e trains at lr * gamma^(drops at or before e).

@@ -19,6 +19,7 @@ import tensorflow as tf
 from keras import ops
 
 from trapmid_tf.contract import checked_images, global_value, replica_slot
+from trapmid_tf.optimizers import TorchAdam, dense_gradient
 from trapmid_tf.saving import SeedStateMixin
 from trapmid_tf.validation import check_positive_int
 
@@ -67,7 +68,8 @@ class GANPrior(SeedStateMixin, keras.Model):
         _GENERATOR_LEADS: False: the generator steps after the opponent's step that brings
             its count to a multiple of the interval; True: before each opponent step whose
             count so far is a multiple (the first, then every interval-th).
-        _ADAM_BETAS: `(beta_1, beta_2)` of the default Adam(2e-4, epsilon 1e-8) of each player.
+        _ADAM_BETAS: `(beta_1, beta_2)` of each player's default `TorchAdam(2e-4)` (epsilon
+            1e-8), the references' `torch.optim.Adam`.
     and define `_unpack(data)`, returning the batch as a tuple of tensors, and
     `_opponent_losses(*batch)` and `_generator_losses(*batch)`, each returning a dict of
     metric name -> this replica's share of the value (see `contract.global_batch_mean`),
@@ -140,9 +142,7 @@ class GANPrior(SeedStateMixin, keras.Model):
 
     def _default_optimizer(self):
         beta_1, beta_2 = self._ADAM_BETAS
-        return keras.optimizers.Adam(
-            learning_rate=2e-4, beta_1=beta_1, beta_2=beta_2, epsilon=1e-8
-        )
+        return TorchAdam(learning_rate=2e-4, beta_1=beta_1, beta_2=beta_2, epsilon=1e-8)
 
     def get_compile_config(self):
         return {
@@ -215,11 +215,16 @@ class GANPrior(SeedStateMixin, keras.Model):
         )
 
     def _update(self, optimizer, network, loss_name, losses, *batch):
-        """One optimizer step of `network` on `losses(*batch)[loss_name]`; logs every value."""
+        """One optimizer step of `network` on `losses(*batch)[loss_name]`; logs every value.
+
+        Sparse gradients (class embeddings) are summed into dense ones first, as the
+        references' PyTorch embeddings give them, whatever the optimizer does with sparse ones.
+        """
         variables = network.trainable_variables
         with tf.GradientTape() as tape:
             shares = losses(*batch)
-        optimizer.apply(tape.gradient(shares[loss_name], variables), variables)
+        gradients = tape.gradient(shares[loss_name], variables)
+        optimizer.apply([dense_gradient(g) for g in gradients], variables)
         for name, share in shares.items():
             self._trackers[name].update_state(global_value(share))
 

@@ -20,6 +20,7 @@ from trapmid_tf.attacks.inversion import (
     REFERENCE_IDENTITIES_PER_BATCH,
     reference_batch_sum,
 )
+from trapmid_tf.optimizers import TorchAdam
 from trapmid_tf.validation import (
     check_model,
     check_non_negative_float,
@@ -29,7 +30,6 @@ from trapmid_tf.validation import (
 
 REFERENCE_BATCH_SIZE = 64  # the batch the reference trains KED-MI's discriminator with
 INITIAL_LOG_VARIANCE = 1.0  # The reference initialises log sigma^2 to 1 (not 0).
-ADAM_EPSILON = 1e-8  # PyTorch's Adam default.
 
 
 def kedmi_prior_loss(logits):
@@ -96,7 +96,8 @@ class KEDMIAttack(InversionAttack):
     """The KED-MI distributional inversion (reference `recovery.py::dist_inversion`).
 
     Each distribution has mu (initialised to 0) and log sigma^2 (initialised to 1), learnt by
-    Adam (epsilon 1e-8) for `iterations` steps; each step draws one z = mu + exp(log sigma^2 / 2)
+    PyTorch's Adam (`TorchAdam`, epsilon 1e-8, as the reference's `torch.optim.Adam`) for
+    `iterations` steps; each step draws one z = mu + exp(log sigma^2 / 2)
     eps per distribution and minimises
     `mean softplus(lse D(G(z))) - mean lse D(G(z)) + identity_weight * identity_loss`.
     Afterwards every returned image is a fresh sample of its distribution.
@@ -203,5 +204,5 @@ class KEDMIAttack(InversionAttack):
             log_var = ops.repeat(log_variance.value, draws, axis=0)
             return generate(mu, log_var), ops.stack([mu, log_var], axis=1)
 
-        optimizer = keras.optimizers.Adam(self.learning_rate, epsilon=ADAM_EPSILON)
+        optimizer = TorchAdam(self.learning_rate)
         return InversionProblem([mean, log_variance], loss, optimizer, finish)

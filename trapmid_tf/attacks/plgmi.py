@@ -15,9 +15,8 @@ from trapmid_tf.attacks.inversion import (
     latent_variable,
 )
 from trapmid_tf.attacks.plgmi_prior import margin_loss, plgmi_augment
+from trapmid_tf.optimizers import TorchAdam
 from trapmid_tf.validation import check_model, check_positive_float
-
-ADAM_EPSILON = 1e-8  # PyTorch's Adam default.
 
 
 def reconstruction_augment(images, seed_generator):
@@ -44,7 +43,8 @@ def _conditional_latent_size(generator):
 class PLGMIAttack(InversionAttack):
     """The PLG-MI reconstruction (reference `reconstruct.py`).
 
-    Per restart, z ~ N(0, I) is optimised with Adam (epsilon 1e-8) for `iterations` steps on
+    Per restart, z ~ N(0, I) is optimised with PyTorch's Adam (`TorchAdam`, epsilon 1e-8, as
+    the reference's `torch.optim.Adam`) for `iterations` steps on
     `margin(T(aug(G(z, y))), y) + margin(T(aug'(G(z, y))), y)`, where aug and aug' are two
     independent draws of the augmentation. The reference evaluates G's raw tanh output in
     [-1, 1]; here the generator outputs images in [0, 1] (see `trapmid_tf.models.cgan`).
@@ -119,5 +119,5 @@ class PLGMIAttack(InversionAttack):
         def finish():
             return self.generator([z, labels], training=False), z.numpy()
 
-        optimizer = keras.optimizers.Adam(self.learning_rate, epsilon=ADAM_EPSILON)
+        optimizer = TorchAdam(self.learning_rate)
         return InversionProblem([z], loss, optimizer, finish)

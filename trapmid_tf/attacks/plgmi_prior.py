@@ -373,8 +373,8 @@ class PLGMIPrior(GANPrior):
         """Configures training.
 
         Args:
-            generator_optimizer: Generator optimiser. Default: Adam, learning rate 2e-4,
-                betas (0.0, 0.9), epsilon 1e-8 (the reference).
+            generator_optimizer: Generator optimiser. Default: PyTorch's Adam (`TorchAdam`),
+                learning rate 2e-4, betas (0.0, 0.9), epsilon 1e-8 (the reference).
             discriminator_optimizer: Discriminator optimiser, a different object. Default: the
                 same Adam setting. It is also `self.optimizer`; its `iterations` count the
                 training steps.

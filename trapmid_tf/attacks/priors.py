@@ -158,8 +158,8 @@ def kedmi_batches(public, batch_size, seed=None, shuffle_buffer=10_000):
 class _LatentPrior(GANPrior):
     """A GAN prior whose generator maps latent vectors to images: the GMI and KED-MI priors.
 
-    Both players default to the reference Adam(2e-4, betas (0.5, 0.999), epsilon 1e-8); the
-    generator steps after each `n_critic`-th opponent step.
+    Both players default to the reference's PyTorch Adam, `TorchAdam(2e-4, betas (0.5, 0.999),
+    epsilon 1e-8)`; the generator steps after each `n_critic`-th opponent step.
     """
 
     _INTERVAL = "n_critic"
@@ -253,7 +253,8 @@ class GMIPrior(_LatentPrior):
         """Configures training.
 
         Args:
-            generator_optimizer: Default: Adam(2e-4, beta_1=0.5, beta_2=0.999, epsilon=1e-8).
+            generator_optimizer: Default: `TorchAdam(2e-4, beta_1=0.5, beta_2=0.999,
+                epsilon=1e-8)`, PyTorch's Adam as in the reference.
             critic_optimizer: Default: the same Adam settings, a separate instance. Its
                 `iterations` counts the training steps.
             **kwargs: `keras.Model.compile` arguments other than losses and metrics
@@ -383,7 +384,8 @@ class KEDMIPrior(_LatentPrior):
         """Configures training.
 
         Args:
-            generator_optimizer: Default: Adam(2e-4, beta_1=0.5, beta_2=0.999, epsilon=1e-8).
+            generator_optimizer: Default: `TorchAdam(2e-4, beta_1=0.5, beta_2=0.999,
+                epsilon=1e-8)`, PyTorch's Adam as in the reference.
             discriminator_optimizer: Default: the same Adam settings, a separate instance.
                 Its `iterations` counts the training steps.
             **kwargs: `keras.Model.compile` arguments other than losses and metrics

@@ -17,7 +17,7 @@ from trapmid_tf.attacks.plgmi_adaptive import estimate_signatures
 from trapmid_tf.experiments.attacks import attacked_classes
 from trapmid_tf.experiments.evaluation import DETECTOR_CLEAN_IMAGES
 from trapmid_tf.experiments.priors import train_prior
-from trapmid_tf.experiments.target_config import identity
+from trapmid_tf.experiments.target_config import ADAM_RULE, identity
 from trapmid_tf.experiments.target_stages import stage_target
 from trapmid_tf.files import atomic_path, build_or_reuse
 
@@ -27,6 +27,8 @@ PRIOR_STEPS = {
     "gmi": "gmi_steps", "kedmi": "kedmi_steps", "plgmi": "plgmi_steps",
     "lomma": "surrogate_steps",
 }
+# The priors that are GANs trained with Adam (LOMMA's surrogates distil with SGD).
+GAN_PRIORS = ("gmi", "kedmi", "plgmi")
 # Why PLG-MI++ with the defender's signatures does not run against a target without triggers.
 NO_TRAPDOOR = "no trapdoor"
 # PLG-MI++ at full strength: each of its attacks searches its own PLG-MI prior (stage
@@ -244,8 +246,9 @@ def estimated_signatures(run, directory, target, seed, plain, settings, public_i
 
 
 def prior_budget(settings, name, seed, target_config=None):
-    """The settings of the prior `name`'s stage (with the target's, for target priors)."""
-    return dict(
+    """The settings of the prior `name`'s stage (with the target's, for target priors); the
+    GAN priors' (trained with Adam) include its update rule, `ADAM_RULE`."""
+    budget = dict(
         steps=settings[PRIOR_STEPS[name]],
         batch_size=settings["kedmi_batch_size"] if name == "kedmi" else REFERENCE_BATCH_SIZE,
         base_channels=settings["base_channels"], top_n=settings["top_n"],
@@ -253,6 +256,9 @@ def prior_budget(settings, name, seed, target_config=None):
         seed=seed, public_split=settings["public_split"],
         target=target_config and identity(target_config),
     )
+    if name in GAN_PRIORS:
+        budget["adam_rule"] = ADAM_RULE
+    return budget
 
 
 def prior_steps(directory, gmi_folder, priors):

@@ -109,6 +109,10 @@ LOCATION_KEYS = ("out", "backup_dir")
 # the dataset preset's ("preset"), or `default_alpha`'s for the loaded images ("measured
 # default"). The same alpha trains the same target: left out of `identity`, and resumable.
 ALPHA_SOURCE = "alpha_source"
+# The update rule of the Adam optimiser (`trapmid_tf.TorchAdam`: PyTorch's), part of the
+# identity of every stage trained with it: stages trained with Keras's Adam (before
+# `TorchAdam`) have no such entry, so they are trained again rather than reused.
+ADAM_RULE = "pytorch"
 # Settings that may change between a run and its resumption from a backup.
 RESUMABLE_CHANGES = (
     "backup_dir", "strategy", "trapdoor_warning_threshold", "require_trapdoor", ALPHA_SOURCE,
@@ -430,9 +434,14 @@ def _cluster_size(tf_config):
 
 
 def identity(config):
-    """What a target's artefacts depend on: `config` less `LOCATION_KEYS` and `ALPHA_SOURCE`."""
-    return {
+    """What a target's artefacts depend on: `config` less `LOCATION_KEYS` and `ALPHA_SOURCE`;
+    with the Adam optimiser also its update rule (`ADAM_RULE`), so that a target trained with
+    Keras's Adam, before `TorchAdam`, is not taken for one trained now."""
+    found = {
         key: value for key, value in config.items()
         if key not in (*LOCATION_KEYS, ALPHA_SOURCE)
     }
+    if found.get("optimizer") == "adam":
+        found["adam_rule"] = ADAM_RULE
+    return found
 

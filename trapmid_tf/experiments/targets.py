@@ -16,8 +16,8 @@ from trapmid_tf.experiments.target_config import (
 )
 
 # The reference's optimiser constants (utils.init_optimizer and every config entry): SGD with
-# momentum 0.9 and weight decay 1e-4 as PyTorch applies it (trapmid_tf.TorchSGD); Adam with
-# PyTorch's epsilon (Keras's default is 1e-7) and no weight decay.
+# momentum 0.9 and weight decay 1e-4 as PyTorch applies it (trapmid_tf.TorchSGD); PyTorch's Adam
+# (trapmid_tf.TorchAdam: epsilon 1e-8 added after the bias correction) and no weight decay.
 SGD_MOMENTUM = 0.9
 SGD_WEIGHT_DECAY = 1e-4
 ADAM_EPSILON = 1e-8
@@ -89,7 +89,7 @@ def make_optimizer(config, steps_per_epoch):
         steps_per_epoch: Optimiser steps per epoch.
 
     Returns:
-        A `trapmid_tf.TorchSGD` or `keras.optimizers.Adam`.
+        A `trapmid_tf.TorchSGD` or `trapmid_tf.TorchAdam`.
     """
     import keras
     import trapmid_tf as tm
@@ -103,7 +103,7 @@ def make_optimizer(config, steps_per_epoch):
             [learning_rate / 10**i for i in range(len(drops) + 1)],
         )
     if config["optimizer"] == "adam":
-        return keras.optimizers.Adam(learning_rate, epsilon=ADAM_EPSILON)
+        return tm.TorchAdam(learning_rate, epsilon=ADAM_EPSILON)
     return tm.TorchSGD(learning_rate, momentum=SGD_MOMENTUM, weight_decay=SGD_WEIGHT_DECAY)
 
 
