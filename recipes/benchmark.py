@@ -45,6 +45,15 @@ precisions alternating within each variant, e.g. `--precisions=float32,mixed_bfl
 float32 timings keep their plain names ("plain", "gmi"); the others are named "<name>@<precision>"
 (also the phases' workload keys), and "<name>@<precision>_over_<name>" is the ratio of medians
 to the first listed precision, measured in the same run.
+
+--compile_modes times every workload under each listed compilation, alternating the same way:
+"graph" (`tf.function`, `jit_compile=False`) and "xla" (`jit_compile=True` in `compile`, in the
+attack's constructor, or on each phase's `tf.function`), e.g. `--compile_modes=graph,xla`.
+Graph timings keep their names; the others are named "<name>@<mode>" (after any precision:
+"plain@mixed_bfloat16@xla"; also the phases' workload keys), and "<name>@<mode>_over_<name>" is the ratio of medians to the
+first listed mode at the same precision. Where XLA cannot compile a model (Keras turned
+`jit_compile` off for a layer without XLA support, or an op has no XLA kernel), its entry holds
+`{"failed": <the error>}` instead of timings, and the run goes on.
 """
 
 import json
@@ -87,6 +96,8 @@ flags.DEFINE_bool("phases", False, "Also time each phase of the default Trap-MID
                   "training workloads, each as its own compiled function.")
 flags.DEFINE_list("precisions", ["float32"], "Precisions to time every workload at, "
                   "alternating: float32, mixed_bfloat16.")
+flags.DEFINE_list("compile_modes", ["graph"], "Compilations to time every workload under, "
+                  "alternating: graph (tf.function), xla (jit_compile=True).")
 flags.DEFINE_string("out", None, "JSON output file.")
 flags.DEFINE_integer("seed", 0, "Seed of the random inputs and models.")
 
@@ -114,24 +125,55 @@ PRIORS = {
 }
 GMI_Z_DIM = 100
 VARIANTS = ("plain", "trapmid", "trapmid_fast")
+COMPILE_MODES = {"graph": False, "xla": True}  # mode -> jit_compile
+
+
+class XLAUnsupported(Exception):
+    """Keras compiled a model without the XLA that was asked for."""
+
+
+def check_jit(model, jit_compile):
+    """Raises `XLAUnsupported` where Keras turned `jit_compile` off for `model`."""
+    if jit_compile and not model.jit_compile:
+        layers = [layer.name for layer in model._flatten_layers() if not layer.supports_jit]
+        raise XLAUnsupported(
+            f"Keras compiled {type(model).__name__} with jit_compile=False; layers without "
+            f"XLA support: {layers}"
+        )
+
+
+def summarize_run(jit_compile, unit, measure, *args):
+    """`summarize(measure(*args), unit)`; under XLA, `{"failed": <error>}` where XLA cannot
+    compile the measured model or function (the run goes on)."""
+    try:
+        return summarize(measure(*args), unit)
+    except (XLAUnsupported, tf.errors.InvalidArgumentError) as error:
+        if not jit_compile:
+            raise
+        lines = str(error).splitlines()  # TensorFlow's reason is the line naming XLA
+        reason = next((line for line in lines if "XLA" in line), lines[0])
+        return {"failed": f"{type(error).__name__}: {reason[:500]}"}
 
 
 def sgd():
     return keras.optimizers.SGD(1e-2, momentum=0.9, weight_decay=1e-4)
 
 
-def build(workload, variant):
-    """Builds and compiles the model of one workload variant."""
+def build(workload, variant, jit_compile=False):
+    """Builds and compiles the model of one workload variant (with XLA if `jit_compile`)."""
     spec = WORKLOADS[workload]
     classifier = getattr(tm.models, spec["model"])(spec["input_shape"], spec["classes"])
     if variant == "plain":
         classifier.compile(
-            optimizer=sgd(), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+            optimizer=sgd(), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            jit_compile=jit_compile,
         )
+        check_jit(classifier, jit_compile)
         return classifier
     model_class = FastTrapMIDModel if variant == "trapmid_fast" else tm.TrapMIDModel
     model = model_class(classifier, spec["classes"], seed=FLAGS.seed)
-    model.compile(optimizer=sgd())
+    model.compile(optimizer=sgd(), jit_compile=jit_compile)
+    check_jit(model, jit_compile)
     return model
 
 
@@ -150,7 +192,7 @@ class EpochTimer(keras.callbacks.Callback):
         self.seconds.append(time.perf_counter() - self._start)
 
 
-def time_variant(workload, variant):
+def time_variant(workload, variant, jit_compile):
     """Returns milliseconds per training step of each timed epoch."""
     keras.utils.set_random_seed(FLAGS.seed)
     spec = WORKLOADS[workload]
@@ -158,7 +200,7 @@ def time_variant(workload, variant):
     x = rng.uniform(size=(BATCH, *spec["input_shape"])).astype("float32")
     y = rng.integers(0, spec["classes"], BATCH).astype("int32")
     data = tf.data.Dataset.from_tensors((x, y)).repeat()
-    model = build(workload, variant)
+    model = build(workload, variant, jit_compile)
     timer = EpochTimer()
     model.fit(
         data,
@@ -212,12 +254,12 @@ def attack_networks(workload):
     return target, None, None
 
 
-def build_attack(workload):
+def build_attack(workload, jit_compile):
     """Returns `(attack, target, classes)` of an attack workload (random-init networks)."""
     spec = ATTACKS[workload]
     target, generator, critic = attack_networks(workload)
     iterations = FLAGS.attack_iterations * (FLAGS.warmup + FLAGS.repetitions)
-    chunking = dict(chunk_size=FLAGS.attack_iterations)
+    chunking = dict(chunk_size=FLAGS.attack_iterations, jit_compile=jit_compile)
     if spec["attack"] == "gmi":
         attack = tm.attacks.GMIAttack(generator, critic, iterations, **chunking)
     elif spec["attack"] == "plgmi":
@@ -227,10 +269,10 @@ def build_attack(workload):
     return attack, target, list(range(spec["identities"]))
 
 
-def time_attack(workload):
+def time_attack(workload, jit_compile):
     """Returns seconds per 100 iterations of each timed chunk of an attack workload."""
     keras.utils.set_random_seed(FLAGS.seed)
-    attack, target, classes = build_attack(workload)
+    attack, target, classes = build_attack(workload, jit_compile)
     per_class = ATTACKS[workload].get("per_class", 1)
     timers = []
 
@@ -261,7 +303,7 @@ def prior_networks(workload):
     return generator, tm.models.minibatch_discriminator(shape, classes, base_channels=width), target
 
 
-def build_prior(workload):
+def build_prior(workload, jit_compile):
     """Returns the compiled prior of a prior workload (random-init networks, default Adam)."""
     spec = PRIORS[workload]
     generator, opponent, target = prior_networks(workload)
@@ -275,7 +317,8 @@ def build_prior(workload):
         prior = tm.attacks.PLGMIPrior(
             generator, opponent, target, n_dis=spec["n_critic"], seed=FLAGS.seed
         )
-    prior.compile()
+    prior.compile(jit_compile=jit_compile)
+    check_jit(prior, jit_compile)
     return prior
 
 
@@ -287,12 +330,12 @@ def random_batch(workload, batch):
     return images, rng.integers(0, spec["classes"], batch).astype("int32")
 
 
-def time_prior(workload):
+def time_prior(workload, jit_compile):
     """Returns milliseconds per generator iteration of each timed epoch of a prior workload."""
     keras.utils.set_random_seed(FLAGS.seed)
     spec = PRIORS[workload]
     data = tf.data.Dataset.from_tensors(random_batch(spec["target"], spec["batch"])).repeat()
-    prior = build_prior(workload)
+    prior = build_prior(workload, jit_compile)
     timer = EpochTimer()
     prior.fit(
         data,
@@ -325,7 +368,7 @@ def environment():
         "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
         "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
         "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "TensorFlow's default"),
-        "xla": False,
+        "compile_modes": FLAGS.compile_modes,
         "gpus": len(tf.config.list_physical_devices("GPU")),
         "batch": BATCH,
         "steps_per_repetition": FLAGS.steps,
@@ -360,13 +403,19 @@ def check_flags():
         raise app.UsageError(
             f"--precisions must be distinct names among {list(PRECISIONS)}; got {precisions}."
         )
+    modes = FLAGS.compile_modes
+    if not modes or set(modes) - set(COMPILE_MODES) or len(set(modes)) != len(modes):
+        raise app.UsageError(
+            f"--compile_modes must be distinct names among {list(COMPILE_MODES)}; got {modes}."
+        )
 
 
-def time_phases(workload):
+def time_phases(workload, jit_compile):
     """Milliseconds per call of each phase of a default Trap-MID step, and of the plain step.
 
-    Each phase runs as its own compiled function on one fixed batch, after the model is built
-    by one step of `fit`; --warmup calls are untimed, then --repetitions are timed.
+    Each phase runs as its own compiled function (XLA if `jit_compile`) on one fixed batch,
+    after the model is built by one step of `fit`; --warmup calls are untimed, then
+    --repetitions are timed.
     """
     keras.utils.set_random_seed(FLAGS.seed)
     spec = WORKLOADS[workload]
@@ -384,24 +433,30 @@ def time_phases(workload):
         "classifier_phase": lambda: model._classifier_phase(x, y, t),
         "augmentation": lambda: model._augment(tf.concat([x, x], 0)),
     }
-    return time_calls(phases)
+    return time_calls(phases, jit_compile)
 
 
-def time_calls(phases):
-    """Milliseconds per call of each callable in `phases`, each as its own compiled function.
+def time_calls(phases, jit_compile):
+    """Milliseconds per call of each callable in `phases`, each as its own compiled function
+    (XLA if `jit_compile`; a phase XLA cannot compile gets `{"failed": <error>}`).
 
     --warmup calls are untimed (the first traces), then --repetitions are timed.
     """
-    timings = {}
-    for name, phase in phases.items():
-        compiled = tf.function(phase)
+
+    def measure(compiled):
         milliseconds = []
         for _ in range(FLAGS.warmup + FLAGS.repetitions):
             start = time.perf_counter()
             tf.nest.map_structure(np.asarray, compiled())  # waits for the results
             milliseconds.append(1000.0 * (time.perf_counter() - start))
-        timings[name] = summarize(milliseconds[FLAGS.warmup:])
-    return timings
+        return milliseconds[FLAGS.warmup:]
+
+    return {
+        name: summarize_run(
+            jit_compile, "ms", measure, tf.function(phase, jit_compile=jit_compile)
+        )
+        for name, phase in phases.items()
+    }
 
 
 def gradient_of(loss, variables):
@@ -552,61 +607,82 @@ def attack_phases(workload):
     }
 
 
-def at_precision(name, precision):
-    """The JSON key of `name` (a variant, attack, prior or workload) timed at `precision`."""
-    return name if precision == "float32" else f"{name}@{precision}"
+def settings():
+    """The `(precision, compile mode)` pairs to time, in the order they alternate."""
+    return [(precision, mode) for precision in FLAGS.precisions for mode in FLAGS.compile_modes]
+
+
+def at_setting(name, precision, mode):
+    """The JSON key of `name` (a variant, attack, prior or workload) timed at `precision`
+    under compile `mode`: "<name>", then "@<precision>" unless float32, "@<mode>" unless graph."""
+    name = name if precision == "float32" else f"{name}@{precision}"
+    return name if mode == "graph" else f"{name}@{mode}"
 
 
 def add_ratio(timings, numerator, denominator):
     """Adds `timings["<numerator>_over_<denominator>"]`, their ratio of medians, if both ran."""
-    if numerator in timings and denominator in timings:
+    if all(key in timings and "failed" not in timings[key] for key in (numerator, denominator)):
         unit = "ms" if "median_ms" in timings[numerator] else "s"
         timings[f"{numerator}_over_{denominator}"] = round(
             timings[numerator][f"median_{unit}"] / timings[denominator][f"median_{unit}"], 2
         )
 
 
-def add_precision_ratios(timings, names):
-    """Adds each name's ratio of medians at every other precision to the first listed one."""
-    first, *others = FLAGS.precisions
-    for precision in others:
+def add_setting_ratios(timings, names):
+    """Adds each name's ratio of medians at every other precision to the first listed one (in
+    the same compile mode), and in every other compile mode to the first (at that precision)."""
+    first_precision, first_mode = FLAGS.precisions[0], FLAGS.compile_modes[0]
+    for precision, mode in settings():
         for name in names:
-            add_ratio(timings, at_precision(name, precision), at_precision(name, first))
+            key = at_setting(name, precision, mode)
+            if precision != first_precision:
+                add_ratio(timings, key, at_setting(name, first_precision, mode))
+            if mode != first_mode:
+                add_ratio(timings, key, at_setting(name, precision, first_mode))
 
 
 def time_training(workload):
-    """Per-variant step statistics of a training workload at each precision, with the ratios
-    to plain (and to the first precision)."""
+    """Per-variant step statistics of a training workload at each precision and compile mode,
+    with the ratios to plain (and to the first precision and mode)."""
     timings = {}
     for variant in FLAGS.variants:
-        for precision in FLAGS.precisions:
+        for precision, mode in settings():
             use_precision(precision)
-            timings[at_precision(variant, precision)] = summarize(time_variant(workload, variant))
-    for precision in FLAGS.precisions:
+            timings[at_setting(variant, precision, mode)] = summarize_run(
+                COMPILE_MODES[mode], "ms", time_variant, workload, variant, COMPILE_MODES[mode]
+            )
+    for precision, mode in settings():
         for variant in ("trapmid", "trapmid_fast"):
-            add_ratio(timings, at_precision(variant, precision), at_precision("plain", precision))
-    add_precision_ratios(timings, FLAGS.variants)
+            add_ratio(timings, at_setting(variant, precision, mode),
+                      at_setting("plain", precision, mode))
+    add_setting_ratios(timings, FLAGS.variants)
     return timings
 
 
 def time_attack_side(workload, results):
-    """Statistics of a prior or attack workload at each precision, with the ratios to the
-    first precision; with --phases, adds its phases to `results["attack_phases"]`."""
+    """Statistics of a prior or attack workload at each precision and compile mode, with the
+    ratios to the first precision and mode; with --phases, adds its phases to
+    `results["attack_phases"]`."""
     is_attack = workload in ATTACKS
     name = ATTACKS[workload]["attack"] if is_attack else PRIORS[workload]["prior"]
     timings = {}
-    for precision in FLAGS.precisions:
+    for precision, mode in settings():
         use_precision(precision)
+        jit_compile = COMPILE_MODES[mode]
         if is_attack:
-            timings[at_precision(name, precision)] = summarize(time_attack(workload), "s")
+            timings[at_setting(name, precision, mode)] = summarize_run(
+                jit_compile, "s", time_attack, workload, jit_compile
+            )
         else:
-            timings[at_precision(name, precision)] = summarize(time_prior(workload))
+            timings[at_setting(name, precision, mode)] = summarize_run(
+                jit_compile, "ms", time_prior, workload, jit_compile
+            )
         if FLAGS.phases and name != "mi_face":
             phases = attack_phases(workload) if is_attack else prior_phases(workload)
-            results.setdefault("attack_phases", {})[at_precision(workload, precision)] = (
-                time_calls(phases)
+            results.setdefault("attack_phases", {})[at_setting(workload, precision, mode)] = (
+                time_calls(phases, jit_compile)
             )
-    add_precision_ratios(timings, [name])
+    add_setting_ratios(timings, [name])
     return timings
 
 
@@ -621,11 +697,11 @@ def main(argv):
         else:
             timings = time_training(workload)
             if FLAGS.phases:
-                for precision in FLAGS.precisions:
+                for precision, mode in settings():
                     use_precision(precision)
                     results.setdefault("trapmid_phases", {})[
-                        at_precision(workload, precision)
-                    ] = time_phases(workload)
+                        at_setting(workload, precision, mode)
+                    ] = time_phases(workload, COMPILE_MODES[mode])
         results["workloads"][workload] = timings
         print(workload, json.dumps(timings), flush=True)
     if FLAGS.out:
@@ -652,11 +728,13 @@ def unit_label(workload, unit):
 
 def format_table(workloads):
     """Formats the timings as a Markdown table (ms per training step or call, ms per prior
-    iteration, or s per 100 attack iterations)."""
+    iteration, or s per 100 attack iterations; or the error of a failed XLA compilation)."""
     lines = ["| workload | variant | median | min | max | unit |", "|---|---|---|---|---|---|"]
     for workload, timings in workloads.items():
         for variant, stats in timings.items():
-            if isinstance(stats, dict):
+            if isinstance(stats, dict) and "failed" in stats:
+                lines.append(f"| {workload} | {variant} | failed | | | {stats['failed']} |")
+            elif isinstance(stats, dict):
                 unit = "ms" if "median_ms" in stats else "s"
                 label = unit_label(workload, unit)
                 lines.append(

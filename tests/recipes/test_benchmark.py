@@ -6,8 +6,10 @@ import subprocess
 import sys
 
 import pytest
+from absl.testing import flagsaver
 
 from tests.cli_cases import command_outcomes
+from tests.recipes.recipe_loader import load_recipe
 
 BENCHMARK = pathlib.Path(__file__).resolve().parents[2] / "recipes" / "benchmark.py"
 
@@ -114,12 +116,66 @@ def test_precisions_are_timed_side_by_side(tmp_path):
         assert f"| {workload} | {name}@mixed_bfloat16 / {name} |" in result.stdout
 
 
+def test_compile_modes_are_timed_side_by_side(tmp_path):
+    """Each mode of --compile_modes is timed, named "<name>@xla" (graph plainly), with its
+    ratio of medians to the first mode; Trap-MID, whose augmentation layer declares no XLA
+    support, is recorded as failed and the run goes on."""
+    out = tmp_path / "compile_modes.json"
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARK), "--workloads=W3", "--variants=plain,trapmid",
+         "--steps=1", "--warmup=0", "--compile_modes=graph,xla", f"--out={out}"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["environment"]["compile_modes"] == ["graph", "xla"]
+    w3 = report["workloads"]["W3"]
+    for key in ("plain", "plain@xla", "trapmid"):
+        assert w3[key]["repetitions"] == 5, key
+    assert w3["trapmid@xla"] == {
+        "failed": "XLAUnsupported: Keras compiled TrapMIDModel with jit_compile=False; layers "
+        "without XLA support: ['augment']"
+    }
+    for numerator, denominator in (("plain@xla", "plain"), ("trapmid", "plain")):
+        assert w3[f"{numerator}_over_{denominator}"] == round(
+            w3[numerator]["median_ms"] / w3[denominator]["median_ms"], 2
+        )
+    # No ratio with the failure in it.
+    assert {key for key in w3 if "_over_" in key} == {"plain@xla_over_plain", "trapmid_over_plain"}
+    assert "| W3 | plain@xla / plain |" in result.stdout
+    assert "| W3 | trapmid@xla | failed | | | XLAUnsupported: " in result.stdout
+
+
+def test_precision_and_compile_mode_ratios_are_taken_along_each_axis():
+    """With two precisions and two modes, each setting is named "<name>[@precision][@mode]"
+    and compared with the first mode at its precision and with the first precision in its
+    mode; an entry that failed enters no ratio."""
+    recipe = load_recipe("benchmark")
+    with flagsaver.flagsaver():
+        recipe.FLAGS(["benchmark", "--precisions=float32,mixed_bfloat16",
+                      "--compile_modes=graph,xla"])
+        names = [recipe.at_setting("plain", *setting) for setting in recipe.settings()]
+        assert names == ["plain", "plain@xla", "plain@mixed_bfloat16", "plain@mixed_bfloat16@xla"]
+        timings = {name: {"median_ms": median} for name, median in zip(names, (10, 5, 20, 8))}
+        timings.update(trapmid={"median_ms": 30}, **{"trapmid@xla": {"failed": "no kernel"}})
+        recipe.add_setting_ratios(timings, ["plain", "trapmid"])
+    ratios = {key: value for key, value in timings.items() if "_over_" in key}
+    assert ratios == {  # the medians' quotients by hand
+        "plain@xla_over_plain": 0.5,
+        "plain@mixed_bfloat16_over_plain": 2.0,
+        "plain@mixed_bfloat16@xla_over_plain@xla": 1.6,
+        "plain@mixed_bfloat16@xla_over_plain@mixed_bfloat16": 0.4,
+    }
+
+
 BAD_FLAGS = [
     (["--workloads=W9"], "unknown ['W9']"),
     (["--variants=plain,fastest"], "--variants must be some of"),
     (["--workloads=P1d", "--prior_iterations=0"], "--prior_iterations must be >= 1"),
     (["--workloads=P1d", "--gan_width=0"], "--gan_width must be >= 1"),
     (["--precisions=float32,float16"], "--precisions must be distinct names among"),
+    (["--compile_modes=graph,jit"], "--compile_modes must be distinct names among"),
+    (["--compile_modes=xla,xla"], "--compile_modes must be distinct names among"),
 ]
 
 
