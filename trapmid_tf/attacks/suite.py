@@ -46,6 +46,7 @@ from trapmid_tf.files import atomic_path, write_json
 from trapmid_tf.models.cgan import resnet_generator, sn_projection_discriminator
 from trapmid_tf.models.gan import dcgan_generator, minibatch_discriminator, wgan_critic
 from trapmid_tf.models.small_cnn import small_cnn
+from trapmid_tf.seeding import seeded
 from trapmid_tf.validation import check_positive_int
 
 # The zero-effort lookup baseline, the floor every other attack must beat to show leakage.
@@ -177,17 +178,17 @@ def train_gmi_prior(
     Returns:
         The trained `GMIPrior`.
     """
-    keras.utils.set_random_seed(seed)
-    image_shape = tuple(public.element_spec.shape)
-    prior = GMIPrior(
-        dcgan_generator(image_shape, base_channels=base_channels),
-        wgan_critic(image_shape, base_channels=base_channels),
-        n_critic=n_critic,
-        seed=seed,
-    )
-    prior.compile()
-    batches = _shuffled_batches(public, batch_size, seed)
-    _fit_steps(prior, batches, generator_steps * n_critic, verbose)
+    with seeded(seed):
+        image_shape = tuple(public.element_spec.shape)
+        prior = GMIPrior(
+            dcgan_generator(image_shape, base_channels=base_channels),
+            wgan_critic(image_shape, base_channels=base_channels),
+            n_critic=n_critic,
+            seed=seed,
+        )
+        prior.compile()
+        batches = _shuffled_batches(public, batch_size, seed)
+        _fit_steps(prior, batches, generator_steps * n_critic, verbose)
     return prior
 
 
@@ -211,19 +212,19 @@ def train_kedmi_prior(
     Returns:
         The trained `KEDMIPrior`.
     """
-    keras.utils.set_random_seed(seed)
-    image_shape = tuple(public.element_spec.shape)
-    num_classes = int(target.output_shape[-1])
-    prior = KEDMIPrior(
-        dcgan_generator(image_shape, base_channels=base_channels),
-        minibatch_discriminator(image_shape, num_classes, base_channels=base_channels),
-        target,
-        n_critic=n_critic,
-        seed=seed,
-    )
-    prior.compile()
-    batches = kedmi_batches(public.cache(), batch_size, seed=seed).repeat()
-    _fit_steps(prior, batches, generator_steps * n_critic, verbose)
+    with seeded(seed):
+        image_shape = tuple(public.element_spec.shape)
+        num_classes = int(target.output_shape[-1])
+        prior = KEDMIPrior(
+            dcgan_generator(image_shape, base_channels=base_channels),
+            minibatch_discriminator(image_shape, num_classes, base_channels=base_channels),
+            target,
+            n_critic=n_critic,
+            seed=seed,
+        )
+        prior.compile()
+        batches = kedmi_batches(public.cache(), batch_size, seed=seed).repeat()
+        _fit_steps(prior, batches, generator_steps * n_critic, verbose)
     return prior
 
 
@@ -254,31 +255,31 @@ def train_plgmi_prior(
     Returns:
         The trained `PLGMIPrior`.
     """
-    keras.utils.set_random_seed(seed)
-    num_classes = int(target.output_shape[-1])
-    images, labels = select_top_n(
-        target, public_images, num_classes, n=top_n, signatures=signatures,
-        signature_weight=signature_weight,
-    )
-    image_shape = tuple(images.shape[1:])
-    prior = PLGMIPrior(
-        resnet_generator(image_shape, num_classes, base_channels=base_channels),
-        sn_projection_discriminator(image_shape, num_classes, base_channels=base_channels),
-        target,
-        n_dis=n_dis,
-        seed=seed,
-        signatures=signatures,
-        signature_weight=signature_weight,
-    )
-    prior.compile()
-    # The reference's endless sampler: a fresh permutation every pass, batches across passes.
-    batches = (
-        tf.data.Dataset.from_tensor_slices((images, labels))
-        .shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
-        .repeat()
-        .batch(batch_size)
-    )
-    _fit_steps(prior, batches, generator_steps * n_dis, verbose)
+    with seeded(seed):
+        num_classes = int(target.output_shape[-1])
+        images, labels = select_top_n(
+            target, public_images, num_classes, n=top_n, signatures=signatures,
+            signature_weight=signature_weight,
+        )
+        image_shape = tuple(images.shape[1:])
+        prior = PLGMIPrior(
+            resnet_generator(image_shape, num_classes, base_channels=base_channels),
+            sn_projection_discriminator(image_shape, num_classes, base_channels=base_channels),
+            target,
+            n_dis=n_dis,
+            seed=seed,
+            signatures=signatures,
+            signature_weight=signature_weight,
+        )
+        prior.compile()
+        # The reference's endless sampler: a fresh permutation every pass, batches across passes.
+        batches = (
+            tf.data.Dataset.from_tensor_slices((images, labels))
+            .shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+            .repeat()
+            .batch(batch_size)
+        )
+        _fit_steps(prior, batches, generator_steps * n_dis, verbose)
     return prior
 
 
@@ -321,19 +322,19 @@ def train_lomma_surrogates(
         `LOMMAModels`: the distilled classifiers, the target's mean public feature, and the
         steps each surrogate took.
     """
-    keras.utils.set_random_seed(seed)
-    image_shape = tuple(public.element_spec.shape)
-    num_classes = int(target.output_shape[-1])
-    students = students or default_surrogates(image_shape, num_classes)
-    batches = _shuffled_batches(public, batch_size, seed)
-    surrogates, steps_run = [], []
-    for student in students:
-        distiller = SurrogateDistiller(student, target)
-        distiller.compile()
-        _fit_steps(distiller, batches, steps, verbose)
-        surrogates.append(distiller.student)
-        steps_run.append(int(distiller.optimizer.iterations))
-    p_reg = np.asarray(compute_p_reg(target, public))
+    with seeded(seed):
+        image_shape = tuple(public.element_spec.shape)
+        num_classes = int(target.output_shape[-1])
+        students = students or default_surrogates(image_shape, num_classes)
+        batches = _shuffled_batches(public, batch_size, seed)
+        surrogates, steps_run = [], []
+        for student in students:
+            distiller = SurrogateDistiller(student, target)
+            distiller.compile()
+            _fit_steps(distiller, batches, steps, verbose)
+            surrogates.append(distiller.student)
+            steps_run.append(int(distiller.optimizer.iterations))
+        p_reg = np.asarray(compute_p_reg(target, public))
     return LOMMAModels(surrogates, p_reg, {"distillation_steps": steps_run})
 
 

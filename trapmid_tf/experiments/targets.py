@@ -306,37 +306,37 @@ def train(config, verbose=0):
             every artefact is written).
     """
     strategy = make_strategy(config["strategy"])  # before any other TensorFlow work
-    import keras
     import tensorflow as tf
     import trapmid_tf as tm
+    from trapmid_tf.seeding import seeded
 
-    keras.utils.set_random_seed(config["seed"])
-    splits = tm.data.load(
-        config["dataset"], config["data_dir"], seed=config["split_seed"],
-        image_size=config.get("image_size"),
-        public_split=config["public_split"], skip_unreadable=config["skip_unreadable"],
-        test_dir=config.get("test_dir"), test_fraction=config.get("test_fraction"),
-    )
-    (train_set, test_set), _ = splits
-    num_classes = int(train_set.reduce(0, lambda m, item: tf.maximum(m, item[1])).numpy()) + 1
-    config, alpha_reason = with_alpha(
-        config, tuple(train_set.element_spec[0].shape), num_classes
-    )
-    test_data = test_set
-    if defense_registry.get_defense(config["defense"]).trapdoor:
-        test_data = tm.data.with_trapdoor_labels(test_set, num_classes, seed=config["seed"] + 1)
-    test_data = test_data.batch(256).cache().prefetch(tf.data.AUTOTUNE)
-
-    chief = strategy.extended.should_checkpoint
-    out = config["out"] if chief else tempfile.mkdtemp(prefix="train_target_worker_")
-    try:
-        return _fit_and_write(
-            config, strategy, train_set, num_classes, test_data, out, splits.skipped_files,
-            alpha_reason, verbose,
+    with seeded(config["seed"]):
+        splits = tm.data.load(
+            config["dataset"], config["data_dir"], seed=config["split_seed"],
+            image_size=config.get("image_size"),
+            public_split=config["public_split"], skip_unreadable=config["skip_unreadable"],
+            test_dir=config.get("test_dir"), test_fraction=config.get("test_fraction"),
         )
-    finally:
-        if not chief:
-            shutil.rmtree(out, ignore_errors=True)
+        (train_set, test_set), _ = splits
+        num_classes = int(train_set.reduce(0, lambda m, item: tf.maximum(m, item[1])).numpy()) + 1
+        config, alpha_reason = with_alpha(
+            config, tuple(train_set.element_spec[0].shape), num_classes
+        )
+        test_data = test_set
+        if defense_registry.get_defense(config["defense"]).trapdoor:
+            test_data = tm.data.with_trapdoor_labels(test_set, num_classes, seed=config["seed"] + 1)
+        test_data = test_data.batch(256).cache().prefetch(tf.data.AUTOTUNE)
+
+        chief = strategy.extended.should_checkpoint
+        out = config["out"] if chief else tempfile.mkdtemp(prefix="train_target_worker_")
+        try:
+            return _fit_and_write(
+                config, strategy, train_set, num_classes, test_data, out, splits.skipped_files,
+                alpha_reason, verbose,
+            )
+        finally:
+            if not chief:
+                shutil.rmtree(out, ignore_errors=True)
 
 
 def _fit_and_write(config, strategy, train_set, num_classes, test_data, out, skipped_files,

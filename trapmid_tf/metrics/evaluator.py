@@ -32,6 +32,7 @@ from trapmid_tf.metrics.trapdoor import (
 )
 from trapmid_tf.models.features import feature_extractor, features_and_logits
 from trapmid_tf.models.small_cnn import small_cnn
+from trapmid_tf.seeding import seeded
 
 EVALUATION_FEATURES = "evaluation_model"
 PRDC_NEIGHBOURS = 3
@@ -77,23 +78,23 @@ def train_evaluation_model(
     Returns:
         `(model, test_accuracy)`.
     """
-    keras.utils.set_random_seed(seed)
-    input_shape = tuple(train.element_spec[0].shape)
-    build = build or _default_evaluation_architecture
-    model = build(input_shape, num_classes)
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    size = int(train.cardinality())
-    model.fit(
-        train.cache().shuffle(size, seed=seed).batch(batch_size),
-        epochs=epochs,
-        shuffle=False,  # the dataset shuffles itself (Keras ignores, and warns about, True)
-        verbose=verbose,
-    )
-    _, accuracy = model.evaluate(test.batch(256), verbose=0)
+    with seeded(seed):
+        input_shape = tuple(train.element_spec[0].shape)
+        build = build or _default_evaluation_architecture
+        model = build(input_shape, num_classes)
+        model.compile(
+            optimizer=keras.optimizers.Adam(learning_rate),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+        )
+        size = int(train.cardinality())
+        model.fit(
+            train.cache().shuffle(size, seed=seed).batch(batch_size),
+            epochs=epochs,
+            shuffle=False,  # the dataset shuffles itself (Keras ignores, and warns about, True)
+            verbose=verbose,
+        )
+        _, accuracy = model.evaluate(test.batch(256), verbose=0)
     return model, float(accuracy)
 
 
