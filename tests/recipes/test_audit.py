@@ -248,7 +248,7 @@ def trained(monkeypatch):
     The stand-in judge is GlobalAveragePooling and a Dense "logits" layer that gives the last
     class (label 2 with other images) logit 1 and every other 0, whatever the image.
     """
-    from trapmid_tf.metrics import evaluator
+    from trapmid_tf.experiments import evaluation
 
     records = []
 
@@ -264,7 +264,8 @@ def trained(monkeypatch):
         model.layers[-1].set_weights([np.zeros((1, num_classes), np.float32), bias])
         return model, 0.5
 
-    monkeypatch.setattr(evaluator, "train_evaluation_model", fake_training)
+    # Patched where `evaluation_model` looks it up (imported there at module level).
+    monkeypatch.setattr(evaluation, "train_evaluation_model", fake_training)
     return records
 
 

@@ -110,7 +110,7 @@ def test_the_architecture_is_neither_the_evaluation_models_nor_a_targets():
 
 
 def test_the_stage_is_reused_by_what_it_depends_on(monkeypatch, tmp_path):
-    from trapmid_tf.metrics import evaluator
+    from trapmid_tf.experiments import evaluation
 
     trained = []
 
@@ -121,7 +121,8 @@ def test_the_stage_is_reused_by_what_it_depends_on(monkeypatch, tmp_path):
                                   keras.layers.Dense(num_classes, name="logits")])
         return model, 0.5
 
-    monkeypatch.setattr(evaluator, "train_evaluation_model", fake_training)
+    # Patched where `evaluation_model` looks it up (imported there at module level).
+    monkeypatch.setattr(evaluation, "train_evaluation_model", fake_training)
     run = pipeline.PipelineRun(out=str(tmp_path / "run"), preset="tiny")
     settings = pipeline.pipeline_settings("tiny")
     configs = target_configs(run, settings)

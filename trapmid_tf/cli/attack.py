@@ -23,9 +23,12 @@ import sys
 
 from absl import app, flags, logging
 
+import trapmid_tf as tm
+from trapmid_tf.attacks import suite
 from trapmid_tf.cli import console
 from trapmid_tf.experiments.attacks import MAX_ATTACKED_CLASSES, attack_accuracy, run_attack
 from trapmid_tf.experiments.evaluation import load_evaluation_classifier
+from trapmid_tf.files import write_json
 
 FLAGS = flags.FLAGS
 
@@ -57,8 +60,6 @@ def define_flags():
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    from trapmid_tf.attacks import suite
-
     attacks = FLAGS.attacks or [a for a in suite.ATTACKS if a not in suite.OPTION_ATTACKS]
     try:
         needed = suite.priors_needed(attacks)
@@ -85,9 +86,6 @@ def main(argv):
         )
     if not FLAGS.out:
         raise app.UsageError("--out must be set.")
-    import trapmid_tf as tm
-    from trapmid_tf.files import write_json
-
     console.start()
     target = tm.models.load_classifier(FLAGS.target)
     num_classes = FLAGS.num_classes or min(int(target.output_shape[-1]), MAX_ATTACKED_CLASSES)

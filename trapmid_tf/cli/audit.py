@@ -41,7 +41,9 @@ import sys
 
 from absl import app, flags
 
+from trapmid_tf import report
 from trapmid_tf.cli import budgets, console
+from trapmid_tf.experiments import audit
 
 FLAGS = flags.FLAGS
 
@@ -80,9 +82,6 @@ def main(argv):
             raise app.UsageError(f"--{name} must be set.")
     settings = budgets.settings_from_flags()
     console.start()
-    from trapmid_tf import report
-    from trapmid_tf.experiments import audit
-
     try:
         inputs = audit.check_audit(
             FLAGS.model, FLAGS.private_dir, FLAGS.public_dir, settings["attacks"],

@@ -26,14 +26,18 @@ import json
 import os
 import sys
 
+import keras
+import numpy as np
 from absl import app, flags
 
+import trapmid_tf as tm
 from trapmid_tf.cli import console
 from trapmid_tf.experiments.evaluation import (
     classifier_accuracy, evaluation_model, judge_references, load_evaluation_classifier,
     make_detector, make_evaluator, score_attack,
 )
 from trapmid_tf.experiments.priors import default_public_split
+from trapmid_tf.files import write_json
 
 FLAGS = flags.FLAGS
 FLAG_NAMES = ("dataset", "data_dir", "public_split", "evaluation_model",
@@ -76,11 +80,6 @@ def main(argv):
         path = FLAGS[flag].value
         if path and not os.path.exists(path):
             raise app.UsageError(f"--{flag} {path!r} does not exist.")
-    import keras
-    import numpy as np
-    import trapmid_tf as tm
-    from trapmid_tf.files import write_json
-
     console.start()
     (private_train, private_test), _ = tm.data.load(
         FLAGS.dataset, FLAGS.data_dir, seed=FLAGS.seed,

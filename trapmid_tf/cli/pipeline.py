@@ -60,6 +60,7 @@ import sys
 
 from absl import app, flags
 
+from trapmid_tf import report
 from trapmid_tf.cli import budgets, console
 from trapmid_tf.cli import train_target
 from trapmid_tf.experiments import pipeline
@@ -111,8 +112,6 @@ def main(argv):
     except (ValueError, FileNotFoundError) as error:
         raise app.UsageError(str(error)) from error
     console.start()
-    from trapmid_tf import report
-
     results = pipeline.run_pipeline(run, settings, configs)
     print(report.summary_table(results))
     print(f"report: {os.path.join(run.out, 'report.md')} ({results['seconds']:.0f} s)")

@@ -22,10 +22,12 @@ import sys
 
 from absl import app, flags
 
+import trapmid_tf as tm
 from trapmid_tf.cli import console
 from trapmid_tf.experiments.priors import (
     PRIORS, check_settings, default_public_split, train_prior,
 )
+from trapmid_tf.files import write_json
 
 FLAGS = flags.FLAGS
 
@@ -70,9 +72,6 @@ def main(argv):
         check_settings(settings)
     except ValueError as error:
         raise app.UsageError(str(error)) from error
-    import trapmid_tf as tm
-    from trapmid_tf.files import write_json
-
     console.start()
     splits = tm.data.load(
         settings["dataset"], settings["data_dir"], seed=settings["seed"],

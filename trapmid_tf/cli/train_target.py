@@ -39,6 +39,7 @@ import sys
 
 from absl import app, flags
 
+from trapmid_tf.callbacks import NonFiniteLossError
 from trapmid_tf.cli import console
 from trapmid_tf.experiments.target_config import (
     DEFAULTS, DEFENSES, MODELS, PRESETS, resolve_config,
@@ -154,8 +155,6 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     config = config_from_flags()
     console.start()
-    from trapmid_tf.callbacks import NonFiniteLossError
-
     try:
         results = train(config, verbose=console.fit_verbosity())
     except (FileNotFoundError, ValueError, NonFiniteLossError) as error:

@@ -6,7 +6,13 @@ folder made with the same settings; `trapmid-attack` is its command line.
 
 import os
 
+import numpy as np
 from absl import logging
+
+from trapmid_tf.attacks import suite
+from trapmid_tf.files import atomic_path, build_or_reuse
+from trapmid_tf.metrics.accuracy import top_k_accuracy
+from trapmid_tf.metrics.features import batched_predict
 
 RECONSTRUCTIONS_FILE = "reconstructions.npz"
 MAX_ATTACKED_CLASSES = 300  # the reference attacks identities 0-299
@@ -55,10 +61,6 @@ def run_attack(name, target, priors, settings, out, overwrite=False, options=Non
     Raises:
         RuntimeError: If `brep_mi` found a starting point for no class at all.
     """
-    import numpy as np
-    from trapmid_tf.attacks import suite
-    from trapmid_tf.files import atomic_path, build_or_reuse
-
     options = options or {}
     starting_options = dict(options)
     if name in BUDGET_OPTIONS:
@@ -111,8 +113,6 @@ def _without_unstarted(arrays, missing):
     Raises:
         RuntimeError: If no class has a starting point.
     """
-    import numpy as np
-
     kept = ~np.isin(arrays["labels"], missing)
     if not kept.any():
         raise RuntimeError(
@@ -134,9 +134,6 @@ def attack_accuracy(judge, stored, batch_size=100):
     Returns:
         Dict with `aa1` and `aa5` (top-k with k = min(5, classes)), floats in [0, 1].
     """
-    from trapmid_tf.metrics.accuracy import top_k_accuracy
-    from trapmid_tf.metrics.features import batched_predict
-
     logits = batched_predict(judge, stored["images"], batch_size)
     top = min(5, int(logits.shape[-1]))
     return {

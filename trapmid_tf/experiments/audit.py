@@ -21,6 +21,27 @@ import hashlib
 import os
 import time
 
+import numpy as np
+import tensorflow as tf
+
+import trapmid_tf as tm
+from trapmid_tf.attacks import suite
+from trapmid_tf.data import images
+from trapmid_tf.data.images import image_files
+from trapmid_tf.data.loaders import CLASS_FOLDER_TEST_FRACTION
+from trapmid_tf.experiments import judges, pipeline, prior_stages, target_stages
+from trapmid_tf.experiments.attacks import attacked_classes
+from trapmid_tf.experiments.evaluation import (
+    JudgeReferences, judge_references, load_evaluation_classifier, make_evaluator, private_arrays,
+)
+from trapmid_tf.experiments.pipeline import stage_count
+from trapmid_tf.experiments.progress import StageProgress
+from trapmid_tf.experiments.target_config import default_alpha
+from trapmid_tf.files import write_json
+from trapmid_tf.metrics.features import batched_predict
+from trapmid_tf.metrics.intervals import clopper_pearson
+from trapmid_tf.models.gan import sampling_stages
+
 AUDITED = "yours"
 # Other input ranges a model may expect, as (scale, offset) applied to images in [0, 1].
 INPUT_RANGES = {"[0, 255]": (255.0, 0.0), "[-1, 1]": (2.0, -1.0)}
@@ -79,8 +100,6 @@ def load_model(path):
         ValueError: if it cannot be loaded as a Keras model with one image input and one
             output of one vector per image.
     """
-    import trapmid_tf as tm
-
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"--model must be a saved Keras classifier file (.keras); {path!r} is not a file."
@@ -142,12 +161,6 @@ def check_audit(model_path, private_dir, public_dir, attacks, test_dir=None,
             lies in or holds one of the other folders, or shares an image file (by content)
             with one.
     """
-    import numpy as np
-
-    import trapmid_tf as tm
-    from trapmid_tf.experiments.evaluation import private_arrays
-    from trapmid_tf.experiments.target_config import default_alpha
-
     model = load_model(model_path)
     try:
         splits = tm.data.load("class_folder", private_dir, image_size=image_size,
@@ -203,8 +216,6 @@ def check_audit(model_path, private_dir, public_dir, attacks, test_dir=None,
 
 def _check_judge(path, shape, class_names):
     """Raises if the judge at `path` cannot judge images of `shape` over `class_names`."""
-    from trapmid_tf.experiments.evaluation import load_evaluation_classifier
-
     outputs = int(load_evaluation_classifier(path, shape).output_shape[-1])
     if outputs < len(class_names):
         raise ValueError(
@@ -216,8 +227,6 @@ def _check_judge(path, shape, class_names):
 
 def _held_out_fraction(test_fraction):
     """The held-out fraction `"class_folder"` uses for `test_fraction` (None: its default)."""
-    from trapmid_tf.data.loaders import CLASS_FOLDER_TEST_FRACTION
-
     return CLASS_FOLDER_TEST_FRACTION if test_fraction is None else float(test_fraction)
 
 
@@ -241,9 +250,6 @@ def _check_input_shape(model, shape, image_size):
 
 def _check_side(shape, attacks):
     """Raises ValueError for non-square images, or a side the selected GAN priors cannot make."""
-    from trapmid_tf.attacks import suite
-    from trapmid_tf.models.gan import sampling_stages
-
     if shape[0] != shape[1]:
         raise ValueError(
             f"--private_dir must hold square images (the public images are read at the same "
@@ -267,9 +273,6 @@ def _check_side(shape, attacks):
 
 def _check_features(model, attacks):
     """Raises ValueError when a selected attack reads a feature `model` does not expose."""
-    import trapmid_tf as tm
-    from trapmid_tf.attacks import suite
-
     readers = [name for name in attacks if name in FEATURE_ATTACKS or any(
         prior in FEATURE_PRIORS for prior in suite.PRIORS_OF_ATTACK[name])]
     if not readers:
@@ -292,9 +295,6 @@ def _folder_images(flag, folder, shape, image_size):
         FileNotFoundError, ValueError: naming `--<flag>`: not a folder, no image file, an
             unreadable header, or images of another shape.
     """
-    import trapmid_tf as tm
-    from trapmid_tf.data import images
-
     if not os.path.isdir(folder or ""):
         raise FileNotFoundError(
             f"--{flag} must be a folder of images; {folder!r} is not a folder."
@@ -328,8 +328,6 @@ def _other_apart(other_dir, folders):
     Raises:
         ValueError: naming --other_dir and the other flag.
     """
-    from trapmid_tf.data.images import image_files
-
     other = os.path.realpath(other_dir)
     folders = {flag: folder for flag, folder in folders.items() if folder is not None}
     for flag, folder in folders.items():
@@ -369,11 +367,6 @@ def _check_outputs(model, held_images, held_labels):
         ValueError: for probabilities instead of logits, another input range, or accuracy
             no better than chance.
     """
-    import numpy as np
-
-    from trapmid_tf.metrics.features import batched_predict
-    from trapmid_tf.metrics.intervals import clopper_pearson
-
     def accuracy(images):
         outputs = batched_predict(model, images)
         correct = int(np.sum(np.argmax(outputs, axis=1) == held_labels))
@@ -438,14 +431,6 @@ def run_audit(out, settings, inputs, preset, overwrite=False, fid_weights=None,
     Raises:
         ValueError: if the given evaluation model knows fewer classes than the model.
     """
-    import numpy as np
-
-    from trapmid_tf.experiments import pipeline, prior_stages, target_stages
-    from trapmid_tf.experiments.attacks import attacked_classes
-    from trapmid_tf.experiments.evaluation import make_evaluator
-    from trapmid_tf.experiments.progress import StageProgress
-    from trapmid_tf.files import write_json
-
     start = time.perf_counter()
     settings = audit_settings(settings, inputs)
     run = pipeline.PipelineRun(
@@ -500,12 +485,6 @@ def audit_judges(run, settings, inputs):
         (`judges.judge`'s; with other images and a trained model, `trained_on` says what it
         trained on) and the `evaluation.JudgeReferences`.
     """
-    import numpy as np
-    import tensorflow as tf
-
-    from trapmid_tf.experiments import judges
-    from trapmid_tf.experiments.evaluation import JudgeReferences, judge_references
-
     classes = len(inputs.description["classes"])
     references = judge_references(run.dataset, run.data_dir, inputs.private_test)
     train, outputs = inputs.private_test, classes
@@ -550,6 +529,4 @@ def audit_settings(settings, inputs):
 def audit_stage_count(settings):
     """The stages of `run_audit` with `settings`: the pipeline's less the targets' training
     and the held-out judge (the audit's one judge is already trained on held-out images)."""
-    from trapmid_tf.experiments.pipeline import stage_count
-
     return stage_count(dict(settings, defenses=[AUDITED])) - len(settings["seeds"]) - 1

@@ -7,8 +7,18 @@ import json
 import os
 import typing
 
+import keras
 import numpy as np
+import tensorflow as tf
 from absl import logging
+
+import trapmid_tf as tm
+from trapmid_tf import metrics
+from trapmid_tf.data.digits import stratified_split
+from trapmid_tf.files import atomic_path, build_or_reuse, write_json
+from trapmid_tf.metrics.classifier_judge import ClassifierJudge
+from trapmid_tf.metrics.evaluator import AttackEvaluator, TrapdoorDetector, train_evaluation_model
+from trapmid_tf.metrics.pixel_judge import PixelJudge, pixel_judge_applies
 
 EVALUATION_MODEL_FILE = "classifier.keras"
 DETECTOR_CLEAN_IMAGES = 200  # clean private images behind the trapdoor signatures
@@ -59,8 +69,6 @@ def judge_references(dataset, data_dir, private_test):
     Raises:
         ValueError: If the other classes' images do not have the private test images' shape.
     """
-    import trapmid_tf as tm
-
     images, labels = private_arrays(private_test)
     if dataset not in OTHER_CLASS_DATASETS:
         return JudgeReferences(images, labels, PRIVATE_TEST_SOURCE)
@@ -86,8 +94,6 @@ def evaluation_architecture(name):
     "small_cnn_wide" is our small CNN at twice the target's width, a 256-d feature and no
     batch norm; the others are the zoo models.
     """
-    import trapmid_tf as tm
-
     if name == "small_cnn_wide":
         return lambda shape, classes: tm.models.small_cnn(
             shape, classes, width=64, feature_dim=256, batch_norm=False, name="evaluator"
@@ -111,11 +117,6 @@ def evaluation_model(dataset, data_dir, settings, out, overwrite=False, verbose=
     Returns:
         `(model, test_accuracy)`.
     """
-    import keras
-    import trapmid_tf as tm
-    from trapmid_tf.files import atomic_path, build_or_reuse, write_json
-    from trapmid_tf.metrics.evaluator import train_evaluation_model
-
     path = os.path.join(out, EVALUATION_MODEL_FILE)
     results_path = os.path.join(out, "results.json")
 
@@ -159,8 +160,6 @@ def load_evaluation_classifier(path, image_shape):
         FileNotFoundError: if `path` is not a file.
         ValueError: if the model cannot take images of `image_shape`.
     """
-    import keras
-
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--evaluation_model {path!r} is not a saved classifier file.")
     model = keras.models.load_model(path, compile=False)
@@ -238,11 +237,6 @@ def make_evaluator(model, private_train, fid_weights=None, references=None,
     no target trained on, `held_out_split`), with a `ClassifierJudge` of it
     (`evaluator.judges["held_out"]`).
     """
-    from trapmid_tf import metrics
-    from trapmid_tf.metrics.classifier_judge import ClassifierJudge
-    from trapmid_tf.metrics.evaluator import AttackEvaluator
-    from trapmid_tf.metrics.pixel_judge import PixelJudge, pixel_judge_applies
-
     images, labels = private_arrays(private_train)
     fid_model = metrics.inception_feature_extractor(fid_weights) if fid_weights else None
     judges = {}
@@ -273,10 +267,6 @@ def held_out_split(references, seed, test_fraction=HELD_OUT_TEST_FRACTION):
     Raises:
         ValueError: If `test_fraction` is not in (0, 1).
     """
-    import tensorflow as tf
-
-    from trapmid_tf.data.digits import stratified_split
-
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"`test_fraction` must be in (0, 1); received {test_fraction!r}.")
     images, labels = references.images, references.labels
@@ -290,7 +280,5 @@ def held_out_split(references, seed, test_fraction=HELD_OUT_TEST_FRACTION):
 
 def make_detector(target, trigger_path, private_train):
     """The `TrapdoorDetector` of a Trap-MID target from its trigger file."""
-    from trapmid_tf.metrics.evaluator import TrapdoorDetector
-
     images, _ = private_arrays(private_train.take(DETECTOR_CLEAN_IMAGES))
     return TrapdoorDetector.from_file(target, trigger_path, images)

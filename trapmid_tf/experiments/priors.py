@@ -5,7 +5,11 @@
 
 import os
 
+import numpy as np
 from absl import logging
+
+from trapmid_tf.attacks import suite
+from trapmid_tf.files import build_or_reuse
 
 PRIORS = ("gmi", "kedmi", "plgmi", "lomma")
 
@@ -59,10 +63,6 @@ def train_prior(name, public, target, settings, out, overwrite=False, verbose=0,
     Raises:
         ValueError: If `signatures` are given for a prior other than "plgmi".
     """
-    import numpy as np
-    from trapmid_tf.attacks import suite
-    from trapmid_tf.files import build_or_reuse
-
     if signatures is not None and name != "plgmi":
         raise ValueError(
             f"`signatures` penalise only the 'plgmi' prior; received them for {name!r}."

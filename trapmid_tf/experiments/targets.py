@@ -10,10 +10,20 @@ import os
 import shutil
 import tempfile
 
+import keras
+import numpy as np
+import tensorflow as tf
+
+import trapmid_tf as tm
+from trapmid_tf.callbacks import StopOnNonFiniteLoss, TrapMIDBackup
+from trapmid_tf.defenses.negls import NegLSLoss
 from trapmid_tf.experiments import defenses as defense_registry
 from trapmid_tf.experiments.target_config import (
     ALPHA_SOURCE, MODELS, RESUMABLE_CHANGES, model_function, with_alpha,
 )
+from trapmid_tf.files import write_json
+from trapmid_tf.models.features import feature_layer
+from trapmid_tf.seeding import seeded
 
 # The reference's optimiser constants (utils.init_optimizer and every config entry): SGD with
 # momentum 0.9 and weight decay 1e-4 as PyTorch applies it (trapmid_tf.TorchSGD); PyTorch's Adam
@@ -44,8 +54,6 @@ def make_strategy(name):
     Call it before any other TensorFlow work: a multi-worker strategy configures the
     collective ops when TensorFlow starts.
     """
-    import tensorflow as tf
-
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
     if name == "multi_worker":
@@ -54,8 +62,6 @@ def make_strategy(name):
 
 
 def _multi_worker_strategy():
-    import tensorflow as tf
-
     class KerasMultiWorkerStrategy(tf.distribute.MultiWorkerMirroredStrategy):
         """`MultiWorkerMirroredStrategy` whose `reduce` takes what Keras 3.15's `fit` gives it.
 
@@ -91,9 +97,6 @@ def make_optimizer(config, steps_per_epoch):
     Returns:
         A `trapmid_tf.TorchSGD` or `trapmid_tf.TorchAdam`.
     """
-    import keras
-    import trapmid_tf as tm
-
     learning_rate = config["learning_rate"]
     drops = config["lr_decay_epoch"]
     if drops:
@@ -108,9 +111,6 @@ def make_optimizer(config, steps_per_epoch):
 
 
 def make_loss(config):
-    import keras
-    from trapmid_tf.defenses.negls import NegLSLoss
-
     if defense_registry.get_defense(config["defense"]).negls:
         return NegLSLoss(config["negls_smoothing"], num_epochs=config["epochs"])
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -132,8 +132,6 @@ def custom_classifier(spec, input_shape, num_classes):
         ValueError: If the function returns anything else; the message names `spec`, what
             was expected and what was received.
     """
-    import keras
-
     input_shape = tuple(input_shape)
     model = model_function(spec)(input_shape, num_classes)
     expected = (
@@ -173,9 +171,6 @@ def build_model(config, input_shape, num_classes, steps_per_epoch):
         ValueError: As `custom_classifier`, or if a model of one's own cannot serve MID or
             BiDO, naming what they need.
     """
-    import trapmid_tf as tm
-    from trapmid_tf.models.features import feature_layer
-
     options = {} if config.get("width") is None else {"width": config["width"]}
     zoo = config["model"] in MODELS
     if zoo:  # the zoo's builders; a model of one's own builds its own batch norms
@@ -232,8 +227,6 @@ def build_model(config, input_shape, num_classes, steps_per_epoch):
 
 def epoch_seeds(seed, epoch):
     """Three independent int seeds (data order, trapdoor labels, flips) of `(seed, epoch)`."""
-    import numpy as np
-
     return [int(value) for value in np.random.SeedSequence([seed, epoch]).generate_state(3)]
 
 
@@ -255,9 +248,6 @@ def train_batches(train_set, num_classes, config, first_epoch):
     Returns:
         A `tf.data.Dataset` of `(epochs - first_epoch) * (size // batch_size)` batches.
     """
-    import tensorflow as tf
-    import trapmid_tf as tm
-
     cached = train_set.cache()
     size = int(train_set.cardinality())
 
@@ -306,10 +296,6 @@ def train(config, verbose=0):
             every artefact is written).
     """
     strategy = make_strategy(config["strategy"])  # before any other TensorFlow work
-    import tensorflow as tf
-    import trapmid_tf as tm
-    from trapmid_tf.seeding import seeded
-
     with seeded(config["seed"]):
         splits = tm.data.load(
             config["dataset"], config["data_dir"], seed=config["split_seed"],
@@ -345,10 +331,6 @@ def _fit_and_write(config, strategy, train_set, num_classes, test_data, out, ski
 
     `alpha_reason`: `default_alpha`'s reason when it chose alpha, else None.
     """
-    import trapmid_tf as tm
-    from trapmid_tf.callbacks import StopOnNonFiniteLoss, TrapMIDBackup
-    from trapmid_tf.files import write_json
-
     uses_triggers = defense_registry.get_defense(config["defense"]).trapdoor
     tracker = tm.TrapMIDCallback(
         validation_data=test_data,
