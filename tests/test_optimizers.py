@@ -163,33 +163,41 @@ def test_loss_scaling_gives_the_unscaled_update():
     assert_close(scaled_variable.numpy(), plain_variable.numpy())
 
 
+def _replica_weights(strategy, layers, optimizer, x, y, seed):
+    """The weights after 2 epochs of `fit` (batch 8) of a seeded model of `layers` under
+    `strategy`, compiled with `optimizer()` and cross-entropy."""
+    with strategy.scope():
+        keras.utils.set_random_seed(seed)
+        model = keras.Sequential(layers())
+        model.compile(optimizer(), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(8), epochs=2, verbose=0)
+    return model.get_weights()
+
+
+def _assert_replicas_match(two_replicas, layers, optimizer, x, y, seed):
+    one = _replica_weights(tf.distribute.OneDeviceStrategy("/cpu:0"), layers, optimizer, x, y,
+                           seed)
+    two = _replica_weights(two_replicas, layers, optimizer, x, y, seed)
+    for a, b in zip(one, two):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+
+
 def test_two_replicas_give_the_one_device_update(two_replicas):
     """Under MirroredStrategy the summed replica gradients give the one-device step."""
     rng = np.random.default_rng(4)
     x = rng.uniform(size=(16, 5)).astype("float32")
     y = rng.integers(0, 3, 16)
-
-    def train(strategy):
-        with strategy.scope():
-            keras.utils.set_random_seed(5)
-            model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(3)])
-            model.compile(TorchSGD(0.2, momentum=0.9, weight_decay=1e-2),
-                          keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-        model.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(8), epochs=2, verbose=0)
-        return model.get_weights()
-
-    one = train(tf.distribute.OneDeviceStrategy("/cpu:0"))
-    two = train(two_replicas)
-    for a, b in zip(one, two):
-        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+    _assert_replicas_match(
+        two_replicas, lambda: [keras.Input((5,)), keras.layers.Dense(3)],
+        lambda: TorchSGD(0.2, momentum=0.9, weight_decay=1e-2), x, y, seed=5)
 
 
 @pytest.mark.parametrize(
     "arguments, message",
-    [(dict(momentum=1.5), "`momentum` must be in [0, 1]"),
-     (dict(dampening=1.0), "`dampening` must be in [0, 1)"),
-     (dict(weight_decay=-1e-4), "`weight_decay` must be a float >= 0"),
-     (dict(momentum="0.9"), "`momentum` must be a float"),
+    [(dict(momentum=1.5), "`momentum` must be a number in [0, 1]; received 1.5"),
+     (dict(dampening=1.0), "`dampening` must be a number in [0, 1); received 1.0"),
+     (dict(weight_decay=-1e-4), "`weight_decay` must be a finite number >= 0"),
+     (dict(momentum="0.9"), "`momentum` must be a number in [0, 1]; received '0.9'"),
      (dict(nesterov=True, momentum=0.0), "`nesterov=True` needs")],
 )
 def test_bad_arguments_are_named(arguments, message):
@@ -320,29 +328,18 @@ def test_torch_adam_two_replicas_give_the_one_device_update(two_replicas):
     rng = np.random.default_rng(6)
     x = rng.integers(0, 4, 16)  # 16 lookups of 4 rows: every batch repeats rows
     y = rng.integers(0, 3, 16)
-
-    def train(strategy):
-        with strategy.scope():
-            keras.utils.set_random_seed(7)
-            model = keras.Sequential([keras.Input((), dtype="int32"),
-                                      keras.layers.Embedding(4, 5), keras.layers.Dense(3)])
-            model.compile(TorchAdam(0.05),
-                          keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-        model.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(8), epochs=2, verbose=0)
-        return model.get_weights()
-
-    one = train(tf.distribute.OneDeviceStrategy("/cpu:0"))
-    two = train(two_replicas)
-    for a, b in zip(one, two):
-        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+    _assert_replicas_match(
+        two_replicas, lambda: [keras.Input((), dtype="int32"), keras.layers.Embedding(4, 5),
+                               keras.layers.Dense(3)],
+        lambda: TorchAdam(0.05), x, y, seed=7)
 
 
 @pytest.mark.parametrize(
     "arguments, message",
-    [(dict(beta_1=1.0), "`beta_1` must be in [0, 1)"),
-     (dict(beta_2=-0.1), "`beta_2` must be in [0, 1)"),
-     (dict(beta_1="0.9"), "`beta_1` must be a float"),
-     (dict(epsilon=-1e-8), "`epsilon` must be a float >= 0"),
+    [(dict(beta_1=1.0), "`beta_1` must be a number in [0, 1); received 1.0"),
+     (dict(beta_2=-0.1), "`beta_2` must be a number in [0, 1); received -0.1"),
+     (dict(beta_1="0.9"), "`beta_1` must be a number in [0, 1); received '0.9'"),
+     (dict(epsilon=-1e-8), "`epsilon` must be a finite number >= 0"),
      (dict(weight_decay=1e-4), "`weight_decay` must be None")],
 )
 def test_torch_adam_bad_arguments_are_named(arguments, message):

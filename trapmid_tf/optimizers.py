@@ -16,6 +16,8 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from trapmid_tf.validation import check_fraction, check_non_negative_float
+
 
 def dense_gradient(gradient):
     """Sums a sparse gradient into a dense tensor, as PyTorch's dense gradients are.
@@ -80,16 +82,9 @@ class TorchSGD(keras.optimizers.Optimizer):
         **kwargs,
     ):
         super().__init__(learning_rate=learning_rate, name=name, weight_decay=None, **kwargs)
-        for argument, value, upper in (("momentum", momentum, 1.0), ("dampening", dampening, 1.0)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"`{argument}` must be a float; received {value!r}.")
-            if not 0.0 <= value <= upper or (argument == "dampening" and value == upper):
-                bounds = "[0, 1]" if argument == "momentum" else "[0, 1)"
-                raise ValueError(f"`{argument}` must be in {bounds}; received {value!r}.")
-        if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)) or (
-            weight_decay < 0
-        ):
-            raise ValueError(f"`weight_decay` must be a float >= 0; received {weight_decay!r}.")
+        check_fraction("momentum", momentum, include_one=True)
+        check_fraction("dampening", dampening)
+        check_non_negative_float("weight_decay", weight_decay)
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError(
                 "`nesterov=True` needs `momentum` > 0 and `dampening` == 0 (as in PyTorch); "
@@ -207,15 +202,9 @@ class TorchAdam(keras.optimizers.Optimizer):
                 f"`weight_decay` must be None; received {weight_decay!r}."
             )
         super().__init__(learning_rate=learning_rate, name=name, weight_decay=None, **kwargs)
-        for argument, value in (("beta_1", beta_1), ("beta_2", beta_2)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"`{argument}` must be a float; received {value!r}.")
-            if not 0.0 <= value < 1.0:
-                raise ValueError(f"`{argument}` must be in [0, 1); received {value!r}.")
-        if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or epsilon < 0:
-            raise ValueError(f"`epsilon` must be a float >= 0; received {epsilon!r}.")
-        self.beta_1 = float(beta_1)
-        self.beta_2 = float(beta_2)
+        self.beta_1 = check_fraction("beta_1", beta_1)
+        self.beta_2 = check_fraction("beta_2", beta_2)
+        check_non_negative_float("epsilon", epsilon)
         self.epsilon = float(epsilon)
 
     def build(self, variables):

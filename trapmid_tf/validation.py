@@ -57,6 +57,17 @@ def check_non_negative_float(name, value):
         raise ValueError(f"`{name}` must be a finite number >= 0; received {value!r}.")
 
 
+def check_fraction(name, value, include_one=False):
+    """Returns `value` as a float, raising ValueError unless it is a real number in [0, 1)
+    (in [0, 1] with `include_one`)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (
+        0 <= value <= 1 and (include_one or value < 1)
+    ):
+        bounds = "[0, 1]" if include_one else "[0, 1)"
+        raise ValueError(f"`{name}` must be a number in {bounds}; received {value!r}.")
+    return float(value)
+
+
 def check_open_unit_interval(name, value):
     """Returns `value` as a float, raising ValueError unless it is a real number in (0, 1)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < 1:
