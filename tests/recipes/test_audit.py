@@ -8,10 +8,12 @@ perfectly; t = 127.5 is the same model for inputs in [0, 255], t = 0 for inputs 
 and t = 2 puts every image in one class in each of the three ranges (chance).
 """
 
+import dataclasses
 import hashlib
 import json
 import re
 import shutil
+import types
 from pathlib import Path
 
 import keras
@@ -71,7 +73,7 @@ def check(model, folders, attacks=None, **options):
     private_dir, public_dir = folders
     options = dict(dict(public_dir=public_dir, test_fraction=0.5), **options)
     return audit.check_audit(
-        model, private_dir, attacks=attacks or pipeline_settings("tiny")["attacks"], **options
+        model, private_dir, attacks=attacks or pipeline_settings("tiny").attacks, **options
     )
 
 
@@ -183,9 +185,9 @@ def test_a_tiny_audit_writes_the_report_with_the_lookup_row(folders, tmp_path):
     scores = stored["defenses"][audit.AUDITED]
     # The lookup and the transfer null first (results.json sorts its keys; the dict returned
     # keeps the run's order).
-    assert list(results["defenses"][audit.AUDITED]["attacks"]) == settings["attacks"]
-    assert settings["attacks"][:2] == ["lookup", "transfer_null"]
-    assert set(scores["attacks"]) == set(settings["attacks"])
+    assert tuple(results["defenses"][audit.AUDITED]["attacks"]) == settings.attacks
+    assert settings.attacks[:2] == ("lookup", "transfer_null")
+    assert set(scores["attacks"]) == set(settings.attacks)
     assert scores["accuracy"]["mean"] == 1.0
     assert stored["attacked_classes"] == 2 and stored["model"]["classes"] == list(CLASSES)
     # The judge trained on the 12 held-out images; the pixel judge compares with them.
@@ -269,6 +271,23 @@ def trained(monkeypatch):
     return records
 
 
+def test_the_audits_settings_record_no_target_training():
+    inputs = types.SimpleNamespace(public_description="/data/public (16x16x1)")
+    settings = audit.audit_settings(pipeline_settings("tiny", attacks=NO_PRIOR_ATTACKS), inputs)
+    assert settings.defenses == (audit.AUDITED,)
+    assert settings.public_split == "/data/public (16x16x1)"
+    # The pipeline's record of the same settings less the two keys of target training.
+    pipeline_record = dataclasses.replace(
+        pipeline_settings("tiny", attacks=NO_PRIOR_ATTACKS), defenses=(audit.AUDITED,),
+        public_split="/data/public (16x16x1)",
+    ).as_dict()
+    del pipeline_record["target_epochs"], pipeline_record["require_trapdoor"]
+    assert settings.as_dict() == pipeline_record
+    # Stages: the pipeline's for one target less its training and the held-out judge:
+    # 3 attacks and the scores, the evaluation model, the report.
+    assert audit.audit_stage_count(settings) == 3 + 1 + 1 + 1
+
+
 def judge_stage(inputs, out):
     """`audit.audit_judges` of the tiny preset into `out`, as `audit.run_audit` calls it."""
     run = PipelineRun(out=str(out), dataset="class_folder",
@@ -343,7 +362,7 @@ def test_the_other_images_are_part_of_the_judges_identity(
     assert plain.other is None and "other" not in plain.held_out
     stage = json.loads((out / "evaluator" / "stage.json").read_text())
     assert stage == dict(
-        architecture="small_cnn_wide", epochs=pipeline_settings("tiny")["evaluation_epochs"],
+        architecture="small_cnn_wide", epochs=pipeline_settings("tiny").evaluation_epochs,
         seed=0, dataset="class_folder", data_dir=folders[0], data=dict(
             trained_on="held-out images", private_dir=folders[0], test_dir=None,
             test_fraction=0.5, image_size=None, split_seed=0))
@@ -404,7 +423,7 @@ def test_other_folders_the_audit_cannot_use_are_refused(folders, other_dir, tmp_
 def test_a_tiny_audit_with_other_images_reports_what_its_judges_know(
         folders, other_dir, tmp_path):
     path = brightness_model(tmp_path / "model.keras", threshold=0.5)
-    settings = dict(pipeline_settings("tiny"), attacks=NO_PRIOR_ATTACKS)
+    settings = pipeline_settings("tiny", attacks=NO_PRIOR_ATTACKS)
     inputs = check(path, folders, attacks=NO_PRIOR_ATTACKS, other_dir=other_dir)
     out = tmp_path / "audit"
     audit.run_audit(str(out), settings, inputs, "tiny")

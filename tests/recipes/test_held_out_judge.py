@@ -1,6 +1,7 @@
 """The judges' references and the pipeline's held-out judge: their data, the judge's
 architecture and its stage, by construction."""
 
+import dataclasses
 import io
 import json
 
@@ -144,7 +145,7 @@ def test_the_stage_is_reused_by_what_it_depends_on(monkeypatch, tmp_path):
     _, again = judges.held_out_judge(run, references, configs, settings, progress)
     assert again == description and len(trained) == 1
     # Its epochs are part of its identity: another budget trains it again.
-    longer = dict(settings, evaluation_epochs=2)
+    longer = dataclasses.replace(settings, evaluation_epochs=2)
     judges.held_out_judge(run, references, configs, longer, progress)
     assert [record["epochs"] for record in trained] == [4, 8]
     # Where it does not apply, the stage is still entered (counted) and gives nothing.

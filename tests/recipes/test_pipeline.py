@@ -1,5 +1,6 @@
 """trapmid-pipeline end to end on the tiny preset, and the single-stage commands."""
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -60,7 +61,8 @@ def test_results_hold_every_defense_and_attack(tiny):
     # The profile: every stage but the report (still running when results.json is written).
     assert {"target none, seed 0", "evaluation model", "gmi prior, seed 0"} <= set(
         results["stage_seconds"])
-    assert len(results["stage_seconds"]) == pipeline.stage_count(results["settings"]) - 1
+    recorded = pipeline.PipelineSettings(**results["settings"])
+    assert len(results["stage_seconds"]) == pipeline.stage_count(recorded) - 1
     for defense, scores in results["defenses"].items():
         assert scores["seeds"] == [0]
         assert set(scores["attacks"]) == set(ATTACKS)  # results.json sorts its keys
@@ -169,9 +171,39 @@ def test_the_lookup_baseline_and_the_transfer_null_run_first_in_every_preset():
     from trapmid_tf.experiments import pipeline
 
     for preset in pipeline.PRESETS:
-        assert pipeline.pipeline_settings(preset)["attacks"][:2] == ["lookup", "transfer_null"]
+        assert pipeline.pipeline_settings(preset).attacks[:2] == ("lookup", "transfer_null")
     chosen = pipeline.pipeline_settings("tiny", attacks=["gmi", "lookup", "brep_mi"])
-    assert chosen["attacks"] == ["lookup", "transfer_null", "gmi", "brep_mi"]
+    assert chosen.attacks == ("lookup", "transfer_null", "gmi", "brep_mi")
+
+
+def test_settings_record_the_preset_with_the_run_wide_choices_as_plain_json():
+    from trapmid_tf.experiments import pipeline
+
+    settings = pipeline.pipeline_settings("tiny", {"per_class": 3}, attacks=["gmi"],
+                                          budget_scale=2, adaptive_weight=0.5)
+    # The tiny preset as written in PRESETS, the override, every step budget doubled (the
+    # tiny preset's: gmi 2, kedmi 4, plgmi 2, surrogates 4, every inversion 4).
+    expected = dict(pipeline.PRESETS["tiny"], per_class=3, gmi_steps=4, kedmi_steps=8,
+                    plgmi_steps=4, surrogate_steps=8, iterations=8, plgmi_iterations=8,
+                    mi_face_iterations=8, recovery_iterations=8, brep_iterations=8,
+                    attacks=["lookup", "transfer_null", "gmi"], adaptive_weight=0.5,
+                    recovery_alpha=None, budget_scale=2, public_split=None)
+    assert settings.as_dict() == expected
+    assert json.loads(json.dumps(settings.as_dict())) == expected  # lists, not tuples
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(preset="huge"), "`preset` must be one of"),
+    (dict(overrides={"gmi_steps": 0}), "`gmi_steps` must be positive; received 0."),
+    (dict(overrides={"seeds": [1, 1]}), "`seeds` must list distinct integers"),
+    (dict(attacks=["fgsm"]), "`attacks` must list names among"),
+    (dict(budget_scale=0), "`budget_scale` must be >= 1; received 0."),
+])
+def test_bad_settings_name_the_setting_not_a_flag(changes, message):
+    from trapmid_tf.experiments import pipeline
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        pipeline.pipeline_settings(**changes)
 
 
 def test_one_gmi_prior_per_training_seed_shared_by_its_defenses(monkeypatch, tmp_path):
@@ -180,8 +212,10 @@ def test_one_gmi_prior_per_training_seed_shared_by_its_defenses(monkeypatch, tmp
     from trapmid_tf.experiments import pipeline, prior_stages, target_stages
     from trapmid_tf.experiments.progress import StageProgress
 
-    settings = pipeline.pipeline_settings("tiny", {"seeds": [0, 1]}, attacks=["gmi", "mi_face"])
-    settings["public_split"] = "samples"  # as run_pipeline sets it for the digits
+    settings = dataclasses.replace(  # public_split as run_pipeline sets it for the digits
+        pipeline.pipeline_settings("tiny", {"seeds": [0, 1]}, attacks=["gmi", "mi_face"]),
+        public_split="samples",
+    )
     # 2 defenses x 2 seeds, per target its training, 4 attacks (the lookup, the transfer
     # null, gmi, mi_face) and its scores, no target prior; the evaluation model, the held-out
     # judge, one GMI prior per seed, report.
@@ -201,7 +235,7 @@ def test_one_gmi_prior_per_training_seed_shared_by_its_defenses(monkeypatch, tmp
     gmi = prior_stages.gmi_prior_per_seed(run, settings, "public images",
                                           StageProgress(24, stream))
     # The targets in the order run_pipeline attacks them (train_targets': seed by seed).
-    keys = [(defense, seed) for seed in settings["seeds"] for defense in settings["defenses"]]
+    keys = [(defense, seed) for seed in settings.seeds for defense in settings.defenses]
     assert keys == list(target_stages.target_configs(run, settings))
     priors = {(defense, seed): gmi(seed) for defense, seed in keys}
     assert [(name, target, out) for name, target, _, out in calls] == [

@@ -1,6 +1,7 @@
 """PLG-MI++ at full strength in the pipeline: each PLG-MI++ attack searches its own prior,
 trained with its signatures and the run's weight; its stages, records and report row."""
 
+import dataclasses
 import io
 import os
 import types
@@ -78,23 +79,24 @@ def recorded(monkeypatch):
 
 def attack_one_target(tmp_path, defense, attacks, detector):
     """`target_priors` then `attack_target` of the tiny classifier as `defense`, seed 0."""
-    settings = pipeline.pipeline_settings("tiny", attacks=attacks, adaptive_weight=WEIGHT)
-    settings["public_split"] = "samples"  # as run_pipeline sets it for the digits
+    settings = dataclasses.replace(  # public_split as run_pipeline sets it for the digits
+        pipeline.pipeline_settings("tiny", attacks=attacks, adaptive_weight=WEIGHT),
+        public_split="samples",
+    )
     run = pipeline.PipelineRun(out=str(tmp_path))
     target = tiny_classifier()
     public_images = np.random.default_rng(0).random((12, *IMAGE_SHAPE)).astype(np.float32)
     public = tf.data.Dataset.from_tensor_slices(public_images)
     directory = target_stages.target_dir(run, defense, 0)
-    config = {"defense": defense, "seed": 0}
+    trained = target_stages.TrainedTarget(directory, target, {"defense": defense, "seed": 0}, 0,
+                                          {}, detector)
     stream = io.StringIO()
     progress = StageProgress(pipeline.stage_count(settings), stream)
     priors, prior_settings, signatures = prior_stages.target_priors(
-        run, directory, target, config, 0, public, None, settings, progress, detector,
-        public_images,
+        run, trained, public, None, settings, progress, public_images,
     )
-    stored = attack_stages.attack_target(run, directory, target, config, 0, priors,
-                                         prior_settings, settings, progress, signatures,
-                                         public_images)
+    stored = attack_stages.attack_target(run, trained, priors, prior_settings, settings,
+                                         progress, signatures, public_images)
     return dict(settings=settings, target=target, public_images=public_images,
                 directory=directory, prior_settings=prior_settings, stored=stored,
                 stages=stage_names(stream))
@@ -147,9 +149,9 @@ def test_each_plgmi_plus_plus_attack_searches_its_own_penalised_prior(recorded, 
     # holds the plain one's weights, so both give the same reconstructions.
     settings = done["settings"]
     library = PLGMIAdaptiveAttack(
-        generators["plgmi"], penalty_weight=WEIGHT, iterations=settings["plgmi_iterations"],
-        public_images=done["public_images"], top_n=settings["top_n"],
-    ).invert(done["target"], range(NUM_CLASSES), per_class=settings["per_class"], seed=0,
+        generators["plgmi"], penalty_weight=WEIGHT, iterations=settings.plgmi_iterations,
+        public_images=done["public_images"], top_n=settings.top_n,
+    ).invert(done["target"], range(NUM_CLASSES), per_class=settings.per_class, seed=0,
              verbose=0)
     # The same float32 operations in the same order on the same inputs: at most a few
     # roundings of pixels in [0, 1] apart.
@@ -227,9 +229,9 @@ def test_results_and_the_steps_table_name_the_prior_each_plgmi_plus_plus_attack_
     # attack_seed files the record under the attack that searched the prior (scores faked).
     monkeypatch.setattr(attack_stages, "score_attack", lambda evaluator, arrays, detector: {})
     stored = {name: {"iterations": np.array(4)} for name in ("plgmi", "plgmi_adaptive")}
-    scores = attack_stages.attack_seed(None, None, stored, {"test_accuracy": 1.0,
-                                                            "trapdoor_accuracy": 1.0}, steps,
-                                       searched=records)
+    target = target_stages.TrainedTarget("targets/trapmid/seed_0", None, {}, 0,
+                                         {"test_accuracy": 1.0, "trapdoor_accuracy": 1.0})
+    scores = attack_stages.attack_seed(None, target, stored, steps, searched=records)
     assert scores["attacks"]["plgmi_adaptive"]["prior"] == records["plgmi_adaptive"]
     assert "prior" not in scores["attacks"]["plgmi"]
 

@@ -84,7 +84,7 @@ def main(argv):
     console.start()
     try:
         inputs = audit.check_audit(
-            FLAGS.model, FLAGS.private_dir, FLAGS.public_dir, settings["attacks"],
+            FLAGS.model, FLAGS.private_dir, FLAGS.public_dir, settings.attacks,
             FLAGS.test_dir, FLAGS.test_fraction, FLAGS.image_size, FLAGS.split_seed,
             FLAGS.evaluation_model, FLAGS.other_dir,
         )

@@ -1,8 +1,11 @@
 """The preset and budget flags that trapmid-pipeline and trapmid-audit share, and their settings.
 
 Both commands take a preset (`trapmid_tf.experiments.presets.PRESETS`) whose budgets these
-flags override; `settings_from_flags` turns them into `presets.pipeline_settings`.
+flags override; `settings_from_flags` turns them into `presets.pipeline_settings`. Each flag
+sets the setting of its name.
 """
+
+import re
 
 from absl import app, flags
 
@@ -69,10 +72,10 @@ def settings_from_flags():
     keeps the preset's value.
 
     Returns:
-        The settings dict.
+        The `presets.PipelineSettings`.
 
     Raises:
-        app.UsageError: for an unknown attack, a bad number or bad seeds.
+        app.UsageError: for an unknown attack, a bad number or bad seeds, naming the flag.
     """
     overrides = {key: FLAGS[key].value for key in PRESET_KEYS
                  if key in FLAGS and FLAGS[key].present}
@@ -89,4 +92,11 @@ def settings_from_flags():
             FLAGS.recovery_alpha,
         )
     except ValueError as error:
-        raise app.UsageError(str(error)) from error
+        raise app.UsageError(flag_message(str(error))) from error
+
+
+def flag_message(message):
+    """`message` with each setting it names (`` `gmi_steps` ``) written as its flag
+    (--gmi_steps); a name that is no flag of the command stays as it is."""
+    return re.sub(r"`(\w+)`", lambda name: f"--{name[1]}" if name[1] in FLAGS else name[0],
+                  message)

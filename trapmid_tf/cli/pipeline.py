@@ -116,7 +116,7 @@ def main(argv):
     print(report.summary_table(results))
     print(f"report: {os.path.join(run.out, 'report.md')} ({results['seconds']:.0f} s)")
     failed = failed_trapdoors(results)
-    if failed and settings["require_trapdoor"]:
+    if failed and settings.require_trapdoor:
         raise SystemExit(
             f"pipeline: the trapdoor did not form for {failed} (in at least one seed): no "
             "protection expected from them; see the report. --norequire_trapdoor accepts this."

@@ -40,42 +40,41 @@ def attack_options(name, config, signatures, public_images, settings):
         description of them for the stage's settings (None for the attacks without options);
         None when the attack does not apply to the target.
     """
-    weight = settings["adaptive_weight"]
+    weight = settings.adaptive_weight
     if name == suite.LOOKUP:
-        return dict(public_images=public_images), dict(public_split=settings["public_split"])
+        return dict(public_images=public_images), dict(public_split=settings.public_split)
     if name == suite.TRANSFER_NULL:
         options = dict(iterations=TRANSFER_STEPS, step_size=TRANSFER_STEP_SIZE)
         return (dict(options, public_images=public_images),
-                dict(options, public_split=settings["public_split"]))
+                dict(options, public_split=settings.public_split))
     if name in PENALISED_PRIORS:
         if signatures is None:
             return None
         description = dict(penalty_weight=weight, signatures=SIGNATURE_SOURCES[name])
         if name == ESTIMATED:
-            description.update(top_n=settings["top_n"], public_split=settings["public_split"])
+            description.update(top_n=settings.top_n, public_split=settings.public_split)
         return dict(signatures=signatures, penalty_weight=weight), description
     if name == "trigger_recovery":
-        alpha = settings["recovery_alpha"] or config["alpha"]
-        options = dict(alpha=alpha, iterations=settings["recovery_iterations"])
+        alpha = settings.recovery_alpha or config["alpha"]
+        options = dict(alpha=alpha, iterations=settings.recovery_iterations)
         return (dict(options, public_images=public_images),
-                dict(options, public_split=settings["public_split"]))
+                dict(options, public_split=settings.public_split))
     if name == "brep_mi":
-        options = dict(max_iterations=settings["brep_iterations"],
-                       max_initial_batches=settings["brep_initial_batches"] or MAX_INITIAL_BATCHES)
+        options = dict(max_iterations=settings.brep_iterations,
+                       max_initial_batches=settings.brep_initial_batches or MAX_INITIAL_BATCHES)
         return options, options
     return {}, None
 
 
-def attack_target(run, directory, target, config, seed, priors, prior_settings, settings, progress,
-                  signatures=None, public_images=None):
+def attack_target(run, target, priors, prior_settings, settings, progress, signatures=None,
+                  public_images=None):
     """Runs (or reuses) every selected attack against one target.
 
     Each attack searches the priors of `attack_priors` (a PLG-MI++ attack its own).
 
     Args:
-        directory: The target's folder.
-        target, config: The target model and its train_target settings.
-        seed: The target's training seed, also the attacks' seed.
+        run: The `PipelineRun`.
+        target: The `target_stages.TrainedTarget` (its seed is the attacks').
         priors, prior_settings: As `target_priors` returns them.
         settings: The pipeline settings.
         progress: The run's `StageProgress`.
@@ -88,10 +87,10 @@ def attack_target(run, directory, target, config, seed, priors, prior_settings, 
         `{attack: stored arrays}`, None for an attack that does not apply to the target.
     """
     results = {}
-    for name in settings["attacks"]:
-        applicable = attack_options(name, config, (signatures or {}).get(name), public_images,
-                                    settings)
-        with progress.stage(f"attack {name}, {stage_target(directory)}"):
+    for name in settings.attacks:
+        applicable = attack_options(name, target.config, (signatures or {}).get(name),
+                                    public_images, settings)
+        with progress.stage(f"attack {name}, {stage_target(target.directory)}"):
             if applicable is None:
                 logging.info("attack %s: not applicable to this target (%s)", name, NO_TRAPDOOR)
                 results[name] = None
@@ -99,12 +98,12 @@ def attack_target(run, directory, target, config, seed, priors, prior_settings, 
             options, description = applicable
             searched = attack_priors(name)
             attack_settings = dict(
-                num_classes=attacked_classes(target),
-                per_class=settings["per_class"],
-                seed=seed, iterations=settings["iterations"],
-                plgmi_iterations=settings["plgmi_iterations"],
-                mi_face_iterations=settings["mi_face_iterations"],
-                kedmi_batch_size=settings["kedmi_batch_size"], target=identity(config),
+                num_classes=attacked_classes(target.model),
+                per_class=settings.per_class,
+                seed=target.seed, iterations=settings.iterations,
+                plgmi_iterations=settings.plgmi_iterations,
+                mi_face_iterations=settings.mi_face_iterations,
+                kedmi_batch_size=settings.kedmi_batch_size, target=identity(target.config),
                 priors={prior: prior_settings[prior] for prior in searched.values()},
             )
             if description is not None:
@@ -112,27 +111,24 @@ def attack_target(run, directory, target, config, seed, priors, prior_settings, 
             # With its signatures estimated beforehand (`estimated_signatures`), the
             # estimated variant's search is PLG-MI++ with given signatures.
             results[name] = run_attack(
-                "plgmi_adaptive" if name == ESTIMATED else name, target,
+                "plgmi_adaptive" if name == ESTIMATED else name, target.model,
                 {key: priors[prior] for key, prior in searched.items()}, attack_settings,
-                os.path.join(directory, "attacks", name), run.overwrite, options,
+                os.path.join(target.directory, "attacks", name), run.overwrite, options,
                 run.progress_verbosity,
             )
     return results
 
 
-def attack_seed(evaluator, detector, stored, target_results, steps, evaluation_model=None,
-                triggers=None, searched=None):
+def attack_seed(evaluator, target, stored, steps, evaluation_model=None, searched=None):
     """The scores of one target (one defense and seed).
 
     Args:
         evaluator: The `AttackEvaluator`.
-        detector: The target's `TrapdoorDetector`, or None.
+        target: The `target_stages.TrainedTarget` (its results, detector and triggers).
         stored: `{attack: stored arrays or None}` (`attack_target`).
-        target_results: The target's train_target results.
         steps: `prior_steps` of the target.
-        evaluation_model: The evaluation classifier (judges the triggers); needed with
-            `triggers`.
-        triggers: The target's triggers `(classes, H, W, C)`, or None.
+        evaluation_model: The evaluation classifier (judges the triggers); needed when the
+            target has triggers.
         searched: `{attack: the prior it searched}` (`penalised_prior_records`), or None.
 
     Returns:
@@ -143,13 +139,13 @@ def attack_seed(evaluator, detector, stored, target_results, steps, evaluation_m
         `classes_without_start` (classes left out of its scores: no starting point found),
         and for the attacks in `searched` their `prior`.
     """
-    attacks = {}
+    attacks, triggers = {}, target.triggers
     for name, arrays in stored.items():
         if arrays is None:
             attacks[name] = {NOT_APPLICABLE: NO_TRAPDOOR}
             continue
         attacks[name] = dict(
-            score_attack(evaluator, arrays, detector),
+            score_attack(evaluator, arrays, target.detector),
             inversion_steps=int(arrays["iterations"]),
         )
         if "classes_without_start" in arrays:
@@ -165,9 +161,9 @@ def attack_seed(evaluator, detector, stored, target_results, steps, evaluation_m
     if triggers is not None:
         leakage = dict(trigger_leakage(evaluation_model, triggers), triggers=len(triggers))
     return dict(
-        accuracy=target_results["test_accuracy"],
-        trapdoor_accuracy=target_results["trapdoor_accuracy"],
-        trapdoor_formed=target_results.get("trapdoor_formed"),
+        accuracy=target.results["test_accuracy"],
+        trapdoor_accuracy=target.results["trapdoor_accuracy"],
+        trapdoor_formed=target.results.get("trapdoor_formed"),
         trigger_leakage=leakage,
         prior_steps=steps,
         attacks=attacks,

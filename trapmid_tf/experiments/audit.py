@@ -132,7 +132,7 @@ def check_audit(model_path, private_dir, public_dir, attacks, test_dir=None,
             classes of `private_dir`, in sorted folder-name order.
         private_dir: One subfolder of images per private class (`"class_folder"` data).
         public_dir: Unlabelled public images (`"folder"` data), none of a private class.
-        attacks: The attacks the audit will run (`pipeline_settings(...)["attacks"]`).
+        attacks: The attacks the audit will run (`pipeline_settings(...).attacks`).
         test_dir: Folder of the held-out images (same class subfolders), or None.
         test_fraction: Without `test_dir`, the fraction of each class held out (None: the
             loader's default); the user states that the model never trained on them.
@@ -412,8 +412,8 @@ def run_audit(out, settings, inputs, preset, overwrite=False, fid_weights=None,
 
     Args:
         out: The run folder.
-        settings: `trapmid_tf.experiments.pipeline.pipeline_settings` of the run (its
-            defenses and target epochs are not used).
+        settings: The run's `PipelineSettings` (`pipeline_settings`; its defenses, target
+            epochs and trapdoor requirement are not used).
         inputs: `check_audit`'s `AuditInputs`.
         preset: The preset the settings started from.
         overwrite: Redo every stage even if stored.
@@ -440,7 +440,8 @@ def run_audit(out, settings, inputs, preset, overwrite=False, fid_weights=None,
     )
     progress = progress or StageProgress(audit_stage_count(settings))
     write_json(os.path.join(out, "flags.json"), dict(
-        settings, preset=preset, model=inputs.description["path"], held_out=inputs.held_out,
+        settings.as_dict(), preset=preset, model=inputs.description["path"],
+        held_out=inputs.held_out,
     ))
     with progress.stage("evaluation model"):
         judge, evaluation, references = audit_judges(run, settings, inputs)
@@ -453,11 +454,13 @@ def run_audit(out, settings, inputs, preset, overwrite=False, fid_weights=None,
     target_results = dict(test_accuracy=inputs.description["held_out_accuracy"],
                           trapdoor_accuracy=None)
     per_seed, reconstructions = {}, {}
-    for seed in settings["seeds"]:
-        per_seed[seed], shown = pipeline.attack_and_score(
-            run, settings, scoring, target_stages.target_dir(run, AUDITED, seed), inputs.model,
-            inputs.config, seed, target_results, progress,
+    for seed in settings.seeds:
+        target = target_stages.TrainedTarget(
+            target_stages.target_dir(run, AUDITED, seed), inputs.model, inputs.config, seed,
+            target_results,
         )
+        per_seed[seed], shown = pipeline.attack_and_score(run, settings, scoring, target,
+                                                          progress)
         reconstructions.setdefault(AUDITED, shown)
     results = pipeline.run_results(run, settings, evaluation, evaluator,
                                    attacked_classes(inputs.model), {AUDITED: per_seed}, start,
@@ -509,24 +512,36 @@ def audit_judges(run, settings, inputs):
     return model, description, references
 
 
+@dataclasses.dataclass(frozen=True)
+class AuditSettings(pipeline.PipelineSettings):
+    """The pipeline settings as the audit runs them (`audit_settings`): nothing is trained,
+    so its records (`as_dict`) hold no target epochs or trapdoor requirement."""
+
+    def as_dict(self):
+        """The settings as the audit's flags.json and results.json record them."""
+        record = super().as_dict()
+        for key in ("target_epochs", "require_trapdoor"):
+            del record[key]
+        return record
+
+
 def audit_settings(settings, inputs):
     """The pipeline settings as the audit runs them: one model (`AUDITED`), the public folder.
 
     Args:
-        settings: `pipeline_settings` of the run.
+        settings: The run's `PipelineSettings` (`pipeline_settings`).
         inputs: The `AuditInputs`.
 
     Returns:
-        The settings with `defenses` `[AUDITED]`, `public_split` the public folder's
-        description, and no target epochs or trapdoor requirement (nothing is trained).
+        The `AuditSettings`: `settings` with `defenses` `(AUDITED,)` and `public_split` the
+        public folder's description.
     """
-    settings = dict(settings, defenses=[AUDITED], public_split=inputs.public_description)
-    for key in ("target_epochs", "require_trapdoor"):
-        settings.pop(key, None)
-    return settings
+    return AuditSettings(**dict(vars(settings), defenses=(AUDITED,),
+                                public_split=inputs.public_description))
 
 
 def audit_stage_count(settings):
     """The stages of `run_audit` with `settings`: the pipeline's less the targets' training
     and the held-out judge (the audit's one judge is already trained on held-out images)."""
-    return stage_count(dict(settings, defenses=[AUDITED])) - len(settings["seeds"]) - 1
+    return stage_count(dataclasses.replace(settings, defenses=(AUDITED,))) - len(
+        settings.seeds) - 1

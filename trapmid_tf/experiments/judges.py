@@ -55,7 +55,7 @@ def judge(run, private_train, settings, held_out=None):
         architecture, accuracy = os.path.abspath(run.evaluation_model), None
     else:
         architecture = EVALUATION_ARCHITECTURES.get(run.dataset, DEFAULT_EVALUATION_ARCHITECTURE)
-        stage = dict(architecture=architecture, epochs=settings["evaluation_epochs"],
+        stage = dict(architecture=architecture, epochs=settings.evaluation_epochs,
                      seed=run.seed)
         data = None
         if held_out is not None:
@@ -110,7 +110,7 @@ def held_out_judge(run, references, configs, settings, progress):
             return None, None
         *data, description = held_out_split(references, run.seed)
         stage = dict(architecture=architecture, seed=run.seed, data=description,
-                     epochs=settings["evaluation_epochs"] * HELD_OUT_EPOCH_FACTOR)
+                     epochs=settings.evaluation_epochs * HELD_OUT_EPOCH_FACTOR)
         model, accuracy = evaluation_model(
             run.dataset, run.data_dir, stage, os.path.join(run.out, HELD_OUT_FOLDER),
             run.overwrite, run.fit_verbosity, data,

@@ -34,7 +34,7 @@ from trapmid_tf.experiments.evaluation import (
 )
 from trapmid_tf.experiments.judges import held_out_judge, judge
 from trapmid_tf.experiments.presets import (
-    PRESETS, PipelineRun, measured_gap, pipeline_settings, preset_settings,
+    PRESETS, PipelineRun, PipelineSettings, measured_gap, pipeline_settings, preset_settings,
 )
 from trapmid_tf.experiments.prior_stages import (
     ESTIMATED, gmi_directory, gmi_prior_per_seed, penalised_prior_records, pipeline_priors,
@@ -44,24 +44,25 @@ from trapmid_tf.experiments.priors import default_public_split
 from trapmid_tf.experiments.progress import StageProgress
 from trapmid_tf.experiments.summary import summarize_seeds
 from trapmid_tf.experiments.target_stages import (
-    stage_target, stored_triggers, target_configs, target_dir, target_triggers, train_targets,
+    TrainedTarget, stage_target, stored_triggers, target_configs, target_dir, target_triggers,
+    train_targets,
 )
 from trapmid_tf.files import secret_folder, write_json
 
 # What users and the docs take from here: a run, its settings and presets, its stage count.
-__all__ = ["PRESETS", "PipelineRun", "pipeline_settings", "preset_settings", "run_pipeline",
-           "stage_count"]
+__all__ = ["PRESETS", "PipelineRun", "PipelineSettings", "pipeline_settings", "preset_settings",
+           "run_pipeline", "stage_count"]
 
 
 def stage_count(settings):
     """The number of stages `main` goes through with `settings` (for its progress line)."""
-    priors = pipeline_priors(settings["attacks"])
-    targets = len(settings["seeds"]) * len(settings["defenses"])
+    priors = pipeline_priors(settings.attacks)
+    targets = len(settings.seeds) * len(settings.defenses)
     # Per target: its training, its own priors (PLG-MI++'s penalised ones too, and the
     # estimated variant's signatures before its prior), each attack, its scores.
     own = len([name for name in priors if name != "gmi"]) + int(ESTIMATED in priors)
-    per_target = 1 + own + len(settings["attacks"]) + 1
-    gmi = len(settings["seeds"]) * int("gmi" in priors)  # one GMI prior per training seed
+    per_target = 1 + own + len(settings.attacks) + 1
+    gmi = len(settings.seeds) * int("gmi" in priors)  # one GMI prior per training seed
     # + evaluator, held-out judge (entered even where it does not apply), GMI priors, report
     return targets * per_target + 1 + 1 + gmi + 1
 
@@ -90,7 +91,7 @@ def run_pipeline(run, settings, configs=None, progress=None):
 
     Args:
         run: The `PipelineRun`.
-        settings: The run's `pipeline_settings`.
+        settings: The run's `PipelineSettings` (`pipeline_settings`).
         configs: `target_configs(run, settings)`, if already computed.
         progress: A `StageProgress` over `stage_count(settings)` stages, or None for one on
             standard error.
@@ -99,17 +100,17 @@ def run_pipeline(run, settings, configs=None, progress=None):
         The results dict written to results.json.
     """
     start = time.perf_counter()
-    settings = dict(
+    settings = dataclasses.replace(
         settings, public_split=default_public_split(run.dataset, run.public_split)
     )
     configs = configs or target_configs(run, settings)
     progress = progress or StageProgress(stage_count(settings))
     write_json(os.path.join(run.out, "flags.json"), dict(
-        settings, dataset=run.dataset, data_dir=run.data_dir, seed=run.seed,
+        settings.as_dict(), dataset=run.dataset, data_dir=run.data_dir, seed=run.seed,
         preset=run.preset,
     ))
     (private_train, private_test), public = tm.data.load(
-        run.dataset, run.data_dir, seed=run.seed, public_split=settings["public_split"]
+        run.dataset, run.data_dir, seed=run.seed, public_split=settings.public_split
     )
     targets = train_targets(run, settings, configs, progress)
     with progress.stage("evaluation model"):
@@ -124,19 +125,18 @@ def run_pipeline(run, settings, configs=None, progress=None):
     per_seed, reconstructions = {}, {}
     for (defense, seed), (config, target_results) in targets.items():
         directory = target_dir(run, defense, seed)
-        target = tm.models.load_classifier(os.path.join(directory, "classifier.keras"))
+        model = tm.models.load_classifier(os.path.join(directory, "classifier.keras"))
         trigger_path = os.path.join(directory, "triggers.npz")
         detector = (
-            make_detector(target, trigger_path, private_train)
+            make_detector(model, trigger_path, private_train)
             if os.path.isfile(trigger_path) else None
         )
-        scores, shown = attack_and_score(
-            run, settings, scoring, directory, target, config, seed, target_results, progress,
-            detector, target_triggers(run, defense, seed),
-        )
+        target = TrainedTarget(directory, model, config, seed, target_results, detector,
+                               target_triggers(run, defense, seed))
+        scores, shown = attack_and_score(run, settings, scoring, target, progress)
         per_seed.setdefault(defense, {})[seed] = scores
-        attacked = attacked_classes(target)  # the same for every target: one dataset
-        if seed == settings["seeds"][0]:
+        attacked = attacked_classes(model)  # the same for every target: one dataset
+        if seed == settings.seeds[0]:
             reconstructions[defense] = shown
     results = run_results(run, settings, evaluation, evaluator, attacked, per_seed, start,
                           progress, references, held_out)
@@ -145,36 +145,29 @@ def run_pipeline(run, settings, configs=None, progress=None):
     return results
 
 
-def attack_and_score(run, settings, scoring, directory, target, config, seed, target_results,
-                     progress, detector=None, triggers=None):
+def attack_and_score(run, settings, scoring, target, progress):
     """Trains (or reuses) one target's priors, runs (or reuses) its attacks and scores them.
 
     Args:
         run: The `PipelineRun`.
         settings: The pipeline settings.
         scoring: The run's `Scoring`.
-        directory: The target's folder (`target_dir`).
-        target, config: The target model and what identifies it (train_target settings).
-        seed: The seed of its priors and attacks (a pipeline target's training seed).
-        target_results: Its `test_accuracy`, `trapdoor_accuracy` (and `trapdoor_formed`).
+        target: The `TrainedTarget`.
         progress: The run's `StageProgress`.
-        detector: The target's `TrapdoorDetector`, or None without triggers.
-        triggers: The target's triggers `(classes, H, W, C)`, or None.
 
     Returns:
         `(scores, shown)`: `attack_seed`'s scores and `{attack: stored arrays}` of the
         attacks that applied (for the report's grids).
     """
     priors, prior_settings, signatures = target_priors(
-        run, directory, target, config, seed, scoring.public, scoring.gmi(seed), settings,
-        progress, detector, scoring.public_images,
+        run, target, scoring.public, scoring.gmi(target.seed), settings, progress,
+        scoring.public_images,
     )
-    stored = attack_target(run, directory, target, config, seed, priors, prior_settings,
-                           settings, progress, signatures, scoring.public_images)
-    steps = prior_steps(directory, gmi_directory(run, seed), prior_settings)
-    with progress.stage(f"scores, {stage_target(directory)}"):
-        scores = attack_seed(scoring.evaluator, detector, stored, target_results, steps,
-                             scoring.evaluation_model, triggers,
+    stored = attack_target(run, target, priors, prior_settings, settings, progress, signatures,
+                           scoring.public_images)
+    steps = prior_steps(target.directory, gmi_directory(run, target.seed), prior_settings)
+    with progress.stage(f"scores, {stage_target(target.directory)}"):
+        scores = attack_seed(scoring.evaluator, target, stored, steps, scoring.evaluation_model,
                              penalised_prior_records(prior_settings, steps))
     return scores, {name: arrays for name, arrays in stored.items() if arrays is not None}
 
@@ -196,8 +189,8 @@ def run_results(run, settings, evaluation, evaluator, attacked, per_seed, start,
         held_out: The held-out judge's description (`held_out_judge`), or None without one.
     """
     return dict(
-        dataset=run.dataset, public_split=settings["public_split"], preset=run.preset,
-        settings=settings, evaluation_model=evaluation, attacked_classes=attacked,
+        dataset=run.dataset, public_split=settings.public_split, preset=run.preset,
+        settings=settings.as_dict(), evaluation_model=evaluation, attacked_classes=attacked,
         fid_features=evaluator.fid_features,
         pixel_judge=references.description() if "pixel" in evaluator.judges else None,
         held_out_judge=held_out,

@@ -1,7 +1,7 @@
 """What a pipeline run works on and its budgets: `PipelineRun`, the presets, the checked settings.
 
 `pipeline_settings` turns a preset (`PRESETS`), overrides and the chosen attacks into the
-checked settings dict that every stage of `trapmid_tf.experiments.pipeline` reads;
+checked `PipelineSettings` that every stage of `trapmid_tf.experiments.pipeline` reads;
 `measured_gap` says whether a run carries its preset's measured distance from convergence.
 """
 
@@ -120,6 +120,68 @@ class PipelineRun:
         return 1 if self.verbose else 0
 
 
+@dataclasses.dataclass(frozen=True)
+class PipelineSettings:
+    """The checked budgets and choices of a pipeline run (`pipeline_settings`).
+
+    Attributes:
+        defenses: Defense names (train_target's and `VARIANTS`).
+        seeds: Distinct training seeds.
+        target_epochs: Target epochs, or None for train_target's.
+        evaluation_epochs: Evaluation-model epochs.
+        gmi_steps, kedmi_steps, plgmi_steps: Generator steps of the GAN priors.
+        kedmi_n_critic, kedmi_batch_size: KED-MI's critic steps per generator step, its batch.
+        surrogate_steps: LOMMA's distillation steps per surrogate.
+        base_channels: Width of the GAN priors.
+        top_n: PLG-MI's public images pseudo-labelled per class.
+        per_class: Reconstructions per attacked class.
+        iterations, plgmi_iterations, mi_face_iterations: Inversion steps of GMI, KED-MI and
+            LOMMA, of PLG-MI (PLG-MI++ too), of MI-Face.
+        recovery_iterations: Trigger recovery's steps.
+        brep_iterations: BREP-MI's cap on its iterations.
+        brep_initial_batches: BREP-MI's bound on the batches searched for starting points,
+            or None for its default.
+        require_trapdoor: Whether a Trap-MID target without a trapdoor fails the run.
+        attacks: Attack names, the lookup baseline and the transfer null first.
+        adaptive_weight: PLG-MI++'s penalty weight.
+        recovery_alpha: Trigger recovery's blend weight, or None for the target's.
+        budget_scale: The factor the step budgets (`STEP_KEYS`) were multiplied by.
+        public_split: What the stages record of the public data (`run_pipeline` sets the
+            dataset's split, the audit its folder), or None before.
+    """
+
+    defenses: tuple
+    seeds: tuple
+    target_epochs: int | None
+    evaluation_epochs: int
+    gmi_steps: int
+    kedmi_steps: int
+    kedmi_n_critic: int
+    kedmi_batch_size: int
+    plgmi_steps: int
+    surrogate_steps: int
+    base_channels: int
+    top_n: int
+    per_class: int
+    iterations: int
+    plgmi_iterations: int
+    mi_face_iterations: int
+    recovery_iterations: int
+    brep_iterations: int
+    brep_initial_batches: int | None
+    require_trapdoor: bool
+    attacks: tuple
+    adaptive_weight: float
+    recovery_alpha: float | None
+    budget_scale: int
+    public_split: str | None = None
+
+    def as_dict(self):
+        """The settings as flags.json and results.json record them (lists for the tuples)."""
+        return {key: list(value) if isinstance(value, tuple) else value
+                for key, value in dataclasses.asdict(self).items()}
+
+
 def preset_settings(name):
     """The preset `name`, the full preset's budgets read from the reference's."""
     settings = dict(PRESETS[name])
@@ -145,15 +207,14 @@ def pipeline_settings(preset="quick", overrides=None, attacks=None, budget_scale
         recovery_alpha: Blend weight of trigger recovery in (0, 1), or None for the target's.
 
     Returns:
-        The settings dict of the run (the preset's keys, `attacks`, `budget_scale`,
-        `adaptive_weight`, `recovery_alpha`).
+        The run's `PipelineSettings` (`public_split` not yet set).
 
     Raises:
         ValueError: for an unknown preset, defense or attack, or a bad number; the message
-            names the flag of `trapmid-pipeline`.
+            names the setting (a `PipelineSettings` attribute, or `preset`).
     """
     if preset not in PRESETS:
-        raise ValueError(f"--preset must be one of {sorted(PRESETS)}; received {preset!r}.")
+        raise ValueError(f"`preset` must be one of {sorted(PRESETS)}; received {preset!r}.")
     settings = preset_settings(preset)
     unknown = sorted(set(overrides or {}) - set(PRESET_KEYS))
     if unknown:
@@ -169,30 +230,32 @@ def pipeline_settings(preset="quick", overrides=None, attacks=None, budget_scale
         unknown = [name for name in settings[key] if name not in allowed]
         if unknown or not settings[key]:
             raise ValueError(
-                f"--{key} must list names among {list(allowed)}; received {settings[key]}."
+                f"`{key}` must list names among {list(allowed)}; received {settings[key]}."
             )
     seeds = settings["seeds"]
     if not seeds or any(type(seed) is not int or seed < 0 for seed in seeds) or len(
         set(seeds)
     ) < len(seeds):
-        raise ValueError(f"--seeds must list distinct integers >= 0; received {seeds}.")
+        raise ValueError(f"`seeds` must list distinct integers >= 0; received {seeds}.")
     if budget_scale < 1:
-        raise ValueError(f"--budget_scale must be >= 1; received {budget_scale}.")
+        raise ValueError(f"`budget_scale` must be >= 1; received {budget_scale}.")
     if not adaptive_weight >= 0 or adaptive_weight == float("inf"):
         raise ValueError(
-            f"--adaptive_weight must be a finite number >= 0; received {adaptive_weight}."
+            f"`adaptive_weight` must be a finite number >= 0; received {adaptive_weight}."
         )
     if recovery_alpha is not None and not 0 < recovery_alpha < 1:
-        raise ValueError(f"--recovery_alpha must lie in (0, 1); received {recovery_alpha}.")
+        raise ValueError(f"`recovery_alpha` must lie in (0, 1); received {recovery_alpha}.")
     settings.update(adaptive_weight=adaptive_weight, recovery_alpha=recovery_alpha)
     for key in PRESET_KEYS:
         value = settings[key]
         if type(value) is int and value < (0 if "iterations" in key else 1):
-            raise ValueError(f"--{key} must be positive; received {value}.")
+            raise ValueError(f"`{key}` must be positive; received {value}.")
     settings["budget_scale"] = budget_scale
     for key in STEP_KEYS:
         settings[key] *= budget_scale
-    return settings
+    for key in ("defenses", "seeds", "attacks"):
+        settings[key] = tuple(settings[key])
+    return PipelineSettings(**settings)
 
 
 def measured_gap(settings, preset, dataset):
@@ -202,13 +265,13 @@ def measured_gap(settings, preset, dataset):
     measurement says nothing about other budgets or data.
 
     Args:
-        settings: The run's `pipeline_settings`.
+        settings: The run's `PipelineSettings`.
         preset: The preset they started from.
         dataset: The dataset name.
     """
     gap = MEASURED_GAPS.get(preset)
-    budgets_changed = settings["budget_scale"] != 1 or any(
-        settings[key] != preset_settings(preset)[key] for key in STEP_KEYS
+    budgets_changed = settings.budget_scale != 1 or any(
+        getattr(settings, key) != preset_settings(preset)[key] for key in STEP_KEYS
     )
     if gap is None or budgets_changed or dataset != "digits":
         return None

@@ -98,7 +98,7 @@ def seed_gmi_prior(run, settings, public, seed, progress):
     Returns:
         `(networks, stage settings)`, or None when no selected attack needs the GMI prior.
     """
-    if "gmi" not in suite.priors_needed(settings["attacks"]):
+    if "gmi" not in suite.priors_needed(settings.attacks):
         return None
     gmi_settings = dict(
         prior_budget(settings, "gmi", seed), dataset=run.dataset, data_dir=run.data_dir,
@@ -138,25 +138,23 @@ def gmi_prior_per_seed(run, settings, public, progress):
     return prior
 
 
-def target_priors(run, directory, target, config, seed, public, gmi, settings, progress,
-                  detector=None, public_images=None):
+def target_priors(run, target, public, gmi, settings, progress, public_images=None):
     """Trains (or reuses) the priors the selected attacks need against one target.
 
     Each PLG-MI++ attack's prior (`PENALISED_PRIORS`, folder priors/<attack>/) is PLG-MI's
     with the plain one's budget and seed, its top-n ranking and generator loss penalised
-    with its signatures at weight `adaptive_weight`: the defender's (`detector`'s) for
-    `plgmi_adaptive`, which does not apply to a target without triggers, or
+    with its signatures at weight `adaptive_weight`: the defender's (`target.detector`'s)
+    for `plgmi_adaptive`, which does not apply to a target without triggers, or
     `estimated_signatures`' for `plgmi_adaptive_estimated`.
 
     Args:
-        directory: The target's folder.
-        target, config: The target model and its train_target settings.
-        seed: The target's training seed, also the seed of its priors.
+        run: The `PipelineRun`.
+        target: The `target_stages.TrainedTarget` (its seed is its priors').
         public: Unbatched public images.
-        gmi: `(networks, settings)` of the GMI prior of `seed` (`seed_gmi_prior`), or None.
+        gmi: `(networks, settings)` of the GMI prior of the target's seed
+            (`seed_gmi_prior`), or None.
         settings: The pipeline settings.
         progress: The run's `StageProgress`.
-        detector: The target's `TrapdoorDetector`, or None without triggers.
         public_images: The public images as one array (the estimated signatures'), or None
             when `plgmi_adaptive_estimated` does not run.
 
@@ -166,37 +164,38 @@ def target_priors(run, directory, target, config, seed, public, gmi, settings, p
         prior that does not apply is in none of them.
     """
     priors, prior_settings, signatures = {}, {}, {}
-    for name in pipeline_priors(settings["attacks"]):
+    for name in pipeline_priors(settings.attacks):
         if name == "gmi":
             priors[name], prior_settings[name] = gmi
             continue
         kind, penalty = name, {}
         if name in PENALISED_PRIORS:
             kind = "plgmi"
-            penalty = dict(signature_weight=settings["adaptive_weight"],
+            penalty = dict(signature_weight=settings.adaptive_weight,
                            signatures=SIGNATURE_SOURCES[name])
         if name == ESTIMATED:
             signatures[name], penalty["estimated_from"] = estimated_signatures(
-                run, directory, target, seed, (priors["plgmi"], prior_settings["plgmi"]),
-                settings, public_images, progress,
+                run, target, (priors["plgmi"], prior_settings["plgmi"]), settings,
+                public_images, progress,
             )
-        elif kind != name and detector is not None:
-            signatures[name] = detector.signatures
-        with progress.stage(f"{name} prior, {stage_target(directory)}"):
+        elif kind != name and target.detector is not None:
+            signatures[name] = target.detector.signatures
+        with progress.stage(f"{name} prior, {stage_target(target.directory)}"):
             if kind != name and name not in signatures:
                 logging.info("prior %s: not applicable to this target (%s)", name, NO_TRAPDOOR)
                 continue
-            prior_settings[name] = dict(prior_budget(settings, kind, seed, config), **penalty)
+            prior_settings[name] = dict(
+                prior_budget(settings, kind, target.seed, target.config), **penalty
+            )
             priors[name] = train_prior(
-                kind, public, target, prior_settings[name],
-                os.path.join(directory, "priors", name), run.overwrite, run.fit_verbosity,
-                signatures=signatures.get(name),
+                kind, public, target.model, prior_settings[name],
+                os.path.join(target.directory, "priors", name), run.overwrite,
+                run.fit_verbosity, signatures=signatures.get(name),
             )
     return priors, prior_settings, signatures
 
 
-def estimated_signatures(run, directory, target, seed, plain, settings, public_images,
-                         progress):
+def estimated_signatures(run, target, plain, settings, public_images, progress):
     """Trains (or reuses) the model-only attacker's signatures: stage signatures/<ESTIMATED>/.
 
     A plain PLG-MI round on the plain PLG-MI prior, with PLG-MI++'s budget
@@ -204,9 +203,8 @@ def estimated_signatures(run, directory, target, seed, plain, settings, public_i
     `estimate_signatures` of its reconstructions against the target's top-n public images.
 
     Args:
-        directory: The target's folder.
-        target: The target model.
-        seed: The target's training seed (the round's seed).
+        run: The `PipelineRun`.
+        target: The `target_stages.TrainedTarget` (its seed is the round's).
         plain: `(networks, stage settings)` of the target's plain PLG-MI prior.
         settings: The pipeline settings.
         public_images: The public images as one array.
@@ -216,30 +214,30 @@ def estimated_signatures(run, directory, target, seed, plain, settings, public_i
         `(signatures, stage settings)`: a float64 array `(target classes, feature dims)`.
     """
     networks, prior = plain
-    classes = attacked_classes(target)
-    out = os.path.join(directory, "signatures", ESTIMATED)
+    classes = attacked_classes(target.model)
+    out = os.path.join(target.directory, "signatures", ESTIMATED)
     path = os.path.join(out, SIGNATURES_FILE)
     stage = dict(
-        signatures=SIGNATURE_SOURCES[ESTIMATED], top_n=settings["top_n"],
-        public_split=settings["public_split"],
-        first_round=dict(prior=prior, iterations=settings["plgmi_iterations"], classes=classes,
-                         per_class=settings["per_class"], seed=seed),
+        signatures=SIGNATURE_SOURCES[ESTIMATED], top_n=settings.top_n,
+        public_split=settings.public_split,
+        first_round=dict(prior=prior, iterations=settings.plgmi_iterations, classes=classes,
+                         per_class=settings.per_class, seed=target.seed),
     )
 
     def build():
-        budget = suite.InversionSettings(plgmi_iterations=settings["plgmi_iterations"])
+        budget = suite.InversionSettings(plgmi_iterations=settings.plgmi_iterations)
         first = suite.build_attack("plgmi", {"plgmi": networks}, budget).invert(
-            target, range(classes), per_class=settings["per_class"], seed=seed,
+            target.model, range(classes), per_class=settings.per_class, seed=target.seed,
             verbose=run.progress_verbosity,
         )
         estimated = estimate_signatures(
-            target, first.images, first.labels, public_images, settings["top_n"]
+            target.model, first.images, first.labels, public_images, settings.top_n
         )
         with atomic_path(path) as temporary:
             np.save(temporary, estimated)
         return estimated
 
-    with progress.stage(f"{ESTIMATED} signatures, {stage_target(directory)}"):
+    with progress.stage(f"{ESTIMATED} signatures, {stage_target(target.directory)}"):
         found = build_or_reuse(out, stage, build, lambda: np.load(path), run.overwrite,
                                logging.info)
     return found, stage
@@ -249,11 +247,11 @@ def prior_budget(settings, name, seed, target_config=None):
     """The settings of the prior `name`'s stage (with the target's, for target priors); the
     GAN priors' (trained with Adam) include its update rule, `ADAM_RULE`."""
     budget = dict(
-        steps=settings[PRIOR_STEPS[name]],
-        batch_size=settings["kedmi_batch_size"] if name == "kedmi" else REFERENCE_BATCH_SIZE,
-        base_channels=settings["base_channels"], top_n=settings["top_n"],
-        n_critic=settings["kedmi_n_critic"] if name == "kedmi" else REFERENCE_N_CRITIC,
-        seed=seed, public_split=settings["public_split"],
+        steps=getattr(settings, PRIOR_STEPS[name]),
+        batch_size=settings.kedmi_batch_size if name == "kedmi" else REFERENCE_BATCH_SIZE,
+        base_channels=settings.base_channels, top_n=settings.top_n,
+        n_critic=settings.kedmi_n_critic if name == "kedmi" else REFERENCE_N_CRITIC,
+        seed=seed, public_split=settings.public_split,
         target=target_config and identity(target_config),
     )
     if name in GAN_PRIORS:

@@ -3,9 +3,11 @@
 `target_configs` checks every target's trapmid-train settings (a pipeline-only defense name of
 `presets.VARIANTS` is a defense with other settings), `train_targets` trains (or reuses) them
 in targets/<defense>/seed_<seed>/ (`target_dir`), `target_triggers` reads a target's triggers,
-`failed_trapdoors` names the defenses whose trapdoor did not form.
+`failed_trapdoors` names the defenses whose trapdoor did not form; a `TrainedTarget` is what
+the prior, attack and score stages take of one target.
 """
 
+import dataclasses
 import json
 import os
 
@@ -20,6 +22,29 @@ from trapmid_tf.experiments.target_config import (
 from trapmid_tf.experiments.targets import train
 from trapmid_tf.files import build_or_reuse
 from trapmid_tf.report.interpretation import trapdoor_not_formed
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedTarget:
+    """One trained target as its priors, attacks and scores take it.
+
+    Attributes:
+        directory: Its folder (`target_dir`; its priors, signatures and attacks lie below).
+        model: The classifier.
+        config: What identifies it (its train_target settings; the audit's model hash).
+        seed: The seed of its priors and attacks (a pipeline target's training seed).
+        results: Its `test_accuracy`, `trapdoor_accuracy` (and `trapdoor_formed`).
+        detector: Its `TrapdoorDetector`, or None without triggers.
+        triggers: Its triggers `(classes, H, W, C)`, or None.
+    """
+
+    directory: str
+    model: object
+    config: dict
+    seed: int
+    results: dict
+    detector: object = None
+    triggers: object = None
 
 
 def target_dir(run, defense, seed):
@@ -42,8 +67,8 @@ def target_configs(run, settings):
             "a dataset with a public split (train targets on it with trapmid-train)."
         )
     configs = {}
-    for seed in settings["seeds"]:
-        for defense in settings["defenses"]:
+    for seed in settings.seeds:
+        for defense in settings.defenses:
             base, variant = VARIANTS.get(defense, (defense, {}))
             # A target without a trapdoor is kept and reported; the pipeline fails at the end.
             changes = dict(
@@ -52,8 +77,8 @@ def target_configs(run, settings):
                 out=target_dir(run, defense, seed), seed=seed, split_seed=run.seed,
                 require_trapdoor=False,
             )
-            if settings["target_epochs"] is not None and run.target_settings.get("epochs") is None:
-                changes["epochs"] = settings["target_epochs"]
+            if settings.target_epochs is not None and run.target_settings.get("epochs") is None:
+                changes["epochs"] = settings.target_epochs
             target_settings = dict(run.target_settings)
             if not defense_registry.get_defense(base).trapdoor:
                 target_settings.update({key: DEFAULTS[key] for key in TRAPDOOR_KEYS})
@@ -68,8 +93,8 @@ def train_targets(run, settings, configs, progress):
         `{(defense, seed): (config, results)}`.
     """
     targets = {}
-    for seed in settings["seeds"]:
-        for defense in settings["defenses"]:
+    for seed in settings.seeds:
+        for defense in settings.defenses:
             out = target_dir(run, defense, seed)
             config = configs[defense, seed]
 
@@ -109,5 +134,5 @@ def target_triggers(run, defense, seed):
 
 def stored_triggers(run, settings):
     """`{defense: triggers}` of the first seed's targets that have a triggers.npz."""
-    triggers = {d: target_triggers(run, d, settings["seeds"][0]) for d in settings["defenses"]}
+    triggers = {d: target_triggers(run, d, settings.seeds[0]) for d in settings.defenses}
     return {defense: array for defense, array in triggers.items() if array is not None}
