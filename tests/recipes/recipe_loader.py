@@ -1,7 +1,10 @@
 """Imports a recipe (a script under recipes/, not a package module) for its tests."""
 
+import contextlib
 import importlib.util
 import pathlib
+
+from absl import flags
 
 RECIPES = pathlib.Path(__file__).resolve().parents[2] / "recipes"
 
@@ -12,3 +15,16 @@ def load_recipe(name):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@contextlib.contextmanager
+def recipe_apart(name):
+    """`load_recipe(name)` for one test: the flags it defines are removed afterwards, so that
+    a command module imported later in the same process may define flags of the same names
+    (recipes/benchmark.py's --seed is also trapmid-train's)."""
+    defined = set(flags.FLAGS)
+    try:
+        yield load_recipe(name)
+    finally:
+        for flag in set(flags.FLAGS) - defined:
+            delattr(flags.FLAGS, flag)

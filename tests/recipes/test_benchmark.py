@@ -9,7 +9,7 @@ import pytest
 from absl.testing import flagsaver
 
 from tests.cli_cases import command_outcomes
-from tests.recipes.recipe_loader import load_recipe
+from tests.recipes.recipe_loader import recipe_apart
 
 BENCHMARK = pathlib.Path(__file__).resolve().parents[2] / "recipes" / "benchmark.py"
 
@@ -150,8 +150,7 @@ def test_precision_and_compile_mode_ratios_are_taken_along_each_axis():
     """With two precisions and two modes, each setting is named "<name>[@precision][@mode]"
     and compared with the first mode at its precision and with the first precision in its
     mode; an entry that failed enters no ratio."""
-    recipe = load_recipe("benchmark")
-    with flagsaver.flagsaver():
+    with recipe_apart("benchmark") as recipe, flagsaver.flagsaver():
         recipe.FLAGS(["benchmark", "--precisions=float32,mixed_bfloat16",
                       "--compile_modes=graph,xla"])
         names = [recipe.at_setting("plain", *setting) for setting in recipe.settings()]

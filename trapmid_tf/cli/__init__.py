@@ -1,5 +1,6 @@
 """The console commands (`trapmid-train`, `trapmid-prior`, `trapmid-attack`, `trapmid-evaluate`,
-`trapmid-pipeline`): each module parses its flags and runs one stage, or the whole pipeline.
+`trapmid-pipeline`, `trapmid-audit`): each module parses its flags and runs one stage, the
+whole pipeline, or the audit of a saved model.
 
 Python runs this file before any command module, so TensorFlow is imported here, quietly and
 with oneDNN on x86-64 (`trapmid_tf.startup`), before anything else imports it.

@@ -12,7 +12,8 @@ Example:
 Writes into --out/<attack>/: reconstructions.npz (`images`, `labels`, `latents`,
 `initial_images`: the un-optimised starting samples, which measure the attack's chance
 level, and `iterations`: the optimisation steps that ran) and stage.json; finished attacks
-with the same flags are reused unless --overwrite.
+with the same flags are reused unless --overwrite (also ones made before the KED-MI and PLG-MI
+inversions used PyTorch's Adam, `trapmid_tf.TorchAdam`).
 With --evaluation_model=PATH (any saved Keras classifier, e.g. the face FaceNet; see
 trapmid-evaluate), each attack's reconstructions are also judged at once, as the
 reference's attack scripts do: attack_accuracy.json holds aa1 and aa5 (top-1/top-5).

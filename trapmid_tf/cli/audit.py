@@ -12,9 +12,10 @@ trained on: you state it; they train the judge (unless --evaluation_model gives 
 pixel judge compares reconstructions with them. --public_dir holds the attacker's unlabelled
 public images, which must hold none of the private classes (the report assumes it).
 --other_dir (optional, any layout) holds images of other classes, neither private nor the
-attacker's (not in --public_dir): both judges learn them as one more class, "other", so that
-they can call a public look-alike of a private class "none of these" (a miss for every
-attacked class) instead of the private class it resembles. Images of every folder must have
+attacker's (not in --public_dir): both judges learn them as one more class, "other" (with
+--evaluation_model only the pixel judge: yours is used as given), so that they can call a
+public look-alike of a private class "none of these" (a miss for every attacked class)
+instead of the private class it resembles. Images of every folder must have
 the model's input size and channels, unless --image_size resizes them all.
 
 Before any work the command refuses, naming the flag, what it cannot handle: a model file
@@ -66,7 +67,7 @@ def define_flags():
     flags.DEFINE_string("other_dir", None,
                         "Images (any layout) of classes neither private nor in --public_dir, "
                         "which the attacker does not hold: the judges learn them as the class "
-                        "'other' (optional).")
+                        "'other' (optional; with --evaluation_model only the pixel judge).")
     flags.DEFINE_integer("image_size", None,
                          "Resize the images of every folder to this square side (default: keep "
                          "the files' size, which must be the model's input size).")

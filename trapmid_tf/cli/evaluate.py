@@ -18,8 +18,8 @@ fid, precision, recall, density, coverage, chance_aa1 (the evaluation model's hi
 the attack's un-optimised starting samples), for images of at most 32 pixels a side
 pixel_aa1 (top-1 of the nearest image in pixel space among the private test split and, for
 MNIST and Fashion-MNIST, the test file's images of classes 5-9:
-`trapmid_tf.metrics.pixel_judge`, `trapmid_tf.experiments.evaluation.judge_references`) and, with --triggers, trapdoor_similarity and
-trapdoor_detection.
+`trapmid_tf.metrics.pixel_judge`, `trapmid_tf.experiments.evaluation.judge_references`) and,
+with --triggers, trapdoor_similarity and trapdoor_detection.
 """
 
 import json

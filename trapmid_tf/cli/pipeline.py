@@ -51,7 +51,7 @@ with --require_trapdoor (on in the quick, strong and full presets) the pipeline 
 
 Presets: tiny (a smoke test, about a minute), quick (`make demo`, one seed, far below the
 reference's budgets; its distance from convergence is measured in the README), strong (the
-README's protection claims: larger budgets, 3 seeds), full (the reference's budgets exactly,
+README's protection claims: larger budgets, 5 seeds), full (the reference's budgets exactly,
 `trapmid_tf.attacks.REFERENCE_BUDGETS`, 3 seeds, 20 reconstructions per class; days on a CPU).
 """
 

@@ -13,8 +13,9 @@ Budgets are optimiser steps (--steps: generator steps of the GAN priors, each af
 --n_critic opponent steps; distillation steps of each LOMMA surrogate).
 
 Writes into --out: flags.json, the networks and steps.json with the steps actually run
-(`trapmid_tf.attacks.suite.save_prior`) and stage.json when finished; a finished --out made with the same flags is reused unless
---overwrite.
+(`trapmid_tf.attacks.suite.save_prior`) and stage.json when finished; a finished --out made
+with the same flags is reused unless --overwrite (also one made before the priors used
+PyTorch's Adam, `trapmid_tf.TorchAdam`).
 """
 
 import os

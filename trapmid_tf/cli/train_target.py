@@ -78,8 +78,8 @@ flags.DEFINE_integer("epochs", None, "Training epochs (default: preset).")
 flags.DEFINE_integer("batch_size", None, "Global batch size (default: preset).")
 flags.DEFINE_enum("optimizer", None, ["sgd", "adam"], "Optimiser (default: preset): sgd is "
                   "PyTorch's SGD (trapmid_tf.TorchSGD, momentum 0.9, weight decay 1e-4 added to "
-                  "every gradient), adam is Adam (epsilon 1e-8, no weight decay), as the "
-                  "reference.")
+                  "every gradient), adam is PyTorch's Adam (trapmid_tf.TorchAdam: epsilon 1e-8 "
+                  "after the bias correction, no weight decay), as the reference.")
 flags.DEFINE_float("learning_rate", None, "Learning rate (default: preset).")
 flags.DEFINE_multi_integer("lr_decay_epoch", None,
                            "Epoch from which the learning rate is 10x lower; repeat for several "

@@ -142,7 +142,8 @@ def check_audit(model_path, private_dir, public_dir, attacks, test_dir=None,
             and to give at least one output per private class.
         other_dir: Images (`"folder"` data) of classes neither private nor in `public_dir`,
             which the attacker does not hold, or None: the judges learn them as one more
-            class, "other" (label: the number of private classes).
+            class, "other" (label: the number of private classes; with `evaluation_model`
+            only the pixel judge).
 
     Returns:
         The `AuditInputs`.
@@ -429,7 +430,8 @@ def run_audit(out, settings, inputs, preset, overwrite=False, fid_weights=None,
         `inputs.description`; with other images, `evaluation_model` adds `trained_on`).
 
     Raises:
-        ValueError: if the given evaluation model knows fewer classes than the model.
+        ValueError: if the given evaluation model cannot take the images
+            (`evaluation.load_evaluation_classifier`).
     """
     start = time.perf_counter()
     settings = audit_settings(settings, inputs)

@@ -1,8 +1,10 @@
 """The pipeline's learned judges: the evaluation model (`judge`) and the held-out judge.
 
-Each is a stage of its own (evaluator/, held_out_judge/), a classifier of the private classes
-trained (or reused) by `evaluation.evaluation_model`; the held-out judge has an architecture
-other than the evaluation model's and the targets' and trains on images no target trains on.
+Each is a stage of its own (evaluator/, held_out_judge/), a classifier trained (or reused) by
+`evaluation.evaluation_model`: the evaluation model on the dataset's labelled classes, the
+held-out judge on the classes of the judges' references (`evaluation.judge_references`); the
+held-out judge has an architecture other than the evaluation model's and the targets' and
+trains on images no target trains on.
 """
 
 import os

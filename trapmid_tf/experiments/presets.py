@@ -85,8 +85,9 @@ class PipelineRun:
         out: Folder of the run (every stage's artefacts, results.json, report.md).
         dataset: Dataset name (`trapmid_tf.data.load`).
         data_dir: Its folder (None for the embedded digits).
-        seed: Seed of the private/public split and the evaluation model (each training
-            seed's GMI prior is trained with that training seed, on this split's public data).
+        seed: Seed of the private/public split, the evaluation model and the held-out
+            judge's split and training (each training seed's GMI prior is trained with that
+            training seed, on this split's public data).
         preset: The preset the settings started from (for the measured convergence gap).
         public_split: Digit datasets' public split, or None for the dataset's default.
         target_settings: trapmid-train settings shared by every target (`resolve_config`
@@ -211,7 +212,8 @@ def pipeline_settings(preset="quick", overrides=None, attacks=None, budget_scale
 
     Raises:
         ValueError: for an unknown preset, defense or attack, or a bad number; the message
-            names the setting (a `PipelineSettings` attribute, or `preset`).
+            names the argument or setting (`preset`, `overrides` or a `PipelineSettings`
+            attribute).
     """
     if preset not in PRESETS:
         raise ValueError(f"`preset` must be one of {sorted(PRESETS)}; received {preset!r}.")

@@ -110,8 +110,10 @@ LOCATION_KEYS = ("out", "backup_dir")
 # default"). The same alpha trains the same target: left out of `identity`, and resumable.
 ALPHA_SOURCE = "alpha_source"
 # The update rule of the Adam optimiser (`trapmid_tf.TorchAdam`: PyTorch's), part of the
-# identity of every stage trained with it: stages trained with Keras's Adam (before
-# `TorchAdam`) have no such entry, so they are trained again rather than reused.
+# identity of every pipeline and audit stage trained with it (Adam targets, the GAN priors and
+# the attacks that search them): stages trained with Keras's Adam (before `TorchAdam`) have no
+# such entry, so they are trained again rather than reused. Folders of trapmid-prior and
+# trapmid-attack do not record it: --overwrite redoes those made before `TorchAdam`.
 ADAM_RULE = "pytorch"
 # Settings that may change between a run and its resumption from a backup.
 RESUMABLE_CHANGES = (

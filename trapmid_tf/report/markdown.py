@@ -45,7 +45,8 @@ LEAKAGE_RULE = (
 )
 # What the two judges and the transfer null are, as the report states it.
 JUDGES_RULE = (
-    "Judges: the evaluation model (`aa1`, a CNN trained on the private images) and the pixel "
+    "Judges: the evaluation model (`aa1`, named in the first paragraph; the pipeline's also "
+    "trains on the private training images) and the pixel "
     "judge (`pixel_aa1`: the class of the nearest reference image in squared pixel "
     "distance; no target trained on the references and no network's feature enters), for "
     f"images of at most {PIXEL_JUDGE_MAX_SIDE} pixels a side. A judge's answer outside the "
