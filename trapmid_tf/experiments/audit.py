@@ -32,7 +32,7 @@ from trapmid_tf.data.loaders import CLASS_FOLDER_TEST_FRACTION
 from trapmid_tf.experiments import judges, pipeline, prior_stages, target_stages
 from trapmid_tf.experiments.attacks import attacked_classes
 from trapmid_tf.experiments.evaluation import (
-    JudgeReferences, judge_references, load_evaluation_classifier, make_evaluator, private_arrays,
+    judge_references, load_evaluation_classifier, make_evaluator, private_arrays,
 )
 from trapmid_tf.experiments.pipeline import stage_count
 from trapmid_tf.experiments.progress import StageProgress
@@ -495,10 +495,8 @@ def audit_judges(run, settings, inputs):
     train, outputs = inputs.private_test, classes
     if inputs.other is not None:
         other = inputs.held_out["other"]
-        references = JudgeReferences(
-            np.concatenate([references.images, inputs.other]),
-            np.concatenate([references.labels, np.full(len(inputs.other), classes,
-                                                       references.labels.dtype)]),
+        references = references.joined(
+            inputs.other, np.full(len(inputs.other), classes),
             f"held-out images of the {classes} private classes and the {other['images']} "
             f"images of --other_dir {other['folder']}, labelled {classes} (\"other\": no "
             "private class)",

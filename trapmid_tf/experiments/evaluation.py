@@ -48,6 +48,13 @@ class JudgeReferences(typing.NamedTuple):
     labels: np.ndarray
     source: str
 
+    def joined(self, images, labels, source):
+        """These references and `images` of the classes `labels` (above the private ones),
+        described as `source`."""
+        return JudgeReferences(np.concatenate([self.images, images]),
+                               np.concatenate([self.labels, labels]).astype(self.labels.dtype),
+                               source)
+
     def description(self):
         """The pixel judge's entry of results.json: references, images and classes."""
         return dict(references=self.source, images=len(self.labels),
@@ -70,8 +77,9 @@ def judge_references(dataset, data_dir, private_test):
         ValueError: If the other classes' images do not have the private test images' shape.
     """
     images, labels = private_arrays(private_test)
+    private = JudgeReferences(images, labels, PRIVATE_TEST_SOURCE)
     if dataset not in OTHER_CLASS_DATASETS:
-        return JudgeReferences(images, labels, PRIVATE_TEST_SOURCE)
+        return private
     _, test, _ = tm.data.load_evaluation_data(dataset, data_dir)
     test_images, test_labels = private_arrays(test)
     other = test_labels > labels.max()
@@ -83,9 +91,7 @@ def judge_references(dataset, data_dir, private_test):
     classes = np.unique(test_labels[other])
     source = (f"{PRIVATE_TEST_SOURCE} and the test file's images of classes "
               f"{classes.min()}-{classes.max()}, which the attacker does not hold")
-    return JudgeReferences(np.concatenate([images, test_images[other]]),
-                           np.concatenate([labels, test_labels[other]]).astype(labels.dtype),
-                           source)
+    return private.joined(test_images[other], test_labels[other], source)
 
 
 def evaluation_architecture(name):
