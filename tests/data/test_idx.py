@@ -208,5 +208,5 @@ def test_target_settings_without_data_dir_take_the_default_folder(tmp_path, monk
     config = resolve_config(dict(dataset="fashion_mnist", model="small_cnn"))
     assert config["data_dir"] is None  # loaded from the default folder at training time
     monkeypatch.setitem(loaders.DEFAULT_FOLDERS, "fashion_mnist", (str(tmp_path / "none"),))
-    with pytest.raises(ValueError, match="--data_dir, which is not set"):
+    with pytest.raises(ValueError, match="`data_dir`, which is not set"):
         resolve_config(dict(dataset="fashion_mnist", model="small_cnn"))

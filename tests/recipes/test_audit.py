@@ -13,6 +13,8 @@ import hashlib
 import json
 import re
 import shutil
+import subprocess
+import sys
 import types
 from pathlib import Path
 
@@ -90,17 +92,31 @@ def test_a_model_that_classifies_the_held_out_images_is_accepted(folders, tmp_pa
 
 
 def test_a_missing_or_unloadable_model_is_refused(folders, tmp_path):
-    with pytest.raises(FileNotFoundError, match="--model"):
+    with pytest.raises(FileNotFoundError, match="`model` must be a saved Keras classifier file"):
         check(str(tmp_path / "absent.keras"), folders)
     broken = tmp_path / "broken.keras"
     broken.write_bytes(b"not a keras file")
-    with pytest.raises(ValueError, match="--model .* could not be loaded"):
+    with pytest.raises(ValueError, match="`model` .* could not be loaded"):
         check(str(broken), folders)
+
+
+@pytest.mark.large  # a TensorFlow process of its own: about 20 s on a shared CPU
+def test_the_command_names_its_flag_where_the_library_names_the_setting(folders, tmp_path):
+    private_dir, public_dir = folders
+    absent = tmp_path / "absent.keras"
+    result = subprocess.run(
+        [sys.executable, "-m", "trapmid_tf.cli.audit", f"--model={absent}",
+         f"--private_dir={private_dir}", f"--public_dir={public_dir}", f"--out={tmp_path / 'x'}"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 1 and not (tmp_path / "x").exists()
+    assert result.stderr.splitlines()[-1] == (
+        f"--model must be a saved Keras classifier file (.keras); '{absent}' is not a file.")
 
 
 def test_images_of_another_size_need_image_size(folders, tmp_path):
     path = brightness_model(tmp_path / "small.keras", threshold=0.5, side=8)
-    with pytest.raises(ValueError, match=r"--image_size=8"):
+    with pytest.raises(ValueError, match=r"set `image_size` to 8 to resize them"):
         check(path, folders)
     # Resized to 8x8 (both folders), the images keep their brightness.
     assert check(path, folders, image_size=8).description["held_out_accuracy"] == 1.0
@@ -125,7 +141,7 @@ def test_a_judge_with_fewer_outputs_than_private_classes_is_refused_before_any_w
     one_class = keras.Sequential([keras.Input((SIDE, SIDE, 1)), keras.layers.Flatten(),
                                   keras.layers.Dense(1)])
     one_class.save(tmp_path / "judge.keras")
-    with pytest.raises(ValueError, match=r"--evaluation_model must judge the 2 private classes"
+    with pytest.raises(ValueError, match=r"`evaluation_model` must judge the 2 private classes"
                                          r".* it gives 1 outputs"):
         check(path, folders, evaluation_model=str(tmp_path / "judge.keras"))
     # The audited model itself, 2 outputs, is an acceptable judge.
@@ -136,7 +152,7 @@ def test_public_images_of_another_shape_are_refused(folders, tmp_path, side, cha
     public = tmp_path / "public"
     write_images(public, 4, 0.5, np.random.default_rng(1), side, channels)
     path = brightness_model(tmp_path / "model.keras", threshold=0.5)
-    with pytest.raises(ValueError, match="--public_dir must hold images"):
+    with pytest.raises(ValueError, match="`public_dir` must hold images"):
         check(path, folders, public_dir=str(public))
 
 
@@ -390,30 +406,30 @@ def test_the_other_images_are_part_of_the_judges_identity(
 def test_other_folders_the_audit_cannot_use_are_refused(folders, other_dir, tmp_path):
     path = brightness_model(tmp_path / "model.keras", threshold=0.5)
     private_dir, public_dir = folders
-    with pytest.raises(FileNotFoundError, match="--other_dir must be a folder of images; "):
+    with pytest.raises(FileNotFoundError, match="`other_dir` must be a folder of images; "):
         check(path, folders, other_dir=str(tmp_path / "absent"))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="--other_dir .* no image files"):
+    with pytest.raises(FileNotFoundError, match="`other_dir` .* no image files"):
         check(path, folders, other_dir=str(tmp_path / "empty"))
     write_images(tmp_path / "small", 2, 0.5, np.random.default_rng(4), side=8)
-    with pytest.raises(ValueError, match=r"--other_dir must hold images of the model's input "
+    with pytest.raises(ValueError, match=r"`other_dir` must hold images of the model's input "
                                          r"shape 16x16 .* \[\(8, 8\)\]"):
         check(path, folders, other_dir=str(tmp_path / "small"))
-    with pytest.raises(ValueError, match=rf"apart from --public_dir .* '{re.escape(public_dir)}' is "
-                                         rf"--public_dir"):
+    with pytest.raises(ValueError, match=rf"apart from `public_dir` .* '{re.escape(public_dir)}' is "
+                                         rf"`public_dir`"):
         check(path, folders, other_dir=public_dir)
     inside = str(Path(private_dir) / "a_dark")
-    with pytest.raises(ValueError, match=r"apart from --private_dir .* lies in --private_dir"):
+    with pytest.raises(ValueError, match=r"apart from `private_dir` .* lies in `private_dir`"):
         check(path, folders, other_dir=inside)
-    with pytest.raises(ValueError, match=r"apart from --public_dir .* holds --public_dir"):
+    with pytest.raises(ValueError, match=r"apart from `public_dir` .* holds `public_dir`"):
         check(path, folders, other_dir=str(Path(public_dir).parent))
     # A copy of one public image, or of one private image, under another name.
-    for flag, source in (("public_dir", Path(public_dir) / "3.png"),
-                         ("private_dir", Path(private_dir) / "b_bright" / "5.png")):
-        copied = tmp_path / f"copy_{flag}"
+    for setting, source in (("public_dir", Path(public_dir) / "3.png"),
+                            ("private_dir", Path(private_dir) / "b_bright" / "5.png")):
+        copied = tmp_path / f"copy_{setting}"
         shutil.copytree(other_dir, copied)
         shutil.copy(source, copied / "extra.png")
-        with pytest.raises(ValueError, match=rf"share no image file with --{flag} .* "
+        with pytest.raises(ValueError, match=rf"share no image file with `{setting}` .* "
                                              rf"'{re.escape(str(copied / 'extra.png'))}' is "
                                              rf"identical to '{re.escape(str(source))}'"):
             check(path, folders, other_dir=str(copied))

@@ -105,7 +105,7 @@ def test_the_stage_identity_records_the_model_spec(tmp_path, image_folder):
     ],
 )
 def test_bad_model_specs_are_named(tmp_path, image_folder, model, message):
-    expected = r"--model must be one of \['small_cnn', .*\] or 'package.module:function'"
+    expected = r"`model` must be one of \['small_cnn', .*\] or 'package.module:function'"
     with pytest.raises(ValueError, match=expected) as error:
         config_for(image_folder, tmp_path, "none", model=model)
     assert message in str(error.value)
@@ -123,7 +123,7 @@ def test_bad_model_specs_are_named(tmp_path, image_folder, model, message):
 def test_models_that_are_not_classifiers_are_named(tmp_path, image_folder, function, message):
     config = config_for(image_folder, tmp_path, "none", model=f"{HELPERS}:{function}")
     expected = (
-        f"--model '{HELPERS}:{function}' must return an uncompiled keras.Model of input shape "
+        f"`model` '{HELPERS}:{function}' must return an uncompiled keras.Model of input shape "
         "(None, 8, 8, 3) and output shape (None, 3) (logits); "
     )
     with pytest.raises(ValueError) as error:
@@ -135,7 +135,7 @@ def test_models_that_are_not_classifiers_are_named(tmp_path, image_folder, funct
 def test_mid_and_bido_say_what_an_own_model_needs(tmp_path, image_folder, defense):
     config = config_for(image_folder, tmp_path, defense, model=f"{HELPERS}:pooled_classifier")
     expected = (
-        f"--defense={defense} needs --model '{HELPERS}:pooled_classifier' to be a functional "
+        f"`defense` '{defense}' needs `model` '{HELPERS}:pooled_classifier' to be a functional "
         "keras.Model whose last layer (or a layer named 'logits') is the Dense"
     )
     with pytest.raises(ValueError, match=re.escape(expected)):
@@ -144,9 +144,9 @@ def test_mid_and_bido_say_what_an_own_model_needs(tmp_path, image_folder, defens
 
 def test_split_settings_are_checked_before_any_work(tmp_path, image_folder):
     missing = tmp_path / "missing"
-    with pytest.raises(FileNotFoundError, match=f"--test_dir '{missing}' is not an existing"):
+    with pytest.raises(FileNotFoundError, match=f"`test_dir` '{missing}' is not an existing"):
         config_for(image_folder, tmp_path, "none", test_dir=str(missing))
-    with pytest.raises(ValueError, match="--test_fraction applies to --dataset=class_folder"):
+    with pytest.raises(ValueError, match="`test_fraction` applies to `dataset` 'class_folder'"):
         resolve_config(dict(defense="none", out=str(tmp_path), test_fraction=0.5))
 
 
@@ -170,5 +170,5 @@ def test_the_pipeline_refuses_a_folder_without_public_images(tmp_path, image_fol
     from trapmid_tf.experiments import pipeline, target_stages
 
     run = pipeline.PipelineRun(out=str(tmp_path), dataset="class_folder", data_dir=image_folder)
-    with pytest.raises(ValueError, match="--dataset=class_folder has no public images"):
+    with pytest.raises(ValueError, match="`dataset` 'class_folder' has no public images"):
         target_stages.target_configs(run, {})

@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 import trapmid_tf as tm
+from trapmid_tf.experiments.attacks import attack_accuracy
 
 def load_recipe(name):
     """The console command module `trapmid_tf.cli.<name>`."""
@@ -55,7 +56,6 @@ def test_a_size_bound_classifier_or_a_missing_file_is_named(tmp_path):
 
 
 def test_attack_accuracy_counts_top1_and_top5_hits():
-    attack = load_recipe("attack")
     # A judge whose logits are the flattened 1x1x7 image: the scores are set by hand.
     inputs = keras.Input((1, 1, 7))
     judge = keras.Model(inputs, keras.layers.Flatten()(inputs))
@@ -64,7 +64,7 @@ def test_attack_accuracy_counts_top1_and_top5_hits():
                        [6, 5, 4, 3, 2, 1, 0]],   # label 6: rank 7 -> neither
                       dtype="float32")
     stored = dict(images=scores.reshape(3, 1, 1, 7), labels=np.array([6, 4, 6]))
-    assert attack.attack_accuracy(judge, stored) == {"aa1": 1 / 3, "aa5": 2 / 3}
+    assert attack_accuracy(judge, stored) == {"aa1": 1 / 3, "aa5": 2 / 3}
 
 
 def run(recipe, *flags):

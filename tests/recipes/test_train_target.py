@@ -87,8 +87,8 @@ BAD_FLAGS = [
     (["--dataset=cifar"], "dataset"),
     (["--dataset=mnist"], "--data_dir, which is not set"),
     (["--dataset=mnist", "--data_dir={tmp}/missing"], "--data_dir '{tmp}/missing' is not an "),
-    (["--data_dir={tmp}"], "--dataset=digits is embedded and reads no --data_dir"),
-    (["--model=ir18", "--width=8"], "--width only applies to --model=small_cnn"),
+    (["--data_dir={tmp}"], "--dataset 'digits' is embedded and reads no --data_dir"),
+    (["--model=ir18", "--width=8"], "--width only applies to --model 'small_cnn'"),
     (["--width=0"], "--width must be >= 1"),
     (["--seed=-1"], "--seed must be >= 0"),
     (["--backup_dir={tmp}/run"], "--backup_dir must differ from --out"),
@@ -432,10 +432,10 @@ def test_celeba_end_to_end_with_the_reference_preset(tmp_path):
 
 
 @pytest.mark.parametrize("changes, message", [
-    (dict(lr_decay_epoch=[1, 5]), r"--lr_decay_epoch must be ints in \[0, --epochs=2\]; "
+    (dict(lr_decay_epoch=[1, 5]), r"`lr_decay_epoch` must be ints in \[0, `epochs`=2\]; "
                                    r"received \[1, 5\]"),
-    (dict(lr_decay_epoch=-1), r"--lr_decay_epoch must be ints in \[0, --epochs=2\]"),
-    (dict(image_size=0), "--image_size must be >= 1; received 0"),
+    (dict(lr_decay_epoch=-1), r"`lr_decay_epoch` must be ints in \[0, `epochs`=2\]"),
+    (dict(image_size=0), "`image_size` must be >= 1; received 0"),
 ])
 def test_bad_schedule_or_image_size_is_named(tmp_path, changes, message):
     recipe = load_recipe()

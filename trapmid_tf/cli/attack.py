@@ -22,14 +22,13 @@ reference's attack scripts do: attack_accuracy.json holds aa1 and aa5 (top-1/top
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 
 import trapmid_tf as tm
 from trapmid_tf.attacks import suite
 from trapmid_tf.cli import console
-from trapmid_tf.experiments.attacks import MAX_ATTACKED_CLASSES, attack_accuracy, run_attack
+from trapmid_tf.experiments.attacks import attacked_classes, run_attacks
 from trapmid_tf.experiments.evaluation import load_evaluation_classifier
-from trapmid_tf.files import write_json
 
 FLAGS = flags.FLAGS
 
@@ -89,35 +88,22 @@ def main(argv):
         raise app.UsageError("--out must be set.")
     console.start()
     target = tm.models.load_classifier(FLAGS.target)
-    num_classes = FLAGS.num_classes or min(int(target.output_shape[-1]), MAX_ATTACKED_CLASSES)
-    priors = {p: suite.load_prior(p, FLAGS[f"{p}_prior"].value) for p in needed}
     judge = None
     if FLAGS.evaluation_model:
-
         try:
             judge = load_evaluation_classifier(FLAGS.evaluation_model, target.input_shape[1:])
         except ValueError as error:
-            raise app.UsageError(str(error)) from error
+            raise app.UsageError(console.flag_message(str(error))) from error
     settings = dict(
-        target=os.path.abspath(FLAGS.target), num_classes=num_classes,
+        target=os.path.abspath(FLAGS.target),
+        num_classes=FLAGS.num_classes or attacked_classes(target),
         per_class=FLAGS.per_class, seed=FLAGS.seed, iterations=FLAGS.iterations,
         plgmi_iterations=FLAGS.plgmi_iterations, mi_face_iterations=FLAGS.mi_face_iterations,
         kedmi_batch_size=FLAGS.kedmi_batch_size,
     )
-    write_json(os.path.join(FLAGS.out, "flags.json"), dict(settings, attacks=attacks))
-    for name in attacks:
-        attack_settings = dict(
-            settings, priors={p: os.path.abspath(FLAGS[f"{p}_prior"].value)
-                              for p in suite.PRIORS_OF_ATTACK[name]},
-        )
-        stored = run_attack(name, target, priors, attack_settings,
-                            os.path.join(FLAGS.out, name), FLAGS.overwrite,
-                            verbose=console.progress_verbosity())
-        if judge is not None:
-            scores = dict(attack_accuracy(judge, stored),
-                          evaluation_model=os.path.abspath(FLAGS.evaluation_model))
-            write_json(os.path.join(FLAGS.out, name, "attack_accuracy.json"), scores)
-            logging.info("attack %s: aa1 %.3f, aa5 %.3f", name, scores["aa1"], scores["aa5"])
+    run_attacks(attacks, target, {p: FLAGS[f"{p}_prior"].value for p in needed}, settings,
+                FLAGS.out, FLAGS.overwrite, judge, FLAGS.evaluation_model,
+                console.progress_verbosity())
     print(f"reconstructions written to {FLAGS.out}")
 
 

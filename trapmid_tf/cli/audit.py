@@ -90,7 +90,7 @@ def main(argv):
             FLAGS.evaluation_model, FLAGS.other_dir,
         )
     except (ValueError, FileNotFoundError) as error:
-        raise app.UsageError(str(error)) from error
+        raise app.UsageError(console.flag_message(str(error))) from error
     results = audit.run_audit(
         FLAGS.out, settings, inputs, FLAGS.preset, FLAGS.overwrite, FLAGS.fid_weights,
         FLAGS.evaluation_model, console.verbose(),

@@ -5,10 +5,9 @@ flags override; `settings_from_flags` turns them into `presets.pipeline_settings
 sets the setting of its name.
 """
 
-import re
-
 from absl import app, flags
 
+from trapmid_tf.cli import console
 from trapmid_tf.experiments.presets import PRESET_KEYS, PRESETS, pipeline_settings
 
 FLAGS = flags.FLAGS
@@ -92,11 +91,4 @@ def settings_from_flags():
             FLAGS.recovery_alpha,
         )
     except ValueError as error:
-        raise app.UsageError(flag_message(str(error))) from error
-
-
-def flag_message(message):
-    """`message` with each setting it names (`` `gmi_steps` ``) written as its flag
-    (--gmi_steps); a name that is no flag of the command stays as it is."""
-    return re.sub(r"`(\w+)`", lambda name: f"--{name[1]}" if name[1] in FLAGS else name[0],
-                  message)
+        raise app.UsageError(console.flag_message(str(error))) from error

@@ -1,4 +1,5 @@
-"""What every console command shares: the `--verbose` and `--precision` flags, quiet defaults.
+"""What every console command shares: the `--verbose` and `--precision` flags, quiet defaults,
+and library messages told in flags (`flag_message`).
 
 By default a command prints its result and, for the pipeline, one progress line over its
 stages; TensorFlow's start-up messages (`trapmid_tf.startup`), absl INFO logs and Keras'
@@ -6,6 +7,7 @@ per-epoch logs appear only with `--verbose`. `--precision=mixed_bfloat16` builds
 of the command with float32 variables and bfloat16 computations (`trapmid_tf.precision`).
 """
 
+import re
 import sys
 
 from absl import app, flags, logging
@@ -39,6 +41,16 @@ def run_command(main, *modules):
             for flag in FLAGS.get_flags_for_module(module.__name__):
                 FLAGS.register_key_flag_for_module(program, flag)
     app.run(main)
+
+
+def flag_message(message):
+    """`message` with each setting it names (`` `gmi_steps` ``) written as its flag
+    (--gmi_steps); a name that is no flag of the command stays as it is.
+
+    Library errors name settings; a command turns them into its flags' names with this.
+    """
+    return re.sub(r"`(\w+)`", lambda name: f"--{name[1]}" if name[1] in FLAGS else name[0],
+                  message)
 
 
 def verbose():

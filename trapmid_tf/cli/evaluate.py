@@ -22,27 +22,20 @@ MNIST and Fashion-MNIST, the test file's images of classes 5-9:
 with --triggers, trapdoor_similarity and trapdoor_detection.
 """
 
+import dataclasses
 import json
 import os
 import sys
 
-import keras
-import numpy as np
 from absl import app, flags
 
 import trapmid_tf as tm
 from trapmid_tf.cli import console
-from trapmid_tf.experiments.evaluation import (
-    classifier_accuracy, evaluation_model, judge_references, load_evaluation_classifier,
-    make_detector, make_evaluator, score_attack,
-)
+from trapmid_tf.experiments.attack_scores import EvaluationSettings, evaluate_attacks
+from trapmid_tf.experiments.evaluation import load_evaluation_classifier
 from trapmid_tf.experiments.priors import default_public_split
-from trapmid_tf.files import write_json
 
 FLAGS = flags.FLAGS
-FLAG_NAMES = ("dataset", "data_dir", "public_split", "evaluation_model",
-              "evaluation_architecture", "evaluation_epochs", "fid_weights", "target", "triggers",
-              "attacks_dir", "seed")
 
 
 def define_flags():
@@ -81,39 +74,21 @@ def main(argv):
         if path and not os.path.exists(path):
             raise app.UsageError(f"--{flag} {path!r} does not exist.")
     console.start()
-    (private_train, private_test), _ = tm.data.load(
-        FLAGS.dataset, FLAGS.data_dir, seed=FLAGS.seed,
-        public_split=default_public_split(FLAGS.dataset, FLAGS.public_split),
+    settings = EvaluationSettings(**{field.name: FLAGS[field.name].value
+                                     for field in dataclasses.fields(EvaluationSettings)})
+    private, _ = tm.data.load(
+        settings.dataset, settings.data_dir, seed=settings.seed,
+        public_split=default_public_split(settings.dataset, settings.public_split),
     )
-    if os.path.isfile(FLAGS.evaluation_model):
+    judge = None
+    if os.path.isfile(settings.evaluation_model):
         try:
-            model = load_evaluation_classifier(
-                FLAGS.evaluation_model, private_train.element_spec[0].shape
-            )
+            judge = load_evaluation_classifier(settings.evaluation_model,
+                                               private[0].element_spec[0].shape)
         except ValueError as error:
-            raise app.UsageError(str(error)) from error
-        accuracy = classifier_accuracy(model, private_test)
-    else:
-        settings = dict(architecture=FLAGS.evaluation_architecture,
-                        epochs=FLAGS.evaluation_epochs, seed=FLAGS.seed)
-        model, accuracy = evaluation_model(
-            FLAGS.dataset, FLAGS.data_dir, settings, FLAGS.evaluation_model, FLAGS.overwrite,
-            console.fit_verbosity(),
-        )
-    references = judge_references(FLAGS.dataset, FLAGS.data_dir, private_test)
-    evaluator = make_evaluator(model, private_train, FLAGS.fid_weights, references)
-    target = keras.models.load_model(FLAGS.target)
-    detector = make_detector(target, FLAGS.triggers, private_train) if FLAGS.triggers else None
-    results = {
-        "evaluation_accuracy": accuracy, "fid_features": evaluator.fid_features,
-        "flags": {name: FLAGS[name].value for name in FLAG_NAMES},
-    }
-    for name in sorted(os.listdir(FLAGS.attacks_dir)):
-        path = os.path.join(FLAGS.attacks_dir, name, "reconstructions.npz")
-        if os.path.isfile(path):
-            with np.load(path) as stored:
-                results[name] = score_attack(evaluator, dict(stored), detector)
-    write_json(FLAGS.out, results)
+            raise app.UsageError(console.flag_message(str(error))) from error
+    results = evaluate_attacks(settings, private, FLAGS.out, judge, FLAGS.overwrite,
+                               console.fit_verbosity())
     print(json.dumps(results, indent=2))
 
 

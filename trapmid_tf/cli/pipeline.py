@@ -110,7 +110,7 @@ def main(argv):
     try:
         configs = target_configs(run, settings)
     except (ValueError, FileNotFoundError) as error:
-        raise app.UsageError(str(error)) from error
+        raise app.UsageError(console.flag_message(str(error))) from error
     console.start()
     results = pipeline.run_pipeline(run, settings, configs)
     print(report.summary_table(results))

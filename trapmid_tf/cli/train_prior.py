@@ -72,7 +72,7 @@ def main(argv):
     try:
         check_settings(settings)
     except ValueError as error:
-        raise app.UsageError(str(error)) from error
+        raise app.UsageError(console.flag_message(str(error))) from error
     console.start()
     splits = tm.data.load(
         settings["dataset"], settings["data_dir"], seed=settings["seed"],

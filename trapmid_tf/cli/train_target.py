@@ -147,7 +147,7 @@ def config_from_flags(**changes):
     try:
         return resolve_config(settings)
     except (ValueError, FileNotFoundError) as error:
-        raise app.UsageError(str(error)) from error
+        raise app.UsageError(console.flag_message(str(error))) from error
 
 
 def main(argv):
@@ -158,10 +158,10 @@ def main(argv):
     try:
         results = train(config, verbose=console.fit_verbosity())
     except (FileNotFoundError, ValueError, NonFiniteLossError) as error:
-        raise SystemExit(f"train_target: {error}") from error
+        raise SystemExit(f"train_target: {console.flag_message(str(error))}") from error
     except TrapdoorNotFormedError as error:
         print_results(error.results)
-        raise SystemExit(f"train_target: {error}") from error
+        raise SystemExit(f"train_target: {console.flag_message(str(error))}") from error
     print_results(results)
 
 

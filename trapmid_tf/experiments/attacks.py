@@ -1,7 +1,8 @@
-"""Runs one model-inversion attack against a classifier as a reusable stage, and scores it.
+"""Runs model-inversion attacks against a classifier as reusable stages, and scores them.
 
 `run_attack` writes reconstructions.npz and stage.json into its folder and reuses a finished
-folder made with the same settings; `trapmid-attack` is its command line.
+folder made with the same settings; `run_attacks` runs several into one folder and judges
+them, the workflow of `trapmid-attack`, its command line.
 """
 
 import os
@@ -10,11 +11,12 @@ import numpy as np
 from absl import logging
 
 from trapmid_tf.attacks import suite
-from trapmid_tf.files import atomic_path, build_or_reuse
+from trapmid_tf.files import atomic_path, build_or_reuse, write_json
 from trapmid_tf.metrics.accuracy import top_k_accuracy
 from trapmid_tf.metrics.features import batched_predict
 
 RECONSTRUCTIONS_FILE = "reconstructions.npz"
+ATTACK_ACCURACY_FILE = "attack_accuracy.json"
 MAX_ATTACKED_CLASSES = 300  # the reference attacks identities 0-299
 # The option holding the step budget of the option attacks that do not take theirs from
 # `suite.InversionSettings` (PLG-MI++ does); 0 gives the un-optimised starting samples.
@@ -98,6 +100,49 @@ def run_attack(name, target, priors, settings, out, overwrite=False, options=Non
             return {key: stored[key] for key in stored.files}
 
     return build_or_reuse(out, settings, build, load, overwrite, logging.info)
+
+
+def run_attacks(names, target, prior_dirs, settings, out, overwrite=False, judge=None,
+                judge_path=None, verbose=0):
+    """Runs (or reuses) each attack into `out`/<attack>/ and, with a judge, scores it at once.
+
+    Writes `out`/flags.json (`settings` and `names`), each attack's `run_attack` folder and,
+    with `judge`, its attack_accuracy.json (`attack_accuracy` and `judge_path`).
+
+    Args:
+        names: Attack names (`suite.ATTACKS`, none of `suite.OPTION_ATTACKS`).
+        target: The attacked classifier.
+        prior_dirs: `{prior: folder}` of every prior the attacks need (`suite.priors_needed`),
+            as `suite.save_prior` wrote them.
+        settings: Dict of `run_attack`'s settings (with what identifies the target); each
+            attack's adds the absolute folders of its priors, as `priors`.
+        out: The output folder.
+        overwrite: Rerun attacks whose folders hold a finished run with the same settings.
+        judge: Classifier images -> logits that judges the reconstructions, or None.
+        judge_path: The judge's file, recorded (absolute) with its scores, or None.
+        verbose: 1 shows a progress bar of each inversion, 0 nothing.
+
+    Returns:
+        `{attack: {"reconstructions": run_attack's arrays, "attack_accuracy": the scores
+        written (with `evaluation_model`), or None without a judge}}`.
+    """
+    priors = {prior: suite.load_prior(prior, folder) for prior, folder in prior_dirs.items()}
+    write_json(os.path.join(out, "flags.json"), dict(settings, attacks=list(names)))
+    written = {}
+    for name in names:
+        attack_settings = dict(settings, priors={
+            prior: os.path.abspath(prior_dirs[prior]) for prior in suite.PRIORS_OF_ATTACK[name]
+        })
+        stored = run_attack(name, target, priors, attack_settings, os.path.join(out, name),
+                            overwrite, verbose=verbose)
+        scores = None
+        if judge is not None:
+            scores = dict(attack_accuracy(judge, stored),
+                          evaluation_model=judge_path and os.path.abspath(judge_path))
+            write_json(os.path.join(out, name, ATTACK_ACCURACY_FILE), scores)
+            logging.info("attack %s: aa1 %.3f, aa5 %.3f", name, scores["aa1"], scores["aa5"])
+        written[name] = {"reconstructions": stored, "attack_accuracy": scores}
+    return written
 
 
 def _without_unstarted(arrays, missing):

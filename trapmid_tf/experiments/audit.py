@@ -5,12 +5,12 @@ private classes; probabilities are refused), the private classes as labelled cla
 with the images the model never trained on (a test folder or a held-out fraction), and a
 folder of unlabelled public images that hold none of the private classes, and optionally a
 folder of images of other classes that the attacker does not hold, which the judges learn as
-one more class, "other". `check_audit`
-refuses, before any work, what the audit cannot handle, each error naming the flag of
-`trapmid-audit`, what it expects and what it received. `run_audit` then goes through the
-stages of `trapmid_tf.experiments.pipeline` with the given model in place of the trained
-targets (its defense label `AUDITED`): the judge (trained on the held-out images, tested on
-the model's training images; or the user's), per seed the GMI prior and the model's own
+one more class, "other". `check_audit` refuses, before any work, what the audit cannot
+handle, each error naming the setting (`trapmid-audit` shows its flag), what it expects and
+what it received. `run_audit` then goes through the stages of
+`trapmid_tf.experiments.pipeline` with the given model in place of the trained targets (its
+defense label `AUDITED`): the judge (trained on the held-out images, tested on the model's
+training images; or the user's), per seed the GMI prior and the model's own
 priors, every attack (the lookup baseline and the transfer null included), the scores and
 the report. Each stage is reused when the run folder holds it finished with the same
 settings; the model's stages are identified by the SHA-256 of its file.
@@ -102,33 +102,33 @@ def load_model(path):
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(
-            f"--model must be a saved Keras classifier file (.keras); {path!r} is not a file."
+            f"`model` must be a saved Keras classifier file (.keras); {path!r} is not a file."
         )
     try:
         model = tm.models.load_classifier(path)
     except Exception as error:  # Keras raises many types (ValueError, OSError, zip errors).
         raise ValueError(
-            f"--model must be a saved Keras classifier (.keras) that keras.models.load_model "
+            f"`model` must be a saved Keras classifier (.keras) that keras.models.load_model "
             f"reads; {path!r} could not be loaded: {error}"
         ) from error
     if len(model.inputs) != 1 or len(model.input_shape) != 4 or len(model.outputs) != 1 or len(
         model.output_shape
     ) != 2:
         raise ValueError(
-            "--model must take one batch of HxWxC images and give one vector of logits per "
+            "`model` must take one batch of HxWxC images and give one vector of logits per "
             f"image; it takes inputs of shape {model.input_shape} and gives outputs of shape "
             f"{model.output_shape}."
         )
     return model
 
 
-def check_audit(model_path, private_dir, public_dir, attacks, test_dir=None,
+def check_audit(model, private_dir, public_dir, attacks, test_dir=None,
                 test_fraction=None, image_size=None, split_seed=0, evaluation_model=None,
                 other_dir=None):
     """Loads and checks everything an audit needs, before any work.
 
     Args:
-        model_path: The saved classifier (.keras): images in [0, 1] -> logits over the
+        model: The saved classifier (.keras): images in [0, 1] -> logits over the
             classes of `private_dir`, in sorted folder-name order.
         private_dir: One subfolder of images per private class (`"class_folder"` data).
         public_dir: Unlabelled public images (`"folder"` data), none of a private class.
@@ -149,7 +149,7 @@ def check_audit(model_path, private_dir, public_dir, attacks, test_dir=None,
         The `AuditInputs`.
 
     Raises:
-        FileNotFoundError, ValueError: naming the flag, the expected and the received value:
+        FileNotFoundError, ValueError: naming the setting, the expected and the received value:
             a missing or unloadable model; images of another shape than the model's input
             (private or public); other than one output per private class; non-square images
             or, for the GAN priors, a side other than 4 * 2**k; a model without a
@@ -162,23 +162,23 @@ def check_audit(model_path, private_dir, public_dir, attacks, test_dir=None,
             lies in or holds one of the other folders, or shares an image file (by content)
             with one.
     """
-    model = load_model(model_path)
+    classifier = load_model(model)
     try:
         splits = tm.data.load("class_folder", private_dir, image_size=image_size,
                               seed=split_seed, test_dir=test_dir, test_fraction=test_fraction)
     except (ValueError, FileNotFoundError) as error:
-        raise type(error)(f"--private_dir {private_dir!r}: {error}") from error
+        raise type(error)(f"`private_dir` {private_dir!r}: {error}") from error
     (train, test), class_names = splits.private, splits.class_names
     shape = tuple(int(side) for side in train.element_spec[0].shape)
-    _check_input_shape(model, shape, image_size)
-    classes = int(model.output_shape[-1])
+    _check_input_shape(classifier, shape, image_size)
+    classes = int(classifier.output_shape[-1])
     if classes != len(class_names):
         raise ValueError(
-            f"--model must give one logit per class folder of --private_dir "
+            f"`model` must give one logit per class folder of `private_dir` "
             f"({len(class_names)}: {list(class_names)}, in this order); it gives {classes}."
         )
     _check_side(shape, attacks)
-    _check_features(model, attacks)
+    _check_features(classifier, attacks)
     if evaluation_model is not None:
         _check_judge(evaluation_model, shape, class_names)
     public = _folder_images("public_dir", public_dir, shape, image_size)
@@ -196,18 +196,18 @@ def check_audit(model_path, private_dir, public_dir, attacks, test_dir=None,
         other = np.stack(list(other.as_numpy_iterator()))
         held_out["other"] = dict(identity, images=len(other), label=classes)
     held_images, held_labels = private_arrays(test)
-    accuracy = _check_outputs(model, held_images, held_labels)
+    accuracy = _check_outputs(classifier, held_images, held_labels)
     alpha, _ = default_alpha(shape, classes)
-    sha256 = file_sha256(model_path)
+    sha256 = file_sha256(model)
     return AuditInputs(
-        model=model,
+        model=classifier,
         config=dict(defense=AUDITED, model_sha256=sha256,
                     image_shape=list(shape), alpha=alpha),
         private_train=train, private_test=test, public=public,
         public_description=f"{os.path.abspath(public_dir)} ({'x'.join(map(str, shape))})",
         held_out=held_out,
         description=dict(
-            path=os.path.abspath(model_path), sha256=sha256,
+            path=os.path.abspath(model), sha256=sha256,
             classes=list(class_names), held_out_images=len(held_labels),
             held_out_accuracy=accuracy,
         ),
@@ -220,7 +220,7 @@ def _check_judge(path, shape, class_names):
     outputs = int(load_evaluation_classifier(path, shape).output_shape[-1])
     if outputs < len(class_names):
         raise ValueError(
-            f"--evaluation_model must judge the {len(class_names)} private classes (its first "
+            f"`evaluation_model` must judge the {len(class_names)} private classes (its first "
             f"{len(class_names)} outputs, in the class folders' order); it gives {outputs} "
             "outputs."
         )
@@ -239,12 +239,12 @@ def _check_input_shape(model, shape, image_size):
     if expected[2] is not None and expected[2] != shape[2]:
         hint = f"give class folders of {expected[2]}-channel images"
     elif expected[0] is not None and expected[0] == expected[1]:
-        hint = f"pass --image_size={expected[0]} to resize them"
+        hint = f"set `image_size` to {expected[0]} to resize them"
     else:
         hint = "give a model that takes square images"
-    resized = f" (resized by --image_size={image_size})" if image_size else ""
+    resized = f" (resized by `image_size` {image_size})" if image_size else ""
     raise ValueError(
-        f"--model must take the images of --private_dir, of shape {shape}{resized}; it takes "
+        f"`model` must take the images of `private_dir`, of shape {shape}{resized}; it takes "
         f"images of shape {expected}: {hint}."
     )
 
@@ -253,8 +253,8 @@ def _check_side(shape, attacks):
     """Raises ValueError for non-square images, or a side the selected GAN priors cannot make."""
     if shape[0] != shape[1]:
         raise ValueError(
-            f"--private_dir must hold square images (the public images are read at the same "
-            f"square size); they are {shape[0]}x{shape[1]}: pass --image_size to resize them "
+            f"`private_dir` must hold square images (the public images are read at the same "
+            f"square size); they are {shape[0]}x{shape[1]}: set `image_size` to resize them "
             "(with a model that takes that size)."
         )
     priors = suite.priors_needed(attacks)
@@ -265,10 +265,10 @@ def _check_side(shape, attacks):
     except ValueError:
         prior_free = [name for name in attacks if not suite.PRIORS_OF_ATTACK[name]]
         raise ValueError(
-            f"--image_size (or the images' own size) must be 4 * 2**k (8, 16, 32, 64, ...) for "
+            f"`image_size` (or the images' own size) must be 4 * 2**k (8, 16, 32, 64, ...) for "
             f"the GAN priors {list(priors)} of the selected attacks; the images are "
             f"{shape[0]}x{shape[1]}: resize them with a model that takes such a side, or "
-            f"select attacks without a prior (--attacks={','.join(prior_free)})."
+            f"select attacks without a prior (`attacks` {prior_free})."
         ) from None
 
 
@@ -282,32 +282,32 @@ def _check_features(model, attacks):
         tm.models.feature_extractor(model)
     except ValueError as error:
         raise ValueError(
-            f"--model must expose its penultimate feature for the attacks {readers} (a "
+            f"`model` must expose its penultimate feature for the attacks {readers} (a "
             f"functional model ending in a Dense layer, or with a Dense layer named 'logits'), "
-            f"or leave them out with --attacks: {error}"
+            f"or leave them out of `attacks`: {error}"
         ) from None
 
 
-def _folder_images(flag, folder, shape, image_size):
+def _folder_images(setting, folder, shape, image_size):
     """The unbatched images below `folder` (any layout, `"folder"` data) at `shape`, after
     checking from the files' headers that they have it (with `image_size`, its channels).
 
     Raises:
-        FileNotFoundError, ValueError: naming `--<flag>`: not a folder, no image file, an
+        FileNotFoundError, ValueError: naming `setting`: not a folder, no image file, an
             unreadable header, or images of another shape.
     """
     if not os.path.isdir(folder or ""):
         raise FileNotFoundError(
-            f"--{flag} must be a folder of images; {folder!r} is not a folder."
+            f"`{setting}` must be a folder of images; {folder!r} is not a folder."
         )
     try:
         sizes, channels = images.folder_shape(folder)
     except (ValueError, FileNotFoundError) as error:
-        raise type(error)(f"--{flag} {folder!r}: {error}") from error
+        raise type(error)(f"`{setting}` {folder!r}: {error}") from error
     if channels != shape[2] or (image_size is None and sizes != {shape[:2]}):
-        resize = "" if image_size else " (or pass --image_size to resize every folder)"
+        resize = "" if image_size else " (or set `image_size` to resize every folder)"
         raise ValueError(
-            f"--{flag} must hold images of the model's input shape {shape[0]}x{shape[1]} "
+            f"`{setting}` must hold images of the model's input shape {shape[0]}x{shape[1]} "
             f"with {shape[2]} channel(s){resize}; it holds images of size(s) "
             f"{sorted(sizes)} (height, width) with {channels} channel(s)."
         )
@@ -315,11 +315,11 @@ def _folder_images(flag, folder, shape, image_size):
 
 
 def _other_apart(other_dir, folders):
-    """Checks that --other_dir is apart from `folders` and returns its stage identity.
+    """Checks that `other_dir` is apart from `folders` and returns its stage identity.
 
     Args:
         other_dir: The folder of other images.
-        folders: `{flag: folder or None}`: the folders it must neither be, lie in nor hold,
+        folders: `{setting: folder or None}`: the folders it must neither be, lie in nor hold,
             and share no image file with (same SHA-256).
 
     Returns:
@@ -327,28 +327,28 @@ def _other_apart(other_dir, folders):
         digests in the order they are read}`.
 
     Raises:
-        ValueError: naming --other_dir and the other flag.
+        ValueError: naming `other_dir` and the other setting.
     """
     other = os.path.realpath(other_dir)
-    folders = {flag: folder for flag, folder in folders.items() if folder is not None}
-    for flag, folder in folders.items():
+    folders = {setting: folder for setting, folder in folders.items() if folder is not None}
+    for setting, folder in folders.items():
         path = os.path.realpath(folder)
         common = os.path.commonpath([other, path])
         if common in (other, path):
             where = "is" if other == path else ("lies in" if common == path else "holds")
             raise ValueError(
-                f"--other_dir must be a folder apart from --{flag} (its images are of no "
-                f"private class and not the attacker's); {other_dir!r} {where} --{flag} "
+                f"`other_dir` must be a folder apart from `{setting}` (its images are of no "
+                f"private class and not the attacker's); {other_dir!r} {where} `{setting}` "
                 f"{folder!r}."
             )
     listed = [(file_sha256(path), path) for path in image_files(other_dir)]
     digests = dict(listed)
-    for flag, folder in folders.items():
+    for setting, folder in folders.items():
         for path in image_files(folder):
             digest = file_sha256(path)
             if digest in digests:
                 raise ValueError(
-                    f"--other_dir must share no image file with --{flag} (its images are of "
+                    f"`other_dir` must share no image file with `{setting}` (its images are of "
                     f"no private class and not the attacker's); {digests[digest]!r} is "
                     f"identical to {path!r} (SHA-256 {digest})."
                 )
@@ -376,7 +376,7 @@ def _check_outputs(model, held_images, held_labels):
     outputs, top1, (low, high) = accuracy(held_images)
     if np.all(outputs >= 0) and np.all(np.abs(outputs.sum(axis=1) - 1) <= PROBABILITY_TOLERANCE):
         raise ValueError(
-            "--model must output logits (the attacks' losses take logits); on the held-out "
+            "`model` must output logits (the attacks' losses take logits); on the held-out "
             "images every output row is non-negative and sums to 1, i.e. probabilities: save "
             "the model without its final softmax."
         )
@@ -388,7 +388,7 @@ def _check_outputs(model, held_images, held_labels):
         _, others[name], (other_low, _) = accuracy(held_images * scale + offset)
         if other_low > chance and others[name] > high:
             raise ValueError(
-                f"--model must take images in [0, 1]; it expects another input range: its "
+                f"`model` must take images in [0, 1]; it expects another input range: its "
                 f"accuracy on the {len(held_labels)} held-out images is {top1:.3f} in [0, 1] "
                 f"(chance {chance:.3f}) but {others[name]:.3f} on the same images scaled to "
                 f"{name}. "
@@ -397,7 +397,7 @@ def _check_outputs(model, held_images, held_labels):
                 f"offset={offset:g}), model])."
             )
     raise ValueError(
-        f"--model must classify the held-out images better than chance ({chance:.3f}); its "
+        f"`model` must classify the held-out images better than chance ({chance:.3f}); its "
         f"accuracy on the {len(held_labels)} held-out images is {top1:.3f} (95% interval "
         f"[{low:.3f}, {high:.3f}]) in [0, 1], "
         + ", ".join(f"{value:.3f} in {name}" for name, value in others.items())

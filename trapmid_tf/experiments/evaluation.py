@@ -1,6 +1,7 @@
 """The evaluation stage: the judging classifier, the evaluator and the scores of stored attacks.
 
-`trapmid-evaluate` is its command line; `trapmid-pipeline` calls the same functions.
+`trapmid-evaluate` is its command line (through `attack_scores.evaluate_attacks`);
+`trapmid-pipeline` calls the same functions.
 """
 
 import json
@@ -167,7 +168,7 @@ def load_evaluation_classifier(path, image_shape):
         ValueError: if the model cannot take images of `image_shape`.
     """
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"--evaluation_model {path!r} is not a saved classifier file.")
+        raise FileNotFoundError(f"`evaluation_model` {path!r} is not a saved classifier file.")
     model = keras.models.load_model(path, compile=False)
     image_shape = tuple(int(side) for side in image_shape)
     if tuple(model.input_shape[1:]) == image_shape:
@@ -181,7 +182,7 @@ def load_evaluation_classifier(path, image_shape):
         rebuilt.set_weights(model.get_weights())
     except (ValueError, KeyError, TypeError) as error:
         raise ValueError(
-            f"--evaluation_model {path!r} takes images of shape {model.input_shape[1:]} and "
+            f"`evaluation_model` {path!r} takes images of shape {model.input_shape[1:]} and "
             f"cannot be rebuilt for the images' shape {image_shape} ({error}); give a model "
             "that takes them or resizes its input inside (as trapmid_tf.models.facenet_eval)."
         ) from error

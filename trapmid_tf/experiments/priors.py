@@ -25,19 +25,19 @@ def check_settings(settings):
     """Rejects contradictory or out-of-range prior settings.
 
     Raises:
-        ValueError: naming the flag and the received value.
+        ValueError: naming the setting and the received value.
     """
     if settings["prior"] is None:
-        raise ValueError(f"--prior must be one of {list(PRIORS)}; it is not set.")
+        raise ValueError(f"`prior` must be one of {list(PRIORS)}; it is not set.")
     if settings["prior"] != "gmi" and not settings.get("target"):
-        raise ValueError(f"--prior={settings['prior']} attacks a model: set --target.")
+        raise ValueError(f"`prior` {settings['prior']!r} attacks a model: set `target`.")
     if settings["prior"] == "gmi" and settings.get("target"):
-        raise ValueError("--prior=gmi does not depend on a target; --target must not be set.")
+        raise ValueError("`prior` 'gmi' does not depend on a target; `target` must not be set.")
     if settings.get("target") and not os.path.isfile(settings["target"]):
-        raise ValueError(f"--target {settings['target']!r} is not an existing .keras file.")
+        raise ValueError(f"`target` {settings['target']!r} is not an existing .keras file.")
     for key in ("steps", "batch_size", "base_channels", "top_n", "n_critic"):
         if settings[key] < 1:
-            raise ValueError(f"--{key} must be >= 1; received {settings[key]}.")
+            raise ValueError(f"`{key}` must be >= 1; received {settings[key]}.")
 
 
 def train_prior(name, public, target, settings, out, overwrite=False, verbose=0,

@@ -161,8 +161,8 @@ def resolve_config(overrides):
     _check_data_dir(config)
     if config["skip_unreadable"] and config["dataset"] not in ("celeba", "class_folder"):
         raise ValueError(
-            "--skip_unreadable applies to image files (--dataset=celeba or class_folder); "
-            f"--dataset is {config['dataset']!r}."
+            "`skip_unreadable` applies to image files (`dataset` 'celeba' or 'class_folder'); "
+            f"`dataset` is {config['dataset']!r}."
         )
     if config["model"] not in MODELS:
         model_function(config["model"])
@@ -170,43 +170,42 @@ def resolve_config(overrides):
         for key in TRAPDOOR_KEYS:
             value = overrides.get(key, DEFAULTS[key])
             if value != DEFAULTS[key]:
-                flag = f"--no{key}" if value is False else f"--{key}"
                 raise ValueError(
-                    f"{flag} only applies to the trapmid defenses; --defense is "
-                    f"{config['defense']!r}."
+                    f"`{key}` only applies to the trapmid defenses (received {value!r}); "
+                    f"`defense` is {config['defense']!r}."
                 )
     if config["fast_trapmid"] and config["strategy"] != "default":
         raise ValueError(
-            "--fast_trapmid runs on one replica (its discriminator skips steps); --strategy is "
+            "`fast_trapmid` runs on one replica (its discriminator skips steps); `strategy` is "
             f"{config['strategy']!r}."
         )
     for key in ("epochs", "batch_size", "width"):
         if config[key] is not None and config[key] < 1:
-            raise ValueError(f"--{key} must be >= 1; received {config[key]}.")
+            raise ValueError(f"`{key}` must be >= 1; received {config[key]}.")
     for key in ("min_trapdoor_accuracy", "trapdoor_warning_threshold"):
         if config[key] is not None and not 0.0 <= config[key] <= 1.0:
-            raise ValueError(f"--{key} must be in [0, 1]; received {config[key]}.")
+            raise ValueError(f"`{key}` must be in [0, 1]; received {config[key]}.")
     if config["split_seed"] is None:
         config["split_seed"] = config["seed"]
     for key in ("seed", "split_seed"):
         if config[key] < 0:
-            raise ValueError(f"--{key} must be >= 0; received {config[key]}.")
+            raise ValueError(f"`{key}` must be >= 0; received {config[key]}.")
     if config["width"] is not None and config["model"] != "small_cnn":
         raise ValueError(
-            f"--width only applies to --model=small_cnn; --model is {config['model']!r}."
+            f"`width` only applies to `model` 'small_cnn'; `model` is {config['model']!r}."
         )
     _check_backup_dir(config)
     if config["strategy"] == "multi_worker":
         workers = _cluster_size(os.environ.get("TF_CONFIG"))
         if config["batch_size"] % workers:
             raise ValueError(
-                f"--batch_size must be a multiple of the {workers} workers in TF_CONFIG; "
+                f"`batch_size` must be a multiple of the {workers} workers in TF_CONFIG; "
                 f"received {config['batch_size']}."
             )
     if config["image_size"] is not None and config["image_size"] < 1:
-        raise ValueError(f"--image_size must be >= 1; received {config['image_size']}.")
+        raise ValueError(f"`image_size` must be >= 1; received {config['image_size']}.")
     if config["learning_rate"] <= 0:
-        raise ValueError(f"--learning_rate must be > 0; received {config['learning_rate']}.")
+        raise ValueError(f"`learning_rate` must be > 0; received {config['learning_rate']}.")
     return config
 
 
@@ -339,7 +338,7 @@ def model_function(spec):
         ValueError: if `spec` is malformed, its module cannot be imported, or it names no
             callable; the message names `spec` and what was expected.
     """
-    expected = f"--model must be one of {list(MODELS)} or 'package.module:function'"
+    expected = f"`model` must be one of {list(MODELS)} or 'package.module:function'"
     if not isinstance(spec, str) or not MODEL_SPEC.fullmatch(spec):
         raise ValueError(f"{expected}; received {spec!r}.")
     module_name, function_name = spec.split(":")
@@ -370,7 +369,7 @@ def _decay_epochs(value, epochs):
     for epoch in values:
         if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch <= epochs:
             raise ValueError(
-                f"--lr_decay_epoch must be ints in [0, --epochs={epochs}]; received {value!r}."
+                f"`lr_decay_epoch` must be ints in [0, `epochs`={epochs}]; received {value!r}."
             )
     return sorted({epoch for epoch in values if epoch})
 
@@ -380,24 +379,24 @@ def _check_data_dir(config):
     if config["dataset"] == "digits":
         if data_dir:
             raise ValueError(
-                f"--dataset=digits is embedded and reads no --data_dir; received {data_dir!r}."
+                f"`dataset` 'digits' is embedded and reads no `data_dir`; received {data_dir!r}."
             )
     elif not data_dir and default_data_dir(config["dataset"]) is None:
         searched = DEFAULT_FOLDERS.get(config["dataset"])
         raise ValueError(
-            f"--dataset={config['dataset']} reads its files from --data_dir, which is not set "
+            f"`dataset` {config['dataset']!r} reads its files from `data_dir`, which is not set "
             f"(only digits is embedded; nothing is downloaded"
             + (f"; none of {list(searched)} holds it" if searched else "") + ")."
         )
     elif data_dir and not os.path.isdir(data_dir):
-        raise FileNotFoundError(f"--data_dir {data_dir!r} is not an existing folder.")
+        raise FileNotFoundError(f"`data_dir` {data_dir!r} is not an existing folder.")
     for key in ("test_dir", "test_fraction"):
         if config[key] is not None and config["dataset"] != "class_folder":
             raise ValueError(
-                f"--{key} applies to --dataset=class_folder; --dataset is {config['dataset']!r}."
+                f"`{key}` applies to `dataset` 'class_folder'; `dataset` is {config['dataset']!r}."
             )
     if config["test_dir"] is not None and not os.path.isdir(config["test_dir"]):
-        raise FileNotFoundError(f"--test_dir {config['test_dir']!r} is not an existing folder.")
+        raise FileNotFoundError(f"`test_dir` {config['test_dir']!r} is not an existing folder.")
 
 
 def _check_backup_dir(config):
@@ -406,7 +405,7 @@ def _check_backup_dir(config):
         os.path.realpath(backup_dir) == os.path.realpath(config["out"])
     ):
         raise ValueError(
-            f"--backup_dir must differ from --out (e.g. a subfolder); both are {backup_dir!r}."
+            f"`backup_dir` must differ from `out` (e.g. a subfolder); both are {backup_dir!r}."
         )
 
 
@@ -418,7 +417,7 @@ def _cluster_size(tf_config):
     """
     if not tf_config:
         raise ValueError(
-            "--strategy=multi_worker reads the cluster from the TF_CONFIG environment variable, "
+            "`strategy` 'multi_worker' reads the cluster from the TF_CONFIG environment variable, "
             "which is not set (see README, \"Training on several machines\")."
         )
     try:

@@ -63,7 +63,7 @@ def target_configs(run, settings):
     """
     if run.dataset == "class_folder":
         raise ValueError(
-            "--dataset=class_folder has no public images for the attacks; the pipeline needs "
+            "`dataset` 'class_folder' has no public images for the attacks; the pipeline needs "
             "a dataset with a public split (train targets on it with trapmid-train)."
         )
     configs = {}

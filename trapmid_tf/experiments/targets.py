@@ -135,7 +135,7 @@ def custom_classifier(spec, input_shape, num_classes):
     input_shape = tuple(input_shape)
     model = model_function(spec)(input_shape, num_classes)
     expected = (
-        f"--model {spec!r} must return an uncompiled keras.Model of input shape "
+        f"`model` {spec!r} must return an uncompiled keras.Model of input shape "
         f"{(None, *input_shape)} and output shape {(None, num_classes)} (logits)"
     )
     if not isinstance(model, keras.Model):
@@ -196,7 +196,7 @@ def build_model(config, input_shape, num_classes, steps_per_epoch):
             if zoo:
                 raise
             raise ValueError(
-                f"--defense={defense.name} needs --model {config['model']!r} to be a "
+                f"`defense` {defense.name!r} needs `model` {config['model']!r} to be a "
                 "functional keras.Model whose last layer (or a layer named 'logits') is the "
                 f"Dense that maps the penultimate feature to the logits: {error}"
             ) from error
@@ -382,7 +382,7 @@ def _fit_and_write(config, strategy, train_set, num_classes, test_data, out, ski
     write_json(os.path.join(out, "results.json"), results)
     if config["require_trapdoor"] and results["trapdoor_formed"] is False:
         raise TrapdoorNotFormedError(
-            f"--require_trapdoor: {trapdoor_line(results)} Artefacts are written to {out!r}.",
+            f"`require_trapdoor`: {trapdoor_line(results)} Artefacts are written to {out!r}.",
             results,
         )
     return results

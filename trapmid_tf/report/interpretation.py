@@ -9,6 +9,7 @@ The rows they return hold their cells as text (`trapmid_tf.report.tables.estimat
 
 from trapmid_tf.attacks.suite import LOOKUP, TRANSFER_NULL
 from trapmid_tf.metrics.evaluator import NOT_APPLICABLE, PER_IMAGE_METRICS
+from trapmid_tf.metrics.intervals import NEEDS_SEEDS, compare, decide
 from trapmid_tf.report.tables import estimate_text
 
 # An attack "works" (shows leakage) against a model when its top-1 interval lies above both
@@ -212,8 +213,6 @@ def verdicts(results, baseline="none"):
         `WORKS_ON_BASELINE`, `NOT_FORMED`, `JUDGES_DISAGREE` (alone, or with each judge's
         word), `intervals.VERDICT_WORDS`, `intervals.NEEDS_SEEDS` or a "not applicable" text.
     """
-    from trapmid_tf.metrics.intervals import compare, decide
-
     defenses = results["defenses"]
     if baseline not in defenses:
         return []
@@ -288,8 +287,6 @@ def paper_comparison(results, baseline="none"):
         interval, below it or above it. With one seed there is no interval: our ratio is
         None and agreement `intervals.NEEDS_SEEDS`.
     """
-    from trapmid_tf.metrics.intervals import NEEDS_SEEDS, compare
-
     defenses = results["defenses"]
     if baseline not in defenses:
         return []

@@ -10,6 +10,7 @@ import os
 from trapmid_tf.attacks.suite import LOOKUP, TRANSFER_NULL
 from trapmid_tf.attacks.transfer_null import TRANSFER_STEP_SIZE, TRANSFER_STEPS
 from trapmid_tf.files import atomic_path
+from trapmid_tf.metrics.intervals import VERDICT_WORDS
 from trapmid_tf.metrics.pixel_judge import PIXEL_JUDGE_MAX_SIDE
 from trapmid_tf.report.grids import GRID_PRIVATE_SAMPLES, attack_grid, labelled_grid, save_png
 from trapmid_tf.report.interpretation import (
@@ -347,8 +348,6 @@ def statistics_line(results, verdict_rows):
     Returns:
         The paragraph as one string.
     """
-    from trapmid_tf.metrics.intervals import VERDICT_WORDS
-
     seeds = len(results["settings"]["seeds"])
     if seeds == 1:
         return (
