@@ -75,12 +75,11 @@ def test_view_loss_is_margin_plus_weighted_cosine(networks):
     attack = PLGMIAdaptiveAttack(generator, signatures, penalty_weight=2.5)
     views = rng.random((4, *IMAGE_SHAPE)).astype(np.float32)
     labels = np.array([0, 2, 1, 2], np.int32)
-    value = float(attack.view_loss(target)(views, labels))
+    value = to_numpy(attack.view_loss(target)(views, labels))
     features = feature_extractor(target).predict(views, verbose=0).astype(np.float64)
     logits = to_numpy(target(views)).astype(np.float64)
-    expected = numpy_margin(logits, labels).mean() + 2.5 * numpy_cosine(
-        features, signatures[labels]
-    ).mean()
+    expected = numpy_margin(logits, labels) + 2.5 * numpy_cosine(features, signatures[labels])
+    assert value.shape == (4,)  # one loss per view, weighted by `PLGMIAttack`
     np.testing.assert_allclose(value, expected, rtol=1e-5, atol=1e-5)
 
 

@@ -10,11 +10,13 @@ import keras
 from keras import ops
 
 from trapmid_tf.attacks.inversion import (
+    REFERENCE_IDENTITIES_PER_BATCH,
     InversionAttack,
     InversionProblem,
     latent_variable,
+    reference_batch_sum,
 )
-from trapmid_tf.attacks.plgmi_prior import margin_loss, plgmi_augment
+from trapmid_tf.attacks.plgmi_prior import margins, plgmi_augment
 from trapmid_tf.optimizers import TorchAdam
 from trapmid_tf.validation import check_model, check_positive_float
 
@@ -59,10 +61,13 @@ class PLGMIAttack(InversionAttack):
             jitter, flip, rotation).
         chunk_size: Steps per compiled call.
         jit_compile: Whether to compile the optimisation with XLA.
+        identities_per_batch: The reference's identities per inversion batch (60).
 
-    The loss is the reference's per batch: the two views' mean margins over all images. (The
-    reference averages over one restart's identities at a time; Adam's steps do not depend on
-    that scale.)
+    The reference minimises, per restart and batch of 60 identities, the sum of the two views'
+    mean margins over the batch. Here all restarts of all identities form one batch, and each
+    image's two margins are weighted as in its reference batch (`reference_batch_sum`), so
+    every z receives the reference's gradient and takes its Adam step (Adam's epsilon makes
+    the step depend on the loss's scale).
 
     The result's latents are the final z, shape `(images, z_dim)`.
     """
@@ -76,8 +81,9 @@ class PLGMIAttack(InversionAttack):
         *,
         chunk_size=100,
         jit_compile=False,
+        identities_per_batch=REFERENCE_IDENTITIES_PER_BATCH,
     ):
-        super().__init__(iterations, chunk_size, jit_compile)
+        super().__init__(iterations, chunk_size, jit_compile, identities_per_batch)
         self.z_dim = _conditional_latent_size(generator)
         check_positive_float("learning_rate", learning_rate)
         if augment is not None and not callable(augment):
@@ -92,7 +98,7 @@ class PLGMIAttack(InversionAttack):
         return min(num_classes, getattr(self.generator, "num_classes", num_classes))
 
     def view_loss(self, target):
-        """Returns the loss of a batch of augmented views: PLG-MI's mean margin.
+        """Returns the loss of each augmented view: PLG-MI's margin.
 
         Subclasses (PLG-MI++) add terms here; `build_problem` calls it once per inversion.
 
@@ -100,9 +106,9 @@ class PLGMIAttack(InversionAttack):
             target: The attacked classifier.
 
         Returns:
-            Callable `(views, labels) -> scalar`, the mean over the views.
+            Callable `(views, labels) -> (views,)` losses.
         """
-        return lambda views, labels: margin_loss(target(views, training=False), labels)
+        return lambda views, labels: margins(target(views, training=False), labels)
 
     def build_problem(self, target, labels, num_identities, seed_generator):
         initial = keras.random.normal((labels.shape[0], self.z_dim), seed=seed_generator)
@@ -111,10 +117,13 @@ class PLGMIAttack(InversionAttack):
 
         def loss():
             images = self.generator([z, labels], training=False)
-            # Both augmented views go through the target in one (inference-mode) batch; the
-            # mean loss over both is half the sum of the two views' mean losses.
+            # Both augmented views go through the target in one (inference-mode) batch.
             views = [self.augment(images, seed_generator) for _ in range(2)]
-            return 2.0 * view_loss(ops.concatenate(views, axis=0), ops.tile(labels, [2]))
+            per_view = view_loss(ops.concatenate(views, axis=0), ops.tile(labels, [2]))
+            count = labels.shape[0]
+            return reference_batch_sum(
+                per_view[:count] + per_view[count:], num_identities, self.identities_per_batch
+            )
 
         def finish():
             return self.generator([z, labels], training=False), z.numpy()

@@ -9,6 +9,8 @@ augmented view of `G(z, y)` and the signature of the attacked class y:
 
     L = sum over the two views of mean_i [margin(T(view_i), y_i) + w * cos(f_T(view_i), s_{y_i})]
 
+the mean taken, as PLG-MI's, over one restart's batch of 60 identities (`PLGMIAttack`).
+
 Two knowledge levels:
 - the attacker holds the defender's triggers (worst case): `defender_signatures` computes the
   signatures exactly as the defender does (`TrapdoorDetector`);
@@ -25,8 +27,9 @@ and to the top-n selection. The penalty is `trapmid_tf.attacks.trapdoor_penalty`
 import numpy as np
 from keras import ops
 
+from trapmid_tf.attacks.inversion import REFERENCE_IDENTITIES_PER_BATCH
 from trapmid_tf.attacks.plgmi import PLGMIAttack
-from trapmid_tf.attacks.plgmi_prior import margin_loss, most_confident
+from trapmid_tf.attacks.plgmi_prior import margins, most_confident
 from trapmid_tf.attacks.trapdoor_penalty import checked_signatures, class_signature_cosine
 from trapmid_tf.metrics.evaluator import TrapdoorDetector
 from trapmid_tf.metrics.features import batched_predict
@@ -118,10 +121,10 @@ def estimate_signatures(target, images, labels, public_images, top_n=30, batch_s
 class PLGMIAdaptiveAttack(PLGMIAttack):
     """PLG-MI++: PLG-MI with a penalty on the trapdoor-signature similarity of each view.
 
-    The loss of a batch of views is PLG-MI's mean margin plus
-    `penalty_weight * mean cos(f_T(view), s_y)`, where `f_T` is the target's penultimate
-    feature of the augmented view and `s_y` the signature of the attacked class. Everything
-    else (latents, augmentation, Adam) is `PLGMIAttack`.
+    The loss of each view is PLG-MI's margin plus `penalty_weight * cos(f_T(view), s_y)`,
+    where `f_T` is the target's penultimate feature of the augmented view and `s_y` the
+    signature of the attacked class. Everything else (latents, augmentation, the weighting of
+    the views as in the reference's batches, Adam) is `PLGMIAttack`.
 
     Args:
         generator: Conditional generator `[z, labels] -> images` in [0, 1] (PLG-MI's prior).
@@ -135,7 +138,7 @@ class PLGMIAdaptiveAttack(PLGMIAttack):
         public_images: The attacker's float32 NHWC public images in [0, 1]; needed (and only
             taken) with `signatures=None`, for `estimate_signatures`.
         top_n: Public images per class in `estimate_signatures` (PLG-MI's top-n).
-        chunk_size, jit_compile: As `PLGMIAttack`.
+        chunk_size, jit_compile, identities_per_batch: As `PLGMIAttack`.
 
     The result's latents are the final z, shape `(images, z_dim)`.
     """
@@ -153,10 +156,12 @@ class PLGMIAdaptiveAttack(PLGMIAttack):
         top_n=30,
         chunk_size=100,
         jit_compile=False,
+        identities_per_batch=REFERENCE_IDENTITIES_PER_BATCH,
     ):
         super().__init__(
             generator, iterations, learning_rate, augment,
             chunk_size=chunk_size, jit_compile=jit_compile,
+            identities_per_batch=identities_per_batch,
         )
         check_non_negative_float("penalty_weight", penalty_weight)
         check_positive_int("top_n", top_n)
@@ -193,6 +198,7 @@ class PLGMIAdaptiveAttack(PLGMIAttack):
         plain = PLGMIAttack(
             self.generator, self.iterations, self.learning_rate, self.augment,
             chunk_size=self.chunk_size, jit_compile=self.jit_compile,
+            identities_per_batch=self.identities_per_batch,
         ).invert(target, classes, per_class, seed, verbose)
         estimated = PLGMIAdaptiveAttack(
             self.generator,
@@ -205,18 +211,19 @@ class PLGMIAdaptiveAttack(PLGMIAttack):
             self.augment,
             chunk_size=self.chunk_size,
             jit_compile=self.jit_compile,
+            identities_per_batch=self.identities_per_batch,
         )
         return estimated.invert(target, classes, per_class, seed, verbose)
 
     def view_loss(self, target):
-        """Returns `(views, labels) -> mean margin + penalty_weight * mean signature cosine`.
+        """Returns `(views, labels) -> margin + penalty_weight * signature cosine`, per view.
 
         Args:
             target: The attacked classifier (features convention of
                 `trapmid_tf.models.features`).
 
         Returns:
-            The loss callable.
+            The loss callable, `(views,)` losses.
 
         Raises:
             ValueError: If the signatures do not have one row per target class and the
@@ -228,6 +235,6 @@ class PLGMIAdaptiveAttack(PLGMIAttack):
         def loss(views, labels):
             features, logits = view(views, training=False)
             cosine = class_signature_cosine(features, labels, signatures)
-            return margin_loss(logits, labels) + self.penalty_weight * ops.mean(cosine)
+            return margins(logits, labels) + self.penalty_weight * cosine
 
         return loss

@@ -147,6 +147,29 @@ def select_top_n(
 # === Losses ===
 
 
+def _true_and_best_other(logits, labels):
+    """Per row, `logit_y` and `max_{j != y} logit_j` (float32)."""
+    logits = ops.cast(logits, "float32")
+    labels = ops.cast(labels, "int32")
+    true_logits = ops.take_along_axis(logits, labels[:, None], axis=1)[:, 0]
+    is_true = ops.one_hot(labels, ops.shape(logits)[-1]) > 0
+    return true_logits, ops.max(ops.where(is_true, float("-inf"), logits), axis=1)
+
+
+def margins(logits, labels):
+    """PLG-MI's margin of each row: `max_{j != y} logit_j - logit_y`.
+
+    Args:
+        logits: `(batch, classes)` logits, classes >= 2.
+        labels: `(batch,)` integer classes.
+
+    Returns:
+        A `(batch,)` float32 tensor (lower is better for the attacker).
+    """
+    true_logits, best_other = _true_and_best_other(logits, labels)
+    return best_other - true_logits
+
+
 def margin_loss(logits, labels):
     """PLG-MI's margin loss: `-mean logit_y + mean max_{j != y} logit_j`.
 
@@ -157,11 +180,7 @@ def margin_loss(logits, labels):
     Returns:
         The scalar loss (lower is better for the attacker).
     """
-    logits = ops.cast(logits, "float32")
-    labels = ops.cast(labels, "int32")
-    true_logits = ops.take_along_axis(logits, labels[:, None], axis=1)[:, 0]
-    is_true = ops.one_hot(labels, ops.shape(logits)[-1]) > 0
-    best_other = ops.max(ops.where(is_true, float("-inf"), logits), axis=1)
+    true_logits, best_other = _true_and_best_other(logits, labels)
     return ops.mean(best_other) - ops.mean(true_logits)
 
 

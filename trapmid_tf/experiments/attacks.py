@@ -23,6 +23,12 @@ MAX_ATTACKED_CLASSES = 300  # the reference attacks identities 0-299
 BUDGET_OPTIONS = {
     "trigger_recovery": "iterations", "brep_mi": "max_iterations", "transfer_null": "iterations",
 }
+# The scale of PLG-MI's loss (`PLGMIAttack`: each image weighted as in the reference's batches
+# of 60 identities), part of the identity of every stage that runs PLG-MI or PLG-MI++: those
+# made with the mean over all identities and restarts (before; Adam's epsilon makes the steps
+# differ) have no such entry, so they are made again rather than reused.
+PLGMI_LOSS_SCALE = "reference_batches"
+PLGMI_ATTACKS = ("plgmi", "plgmi_adaptive", "plgmi_adaptive_estimated")
 
 
 def attacked_classes(target):
@@ -47,7 +53,8 @@ def run_attack(name, target, priors, settings, out, overwrite=False, options=Non
         priors: Dict of the priors it needs (see `suite.build_attack`).
         settings: Dict with num_classes, per_class, seed, iterations, plgmi_iterations,
             mi_face_iterations, kedmi_batch_size (and anything else identifying the target,
-            the priors and the options; all of it goes into stage.json).
+            the priors and the options; all of it goes into stage.json, with
+            `PLGMI_LOSS_SCALE` for the PLG-MI attacks).
         out: The attack's folder.
         overwrite: Rerun even if `out` holds a finished run with the same settings.
         options: Keyword options of an attack of `suite.OPTION_ATTACKS` (`suite.build_attack`);
@@ -64,6 +71,8 @@ def run_attack(name, target, priors, settings, out, overwrite=False, options=Non
         RuntimeError: If `brep_mi` found a starting point for no class at all.
     """
     options = options or {}
+    if name in PLGMI_ATTACKS:
+        settings = dict(settings, plgmi_loss_scale=PLGMI_LOSS_SCALE)
     starting_options = dict(options)
     if name in BUDGET_OPTIONS:
         starting_options[BUDGET_OPTIONS[name]] = 0

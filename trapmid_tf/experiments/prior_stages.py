@@ -14,7 +14,7 @@ from absl import logging
 
 from trapmid_tf.attacks import suite
 from trapmid_tf.attacks.plgmi_adaptive import estimate_signatures
-from trapmid_tf.experiments.attacks import attacked_classes
+from trapmid_tf.experiments.attacks import PLGMI_LOSS_SCALE, attacked_classes
 from trapmid_tf.experiments.evaluation import DETECTOR_CLEAN_IMAGES
 from trapmid_tf.experiments.priors import train_prior
 from trapmid_tf.experiments.target_config import ADAM_RULE, identity
@@ -221,7 +221,8 @@ def estimated_signatures(run, target, plain, settings, public_images, progress):
         signatures=SIGNATURE_SOURCES[ESTIMATED], top_n=settings.top_n,
         public_split=settings.public_split,
         first_round=dict(prior=prior, iterations=settings.plgmi_iterations, classes=classes,
-                         per_class=settings.per_class, seed=target.seed),
+                         per_class=settings.per_class, seed=target.seed,
+                         plgmi_loss_scale=PLGMI_LOSS_SCALE),
     )
 
     def build():
