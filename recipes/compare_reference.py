@@ -1395,9 +1395,9 @@ def ours_training(row, arrays, reference, lift=False, epsilon=None):
     `ROUNDING_CHANGE`); and the reference's same arrays, its changes from its final state
     dict mapped into a copy of the network.
 
-    `lift` makes the triggers (`BlendTrigger` computes in float32 by default) and NegLS's
-    smoothing float64, and the optimisers' hyperparameters float64 scalars; `epsilon`, if
-    given, replaces Adam's 1e-8."""
+    `lift` makes the triggers (`BlendTrigger` computes in float32 by default) and the
+    optimisers' hyperparameters float64 scalars (NegLS's smoothing, main and trapdoor, is in
+    the loss's dtype, float64 here); `epsilon`, if given, replaces Adam's 1e-8."""
     import keras
 
     import trapmid_tf as tm
@@ -1421,9 +1421,6 @@ def ours_training(row, arrays, reference, lift=False, epsilon=None):
         # loss.py:7-22: CelebA 50 / 75, MNIST 5 / 7 (start, full) epochs
         start, full = (50, 75) if schedule == "ls_scheduler" else (5, 7)
         loss = tm.defenses.NegLSLoss(NEGLS, epochs, start, full, epoch=epoch)
-        if lift:  # its smoothing is a float32 variable (negls.py:80)
-            loss.current_smoothing = keras.Variable(loss.smoothing_at(epoch), trainable=False,
-                                                    dtype="float64")
     if channels:
         discriminator = _training_network(setting, 1, _state_dict(reference, "init.D"))
         flip = keras.layers.Lambda(lambda x: keras.ops.flip(x, axis=2))

@@ -67,6 +67,27 @@ def test_config_round_trip():
     assert float(clone.current_smoothing.numpy()) == pytest.approx(-0.05 * 0.4)
 
 
+def test_a_copy_keeps_a_float64_dtype_under_float32_floatx():
+    loss = NegLSLoss(smoothing=-0.05, num_epochs=10, start_epoch=0, full_epoch=0,
+                     dtype="float64")
+    clone = NegLSLoss.from_config(loss.get_config())
+    assert clone.dtype == "float64"
+    assert keras.backend.standardize_dtype(clone.current_smoothing.dtype) == "float64"
+
+
 def test_bad_schedule():
     with pytest.raises(ValueError, match="start_epoch"):
         NegLSLoss(num_epochs=10, start_epoch=8, full_epoch=5)
+
+
+def test_a_float64_loss_smooths_by_the_float64_value():
+    """Logits (ln 3, 0), label 0: p = (3/4, 1/4), so -log p_y = ln(4/3) and the mean of -log p
+    is (ln(4/3) + ln 4) / 2; at s = -0.05 the loss is 1.025 ln(4/3) - 0.025 ln 4. The float32
+    rounding of s (-0.05 + 7.5e-10) would move it by 7.5e-10 * ln(3) / 2 ~ 4e-10."""
+    loss = NegLSLoss(smoothing=-0.05, num_epochs=10, start_epoch=0, full_epoch=0,
+                     dtype="float64")
+    assert keras.backend.standardize_dtype(loss.current_smoothing.dtype) == "float64"
+    logits = np.array([[np.log(3.0), 0.0]])
+    expected = 1.025 * np.log(4.0 / 3.0) - 0.025 * np.log(4.0)
+    # float64: a log-softmax of 2 logits and a weighted sum, ~10 roundings of values below 1.4.
+    assert float(loss([0], logits)) == pytest.approx(expected, rel=0, abs=1e-14)

@@ -261,10 +261,11 @@ def test_ours_matches_the_reference_code_in_float64(tmp_path):
     for row in ("kedmi", "gmi_prior", "kedmi_prior"):
         assert results[row]["lifted"] <= 1e-9, row
         assert results[row]["lifted_epsilon_zero"] <= 1e-9, row
-    # PLG-MI's inversion: our loss is the mean over all restarts, the reference's over one, a
-    # scale Adam ignores only without epsilon (docs/reference_comparison.md): 8.5e-8 measured.
-    assert results["plgmi"]["lifted"] <= 1e-6
-    assert results["plgmi"]["lifted_epsilon_zero"] <= 1e-9
+    # PLG-MI's inversion: each image weighted as in the reference's batches, PyTorch's Adam on
+    # both sides, the margins in float64 on both (it casts nothing): float64 rounding over 5
+    # steps of Adam (2.6e-15 measured; 8.5e-8 with the loss one over the restarts apart).
+    assert results["plgmi"]["as_is"] <= 1e-12
+    assert results["plgmi"]["lifted_epsilon_zero"] <= 1e-12
     # PLG-MI's prior: our real images plus noise summed in float32 (plgmi_prior.py:446), about
     # float32's epsilon (6e-8) on the real batch; embedding gradients are dense on both sides.
     assert results["plgmi_prior"]["lifted"] <= 1e-6
@@ -273,6 +274,12 @@ def test_ours_matches_the_reference_code_in_float64(tmp_path):
     # 1e-13 to 1e-11 after the first step; BiDO inverts ridge-regularised kernels) grows 20 to
     # 100 times a step over three steps of fresh networks on batches of 2 to 4; a difference
     # in the algorithm shows at 1e-2 or more (Keras's BatchNorm variance rule: 0.24).
+    # Trap-MID + NegLS (Adam) sits higher: where a gradient element is near epsilon, Adam's
+    # first step turns a rounding difference d of it into a relative step difference of about
+    # d / (4 epsilon); the reference run against itself on images 1 ulp apart lands at 1.4e-6
+    # to 8.0e-6 after three steps (8.3e-6 measured for ours). Its epsilon-1e-30 column is not
+    # asserted: a bias gradient that is exactly zero in exact arithmetic is +-1e-17 on either
+    # side, and Adam without epsilon steps it by +-lr (the reference against itself: 1.08).
     for row in ("trapmid_vgg16", "trapmid_ir18", "negls", "bido"):
         assert results[row]["lifted"] <= 1e-5, row
-    assert results["trapmid_negls"]["lifted_epsilon_zero"] <= 1e-5  # Adam, as above
+    assert results["trapmid_negls"]["lifted"] <= 1e-4

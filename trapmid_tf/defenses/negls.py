@@ -77,8 +77,10 @@ class NegLSLoss(keras.losses.Loss):
         self.full_epoch = full_epoch
         self.from_logits = from_logits
         self.epoch = int(epoch)
+        # In the loss's own dtype (floatx unless given): a float64 loss smooths by the float64
+        # value, not by its float32 rounding.
         self.current_smoothing = keras.Variable(
-            self.smoothing_at(self.epoch), trainable=False, dtype="float32", name="negls_s"
+            self.smoothing_at(self.epoch), trainable=False, dtype=self.dtype, name="negls_s"
         )
 
     def smoothing_at(self, epoch):
@@ -132,6 +134,9 @@ class NegLSLoss(keras.losses.Loss):
             full_epoch=self.full_epoch,
             epoch=self.epoch,
             from_logits=self.from_logits,
+            # Keras's `Loss.get_config` leaves the dtype out; a copy (the trapdoor loss
+            # `TrapMIDModel.compile` makes) keeps it.
+            dtype=self.dtype,
         )
         return config
 
