@@ -24,11 +24,11 @@ BUDGET_OPTIONS = {
     "trigger_recovery": "iterations", "brep_mi": "max_iterations", "transfer_null": "iterations",
 }
 # The scale of PLG-MI's loss (`PLGMIAttack`: each image weighted as in the reference's batches
-# of 60 identities), part of the identity of every stage that runs PLG-MI or PLG-MI++: those
-# made with the mean over all identities and restarts (before; Adam's epsilon makes the steps
-# differ) have no such entry, so they are made again rather than reused.
+# of 60 identities), part of the identity of every stage that searches PLG-MI's generator
+# (PLG-MI, PLG-MI++): those made with the mean over all identities and restarts (before;
+# Adam's epsilon makes the steps differ) have no such entry, so they are made again rather
+# than reused.
 PLGMI_LOSS_SCALE = "reference_batches"
-PLGMI_ATTACKS = ("plgmi", "plgmi_adaptive", "plgmi_adaptive_estimated")
 
 
 def attacked_classes(target):
@@ -71,7 +71,7 @@ def run_attack(name, target, priors, settings, out, overwrite=False, options=Non
         RuntimeError: If `brep_mi` found a starting point for no class at all.
     """
     options = options or {}
-    if name in PLGMI_ATTACKS:
+    if "plgmi" in suite.PRIORS_OF_ATTACK.get(name, ()):
         settings = dict(settings, plgmi_loss_scale=PLGMI_LOSS_SCALE)
     starting_options = dict(options)
     if name in BUDGET_OPTIONS:
